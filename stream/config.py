@@ -1,0 +1,69 @@
+"""Settings, read once from the environment (12-factor); every field is optional."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+ENV_PREFIX = "LIVECOMMERCE_"
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """What a process needs to find its peers. Empty URLs mean "start the embedded stack"."""
+
+    kafka_url: str = ""
+    redis_url: str = ""
+    rules_dir: Path = Path("rules")
+    tokens_file: Path | None = None
+    http_port: int = 8080
+    topic_prefix: str = "lc."
+    # Viewer and order topics must have the same count so one viewer's events meet in
+    # one partition; tansu cannot add partitions later, so this is fixed at creation.
+    partitions: int = 8
+    # Events stamped further ahead than this are refused: a clock that far off is a bug.
+    max_future_ms: int = 300_000
+    # How long the gateway remembers an event_id to refuse a duplicate.
+    dedupe_ttl_s: int = 600
+    max_body_bytes: int = 1 << 20
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """`kafka://host:port,host:port` or plain `host:port` -> `host:port,...`."""
+        return self.kafka_url.removeprefix("kafka://")
+
+
+_INTS = {"http_port", "partitions", "max_future_ms", "dedupe_ttl_s", "max_body_bytes"}
+
+
+def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from `LIVECOMMERCE_*` variables; keyword overrides win."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for field in Settings.__struct_fields__:
+        raw = env.get(ENV_PREFIX + field.upper())
+        if raw is None or raw == "":
+            continue
+        if field in _INTS:
+            try:
+                values[field] = int(raw)
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX}{field.upper()}: expected an integer, got {raw!r}")
+        elif field in ("rules_dir", "tokens_file"):
+            values[field] = Path(raw)
+        else:
+            values[field] = raw
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The variables that make a child process see the same Settings."""
+    out: dict[str, str] = {}
+    for field in Settings.__struct_fields__:
+        value = getattr(settings, field)
+        if value is None or value == "":
+            continue
+        out[ENV_PREFIX + field.upper()] = str(value)
+    return out

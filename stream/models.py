@@ -1,0 +1,247 @@
+"""The schema: every input event and every output record, as msgspec Structs.
+
+Inputs are one tagged union on `type`, decoded strictly (unknown fields refused) so
+a bad event fails at the boundary with an error that names the field, e.g.
+``Expected `int`, got `str` - at `$[3].ts```.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+from msgspec import Meta
+
+# Ids end up inside Redis keys with `{room}` hash tags, so braces and spaces are out.
+Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@\-]+$")]
+EventId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@\-]+$")]
+Name = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z0-9_\-]+$")]
+# Epoch milliseconds; the floor catches a clock sending seconds instead of ms.
+EpochMs = Annotated[int, Meta(ge=946_684_800_000, le=32_503_680_000_000)]
+Qty = Annotated[int, Meta(ge=1, le=999)]
+StockQty = Annotated[int, Meta(ge=0, le=10_000_000)]
+Price = Annotated[float, Meta(ge=0, le=10_000_000)]
+Text = Annotated[str, Meta(max_length=500)]
+Label = Annotated[str, Meta(max_length=200)]
+
+Role = Literal["platform", "commerce", "host"]
+
+
+class Event(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True,
+            kw_only=True):
+    """Fields every event has. `role` says which token may send it and which topic holds it."""
+
+    role: ClassVar[Role]
+    event_id: EventId
+    room_id: Id
+    ts: EpochMs
+
+
+class ViewerEvent(Event, frozen=True, kw_only=True):
+    role: ClassVar[Role] = "platform"
+    viewer_id: Id
+
+
+class OrderEvent(ViewerEvent, frozen=True, kw_only=True):
+    role: ClassVar[Role] = "commerce"
+    order_id: Id
+
+
+class HostEvent(Event, frozen=True, kw_only=True):
+    role: ClassVar[Role] = "host"
+
+
+# --- viewer events (platform token, keyed by viewer_id) ---------------------------------
+
+class ViewerJoined(ViewerEvent, tag="viewer.joined", frozen=True, kw_only=True):
+    source: Name
+    leader_id: Id | None = None
+    region: Label | None = None
+    tz: Annotated[str, Meta(max_length=64)] | None = None
+    returning: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.tz is not None:
+            try:
+                zoneinfo.ZoneInfo(self.tz)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"tz: unknown IANA time zone {self.tz!r}") from None
+
+
+class ViewerLeft(ViewerEvent, tag="viewer.left", frozen=True, kw_only=True):
+    pass
+
+
+class ViewerHeartbeat(ViewerEvent, tag="viewer.heartbeat", frozen=True, kw_only=True):
+    pass
+
+
+class ProductViewed(ViewerEvent, tag="product.viewed", frozen=True, kw_only=True):
+    sku: Id
+
+
+class Like(ViewerEvent, tag="interaction.like", frozen=True, kw_only=True):
+    count: Annotated[int, Meta(ge=1, le=10_000)] = 1
+
+
+class Comment(ViewerEvent, tag="interaction.comment", frozen=True, kw_only=True):
+    text: Text
+
+
+class Share(ViewerEvent, tag="interaction.share", frozen=True, kw_only=True):
+    pass
+
+
+class FanJoined(ViewerEvent, tag="fan.joined", frozen=True, kw_only=True):
+    pass
+
+
+class CartClicked(ViewerEvent, tag="cart.clicked", frozen=True, kw_only=True):
+    sku: Id
+
+
+class CartAdded(ViewerEvent, tag="cart.added", frozen=True, kw_only=True):
+    sku: Id
+    qty: Qty
+
+
+# --- order events (commerce token, keyed by viewer_id) ----------------------------------
+
+class OrderItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    sku: Id
+    qty: Qty
+    price: Price
+
+
+class OrderPlaced(OrderEvent, tag="order.placed", frozen=True, kw_only=True):
+    items: Annotated[list[OrderItem], Meta(min_length=1, max_length=50)]
+
+    def __post_init__(self) -> None:
+        skus = [item.sku for item in self.items]
+        if len(set(skus)) != len(skus):
+            raise ValueError("items: the same sku appears twice; merge the lines")
+
+
+class OrderPaid(OrderEvent, tag="order.paid", frozen=True, kw_only=True):
+    pass
+
+
+class OrderCancelled(OrderEvent, tag="order.cancelled", frozen=True, kw_only=True):
+    pass
+
+
+class OrderPaymentFailed(OrderEvent, tag="order.payment_failed", frozen=True, kw_only=True):
+    reason: Label
+
+
+# --- host events (host token, keyed by room_id) -----------------------------------------
+
+class SegmentStarted(HostEvent, tag="segment.started", frozen=True, kw_only=True):
+    segment: Name
+    label: Label = ""
+    sku: Id | None = None
+
+
+class ProductPinned(HostEvent, tag="product.pinned", frozen=True, kw_only=True):
+    sku: Id
+
+
+class BroadcastStarted(HostEvent, tag="broadcast.started", frozen=True, kw_only=True):
+    pass
+
+
+class BroadcastEnded(HostEvent, tag="broadcast.ended", frozen=True, kw_only=True):
+    pass
+
+
+class StockSet(HostEvent, tag="stock.set", frozen=True, kw_only=True):
+    sku: Id
+    qty: StockQty
+    name: Label | None = None
+    price: Price | None = None
+
+
+AnyEvent = (
+    ViewerJoined | ViewerLeft | ViewerHeartbeat | ProductViewed | Like | Comment | Share
+    | FanJoined | CartClicked | CartAdded
+    | OrderPlaced | OrderPaid | OrderCancelled | OrderPaymentFailed
+    | SegmentStarted | ProductPinned | BroadcastStarted | BroadcastEnded | StockSet
+)
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
+}
+
+
+# --- outputs ----------------------------------------------------------------------------
+
+class Output(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Base of records the worker writes; `ts` is the event time that caused them."""
+
+
+class StockUpdate(Output, frozen=True, kw_only=True):
+    room_id: str
+    sku: str
+    available: int
+    reserved: int
+    sold: int
+    ts: int
+
+
+OrderStatus = Literal["reserved", "confirmed", "released", "rejected"]
+
+
+class OrderResult(Output, frozen=True, kw_only=True):
+    order_id: str
+    room_id: str
+    viewer_id: str
+    status: OrderStatus
+    reason: str | None = None
+    ts: int
+
+
+class Nudge(Output, frozen=True, kw_only=True):
+    viewer_id: str
+    room_id: str
+    rule_id: str
+    sku: str | None
+    message: str
+    variant: Literal["treatment", "holdout"]
+    channel: str
+    ts: int
+
+
+class TagChange(Output, frozen=True, kw_only=True):
+    viewer_id: str
+    room_id: str
+    tag: str
+    value: str
+    op: Literal["add", "remove"]
+    ts: int
+
+
+class FollowUp(Output, frozen=True, kw_only=True):
+    viewer_id: str
+    room_id: str
+    segment: str
+    action: str
+    due_at: int
+
+
+class Origin(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Where a dead letter came from: a Kafka position, or the gateway with its index."""
+
+    source: Literal["kafka", "gateway"]
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    index: int | None = None
+
+
+class DeadLetter(Output, frozen=True, kw_only=True):
+    raw: str
+    error: str
+    origin: Origin
+    ts: int
