@@ -49,7 +49,8 @@ def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Sett
             try:
                 values[field] = int(raw)
             except ValueError:
-                raise ValueError(f"{ENV_PREFIX}{field.upper()}: expected an integer, got {raw!r}")
+                name = ENV_PREFIX + field.upper()
+                raise ValueError(f"{name}: expected an integer, got {raw!r}") from None
         elif field in ("rules_dir", "tokens_file"):
             values[field] = Path(raw)
         else:
