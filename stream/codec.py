@@ -19,6 +19,7 @@ encode = _encoder.encode
 _one = msgspec.json.Decoder(AnyEvent)
 _many = msgspec.json.Decoder(list[AnyEvent])
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_raw_one = msgspec.json.Decoder(msgspec.Raw)
 
 
 class BodyError(ValueError):
@@ -36,11 +37,6 @@ class Rejection:
 class Decoded:
     events: list[tuple[int, Event]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
-
-
-def _error_text(exc: msgspec.DecodeError) -> str:
-    # msgspec says "... - at `$.ts`"; inside one item the path is already relative.
-    return str(exc)
 
 
 def decode_events(data: bytes) -> Decoded:
@@ -68,21 +64,38 @@ def decode_events(data: bytes) -> Decoded:
         except msgspec.DecodeError as exc:
             raise BodyError(f"body is not valid JSON: {exc}") from None
     else:
-        items = [msgspec.Raw(line) for line in body.split(b"\n") if line.strip()]
-        if len(items) == 1:
+        if body[:1] == b"{":
+            # One object, perhaps pretty-printed over many lines; NDJSON fails this parse.
             try:
-                out.events.append((0, _one.decode(items[0])))
+                out.events.append((0, _one.decode(body)))
+                return out
             except msgspec.ValidationError as exc:
-                out.rejected.append(Rejection(0, _error_text(exc), bytes(items[0])))
-            except msgspec.DecodeError as exc:
-                raise BodyError(f"body is not valid JSON: {exc}") from None
-            return out
+                if _is_one_value(body):  # else NDJSON whose first line is bad
+                    out.rejected.append(Rejection(0, str(exc), body))
+                    return out
+            except msgspec.DecodeError:
+                pass
+        items = [msgspec.Raw(line) for line in body.split(b"\n") if line.strip()]
+    malformed = 0
     for index, raw in enumerate(items):
         try:
             out.events.append((index, _one.decode(raw)))
+        except msgspec.ValidationError as exc:
+            out.rejected.append(Rejection(index, str(exc), bytes(raw)))
         except msgspec.DecodeError as exc:
-            out.rejected.append(Rejection(index, _error_text(exc), bytes(raw)))
+            malformed += 1
+            out.rejected.append(Rejection(index, str(exc), bytes(raw)))
+    if malformed == len(items):
+        raise BodyError("body is not valid JSON: no line of it parses as a JSON value")
     return out
+
+
+def _is_one_value(body: bytes) -> bool:
+    try:
+        _raw_one.decode(body)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
 def clock_error(event: Event, *, now_ms: int, max_future_ms: int) -> str | None:

@@ -14,9 +14,10 @@ import msgspec
 from msgspec import Meta
 
 # Ids end up inside Redis keys with `{room}` hash tags, so braces and spaces are out.
-Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@\-]+$")]
-EventId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@\-]+$")]
-Name = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z0-9_\-]+$")]
+# `\Z`, not `$`: `$` also matches before a trailing newline.
+Id = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@\-]+\Z")]
+EventId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@\-]+\Z")]
+Name = Annotated[str, Meta(min_length=1, max_length=32, pattern=r"^[a-z0-9_\-]+\Z")]
 # Epoch milliseconds; the floor catches a clock sending seconds instead of ms.
 EpochMs = Annotated[int, Meta(ge=946_684_800_000, le=32_503_680_000_000)]
 Qty = Annotated[int, Meta(ge=1, le=999)]
@@ -65,7 +66,7 @@ class ViewerJoined(ViewerEvent, tag="viewer.joined", frozen=True, kw_only=True):
         if self.tz is not None:
             try:
                 zoneinfo.ZoneInfo(self.tz)
-            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # 'America' is a folder
                 raise ValueError(f"tz: unknown IANA time zone {self.tz!r}") from None
 
 
