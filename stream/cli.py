@@ -68,7 +68,7 @@ def demo(viewers: int, duration: float, speed: float, seed: int, http_port: int 
 
     summary = asyncio.run(run_demo(_settings(), viewers=viewers, duration_s=duration,
                                    speed=speed, seed=seed, http_port=http_port,
-                                   progress=sys.stderr.isatty() or not as_json,
+                                   progress=sys.stderr.isatty(),
                                    announce=not as_json))
     if as_json:
         click.echo(msgspec.json.encode(summary).decode())

@@ -8,6 +8,7 @@ import msgspec
 
 from stream import simulator
 from stream.config import Settings
+from stream.inventory import Inventory
 from stream.runner import running, wait_drained
 
 
@@ -19,7 +20,9 @@ class Summary(msgspec.Struct, kw_only=True):
     events_processed: int
     dead_letters: int
     orders: int
-    oversold: int | None
+    paid: int
+    gmv: float
+    oversold: int
     nudges: int
     tags: int
     seconds: float
@@ -39,6 +42,7 @@ async def run_demo(settings: Settings, *, viewers: int, duration_s: float, speed
         sent = await simulator.run(plan, gateway=run.gateway_url, tokens=run.tokens,
                                    progress=progress)
         stats = await wait_drained(run.redis, room_id, expected=sent.events_sent)
+        audit = await Inventory(run.redis).audit(room_id)
     return Summary(
         room_id=room_id,
         viewers=viewers,
@@ -47,7 +51,9 @@ async def run_demo(settings: Settings, *, viewers: int, duration_s: float, speed
         events_processed=stats.get("events", 0),
         dead_letters=stats.get("dead_letters", 0),
         orders=stats.get("ev:order.placed", 0),
-        oversold=None,
+        paid=stats.get("orders_paid", 0),
+        gmv=round(stats.get("gmv", 0.0), 2),
+        oversold=audit.oversold + len(audit.problems),
         nudges=stats.get("nudges", 0),
         tags=stats.get("tags", 0),
         seconds=round(time.monotonic() - started, 1),

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +36,7 @@ HOST = "127.0.0.1"
 STOP_GRACE_S = 5.0
 START_ATTEMPTS = 3
 LOG_TAIL_LINES = 25
+PROBE_CAP_S = 3.0
 
 
 class EmbeddedStackError(RuntimeError):
@@ -96,8 +96,9 @@ def die_with_parent() -> None:
 
 
 # Non-Linux fallback for a normal interpreter exit without stop(): only signals, never
-# waits, so it cannot hang the exit. On Linux PDEATHSIG already covers this.
-_live_children: weakref.WeakSet[ChildProcess] = weakref.WeakSet()
+# waits, so it cannot hang the exit. On Linux PDEATHSIG already covers this. A strong
+# set, so a stack dropped without stop() still gets its children signalled.
+_live_children: set[ChildProcess] = set()
 _owner_pid = os.getpid()
 
 
@@ -185,7 +186,8 @@ async def _kafka_answers(bootstrap: str) -> bool:
 
     # A bare TCP check first: aiokafka logs an ERROR for every refused bootstrap, which
     # would spam the terminal while the broker is still coming up.
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    first = bootstrap.split(",")[0]
+    host, _, port = first.rpartition(":") if ":" in first else (first, "", "9092")
     if not await _tcp_open(host.strip("[]") or HOST, int(port)):
         return False
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
@@ -213,6 +215,45 @@ async def _redis_answers(url: str) -> bool:
             await client.aclose()
 
 
+def _listening_inodes(port: int) -> set[str] | None:
+    """Socket inodes listening on `port` (Linux /proc), or None when /proc cannot tell."""
+    found: set[str] = set()
+    seen_any = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        seen_any = True
+        for row in rows:
+            f = row.split()
+            # f[1] is "ADDR:PORT" in hex, f[3] the state (0A = LISTEN), f[9] the inode.
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rpartition(":")[2], 16) == port:
+                found.add(f[9])
+    return found if seen_any else None
+
+
+def _owns_listener(pid: int, port: int) -> bool:
+    """Whether `pid` itself listens on `port`, not some other process that grabbed it.
+
+    Without this, a child that lost the race for its port (and is about to exit) would
+    look ready because *another* broker answers there. True where /proc is unavailable.
+    """
+    inodes = _listening_inodes(port)
+    if inodes is None:
+        return True
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return True  # not Linux, or not ours to inspect: fall back to the protocol probe
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return True
+    return False
+
+
 async def _wait_until(probe: Callable[[], Awaitable[bool]], *, what: str, limit_s: float,
                       child: ChildProcess | None = None) -> None:
     deadline = time.monotonic() + limit_s
@@ -224,8 +265,9 @@ async def _wait_until(probe: Callable[[], Awaitable[bool]], *, what: str, limit_
         if remaining <= 0:
             raise TimeoutError(f"{what} did not answer within {limit_s:g} s")
         try:
-            async with asyncio.timeout(remaining):
-                if await probe():
+            # Capped so that a probe stuck on a silent listener cannot hide the child's exit.
+            async with asyncio.timeout(min(remaining, PROBE_CAP_S)):
+                if (child is None or _owns_listener(child.pid, child.port)) and await probe():
                     return
         except TimeoutError:
             continue  # re-checks the deadline and the child above
@@ -254,17 +296,18 @@ class ChildProcess:
     """One started server: its name, URL, pid and log file."""
 
     def __init__(self, *, name: str, url: str, port: int, log_path: Path,
-                 proc: subprocess.Popen[bytes]) -> None:
+                 proc: subprocess.Popen[bytes], stop_signal: int = signal.SIGTERM) -> None:
         self.name = name
         self.url = url
         self.port = port
         self.log_path = log_path
+        self.stop_signal = stop_signal
         self._proc = proc
         _live_children.add(self)
 
     @classmethod
     def spawn(cls, argv: list[str], *, name: str, url: str, port: int, log_path: Path,
-              cwd: Path) -> ChildProcess:
+              cwd: Path, stop_signal: int = signal.SIGTERM) -> ChildProcess:
         """Start `argv` with output appended to `log_path`; it dies with this process."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as logf:
@@ -284,7 +327,8 @@ class ChildProcess:
                 # kill them at the same instant as the workers' final offset commits.
                 process_group=0,
             )
-        return cls(name=name, url=url, port=port, log_path=log_path, proc=proc)
+        return cls(name=name, url=url, port=port, log_path=log_path, proc=proc,
+                   stop_signal=stop_signal)
 
     @property
     def pid(self) -> int:
@@ -303,21 +347,21 @@ class ChildProcess:
         return _tail(self.log_path, lines)
 
     def terminate(self) -> None:
-        """Send SIGTERM without waiting (safe in atexit and signal handlers)."""
+        """Send the stop signal without waiting (safe in atexit and signal handlers)."""
         if self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signal.SIGTERM)
+                self._proc.send_signal(self.stop_signal)
 
     async def stop(self, *, grace: float = STOP_GRACE_S) -> int | None:
-        """SIGTERM, up to `grace` seconds to exit, then SIGKILL. Idempotent; reaps the pid."""
+        """Stop signal, up to `grace` seconds to exit, then SIGKILL. Idempotent; reaps it."""
         if self._proc.poll() is None:
             self.terminate()
             deadline = time.monotonic() + grace
             while self._proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             if self._proc.poll() is None:
-                log.warning("%s (pid %d) ignored SIGTERM for %g s; killing it",
-                            self.name, self.pid, grace)
+                log.warning("%s (pid %d) still running %g s after %s; killing it",
+                            self.name, self.pid, grace, signal.Signals(self.stop_signal).name)
                 with contextlib.suppress(ProcessLookupError):
                     self._proc.kill()
                 self._proc.wait()  # SIGKILL cannot be ignored: this returns at once
@@ -417,8 +461,10 @@ class EmbeddedStack:
 
     async def start_kafka(self, *, timeout: float = 20.0) -> None:  # noqa: ASYNC109
         """Start tansu; on the port it had before if it was stopped, else a free one."""
-        if self.kafka is not None and self.kafka.is_running():
-            raise RuntimeError(f"already running: {self.kafka}")
+        if self.kafka is not None:
+            if self.kafka.is_running():
+                raise RuntimeError(f"already running: {self.kafka}")
+            await self.stop_kafka()  # it crashed: reap it before replacing it
         binary = tansu_binary()
 
         def argv(port: int) -> list[str]:
@@ -431,6 +477,9 @@ class EmbeddedStack:
             "tansu", argv, port=self._kafka_port, limit_s=timeout,
             url=lambda p: f"kafka://{HOST}:{p}",
             probe=lambda p: _kafka_answers(f"{HOST}:{p}"),
+            # On SIGTERM tansu drains: it waits ~5 s for connected clients to leave.
+            # SIGINT exits at once, and with memory storage there is nothing to save.
+            stop_signal=signal.SIGINT,
         )
         self._kafka_port = self.kafka.port
 
@@ -449,8 +498,10 @@ class EmbeddedStack:
 
     async def start_redis(self, *, timeout: float = 20.0) -> None:  # noqa: ASYNC109
         """Start valkey; on the port it had before if it was stopped, else a free one."""
-        if self.redis is not None and self.redis.is_running():
-            raise RuntimeError(f"already running: {self.redis}")
+        if self.redis is not None:
+            if self.redis.is_running():
+                raise RuntimeError(f"already running: {self.redis}")
+            await self.stop_redis()  # it crashed: reap it before replacing it
         binary = valkey_binary()
         data_dir = self.workdir / "valkey"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -479,14 +530,16 @@ class EmbeddedStack:
 
     async def _start_child(self, name: str, argv: Callable[[int], list[str]], *,
                            port: int | None, limit_s: float, url: Callable[[int], str],
-                           probe: Callable[[int], Awaitable[bool]]) -> ChildProcess:
+                           probe: Callable[[int], Awaitable[bool]],
+                           stop_signal: int = signal.SIGTERM) -> ChildProcess:
         deadline = time.monotonic() + limit_s
         fixed = port is not None
         last: ChildProcess | None = None
         for attempt in range(1, START_ATTEMPTS + 1):
             p = port if port is not None else free_port()
             child = ChildProcess.spawn(argv(p), name=name, url=url(p), port=p,
-                                       log_path=self.workdir / f"{name}.log", cwd=self.workdir)
+                                       log_path=self.workdir / f"{name}.log", cwd=self.workdir,
+                                       stop_signal=stop_signal)
             last = child
             try:
                 await _wait_until(lambda p=p: probe(p), what=f"{name} on port {p}",

@@ -12,7 +12,7 @@ room prefix, which stays inside the slot of the declared keys on Redis Cluster.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
@@ -73,8 +73,11 @@ out[4] = ARGV[2]; out[5] = s[1]; out[6] = s[2]; out[7] = s[3]; out[8] = s[4]
 return out
 """
 
-# KEYS: order hash, deadlines.  ARGV: stock prefix, order_id, viewer, deadline, max qty,
-# retention, then sku, qty, price per line.  Every line or none.
+# Order scripts also count their fresh outcomes in the room's stats hash (KEYS[3]), so
+# the counts are exactly-once for free: a replay returns before it counts.
+
+# KEYS: order hash, deadlines, stats.  ARGV: stock prefix, order_id, viewer, deadline,
+# max qty, retention, then sku, qty, price per line.  Every line or none.
 RESERVE = _STOCK_OUT + """
 local o = redis.call('HMGET', KEYS[1], 'status', 'reason')
 if o[1] then return {'dup', o[1], o[2] or ''} end
@@ -90,6 +93,7 @@ end
 if reason then
   redis.call('HSET', KEYS[1], 'status', 'rejected', 'reason', reason, 'viewer', ARGV[3])
   redis.call('EXPIRE', KEYS[1], ARGV[6])
+  redis.call('HINCRBY', KEYS[3], 'orders_rejected:' .. reason, 1)
   return {'new', 'rejected', reason}
 end
 local out = {'new', 'reserved', ''}
@@ -105,13 +109,15 @@ redis.call('HSET', KEYS[1], 'status', 'reserved', 'reason', '', 'viewer', ARGV[3
            'lines', table.concat(text, ';'), 'deadline', ARGV[4], 'amount', tostring(amount))
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'orders_reserved', 1)
 return out
 """
 
-# KEYS: order hash, deadlines.  ARGV: stock prefix, order_id.
+# KEYS: order hash, deadlines, stats.  ARGV: stock prefix, order_id.
 # A payment after the reservation lapsed is re-reserved if stock remains, else `expired`.
 CONFIRM = _STOCK_OUT + """
-local o = redis.call('HMGET', KEYS[1], 'status', 'reason', 'lines', 'paid', 'paid_reason')
+local o = redis.call('HMGET', KEYS[1], 'status', 'reason', 'lines', 'paid', 'paid_reason',
+                     'amount')
 if not o[1] then return {'new', 'rejected', 'unknown_order'} end
 if o[4] then return {'dup', o[4], o[5] or ''} end
 local status, reason = 'rejected', o[2] or ''
@@ -135,6 +141,10 @@ if status == 'confirmed' then
   redis.call('HSET', KEYS[1], 'status', 'confirmed')
   redis.call('ZREM', KEYS[2], ARGV[2])
   for _, l in ipairs(lines(o[3])) do level(ARGV[1], l[1], out) end
+  redis.call('HINCRBY', KEYS[3], 'orders_paid', 1)
+  redis.call('HINCRBYFLOAT', KEYS[3], 'gmv', o[6] or '0')
+else
+  redis.call('HINCRBY', KEYS[3], 'payments_rejected:' .. reason, 1)
 end
 redis.call('HSET', KEYS[1], 'paid', status, 'paid_reason', reason)
 local head = {'new', status, reason}
@@ -142,7 +152,7 @@ for _, v in ipairs(out) do head[#head + 1] = v end
 return head
 """
 
-# KEYS: order hash, deadlines.  ARGV: stock prefix, order_id, reason, due-by (expiry only).
+# KEYS: order hash, deadlines, stats.  ARGV: stock prefix, order_id, reason, due-by (expiry).
 RELEASE = _STOCK_OUT + """
 local o = redis.call('HMGET', KEYS[1], 'status', 'reason', 'lines', 'deadline')
 if not o[1] then return {'new', 'rejected', 'unknown_order'} end
@@ -155,6 +165,7 @@ for _, l in ipairs(lines(o[3])) do
 end
 redis.call('HSET', KEYS[1], 'status', 'released', 'reason', ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'orders_released:' .. ARGV[3], 1)
 return out
 """
 
@@ -204,7 +215,8 @@ class Inventory:
                       "" if event.price is None else event.price],
                 client=pipe)
             return
-        order_keys = [keys.order_prefix(room) + event.order_id, keys.deadlines(room)]
+        order_keys = [keys.order_prefix(room) + event.order_id, keys.deadlines(room),
+                      keys.stats(room)]
         prefix = keys.stock_prefix(room)
         if isinstance(event, OrderPlaced):
             args: list[str | int | float] = [
@@ -222,20 +234,28 @@ class Inventory:
         else:  # pragma: no cover - the union is closed
             raise TypeError(f"not an inventory event: {event!r}")
 
-    async def expire_due(self, room_id: str, *, now_ms: int, limit: int = 500) -> list[Outcome]:
-        """Release reservations whose deadline has passed on the room's clock."""
-        due = await self.redis.zrangebyscore(keys.deadlines(room_id), "-inf", now_ms,
-                                             start=0, num=limit)
+    async def expire_due(self, room_id: str, *, now_ms: int,
+                         limit: int = 500) -> list[tuple[tuple[str, str], Outcome]]:
+        """Release reservations whose deadline has passed on the room's clock.
+
+        Returns ((order_id, viewer_id), outcome) per due order; an outcome that is not
+        fresh means the order was paid or cancelled first and nothing changed.
+        """
+        due = [d.decode() for d in await self.redis.zrangebyscore(
+            keys.deadlines(room_id), "-inf", now_ms, start=0, num=limit)]
         if not due:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for order_id in due:
-                oid = order_id.decode()
-                await self._release(
-                    keys=[keys.order_prefix(room_id) + oid, keys.deadlines(room_id)],
-                    args=[keys.stock_prefix(room_id), oid, "expired", now_ms], client=pipe)
+            for oid in due:
+                order_key = keys.order_prefix(room_id) + oid
+                pipe.hget(order_key, "viewer")
+                await self._release(keys=[order_key, keys.deadlines(room_id),
+                                          keys.stats(room_id)],
+                                    args=[keys.stock_prefix(room_id), oid, "expired", now_ms],
+                                    client=pipe)
             answers = await pipe.execute()
-        return [parse(a, room_id=room_id, ts=now_ms) for a in answers]
+        return [((oid, (viewer or b"").decode()), parse(answer, room_id=room_id, ts=now_ms))
+                for oid, viewer, answer in zip(due, answers[::2], answers[1::2], strict=True)]
 
     async def levels(self, room_id: str) -> list[StockUpdate]:
         """The room's current stock, one record per SKU."""
@@ -250,21 +270,30 @@ class Inventory:
                             ts=0)
                 for sku, r in zip(skus, rows, strict=True)]
 
-    async def violations(self, room_id: str) -> list[str]:
-        """Every SKU where the books do not balance or a count is negative (should be [])."""
+    async def audit(self, room_id: str) -> Audit:
+        """One consistent read of the room's books: oversold units and broken invariants."""
         skus = sorted(s.decode() for s in await self.redis.smembers(keys.skus(room_id)))
-        async with self.redis.pipeline(transaction=True) as pipe:  # one consistent read
+        async with self.redis.pipeline(transaction=True) as pipe:
             for sku in skus:
                 pipe.hmget(keys.stock_prefix(room_id) + sku,
                            "available", "reserved", "sold", "loaded")
             rows = await pipe.execute()
-        problems = []
+        audit = Audit(room_id=room_id, skus=len(skus))
         for sku, row in zip(skus, rows, strict=True):
             a, r, s, loaded = (int(x or 0) for x in row)
+            audit.oversold += max(0, r + s - loaded)
             if a + r + s != loaded or min(a, r, s) < 0:
-                problems.append(f"{room_id}/{sku}: available {a} + reserved {r} + sold {s} "
-                                f"!= loaded {loaded}")
-        return problems
+                audit.problems.append(f"{room_id}/{sku}: available {a} + reserved {r} + "
+                                      f"sold {s} != loaded {loaded}")
+        return audit
+
+
+@dataclass(slots=True)
+class Audit:
+    room_id: str
+    skus: int
+    oversold: int = 0
+    problems: list[str] = field(default_factory=list)
 
 
 def result_of(event: OrderEvent, outcome: Outcome) -> OrderResult:

@@ -81,6 +81,7 @@ def _args(batch: RoomBatch) -> list[str | int]:
     return args
 
 
-async def read_stats(redis: Redis, room_id: str) -> dict[str, int]:
+async def read_stats(redis: Redis, room_id: str) -> dict[str, int | float]:
+    """The room's counters; money (`gmv`) is a float, every count an int."""
     raw = await redis.hgetall(keys.stats(room_id))
-    return {k.decode(): int(v) for k, v in raw.items()}
+    return {k.decode(): float(v) if b"." in v else int(v) for k, v in raw.items()}

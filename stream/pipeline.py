@@ -122,7 +122,7 @@ class Pipeline:
             result.by_room[item.event.room_id] = result.by_room.get(item.event.room_id, 0) + 1
         for letter in letters:
             await self._send(self._topics.dead_letters, letter)
-        result.skipped = await self._retrying(lambda: self._ledger.apply(list(counts.values())))
+        result.skipped = await self.retrying(lambda: self._ledger.apply(list(counts.values())))
         result.events = len(items)
         result.dead_letters = len(letters)
         return result
@@ -131,7 +131,7 @@ class Pipeline:
                             reject: Callable[[Record, bytes, str, int | None], None]) -> None:
         for handler in self._handlers:
             try:
-                await self._retrying(lambda h=handler: h.handle(items))
+                await self.retrying(lambda h=handler: h.handle(items))
             except Exception as exc:  # a bug, not an outage: park the batch, keep the worker
                 log.exception("handler %s failed; dead-lettering %d events", handler, len(items))
                 for item in items:
@@ -139,7 +139,7 @@ class Pipeline:
                            f"internal: {type(handler).__name__}: {exc!r}", None)
                 items.clear()
 
-    async def _retrying(self, call: Callable[[], Awaitable[int | None]]) -> int:
+    async def retrying(self, call: Callable[[], Awaitable[int | None]]) -> int:
         """Retry transient failures with backoff, forever: the partition waits, nothing is lost."""
         attempt = 0
         while True:

@@ -112,7 +112,7 @@ async def stop_processes(procs: list[subprocess.Popen[bytes]], *, grace_s: float
 
 
 async def wait_drained(redis: Redis, room_id: str, *, expected: int,
-                       timeout_s: float = 120.0) -> dict[str, int]:
+                       timeout_s: float = 120.0) -> dict[str, int | float]:
     """Wait until processed events plus dead letters reach `expected`; return the stats."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -124,7 +124,7 @@ async def wait_drained(redis: Redis, room_id: str, *, expected: int,
         await asyncio.sleep(0.2)
 
 
-async def room_totals(redis: Redis, room_id: str) -> dict[str, int]:
+async def room_totals(redis: Redis, room_id: str) -> dict[str, int | float]:
     """The room's counters, with dead letters that could not be tied to a room added in."""
     stats = await read_stats(redis, room_id)
     unrouted = await read_stats(redis, keys.NO_ROOM)

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 import faust
 from faust.types import EventT
 from redis.asyncio import Redis
 
+from stream import keys
 from stream.admin import ensure_topics
+from stream.codec import encode
 from stream.config import Settings
+from stream.inventory import Inventory
 from stream.ledger import Ledger
+from stream.models import StockUpdate
+from stream.orders import Orders
 from stream.pipeline import Pipeline, Record
+from stream.stockfeed import StockFeed
 from stream.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -26,6 +33,8 @@ log = logging.getLogger(__name__)
 # A take() batch: big enough to amortise one Redis round trip, short enough for live stock.
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.02
+SWEEP_EVERY_S = 1.0
+FLUSH_EVERY_S = 0.02
 APP_ID = "livecommerce"
 
 
@@ -59,7 +68,24 @@ def create_app(settings: Settings) -> faust.App:
     async def send(topic: str, value: bytes) -> object:
         return await out[topic].send(value=value)
 
-    pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send)
+    async def publish_stock(updates: list[StockUpdate]) -> None:
+        # Gateways fan out from Redis pub/sub; Kafka keeps the record for other consumers.
+        await redis.publish(keys.STOCK_CHANNEL, encode(updates))
+        for update in updates:
+            await send(topics.stock_updates, encode(update))
+
+    feed = StockFeed(publish_stock, clock=time.monotonic)
+    orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
+                    topics=topics)
+    pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send, handlers=[orders])
+
+    @app.timer(SWEEP_EVERY_S)
+    async def sweep() -> None:
+        await pipeline.retrying(orders.sweep)
+
+    @app.timer(FLUSH_EVERY_S)
+    async def flush_stock() -> None:
+        await pipeline.retrying(feed.flush)
 
     async def consume(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
