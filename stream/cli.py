@@ -145,3 +145,36 @@ def simulate(gateway_url: str, room: str, viewers: int, duration: float, speed: 
     click.echo(msgspec.json.encode(stats).decode())
     if stats.rejected:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("rooms", nargs=-1)
+def check(rooms: tuple[str, ...]) -> None:
+    """Verify available + reserved + sold == loaded for every SKU (all rooms by default)."""
+    from redis.asyncio import Redis
+
+    from stream import keys
+    from stream.inventory import Inventory
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.UsageError("set LIVECOMMERCE_REDIS_URL")
+
+    async def audit() -> int:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            names = list(rooms) or sorted(r.decode() for r in await redis.smembers(keys.ROOMS))
+            inventory = Inventory(redis)
+            bad = 0
+            for room in names:
+                result = await inventory.audit(room)
+                state = "ok" if not result.problems and not result.oversold else "BROKEN"
+                click.echo(f"{room}: {result.skus} skus, oversold {result.oversold}, {state}")
+                for problem in result.problems:
+                    click.echo(f"  {problem}")
+                bad += bool(result.problems or result.oversold)
+            return bad
+        finally:
+            await redis.aclose()
+
+    sys.exit(1 if asyncio.run(audit()) else 0)

@@ -84,3 +84,29 @@ def test_up_stops_everything_on_ctrl_c() -> None:
             proc.kill()
     time.sleep(0.5)
     assert not [p for p in children if _alive(p)], "children left behind"
+
+
+async def test_check_finds_broken_books(stack) -> None:  # type: ignore[no-untyped-def]
+    from redis.asyncio import Redis
+
+    from stream import keys
+    from stream.inventory import Inventory
+    from stream.models import StockSet
+
+    room = f"check-{time.time_ns()}"
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        inventory = Inventory(redis)
+        async with redis.pipeline(transaction=False) as pipe:
+            await inventory.queue(pipe, StockSet(event_id=f"{room}-s", room_id=room,
+                                                 ts=1_700_000_000_000, sku="rice", qty=5))
+            await pipe.execute()
+        env = {**_env(), "LIVECOMMERCE_REDIS_URL": stack.redis_url}
+        ok = subprocess.run([*CLI, "check", room], env=env, capture_output=True, text=True)
+        assert ok.returncode == 0 and "oversold 0, ok" in ok.stdout, ok.stdout + ok.stderr
+        await redis.hincrby(keys.stock_prefix(room) + "rice", "sold", 6)
+        bad = subprocess.run([*CLI, "check", room], env=env, capture_output=True, text=True)
+        assert bad.returncode == 1
+        assert "oversold 1" in bad.stdout and "rice" in bad.stdout
+    finally:
+        await redis.aclose()
