@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import orjson
 from redis.asyncio import Redis
 
 from stream import keys
@@ -23,26 +24,44 @@ from stream.models import (
     OrderPaid,
     OrderPaymentFailed,
     OrderPlaced,
-    OrderResult,
     StockSet,
     StockUpdate,
 )
 
 # Orders are kept this long after their last change, for late payments and the review.
 ORDER_RETENTION_S = 7 * 24 * 3600
+# Ops per script call: long enough to amortise the call, short enough not to stall Redis.
+CHUNK = 500
 
-_STOCK_OUT = """
-local function level(prefix, sku, out)
-  local s = redis.call('HMGET', prefix .. sku, 'available', 'reserved', 'sold', 'version')
+# One script applies a list of operations on one room, in order, atomically.
+# KEYS: stats hash, deadlines zset, skus set, applied stock.set ids.
+# ARGV: stock key prefix, order key prefix, retention s, max qty per line, JSON list of ops:
+#   ["set", event_id, sku, qty, name, price]       stock.set: `available` := qty
+#   ["place", order_id, viewer, deadline, [[sku, qty, price], ...]]   every line or none
+#   ["pay", order_id]                               confirm; after a lapse re-reserve or `expired`
+#   ["release", order_id, reason, due_by]           cancel/payment_failed ('' due_by) or expiry
+# Returns per op: {'new'|'dup', status, reason, viewer, then sku, available, reserved, sold,
+# version for every SKU it changed}. A replay ('dup') changes nothing and repeats the status.
+# Fresh outcomes are counted in the stats hash here, so those counts are exactly-once too.
+# SKU and order keys are built from the prefixes: same `{room}` hash tag, same slot.
+APPLY = """
+local stats, deadlines, skus, stock_sets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stock, orders = ARGV[1], ARGV[2]
+local retention, max_qty = ARGV[3], tonumber(ARGV[4])
+
+local function level(sku, out)
+  local s = redis.call('HMGET', stock .. sku, 'available', 'reserved', 'sold', 'version')
   out[#out + 1] = sku
   out[#out + 1] = s[1]; out[#out + 1] = s[2]; out[#out + 1] = s[3]; out[#out + 1] = s[4]
 end
-local function move(prefix, sku, field_from, field_to, qty)
-  local k = prefix .. sku
-  if field_from then redis.call('HINCRBY', k, field_from, -qty) end
-  redis.call('HINCRBY', k, field_to, qty)
+
+local function move(sku, from, to, qty)
+  local k = stock .. sku
+  redis.call('HINCRBY', k, from, -qty)
+  redis.call('HINCRBY', k, to, qty)
   redis.call('HINCRBY', k, 'version', 1)
 end
+
 local function lines(text)
   local out = {}
   for sku, qty in string.gmatch(text or '', '([^ ;]+) (%d+)') do
@@ -50,212 +69,210 @@ local function lines(text)
   end
   return out
 end
-"""
 
-# KEYS: sku hash, skus set, applied stock.set ids.  ARGV: event_id, sku, qty, name, price.
-STOCK_SET = _STOCK_OUT + """
-local fresh = redis.call('SADD', KEYS[3], ARGV[1])
-if fresh == 1 then
-  local available = tonumber(redis.call('HGET', KEYS[1], 'available') or '0')
-  local qty = tonumber(ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'loaded', qty - available)
-  redis.call('HSET', KEYS[1], 'available', qty)
-  redis.call('HSETNX', KEYS[1], 'reserved', 0)
-  redis.call('HSETNX', KEYS[1], 'sold', 0)
-  redis.call('HINCRBY', KEYS[1], 'version', 1)
-  if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'name', ARGV[4]) end
-  if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'price', ARGV[5]) end
-  redis.call('SADD', KEYS[2], ARGV[2])
-end
-local out = {fresh == 1 and 'new' or 'dup', '', ''}
-local s = redis.call('HMGET', KEYS[1], 'available', 'reserved', 'sold', 'version')
-out[4] = ARGV[2]; out[5] = s[1]; out[6] = s[2]; out[7] = s[3]; out[8] = s[4]
-return out
-"""
-
-# Order scripts also count their fresh outcomes in the room's stats hash (KEYS[3]), so
-# the counts are exactly-once for free: a replay returns before it counts.
-
-# KEYS: order hash, deadlines, stats.  ARGV: stock prefix, order_id, viewer, deadline,
-# max qty, retention, then sku, qty, price per line.  Every line or none.
-RESERVE = _STOCK_OUT + """
-local o = redis.call('HMGET', KEYS[1], 'status', 'reason')
-if o[1] then return {'dup', o[1], o[2] or ''} end
-local reason = nil
-local n = (#ARGV - 6) / 3
-for i = 0, n - 1 do
-  local sku, qty = ARGV[7 + 3 * i], tonumber(ARGV[8 + 3 * i])
-  local available = redis.call('HGET', ARGV[1] .. sku, 'available')
-  if not available then reason = 'unknown_sku'; break end
-  if qty > tonumber(ARGV[5]) then reason = 'over_limit'; break end
-  if tonumber(available) < qty then reason = 'sold_out' end
-end
-if reason then
-  redis.call('HSET', KEYS[1], 'status', 'rejected', 'reason', reason, 'viewer', ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
-  redis.call('HINCRBY', KEYS[3], 'orders_rejected:' .. reason, 1)
-  return {'new', 'rejected', reason}
-end
-local out = {'new', 'reserved', ''}
-local text, amount = {}, 0
-for i = 0, n - 1 do
-  local sku, qty = ARGV[7 + 3 * i], tonumber(ARGV[8 + 3 * i])
-  move(ARGV[1], sku, 'available', 'reserved', qty)
-  level(ARGV[1], sku, out)
-  text[#text + 1] = sku .. ' ' .. qty
-  amount = amount + qty * tonumber(ARGV[9 + 3 * i])
-end
-redis.call('HSET', KEYS[1], 'status', 'reserved', 'reason', '', 'viewer', ARGV[3],
-           'lines', table.concat(text, ';'), 'deadline', ARGV[4], 'amount', tostring(amount))
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'orders_reserved', 1)
-return out
-"""
-
-# KEYS: order hash, deadlines, stats.  ARGV: stock prefix, order_id.
-# A payment after the reservation lapsed is re-reserved if stock remains, else `expired`.
-CONFIRM = _STOCK_OUT + """
-local o = redis.call('HMGET', KEYS[1], 'status', 'reason', 'lines', 'paid', 'paid_reason',
-                     'amount')
-if not o[1] then return {'new', 'rejected', 'unknown_order'} end
-if o[4] then return {'dup', o[4], o[5] or ''} end
-local status, reason = 'rejected', o[2] or ''
-local out = {}
-if o[1] == 'reserved' then
-  status, reason = 'confirmed', ''
-  for _, l in ipairs(lines(o[3])) do move(ARGV[1], l[1], 'reserved', 'sold', l[2]) end
-elseif o[1] == 'released' and o[2] ~= 'cancelled' then
-  local ok = true
-  for _, l in ipairs(lines(o[3])) do
-    if tonumber(redis.call('HGET', ARGV[1] .. l[1], 'available') or '0') < l[2] then ok = false end
+local function stock_set(op)
+  local key = stock .. op[3]
+  local fresh = redis.call('SADD', stock_sets, op[2]) == 1
+  if fresh then
+    local qty = tonumber(op[4])
+    local before = tonumber(redis.call('HGET', key, 'available') or '0')
+    redis.call('HINCRBY', key, 'loaded', qty - before)
+    redis.call('HSET', key, 'available', qty)
+    redis.call('HSETNX', key, 'reserved', 0)
+    redis.call('HSETNX', key, 'sold', 0)
+    redis.call('HINCRBY', key, 'version', 1)
+    if op[5] ~= '' then redis.call('HSET', key, 'name', op[5]) end
+    if op[6] ~= '' then redis.call('HSET', key, 'price', op[6]) end
+    redis.call('SADD', skus, op[3])
   end
-  if ok then
-    status, reason = 'confirmed', 're-reserved after ' .. o[2]
-    for _, l in ipairs(lines(o[3])) do move(ARGV[1], l[1], 'available', 'sold', l[2]) end
+  local out = {fresh and 'new' or 'dup', '', '', ''}
+  level(op[3], out)
+  return out
+end
+
+local function place(op)
+  local key = orders .. op[2]
+  local o = redis.call('HMGET', key, 'status', 'reason', 'viewer')
+  if o[1] then return {'dup', o[1], o[2] or '', o[3] or ''} end
+  local reason = nil
+  for _, l in ipairs(op[5]) do
+    local available = redis.call('HGET', stock .. l[1], 'available')
+    if not available then reason = 'unknown_sku'; break end
+    if l[2] > max_qty then reason = 'over_limit'; break end
+    if tonumber(available) < l[2] then reason = 'sold_out' end
+  end
+  if reason then
+    redis.call('HSET', key, 'status', 'rejected', 'reason', reason, 'viewer', op[3])
+    redis.call('EXPIRE', key, retention)
+    redis.call('HINCRBY', stats, 'orders_rejected:' .. reason, 1)
+    return {'new', 'rejected', reason, op[3]}
+  end
+  local out = {'new', 'reserved', '', op[3]}
+  local text, amount = {}, 0
+  for _, l in ipairs(op[5]) do
+    move(l[1], 'available', 'reserved', l[2])
+    level(l[1], out)
+    text[#text + 1] = l[1] .. ' ' .. l[2]
+    amount = amount + l[2] * l[3]
+  end
+  redis.call('HSET', key, 'status', 'reserved', 'reason', '', 'viewer', op[3],
+             'lines', table.concat(text, ';'), 'deadline', op[4], 'amount', tostring(amount))
+  redis.call('EXPIRE', key, retention)
+  redis.call('ZADD', deadlines, op[4], op[2])
+  redis.call('HINCRBY', stats, 'orders_reserved', 1)
+  return out
+end
+
+local function pay(op)
+  local key = orders .. op[2]
+  local o = redis.call('HMGET', key, 'status', 'reason', 'lines', 'paid', 'paid_reason',
+                       'amount', 'viewer')
+  if not o[1] then return {'new', 'rejected', 'unknown_order', ''} end
+  local viewer = o[7] or ''
+  if o[4] then return {'dup', o[4], o[5] or '', viewer} end
+  local status, reason = 'rejected', o[2] or ''
+  if o[1] == 'reserved' then
+    status, reason = 'confirmed', ''
+    for _, l in ipairs(lines(o[3])) do move(l[1], 'reserved', 'sold', l[2]) end
+  elseif o[1] == 'released' and o[2] ~= 'cancelled' then
+    local ok = true
+    for _, l in ipairs(lines(o[3])) do
+      if tonumber(redis.call('HGET', stock .. l[1], 'available') or '0') < l[2] then ok = false end
+    end
+    if ok then
+      status, reason = 'confirmed', 're-reserved after ' .. o[2]
+      for _, l in ipairs(lines(o[3])) do move(l[1], 'available', 'sold', l[2]) end
+    else
+      reason = 'expired'
+    end
+  end
+  redis.call('HSET', key, 'paid', status, 'paid_reason', reason)
+  local out = {'new', status, reason, viewer}
+  if status == 'confirmed' then
+    redis.call('HSET', key, 'status', 'confirmed')
+    redis.call('ZREM', deadlines, op[2])
+    for _, l in ipairs(lines(o[3])) do level(l[1], out) end
+    redis.call('HINCRBY', stats, 'orders_paid', 1)
+    redis.call('HINCRBYFLOAT', stats, 'gmv', o[6] or '0')
   else
-    reason = 'expired'
+    redis.call('HINCRBY', stats, 'payments_rejected:' .. reason, 1)
   end
+  return out
 end
-if status == 'confirmed' then
-  redis.call('HSET', KEYS[1], 'status', 'confirmed')
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  for _, l in ipairs(lines(o[3])) do level(ARGV[1], l[1], out) end
-  redis.call('HINCRBY', KEYS[3], 'orders_paid', 1)
-  redis.call('HINCRBYFLOAT', KEYS[3], 'gmv', o[6] or '0')
-else
-  redis.call('HINCRBY', KEYS[3], 'payments_rejected:' .. reason, 1)
+
+local function release(op)
+  local key = orders .. op[2]
+  local o = redis.call('HMGET', key, 'status', 'reason', 'lines', 'deadline', 'viewer')
+  if not o[1] then return {'new', 'rejected', 'unknown_order', ''} end
+  local viewer = o[5] or ''
+  if o[1] ~= 'reserved' then return {'dup', o[1], o[2] or '', viewer} end
+  if op[4] ~= '' and tonumber(o[4]) > tonumber(op[4]) then return {'dup', o[1], '', viewer} end
+  local out = {'new', 'released', op[3], viewer}
+  for _, l in ipairs(lines(o[3])) do
+    move(l[1], 'reserved', 'available', l[2])
+    level(l[1], out)
+  end
+  redis.call('HSET', key, 'status', 'released', 'reason', op[3])
+  redis.call('ZREM', deadlines, op[2])
+  redis.call('HINCRBY', stats, 'orders_released:' .. op[3], 1)
+  return out
 end
-redis.call('HSET', KEYS[1], 'paid', status, 'paid_reason', reason)
-local head = {'new', status, reason}
-for _, v in ipairs(out) do head[#head + 1] = v end
-return head
+
+local apply = {set = stock_set, place = place, pay = pay, release = release}
+local results = {}
+for i, op in ipairs(cjson.decode(ARGV[5])) do results[i] = apply[op[1]](op) end
+return results
 """
 
-# KEYS: order hash, deadlines, stats.  ARGV: stock prefix, order_id, reason, due-by (expiry).
-RELEASE = _STOCK_OUT + """
-local o = redis.call('HMGET', KEYS[1], 'status', 'reason', 'lines', 'deadline')
-if not o[1] then return {'new', 'rejected', 'unknown_order'} end
-if o[1] ~= 'reserved' then return {'dup', o[1], o[2] or ''} end
-if ARGV[4] ~= '' and tonumber(o[4]) > tonumber(ARGV[4]) then return {'dup', o[1], ''} end
-local out = {'new', 'released', ARGV[3]}
-for _, l in ipairs(lines(o[3])) do
-  move(ARGV[1], l[1], 'reserved', 'available', l[2])
-  level(ARGV[1], l[1], out)
-end
-redis.call('HSET', KEYS[1], 'status', 'released', 'reason', ARGV[3])
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'orders_released:' .. ARGV[3], 1)
-return out
-"""
+Op = list[object]
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one script did: `fresh` is False for a replay, which changed nothing."""
+    """What one operation did: `fresh` is False for a replay, which changed nothing."""
 
     fresh: bool
     status: str
     reason: str
+    viewer_id: str
     levels: tuple[StockUpdate, ...]
 
 
 def parse(answer: Sequence[bytes | str | int | None], *, room_id: str, ts: int) -> Outcome:
-    """Decode a script's flat answer: fresh, status, reason, then 5 fields per SKU."""
+    """Decode one op's flat answer: fresh, status, reason, viewer, then 5 fields per SKU."""
     text = [a.decode() if isinstance(a, bytes) else a for a in answer]
     levels = tuple(
         StockUpdate(room_id=room_id, sku=str(text[i]), available=int(text[i + 1] or 0),
                     reserved=int(text[i + 2] or 0), sold=int(text[i + 3] or 0),
                     version=int(text[i + 4] or 0), ts=ts)
-        for i in range(3, len(text), 5)
+        for i in range(4, len(text), 5)
     )
-    return Outcome(text[0] == "new", str(text[1]), str(text[2] or ""), levels)
+    return Outcome(text[0] == "new", str(text[1]), str(text[2] or ""), str(text[3] or ""),
+                   levels)
 
 
 class Inventory:
-    """Queues inventory scripts on a pipeline and reads the answers back as Outcomes."""
+    """Turns events into script operations and runs them, a room and a chunk per call."""
 
     def __init__(self, redis: Redis, *, reservation_ttl_ms: int = 15 * 60_000,
                  max_qty_per_line: int = 10) -> None:
         self.redis = redis
         self.reservation_ttl_ms = reservation_ttl_ms
         self.max_qty_per_line = max_qty_per_line
-        self._stock_set = redis.register_script(STOCK_SET)
-        self._reserve = redis.register_script(RESERVE)
-        self._confirm = redis.register_script(CONFIRM)
-        self._release = redis.register_script(RELEASE)
+        self._apply = redis.register_script(APPLY)
 
-    async def queue(self, pipe: Redis, event: StockSet | OrderEvent) -> None:
-        """Add the script for `event` to `pipe` (a pipeline); its answer goes to `parse`."""
-        room = event.room_id
+    def op(self, event: StockSet | OrderEvent) -> Op:
+        """The script operation for one event (pure)."""
         if isinstance(event, StockSet):
-            await self._stock_set(
-                keys=[keys.stock_prefix(room) + event.sku, keys.skus(room), keys.stock_sets(room)],
-                args=[event.event_id, event.sku, event.qty, event.name or "",
-                      "" if event.price is None else event.price],
-                client=pipe)
-            return
-        order_keys = [keys.order_prefix(room) + event.order_id, keys.deadlines(room),
-                      keys.stats(room)]
-        prefix = keys.stock_prefix(room)
+            return ["set", event.event_id, event.sku, event.qty, event.name or "",
+                    "" if event.price is None else str(event.price)]
         if isinstance(event, OrderPlaced):
-            args: list[str | int | float] = [
-                prefix, event.order_id, event.viewer_id, event.ts + self.reservation_ttl_ms,
-                self.max_qty_per_line, ORDER_RETENTION_S]
-            for item in event.items:
-                args += [item.sku, item.qty, item.price]
-            await self._reserve(keys=order_keys, args=args, client=pipe)
-        elif isinstance(event, OrderPaid):
-            await self._confirm(keys=order_keys, args=[prefix, event.order_id], client=pipe)
-        elif isinstance(event, OrderCancelled | OrderPaymentFailed):
-            reason = "cancelled" if isinstance(event, OrderCancelled) else "payment_failed"
-            await self._release(keys=order_keys, args=[prefix, event.order_id, reason, ""],
-                                client=pipe)
-        else:  # pragma: no cover - the union is closed
-            raise TypeError(f"not an inventory event: {event!r}")
+            return ["place", event.order_id, event.viewer_id,
+                    str(event.ts + self.reservation_ttl_ms),
+                    [[i.sku, i.qty, i.price] for i in event.items]]
+        if isinstance(event, OrderPaid):
+            return ["pay", event.order_id]
+        if isinstance(event, OrderCancelled):
+            return ["release", event.order_id, "cancelled", ""]
+        if isinstance(event, OrderPaymentFailed):
+            return ["release", event.order_id, "payment_failed", ""]
+        raise TypeError(f"not an inventory event: {event!r}")  # pragma: no cover
+
+    async def queue(self, pipe: Redis, room_id: str, ops: Sequence[Op]) -> int:
+        """Queue `ops` for one room on `pipe`; returns how many calls (answers) it added."""
+        calls = 0
+        for lo in range(0, len(ops), CHUNK):
+            await self._apply(
+                keys=[keys.stats(room_id), keys.deadlines(room_id), keys.skus(room_id),
+                      keys.stock_sets(room_id)],
+                args=[keys.stock_prefix(room_id), keys.order_prefix(room_id),
+                      ORDER_RETENTION_S, self.max_qty_per_line,
+                      orjson.dumps(ops[lo:lo + CHUNK])],
+                client=pipe)
+            calls += 1
+        return calls
+
+    async def run(self, room_id: str, ops: Sequence[Op], *, ts: int) -> list[Outcome]:
+        """Apply `ops` now and return one Outcome per op."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self.queue(pipe, room_id, ops)
+            answers = await pipe.execute()
+        return [parse(a, room_id=room_id, ts=ts) for chunk in answers for a in chunk]
 
     async def expire_due(self, room_id: str, *, now_ms: int,
-                         limit: int = 500) -> list[tuple[tuple[str, str], Outcome]]:
+                         limit: int = 500) -> list[tuple[str, Outcome]]:
         """Release reservations whose deadline has passed on the room's clock.
 
-        Returns ((order_id, viewer_id), outcome) per due order; an outcome that is not
-        fresh means the order was paid or cancelled first and nothing changed.
+        Returns (order_id, outcome) per due order; an outcome that is not fresh means
+        the order was paid or cancelled first and nothing changed.
         """
         due = [d.decode() for d in await self.redis.zrangebyscore(
             keys.deadlines(room_id), "-inf", now_ms, start=0, num=limit)]
         if not due:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for oid in due:
-                order_key = keys.order_prefix(room_id) + oid
-                pipe.hget(order_key, "viewer")
-                await self._release(keys=[order_key, keys.deadlines(room_id),
-                                          keys.stats(room_id)],
-                                    args=[keys.stock_prefix(room_id), oid, "expired", now_ms],
-                                    client=pipe)
-            answers = await pipe.execute()
-        return [((oid, (viewer or b"").decode()), parse(answer, room_id=room_id, ts=now_ms))
-                for oid, viewer, answer in zip(due, answers[::2], answers[1::2], strict=True)]
+        outcomes = await self.run(room_id, [["release", oid, "expired", str(now_ms)]
+                                            for oid in due], ts=now_ms)
+        return list(zip(due, outcomes, strict=True))
 
     async def levels(self, room_id: str) -> list[StockUpdate]:
         """The room's current stock, one record per SKU."""
@@ -294,9 +311,3 @@ class Audit:
     skus: int
     oversold: int = 0
     problems: list[str] = field(default_factory=list)
-
-
-def result_of(event: OrderEvent, outcome: Outcome) -> OrderResult:
-    return OrderResult(order_id=event.order_id, room_id=event.room_id, viewer_id=event.viewer_id,
-                       status=outcome.status,  # type: ignore[arg-type]
-                       reason=outcome.reason or None, ts=event.ts)

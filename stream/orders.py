@@ -1,7 +1,8 @@
 """The worker's selling path: stock and order events to inventory scripts, results out.
 
-One Redis pipeline per batch keeps the order of events (a `placed` before its `paid`
-in the same batch still works) and costs one round trip for thousands of orders.
+Per batch and room, one script call applies up to 500 operations in order (a `placed`
+before its `paid` in the same batch still works); one pipeline carries every room's
+calls, so a batch costs one Redis round trip however many orders it holds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from redis.asyncio import Redis
 from stream import keys
 from stream.clock import RoomClocks
 from stream.codec import encode
-from stream.inventory import Inventory, Outcome, parse, result_of
+from stream.inventory import Inventory, Outcome, parse
 from stream.models import OrderEvent, OrderResult, StockSet
 from stream.pipeline import Item, Send
 from stream.stockfeed import StockFeed
@@ -36,32 +37,36 @@ class Orders:
         self._rooms: set[str] = set()
 
     async def handle(self, items: Sequence[Item]) -> None:
-        events = [i.event for i in items if isinstance(i.event, StockSet | OrderEvent)]
+        by_room: dict[str, list[Item]] = {}
         latest: dict[str, int] = {}
         for item in items:
             room = item.event.room_id
             latest[room] = max(latest.get(room, 0), item.event.ts)
+            if isinstance(item.event, StockSet | OrderEvent):
+                by_room.setdefault(room, []).append(item)
         if not latest:
             return
         wall_ms = int(self._clock() * 1000)
+        new_rooms = [r for r in by_room if r not in self._rooms]
         async with self._redis.pipeline(transaction=False) as pipe:
             for room, ts in latest.items():
                 await self._clocks.advance(pipe, room, event_ms=ts, wall_ms=wall_ms)
-            new_rooms = [r for r in latest if r not in self._rooms]
             if new_rooms:
                 pipe.sadd(keys.ROOMS, *new_rooms)
-            for event in events:
-                await self._inventory.queue(pipe, event)
+            calls = [await self._inventory.queue(
+                pipe, room, [self._inventory.op(i.event) for i in group])  # type: ignore[arg-type]
+                for room, group in by_room.items()]
             answers = await pipe.execute()
-        self._rooms.update(latest)
-        outcomes = answers[len(latest) + (1 if new_rooms else 0):]
-        results: list[OrderResult] = []
-        for event, answer in zip(events, outcomes, strict=True):
-            outcome = parse(answer, room_id=event.room_id, ts=event.ts)
-            self._feed.offer(outcome.levels)
-            if isinstance(event, OrderEvent):
-                results.append(result_of(event, outcome))
-        await self._publish(results)
+        self._rooms.update(new_rooms)
+        chunks = iter(answers[len(latest) + bool(new_rooms):])
+        for (room, group), n in zip(by_room.items(), calls, strict=True):
+            flat = [a for _ in range(n) for a in next(chunks)]
+            for item, answer in zip(group, flat, strict=True):
+                outcome = parse(answer, room_id=room, ts=item.event.ts)
+                self._feed.offer(outcome.levels)
+                if isinstance(item.event, OrderEvent):
+                    await self._publish(_result(item.event.order_id, room, item.event.ts,
+                                                outcome), item.record.partition)
         await self._feed.flush()
 
     async def sweep(self) -> int:
@@ -73,25 +78,21 @@ class Orders:
             now = await self._clocks.now(room, wall_now_ms=wall_ms)
             if now is None:
                 continue
-            expired = await self._inventory.expire_due(room, now_ms=now)
-            results = [r for r in (_expired_result(room, o, now) for o in expired) if r]
-            for _, outcome in expired:
+            for order_id, outcome in await self._inventory.expire_due(room, now_ms=now):
                 self._feed.offer(outcome.levels)
-            await self._publish(results)
-            released += len(results)
+                if outcome.fresh:  # else paid or cancelled in the meantime
+                    await self._publish(_result(order_id, room, now, outcome), None)
+                    released += 1
         await self._feed.flush()
         return released
 
-    async def _publish(self, results: list[OrderResult]) -> None:
-        for result in results:
-            await self._send(self._topics.order_results, encode(result))
+    async def _publish(self, result: OrderResult, partition: int | None) -> None:
+        # The input's partition number: a viewer's results stay in order, no hashing.
+        await self._send(self._topics.order_results, encode(result), result.order_id.encode(),
+                         partition)
 
 
-def _expired_result(room: str, pair: tuple[tuple[str, str], Outcome],
-                    now: int) -> OrderResult | None:
-    (order_id, viewer), outcome = pair
-    if not outcome.fresh:
-        return None  # paid or cancelled in the meantime: nothing expired
-    return OrderResult(order_id=order_id, room_id=room, viewer_id=viewer,
-                       status=outcome.status, reason=outcome.reason or None,  # type: ignore[arg-type]
-                       ts=now)
+def _result(order_id: str, room: str, ts: int, outcome: Outcome) -> OrderResult:
+    return OrderResult(order_id=order_id, room_id=room, viewer_id=outcome.viewer_id,
+                       status=outcome.status,  # type: ignore[arg-type]
+                       reason=outcome.reason or None, ts=ts)

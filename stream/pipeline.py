@@ -47,7 +47,8 @@ class Item:
 
 
 class Send(Protocol):
-    def __call__(self, topic: str, value: bytes) -> Awaitable[object]: ...
+    def __call__(self, topic: str, value: bytes, key: bytes | None = None,
+                 partition: int | None = None) -> Awaitable[object]: ...
 
 
 class Handler(Protocol):

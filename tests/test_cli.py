@@ -97,10 +97,9 @@ async def test_check_finds_broken_books(stack) -> None:  # type: ignore[no-untyp
     redis = Redis.from_url(stack.redis_url)
     try:
         inventory = Inventory(redis)
-        async with redis.pipeline(transaction=False) as pipe:
-            await inventory.queue(pipe, StockSet(event_id=f"{room}-s", room_id=room,
-                                                 ts=1_700_000_000_000, sku="rice", qty=5))
-            await pipe.execute()
+        stock = StockSet(event_id=f"{room}-s", room_id=room, ts=1_700_000_000_000, sku="rice",
+                         qty=5)
+        await inventory.run(room, [inventory.op(stock)], ts=stock.ts)
         env = {**_env(), "LIVECOMMERCE_REDIS_URL": stack.redis_url}
         ok = subprocess.run([*CLI, "check", room], env=env, capture_output=True, text=True)
         assert ok.returncode == 0 and "oversold 0, ok" in ok.stdout, ok.stdout + ok.stderr
