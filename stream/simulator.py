@@ -564,6 +564,25 @@ def _advance(bar: tqdm[Any], sim_s: float, plan: Plan, stats: SimStats) -> None:
         bar.update(target - bar.n)
 
 
+async def _wait_for_stock(session: aiohttp.ClientSession, gateway: str, room_id: str,
+                          skus: set[str], *, timeout_s: float = 60.0) -> None:
+    """Poll the room's stock until every SKU is loaded (the worker is consuming)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            async with session.get(f"{gateway}/v1/rooms/{room_id}/stock") as resp:
+                if resp.status == 200:
+                    loaded = {s["sku"] for s in (await resp.json())["skus"]}
+                    if skus <= loaded:
+                        return
+        except aiohttp.ClientError:
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"stock for {sorted(skus)} not visible in {timeout_s:.0f} s: "
+                               "is a worker running?")
+        await asyncio.sleep(0.2)
+
+
 async def run(plan: Plan, *, gateway: str, tokens: Tokens, progress: bool = True,
               batch_window_s: float = 0.05) -> SimStats:
     """Send the show to `{gateway}/v1/events` on its schedule; return what happened."""
@@ -573,6 +592,16 @@ async def run(plan: Plan, *, gateway: str, tokens: Tokens, progress: bool = True
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         sender = _Sender(session, url, tokens, stats)
+        # Like an operator: load the stock and see it on the gateway before going live.
+        # Topics are not ordered against each other, so without this a worker that is
+        # still joining may see the first orders before the stock they are for.
+        opening = [e for o, e in schedule if o == 0 and isinstance(e, StockSet)]
+        await sender.send(opening)
+        await sender.drain()
+        if not stats.rejected:  # refused stock will never show; the stats say why
+            await _wait_for_stock(session, gateway.rstrip("/"), plan.room_id,
+                                  {e.sku for e in opening})
+        schedule = [(o, e) for o, e in schedule if not (o == 0 and isinstance(e, StockSet))]
         with tqdm(total=round(plan.sim_s), unit="s", desc=f"broadcast {plan.room_id}",
                   file=sys.stderr, disable=not progress, leave=False) as bar:
             try:

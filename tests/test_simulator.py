@@ -240,6 +240,11 @@ class _Gateway:
         self.requests = 0
         self.seen: set[str] = set()
         self.bodies: list[tuple[str, list[dict[str, Any]]]] = []
+        self.skus: set[str] = set()
+
+    async def stock(self, request: web.Request) -> web.Response:
+        return web.json_response({"room_id": request.match_info["room"],
+                                  "skus": [{"sku": s} for s in sorted(self.skus)]})
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -248,6 +253,7 @@ class _Gateway:
         rejected = [{"index": i, "error": "duplicate event_id"}
                     for i, item in enumerate(items) if item["event_id"] in self.seen]
         self.seen.update(item["event_id"] for item in items)
+        self.skus.update(item["sku"] for item in items if item["type"] == "stock.set")
         if self.requests <= self.fail_first:
             return web.Response(status=503)
         return web.json_response({"accepted": len(items) - len(rejected),
@@ -257,6 +263,7 @@ class _Gateway:
 async def _serve(gateway: _Gateway) -> TestServer:
     app = web.Application()
     app.router.add_post("/v1/events", gateway.handle)
+    app.router.add_get("/v1/rooms/{room}/stock", gateway.stock)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     return server
