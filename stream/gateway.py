@@ -21,6 +21,7 @@ from stream.auth import Tokens, bearer
 from stream.codec import BodyError, clock_error, decode_events, encode
 from stream.config import Settings
 from stream.deadletters import dead_letter, room_of
+from stream.live import StockHub, live_routes
 from stream.models import Event, Origin
 from stream.producer import EnvelopeProducer
 from stream.topics import Topics, key_of, partition_for
@@ -34,10 +35,11 @@ TOKENS = web.AppKey("tokens", Tokens)
 REDIS = web.AppKey("redis", Redis)
 PRODUCER = web.AppKey("producer", EnvelopeProducer)
 TOPICS = web.AppKey("topics", Topics)
+STOCK_HUB = web.AppKey("stock_hub", StockHub)
 
 
 def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
-               producer: EnvelopeProducer) -> web.Application:
+               producer: EnvelopeProducer, hub: StockHub | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[TOKENS] = tokens
@@ -47,6 +49,9 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    # Live stock; the hub runs only while Gateway.start/stop (or the caller) runs it.
+    app[STOCK_HUB] = hub if hub is not None else StockHub(redis)
+    app.add_routes(live_routes(app[STOCK_HUB], tokens))
     return app
 
 
@@ -181,18 +186,22 @@ class Gateway:
         self.tokens = tokens
         self.redis = Redis.from_url(settings.redis_url)
         self.producer = EnvelopeProducer(bootstrap=settings.kafka_bootstrap)
+        self.hub = StockHub(self.redis)
         self._runner: web.AppRunner | None = None
 
     async def start(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
         await self.producer.start()
+        await self.hub.start()
         app = create_app(settings=self.settings, tokens=self.tokens, redis=self.redis,
-                         producer=self.producer)
+                         producer=self.producer, hub=self.hub)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         port = self.settings.http_port if port is None else port
         await web.TCPSite(self._runner, host, port).start()
 
     async def stop(self) -> None:
+        # First: ends the streaming handlers, which the runner would wait 60 s for.
+        await self.hub.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.producer.stop()
