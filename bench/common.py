@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from stream.admin import ensure_topics
 from stream.auth import Tokens
-from stream.config import Settings, to_env
+from stream.config import Settings, from_env, to_env
 from stream.embedded import EmbeddedStack, die_with_parent, free_port
 from stream.runner import stop_processes
 from stream.topics import Topics
@@ -45,7 +45,7 @@ async def system(*, workers: int = 1, partitions: int = 8) -> AsyncIterator[Syst
             tokens_file = Path(tmp) / "tokens.json"
             tokens.save(tokens_file)
             port = free_port()
-            settings = Settings(kafka_url=stack.kafka_url, redis_url=stack.redis_url,
+            settings = from_env(kafka_url=stack.kafka_url, redis_url=stack.redis_url,
                                 tokens_file=tokens_file, http_port=port,
                                 partitions=partitions)
             await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),

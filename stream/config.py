@@ -27,6 +27,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # How long the gateway remembers an event_id to refuse a duplicate.
     dedupe_ttl_s: int = 600
     max_body_bytes: int = 1 << 20
+    # Live stock: at most one update per SKU per interval (100 ms = 10/s), newest always
+    # sent. The interval is also the floor of the p99 latency to a viewer's screen.
+    stock_interval_ms: int = 100
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -34,7 +37,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return self.kafka_url.removeprefix("kafka://")
 
 
-_INTS = {"http_port", "partitions", "max_future_ms", "dedupe_ttl_s", "max_body_bytes"}
+_INTS = {"http_port", "partitions", "max_future_ms", "dedupe_ttl_s", "max_body_bytes",
+         "stock_interval_ms"}
 
 
 def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -27,14 +27,15 @@ from stream.orders import Orders
 from stream.pipeline import Pipeline, Record
 from stream.stockfeed import StockFeed
 from stream.topics import Topics
+from stream.transport import App
 
 log = logging.getLogger(__name__)
 
 # A take() batch: big enough to amortise one Redis round trip, short enough for live stock.
 BATCH_MAX = 2000
-BATCH_WITHIN_S = 0.02
+BATCH_WITHIN_S = 0.01
 SWEEP_EVERY_S = 1.0
-FLUSH_EVERY_S = 0.02
+FLUSH_EVERY_S = 0.01
 APP_ID = "livecommerce"
 
 
@@ -44,7 +45,7 @@ def broker_url(settings: Settings) -> str:
 
 
 def create_app(settings: Settings) -> faust.App:
-    app = faust.App(
+    app = App(
         APP_ID,
         broker=broker_url(settings),
         store="memory://",
@@ -74,7 +75,8 @@ def create_app(settings: Settings) -> faust.App:
         for update in updates:
             await send(topics.stock_updates, encode(update), update.room_id.encode())
 
-    feed = StockFeed(publish_stock, clock=time.monotonic)
+    feed = StockFeed(publish_stock, clock=time.monotonic,
+                     interval_s=settings.stock_interval_ms / 1000)
     orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
                     topics=topics)
     pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send, handlers=[orders])
