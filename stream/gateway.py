@@ -23,6 +23,7 @@ from stream.config import Settings
 from stream.deadletters import dead_letter, room_of
 from stream.live import StockHub, live_routes
 from stream.models import Event, Origin
+from stream.nudgefeed import NudgeRelay
 from stream.producer import EnvelopeProducer
 from stream.topics import Topics, key_of, partition_for
 
@@ -39,7 +40,8 @@ STOCK_HUB = web.AppKey("stock_hub", StockHub)
 
 
 def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
-               producer: EnvelopeProducer, hub: StockHub | None = None) -> web.Application:
+               producer: EnvelopeProducer, hub: StockHub | None = None,
+               relay: NudgeRelay | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[TOKENS] = tokens
@@ -49,9 +51,13 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    # Live stock; the hub runs only while Gateway.start/stop (or the caller) runs it.
+    app.router.add_get("/v1/viewers/{viewer}/tags", viewer_tags)
+    # Live stock and nudges; the hub runs only while Gateway.start/stop (or the caller)
+    # runs it, and carries the nudge channel on the same Redis connection.
     app[STOCK_HUB] = hub if hub is not None else StockHub(redis)
-    app.add_routes(live_routes(app[STOCK_HUB], tokens))
+    relay = relay if relay is not None else NudgeRelay()
+    app[STOCK_HUB].add_channel(keys.NUDGE_CHANNEL, relay.on_payload)
+    app.add_routes(live_routes(app[STOCK_HUB], tokens, viewer_feeds=[relay.feed]))
     return app
 
 
@@ -166,6 +172,21 @@ async def _dead_letter(producer: EnvelopeProducer, redis: Redis, topics: Topics,
     await asyncio.gather(*(producer.send_one(topics.dead_letters, x) for x in letters))
 
 
+async def viewer_tags(request: web.Request) -> web.Response:
+    """`GET /v1/viewers/{viewer}/tags`: personal data, for the commerce token only."""
+    token = bearer(request.headers.get("Authorization"))
+    role = request.app[TOKENS].role(token) if token else None
+    if role is None:
+        return _error(401, "missing or unknown bearer token")
+    if role != "commerce":
+        return _error(403, "tags are personal data: commerce token only")
+    viewer = request.match_info["viewer"]
+    members = await request.app[REDIS].smembers(keys.viewer_tags(viewer))
+    tags = sorted(tuple(m.decode().split("|", 2)) for m in members)
+    return _json({"viewer_id": viewer,
+                  "tags": [{"room_id": r, "tag": t, "value": v} for r, t, v in tags]})
+
+
 async def healthz(request: web.Request) -> web.Response:
     try:
         await request.app[REDIS].ping()
@@ -191,9 +212,10 @@ class Gateway:
 
     async def start(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
         await self.producer.start()
-        await self.hub.start()
+        # The app registers its channels (nudges) on the hub: build it before starting it.
         app = create_app(settings=self.settings, tokens=self.tokens, redis=self.redis,
                          producer=self.producer, hub=self.hub)
+        await self.hub.start()
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         port = self.settings.http_port if port is None else port

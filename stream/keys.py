@@ -65,3 +65,37 @@ ROOMS = f"{PREFIX}:rooms"
 
 STOCK_CHANNEL = f"{PREFIX}:stock-updates"
 """Pub/sub channel carrying coalesced stock updates from workers to gateways."""
+
+
+def host_log(room_id: str) -> str:
+    """List of the room's host events (encoded), each once, in arrival order."""
+    return f"{_room(room_id)}:host-log"
+
+
+def host_log_ids(room_id: str) -> str:
+    """Set of event ids already in the host log."""
+    return f"{_room(room_id)}:host-log-ids"
+
+
+def viewer_states(partition: int) -> str:
+    """Hash `room|viewer` -> msgpack state of the viewers of one input partition."""
+    return f"{PREFIX}:{{vs:{partition}}}:states"
+
+
+def viewer_offsets(partition: int) -> str:
+    """Hash `topic` -> last offset whose effects are in `viewer_states(partition)`."""
+    return f"{PREFIX}:{{vs:{partition}}}:offsets"
+
+
+def viewer_tags(viewer_id: str) -> str:
+    """Set of `room|tag|value` the viewer holds now (SCRM reads it)."""
+    return f"{PREFIX}:{{v:{viewer_id}}}:tags"
+
+
+def once(room_id: str, what: str) -> str:
+    """Marks an effect (a nudge, a follow-up, a suppression) as done, for exactly-once."""
+    return f"{_room(room_id)}:once:{what}"
+
+
+NUDGE_CHANNEL = f"{PREFIX}:nudges"
+"""Pub/sub channel carrying nudges from workers to gateways (for viewers' WebSockets)."""

@@ -157,6 +157,13 @@ class StockHub:
         self._subscribes = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        # Other per-gateway feeds (nudges) share this connection and its reconnects.
+        self._channels: dict[str, Callable[[bytes], None]] = {
+            keys.STOCK_CHANNEL: self._on_payload}
+
+    def add_channel(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        """Also deliver messages of `channel` to `handler` (register before `start`)."""
+        self._channels[channel] = handler
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -279,7 +286,7 @@ class StockHub:
         while True:
             pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(keys.STOCK_CHANNEL)
+                await pubsub.subscribe(*self._channels)
                 unanswered = 0
                 while True:
                     message = await pubsub.get_message(timeout=self.ping_s)
@@ -291,9 +298,10 @@ class StockHub:
                         await pubsub.ping()
                         continue
                     unanswered = 0
+                    channel = message["channel"].decode()
                     if message["type"] == "message":
-                        self._on_payload(message["data"])
-                    elif message["type"] == "subscribe":
+                        self._channels[channel](message["data"])
+                    elif message["type"] == "subscribe" and channel == keys.STOCK_CHANNEL:
                         # Also seen when redis-py reconnected by itself and resubscribed.
                         self._subscribes += 1
                         if failures or self._subscribes > 1:

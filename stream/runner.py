@@ -77,7 +77,9 @@ async def running(settings: Settings, *, workers: int = 1,
                 settings = msgspec.structs.replace(settings, tokens_file=path)
             port = http_port or (settings.http_port if os.environ.get(
                 "LIVECOMMERCE_HTTP_PORT") else free_port())
-            settings = msgspec.structs.replace(settings, http_port=port)
+            # Workers are children: give them the rules by absolute path.
+            settings = msgspec.structs.replace(settings, http_port=port,
+                                               rules_dir=settings.rules_dir.resolve())
             await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),
                                 partitions=settings.partitions)
             redis = Redis.from_url(settings.redis_url)
