@@ -7,13 +7,14 @@ go through `load_dir`, which refuses a bad file with its name, the rule and the 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
-from stream.models import Name
+from stream.models import EVENT_TYPES, Name
 
 Seconds = Annotated[int, Meta(ge=0, le=7 * 24 * 3600)]
 Clock = Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z")]  # "22:00"
@@ -21,6 +22,8 @@ Share = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 # Channels shown inside the live room are on-air: quiet hours do not apply to them.
 ON_AIR_CHANNELS = frozenset({"live_popup", "live_banner"})
+# The placeholders a nudge message may use; anything else would fail at fire time.
+MESSAGE_FIELDS = frozenset({"product_name", "price", "remaining"})
 Channel = Literal["live_popup", "live_banner", "wecom", "sms", "app_push"]
 
 
@@ -47,6 +50,11 @@ class EventCountTrigger(_Strict, tag="event_count", tag_field="kind", kw_only=Tr
     count: Annotated[int, Meta(ge=1, le=10_000)]
     window_s: Annotated[int, Meta(ge=1, le=24 * 3600)]
 
+    def __post_init__(self) -> None:
+        # A misspelt event type would be accepted and then simply never fire.
+        if self.event not in EVENT_TYPES:
+            raise ValueError(f"event: unknown event type {self.event!r}")
+
 
 Trigger = DwellTrigger | CartUnpaidTrigger | EventCountTrigger
 
@@ -65,6 +73,11 @@ class QuietHours(_Strict, kw_only=True):
     start: Clock
     end: Clock
 
+    def __post_init__(self) -> None:
+        # Equal ends could mean "never quiet" or "always quiet"; make the operator say which.
+        if self.start == self.end:
+            raise ValueError("end: equal to start (an empty or all-day window is ambiguous)")
+
 
 class NudgeRule(_Strict, kw_only=True):
     id: Name
@@ -79,6 +92,16 @@ class NudgeRule(_Strict, kw_only=True):
     priority: Annotated[int, Meta(ge=0, le=1000)] = 100
     holdout: Share = 0.0
     quiet_hours: QuietHours | None = None
+
+    def __post_init__(self) -> None:
+        # Checked without assuming how the engine fills them in (str.format or replace):
+        # only known `{name}`s, and no other brace at all.
+        for name in re.findall(r"\{([^{}]*)\}", self.message):
+            if name not in MESSAGE_FIELDS:
+                raise ValueError(f"message: unknown placeholder {{{name}}}; "
+                                 f"known: {', '.join(sorted(MESSAGE_FIELDS))}")
+        if re.search(r"[{}]", re.sub(r"\{[^{}]*\}", "", self.message)):
+            raise ValueError("message: a brace that is not part of a {placeholder}")
 
 
 class Limits(_Strict, kw_only=True):
@@ -160,10 +183,9 @@ def load_dir(path: Path) -> Rules:
         digest.update(name.encode() + b"\0" + raw)
         parsed[name] = _decode(file, raw, schema)
     nudges: NudgeFile = parsed["nudges.toml"]  # type: ignore[assignment]
-    ids = [r.id for r in nudges.nudge]
-    for rule_id in {i for i in ids if ids.count(i) > 1}:
-        raise RuleError(f"{path / 'nudges.toml'}: rule {rule_id!r}: id: used twice")
+    _check_unique(path / "nudges.toml", "nudge", [r.id for r in nudges.nudge])
     tags: TagFile = parsed["tags.toml"]  # type: ignore[assignment]
+    _check_unique(path / "tags.toml", "keyword", [r.id for r in tags.keyword])
     _check_buckets(path / "tags.toml", tags)
     followups: FollowUpFile = parsed["followups.toml"]  # type: ignore[assignment]
     return Rules(nudges=tuple(nudges.nudge), limits=nudges.limits, tags=tags,
@@ -174,9 +196,48 @@ def _decode(file: Path, raw: bytes, schema: type[msgspec.Struct]) -> msgspec.Str
     try:
         return msgspec.toml.decode(raw, type=schema)
     except msgspec.ValidationError as exc:
-        raise RuleError(f"{file}: {_name_rule(raw, str(exc))}") from None
+        message = str(exc)
+        if " - at `" not in message:  # the top level: a misspelt table name
+            known = ", ".join(schema.__struct_fields__)
+            raise RuleError(f"{file}: top level: {message} (known: {known})") from None
+        raise RuleError(f"{file}: {_name_rule(raw, message)}") from None
     except msgspec.DecodeError as exc:
-        raise RuleError(f"{file}: not valid TOML: {exc}") from None
+        raise RuleError(f"{file}: {_locate(raw, str(exc))}not valid TOML: {exc}") from None
+
+
+def _locate(raw: bytes, error: str) -> str:
+    """Best-effort `rule 'x': field: ` for a syntax error, from its line number.
+
+    The file does not parse, so this reads lines: the key on the error line, and the
+    `id = "..."` of the `[[table]]` block around it.
+    """
+    lines = raw.decode("utf-8", "replace").splitlines()
+    match = re.search(r"at line (\d+)", error)
+    at = int(match.group(1)) - 1 if match else len(lines) - 1
+    if not 0 <= at < len(lines):
+        return ""
+    key = re.match(r"\s*([A-Za-z0-9_\-]+)\s*=", lines[at])
+    start = next((i for i in range(at, -1, -1) if lines[i].lstrip().startswith("[[")), None)
+    rule_id = None
+    if start is not None:
+        for line in lines[start + 1:]:
+            if line.lstrip().startswith("[["):
+                break
+            found = re.match(r'\s*id\s*=\s*"([^"]*)"', line)
+            if found:
+                rule_id = found.group(1)
+                break
+    where = f"rule {rule_id!r}: " if rule_id else ""
+    return where + (f"{key.group(1)}: " if key else f"line {at + 1}: ")
+
+
+def _check_unique(file: Path, table: str, ids: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for index, rule_id in enumerate(ids):
+        if rule_id in seen:
+            raise RuleError(f"{file}: rule {rule_id!r}: {table}[{index}].id: used twice "
+                            f"(also {table}[{seen[rule_id]}])")
+        seen[rule_id] = index
 
 
 def _name_rule(raw: bytes, error: str) -> str:
@@ -199,10 +260,19 @@ def _name_rule(raw: bytes, error: str) -> str:
 
 
 def _check_buckets(file: Path, tags: TagFile) -> None:
-    bounds = [b.below_s for b in tags.watch_depth]
-    if not bounds or bounds[-1] is not None or None in bounds[:-1]:
-        raise RuleError(f"{file}: watch_depth: every bucket but the last needs below_s, "
-                        "and the last must have none")
-    finite = [b for b in bounds if b is not None]
-    if finite != sorted(set(finite)):
-        raise RuleError(f"{file}: watch_depth: below_s must increase")
+    """Buckets are open-ended at the top and strictly increasing below it."""
+    buckets = tags.watch_depth
+    if not buckets:
+        raise RuleError(f"{file}: watch_depth: needs at least one bucket")
+    previous: int | None = None
+    for index, bucket in enumerate(buckets):
+        where = f"{file}: bucket {bucket.value!r}: watch_depth[{index}].below_s"
+        last = index == len(buckets) - 1
+        if last and bucket.below_s is not None:
+            raise RuleError(f"{where}: the last bucket must have none (it is open-ended)")
+        if not last and bucket.below_s is None:
+            raise RuleError(f"{where}: missing (only the last bucket may omit it)")
+        if bucket.below_s is not None:
+            if previous is not None and bucket.below_s <= previous:
+                raise RuleError(f"{where}: must increase ({bucket.below_s} after {previous})")
+            previous = bucket.below_s
