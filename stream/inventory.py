@@ -90,44 +90,16 @@ local function stock_set(op)
   return out
 end
 
-local function place(op)
-  local key = orders .. op[2]
-  local o = redis.call('HMGET', key, 'status', 'reason', 'viewer')
-  if o[1] then return {'dup', o[1], o[2] or '', o[3] or ''} end
-  local reason = nil
-  for _, l in ipairs(op[5]) do
-    local available = redis.call('HGET', stock .. l[1], 'available')
-    if not available then reason = 'unknown_sku'; break end
-    if l[2] > max_qty then reason = 'over_limit'; break end
-    if tonumber(available) < l[2] then reason = 'sold_out' end
-  end
-  if reason then
-    redis.call('HSET', key, 'status', 'rejected', 'reason', reason, 'viewer', op[3])
-    redis.call('EXPIRE', key, retention)
-    redis.call('HINCRBY', stats, 'orders_rejected:' .. reason, 1)
-    return {'new', 'rejected', reason, op[3]}
-  end
-  local out = {'new', 'reserved', '', op[3]}
-  local text, amount = {}, 0
-  for _, l in ipairs(op[5]) do
-    move(l[1], 'available', 'reserved', l[2])
-    level(l[1], out)
-    text[#text + 1] = l[1] .. ' ' .. l[2]
-    amount = amount + l[2] * l[3]
-  end
-  redis.call('HSET', key, 'status', 'reserved', 'reason', '', 'viewer', op[3],
-             'lines', table.concat(text, ';'), 'deadline', op[4], 'amount', tostring(amount))
-  redis.call('EXPIRE', key, retention)
-  redis.call('ZADD', deadlines, op[4], op[2])
-  redis.call('HINCRBY', stats, 'orders_reserved', 1)
-  return out
-end
-
 local function pay(op)
   local key = orders .. op[2]
   local o = redis.call('HMGET', key, 'status', 'reason', 'lines', 'paid', 'paid_reason',
                        'amount', 'viewer')
-  if not o[1] then return {'new', 'rejected', 'unknown_order', ''} end
+  if not o[1] then
+    -- Remembered, so the order.placed that follows is confirmed, not left to expire.
+    redis.call('HSET', key, 'paid_early', '1')
+    redis.call('EXPIRE', key, retention)
+    return {'new', 'rejected', 'unknown_order', ''}
+  end
   local viewer = o[7] or ''
   if o[4] then return {'dup', o[4], o[5] or '', viewer} end
   local status, reason = 'rejected', o[2] or ''
@@ -149,7 +121,7 @@ local function pay(op)
   redis.call('HSET', key, 'paid', status, 'paid_reason', reason)
   local out = {'new', status, reason, viewer}
   if status == 'confirmed' then
-    redis.call('HSET', key, 'status', 'confirmed')
+    redis.call('HSET', key, 'status', 'confirmed', 'reason', reason)
     redis.call('ZREM', deadlines, op[2])
     for _, l in ipairs(lines(o[3])) do level(l[1], out) end
     redis.call('HINCRBY', stats, 'orders_paid', 1)
@@ -160,11 +132,58 @@ local function pay(op)
   return out
 end
 
+local function place(op)
+  local key = orders .. op[2]
+  local o = redis.call('HMGET', key, 'placed', 'placed_reason', 'viewer', 'paid_early')
+  if o[1] then return {'dup', o[1], o[2] or '', o[3] or ''} end
+  local reason = nil
+  for _, l in ipairs(op[5]) do
+    local available = redis.call('HGET', stock .. l[1], 'available')
+    if not available then reason = 'unknown_sku'; break end
+    if l[2] > max_qty then reason = 'over_limit'; break end
+    if tonumber(available) < l[2] then reason = 'sold_out' end
+  end
+  if reason then
+    redis.call('HSET', key, 'status', 'rejected', 'reason', reason, 'viewer', op[3],
+               'placed', 'rejected', 'placed_reason', reason)
+    redis.call('EXPIRE', key, retention)
+    redis.call('HINCRBY', stats, 'orders_rejected:' .. reason, 1)
+    return {'new', 'rejected', reason, op[3]}
+  end
+  local out = {'new', 'reserved', '', op[3]}
+  local text, amount = {}, 0
+  for _, l in ipairs(op[5]) do
+    move(l[1], 'available', 'reserved', l[2])
+    level(l[1], out)
+    text[#text + 1] = l[1] .. ' ' .. l[2]
+    amount = amount + l[2] * l[3]
+  end
+  redis.call('HSET', key, 'status', 'reserved', 'reason', '', 'viewer', op[3],
+             'lines', table.concat(text, ';'), 'deadline', op[4], 'amount', tostring(amount),
+             'placed', 'reserved', 'placed_reason', '')
+  redis.call('EXPIRE', key, retention)
+  redis.call('HINCRBY', stats, 'orders_reserved', 1)
+  if o[4] then
+    -- The payment came first (another path, a retry): confirm what was just reserved.
+    local paid = pay({'pay', op[2]})
+    redis.call('HSET', key, 'placed', paid[2], 'placed_reason', 'paid before placed')
+    paid[1], paid[3] = 'new', 'paid before placed'
+    return paid
+  end
+  redis.call('ZADD', deadlines, op[4], op[2])
+  return out
+end
+
 local function release(op)
   local key = orders .. op[2]
-  local o = redis.call('HMGET', key, 'status', 'reason', 'lines', 'deadline', 'viewer')
+  local o = redis.call('HMGET', key, 'status', 'reason', 'lines', 'deadline', 'viewer',
+                       'r:' .. op[3])
   if not o[1] then return {'new', 'rejected', 'unknown_order', ''} end
   local viewer = o[5] or ''
+  if o[6] then
+    local status, reason = string.match(o[6], '([^|]*)|(.*)')
+    return {'dup', status, reason, viewer}
+  end
   if o[1] ~= 'reserved' then return {'dup', o[1], o[2] or '', viewer} end
   if op[4] ~= '' and tonumber(o[4]) > tonumber(op[4]) then return {'dup', o[1], '', viewer} end
   local out = {'new', 'released', op[3], viewer}
@@ -172,7 +191,8 @@ local function release(op)
     move(l[1], 'reserved', 'available', l[2])
     level(l[1], out)
   end
-  redis.call('HSET', key, 'status', 'released', 'reason', op[3])
+  redis.call('HSET', key, 'status', 'released', 'reason', op[3],
+             'r:' .. op[3], 'released|' .. op[3])
   redis.call('ZREM', deadlines, op[2])
   redis.call('HINCRBY', stats, 'orders_released:' .. op[3], 1)
   return out

@@ -298,7 +298,7 @@ class StockHub:
                         await pubsub.ping()
                         continue
                     unanswered = 0
-                    channel = message["channel"].decode()
+                    channel = (message.get("channel") or b"").decode()  # None on a pong
                     if message["type"] == "message":
                         self._channels[channel](message["data"])
                     elif message["type"] == "subscribe" and channel == keys.STOCK_CHANNEL:

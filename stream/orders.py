@@ -66,7 +66,8 @@ class Orders:
                 self._feed.offer(outcome.levels)
                 if isinstance(item.event, OrderEvent):
                     await self._publish(_result(item.event.order_id, room, item.event.ts,
-                                                outcome), item.record.partition)
+                                                outcome, item.event.viewer_id),
+                                        item.record.partition)
         await self._feed.flush()
 
     async def sweep(self) -> int:
@@ -81,7 +82,8 @@ class Orders:
             for order_id, outcome in await self._inventory.expire_due(room, now_ms=now):
                 self._feed.offer(outcome.levels)
                 if outcome.fresh:  # else paid or cancelled in the meantime
-                    await self._publish(_result(order_id, room, now, outcome), None)
+                    await self._publish(_result(order_id, room, now, outcome,
+                                                outcome.viewer_id), None)
                     released += 1
         await self._feed.flush()
         return released
@@ -92,7 +94,7 @@ class Orders:
                          partition)
 
 
-def _result(order_id: str, room: str, ts: int, outcome: Outcome) -> OrderResult:
-    return OrderResult(order_id=order_id, room_id=room, viewer_id=outcome.viewer_id,
+def _result(order_id: str, room: str, ts: int, outcome: Outcome, viewer_id: str) -> OrderResult:
+    return OrderResult(order_id=order_id, room_id=room, viewer_id=viewer_id,
                        status=outcome.status,  # type: ignore[arg-type]
                        reason=outcome.reason or None, ts=ts)
