@@ -13,18 +13,21 @@ import time
 from collections.abc import Sequence
 
 import faust
-from faust.types import EventT
+from faust.types import TP, EventT
 from redis.asyncio import Redis
 
 from stream import keys
 from stream.admin import ensure_topics
 from stream.codec import encode
 from stream.config import Settings
+from stream.engagement import Engagement
 from stream.inventory import Inventory
 from stream.ledger import Ledger
 from stream.models import StockUpdate
 from stream.orders import Orders
 from stream.pipeline import Pipeline, Record
+from stream.roomlog import RoomLog
+from stream.rulewatch import RuleWatcher
 from stream.stockfeed import StockFeed
 from stream.topics import Topics
 from stream.transport import App
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.01
 SWEEP_EVERY_S = 1.0
+TICK_EVERY_S = 1.0
 FLUSH_EVERY_S = 0.01
 APP_ID = "livecommerce"
 
@@ -44,9 +48,14 @@ def broker_url(settings: Settings) -> str:
     return url if "://" in url else f"kafka://{url}"
 
 
+def group_id(topic_prefix: str) -> str:
+    """One consumer group per topic prefix: two deployments (or tests) never share one."""
+    return APP_ID if topic_prefix == "lc." else f"{APP_ID}-{topic_prefix.strip('.')}"
+
+
 def create_app(settings: Settings) -> faust.App:
     app = App(
-        APP_ID,
+        group_id(settings.topic_prefix),
         broker=broker_url(settings),
         store="memory://",
         # A group join waits half the session timeout: 10 s means ~5 s to start, not ~31 s.
@@ -63,6 +72,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     topics = Topics(settings.topic_prefix)
     redis = Redis.from_url(settings.redis_url)
+
     async def send(topic: str, value: bytes, key: bytes | None = None,
                    partition: int | None = None) -> object:
         # Straight to the producer: faust's Topic.send costs ~4x more per record, and
@@ -79,7 +89,27 @@ def create_app(settings: Settings) -> faust.App:
                      interval_s=settings.stock_interval_ms / 1000)
     orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
                     topics=topics)
-    pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send, handlers=[orders])
+    watcher = RuleWatcher(settings.rules_dir)
+    rooms = RoomLog(redis)
+    engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms, send=send,
+                            topics=topics)
+    # Order matters: the host log is folded in before viewers are judged against it.
+    pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send,
+                        handlers=[orders, rooms, engagement])
+
+    @app.task
+    async def watch_rules() -> None:
+        await watcher.run()
+
+    @app.timer(TICK_EVERY_S)
+    async def tick() -> None:
+        await pipeline.retrying(engagement.tick)
+
+    @app.on_partitions_revoked.connect
+    def on_revoked(sender: object, revoked: set[TP], **_: object) -> None:
+        # Whoever gets these partitions next loads their viewers from Redis.
+        engagement.forget({tp.partition for tp in revoked
+                           if tp.topic in (topics.viewer_events, topics.order_events)})
 
     @app.timer(SWEEP_EVERY_S)
     async def sweep() -> None:
@@ -93,10 +123,13 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
             await pipeline.process(_records(events))
 
-    for name in topics.inputs:
-        source = app.topic(name, value_serializer="raw", key_serializer="raw",
-                           partitions=settings.partitions)
-        app.agent(source, name=f"consume-{name}")(consume)
+    # One agent reads a viewer's two topics, so one coroutine owns each viewer's state.
+    viewers = app.topic(topics.viewer_events, topics.order_events, value_serializer="raw",
+                        key_serializer="raw", partitions=settings.partitions)
+    hosts = app.topic(topics.host_events, value_serializer="raw", key_serializer="raw",
+                      partitions=settings.partitions)
+    app.agent(viewers, name="viewers")(consume)
+    app.agent(hosts, name="hosts")(consume)
     return app
 
 

@@ -1,0 +1,149 @@
+"""Viewer events through the whole worker against a raw aiokafka consumer, in one run.
+
+    .venv/bin/python bench/viewer_engine.py [--viewers 20000] [--minutes 30]
+
+A simulated broadcast's events are written twice to a fresh embedded broker:
+1. one event per record, keyed by viewer (what a plain Kafka client would write), read
+   back by a bare aiokafka consumer that does nothing with them: the ceiling;
+2. as the gateway writes them: envelopes of up to 500 events of one partition. A
+   worker process then consumes them through the full path (decode, dead letters,
+   inventory, host log, viewer engine with its Redis state, nudges, tags, counters).
+Timing starts at the first processed event, so the group join is not counted. The
+state per viewer is read from Redis afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from redis.asyncio import Redis
+
+from stream import keys, simulator
+from stream.admin import ensure_topics
+from stream.codec import encode, envelope
+from stream.config import from_env, to_env
+from stream.embedded import EmbeddedStack, die_with_parent
+from stream.ledger import read_stats
+from stream.runner import stop_processes
+from stream.topics import Topics, key_of, partition_for
+
+PARTITIONS = 8
+ENVELOPE = 500
+
+
+async def produce(bootstrap: str, records: list[tuple[str, int, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+                                max_batch_size=1 << 20, max_request_size=4 << 20)
+    await producer.start()
+    try:
+        pending = []
+        for topic, partition, value in records:
+            pending.append(await producer.send(topic, value, partition=partition))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def raw_consume(bootstrap: str, topics: list[str], n: int) -> float:
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=20,
+                                max_partition_fetch_bytes=4 << 20)
+    await consumer.start()
+    seen, started = 0, None
+    try:
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            if started is None and batch:
+                started = time.perf_counter()
+            seen += sum(len(r) for r in batch.values())
+    finally:
+        await consumer.stop()
+    return n / (time.perf_counter() - (started or time.perf_counter()))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--viewers", type=int, default=20_000)
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    room = "bench-room"
+    plan = simulator.plan_for(room_id=room, viewers=args.viewers, duration_s=args.minutes * 60,
+                              speed=1, seed=7)
+    events = [e for _, e in simulator.broadcast(plan)]
+    raw_topics, lc_topics = Topics("raw."), Topics("lc.")
+    async with EmbeddedStack() as stack:
+        for t in (raw_topics, lc_topics):
+            await ensure_topics(stack.kafka_bootstrap, t, partitions=PARTITIONS)
+        singles = [(raw_topics.for_role(type(e).role),
+                    partition_for(key_of(e), PARTITIONS), encode(e)) for e in events]
+        grouped: dict[tuple[str, int], list[bytes]] = {}
+        for e in events:
+            key = (lc_topics.for_role(type(e).role), partition_for(key_of(e), PARTITIONS))
+            grouped.setdefault(key, []).append(encode(e))
+        envelopes = [(topic, p, envelope(parts[i:i + ENVELOPE]))
+                     for (topic, p), parts in grouped.items()
+                     for i in range(0, len(parts), ENVELOPE)]
+        print(f"{len(events):,} events of {args.viewers:,} viewers; "
+              f"{len(envelopes):,} envelopes", flush=True)
+        await produce(stack.kafka_bootstrap, singles)
+        raw = await raw_consume(stack.kafka_bootstrap, list(raw_topics.inputs), len(singles))
+        await produce(stack.kafka_bootstrap, envelopes)
+
+        settings = from_env(kafka_url=stack.kafka_url, redis_url=stack.redis_url,
+                            partitions=PARTITIONS, rules_dir=Path("rules").resolve())
+        redis = Redis.from_url(stack.redis_url)
+        worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"],
+                                  env={**os.environ, **to_env(settings)},
+                                  stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        try:
+            started = None
+            while True:
+                done = (await read_stats(redis, room)).get("events", 0)
+                if started is None and done:
+                    started, first = time.perf_counter(), done
+                if done >= len(events):
+                    break
+                if worker.poll() is not None:
+                    raise RuntimeError("worker died")
+                await asyncio.sleep(0.05)
+            full = (len(events) - first) / (time.perf_counter() - started)
+            stats = await read_stats(redis, room)
+            sizes = []
+            for p in range(PARTITIONS):
+                sizes += [len(v) for v in (await redis.hgetall(keys.viewer_states(p))).values()]
+        finally:
+            await stop_processes([worker])
+            await redis.aclose()
+    figures = {
+        "events": len(events), "viewers": args.viewers,
+        "worker_events_per_s": round(full), "raw_aiokafka_records_per_s": round(raw),
+        "ratio": round(full / raw, 3),
+        "state_bytes_per_viewer_mean": round(statistics.fmean(sizes)) if sizes else None,
+        "state_bytes_per_viewer_max": max(sizes) if sizes else None,
+        "nudges": stats.get("nudges", 0), "tags": stats.get("tags", 0),
+    }
+    print(f"worker, full path, envelopes of {ENVELOPE}: {full:,.0f} events/s")
+    print(f"raw aiokafka consumer, one event per record: {raw:,.0f} records/s")
+    print(f"ratio: {full / raw:.2f} (target >= 0.2)")
+    print(f"state per viewer: mean {figures['state_bytes_per_viewer_mean']} B, "
+          f"max {figures['state_bytes_per_viewer_max']} B (target <= 1 KB)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
