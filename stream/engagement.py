@@ -4,15 +4,17 @@ and every effect (nudge, tag, follow-up) delivered once.
 - State: after each batch the changed viewers and the partition's offsets are saved in
   one script (same `{vs:p}` slot), so a restarted or rebalanced worker loads them and
   skips records whose effects are already in the state.
-- Effects: the engine decides; Redis makes it once. A nudge, follow-up or suppression
-  is published only if its `once` key was set now; a tag only if the viewer's tag set
-  changed. A replay after a crash re-decides the same effects and publishes nothing.
+- Effects: the engine decides; Redis makes it once. Every effect has a `once` key built
+  from its content (event-time stamps included), claimed before and marked after
+  Kafka acks it. A replay after a crash re-decides the same effects and publishes
+  only what was never acked.
 - Time: each partition's clock is its newest event time plus the wall time since, so
   a due nudge fires in a silent room and a replay at 100x fires what real time did.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -34,6 +36,43 @@ ONCE_TTL_S = 3 * 24 * 3600
 # another topic than their views and may arrive a little behind them; without the wait
 # an order placed just before the 3-minute mark could still trigger the reminder.
 GRACE_MS = 3000
+
+# Effects of one room in one call. KEYS: the room's stats hash.  ARGV: once-key prefix,
+# viewer-tags prefix, ttl, then per effect: id, stat field, tag member ('' if none), op.
+# Returns per effect 1 = deliver it (new, or claimed by a worker that died before Kafka
+# acked it: 'p') or 0 (delivered: 'd'). Counts and tag sets change only when new.
+CLAIM = """
+local out = {}
+for i = 4, #ARGV, 4 do
+  local key = ARGV[1] .. ARGV[i]
+  local v = redis.call('GET', key)
+  if v == 'd' then
+    out[#out + 1] = 0
+  else
+    if not v then
+      redis.call('SET', key, 'p', 'EX', ARGV[3])
+      for field in string.gmatch(ARGV[i + 1], '[^,]+') do
+        redis.call('HINCRBY', KEYS[1], field, 1)
+      end
+      local member = ARGV[i + 2]
+      if member ~= '' then
+        local viewer, rest = string.match(member, '([^|]*)|(.*)')
+        local tags = ARGV[2] .. viewer
+        if ARGV[i + 3] == 'add' then redis.call('SADD', tags, rest)
+        else redis.call('SREM', tags, rest) end
+      end
+    end
+    out[#out + 1] = 1
+  end
+end
+return out
+"""
+
+# KEYS: none of its own; ARGV: once-key prefix, then ids acked by Kafka.
+DONE = """
+for i = 2, #ARGV do redis.call('SET', ARGV[1] .. ARGV[i], 'd', 'XX', 'KEEPTTL') end
+return 1
+"""
 
 # KEYS: states hash, offsets hash.  ARGV: n, then n field/blob pairs, then topic/offset pairs.
 SAVE = """
@@ -59,49 +98,80 @@ class Engagement:
         self._topics = topics
         self._clock = clock
         self._save = redis.register_script(SAVE)
+        self._claim = redis.register_script(CLAIM)
+        self._done = redis.register_script(DONE)
+        self._viewer_rooms: set[tuple[str, str]] = set()  # indexed in `viewer_rooms`
         self.engines: dict[int, ViewerEngine] = {}
         self._fences: dict[int, dict[str, int]] = {}
         self._times: dict[int, tuple[int, float]] = {}  # partition -> (event ms, wall s)
+        # A batch's effects are settled (acks awaited, marked done, state saved) at the
+        # start of the next batch, so waiting for Kafka overlaps the next fetch.
+        self._acks: dict[tuple[str, int], object] = {}  # last ack per topic-partition
+        self._done_ids: dict[str, list[str]] = {}
+        self._moved: dict[int, dict[str, int]] = {}
+        self._lock = asyncio.Lock()  # the agent and the tick share the engines
 
     async def handle(self, items: Sequence[Item]) -> None:
         mine = [i for i in items if isinstance(i.event, ViewerEvent)]
         if not mine:
             return
-        partitions = {i.record.partition for i in mine}
-        await self._load(partitions)
-        await self._rooms.refresh({i.event.room_id for i in mine})
-        rules = self._rules()
-        effects: list[Effect] = []
-        moved: dict[int, dict[str, int]] = {}
-        for item in mine:
-            p, topic, offset = item.record.partition, item.record.topic, item.record.offset
-            if offset <= self._fences[p].get(topic, -1):
-                continue  # already in the saved state: a redelivery
-            engine = self.engines[p]
-            if engine.rules is not rules:
-                engine.rules = rules
-            event = item.event
-            assert isinstance(event, ViewerEvent)
-            effects += engine.apply(event, self._rooms.get(event.room_id))
-            self._observe(p, event.ts)
-            moved.setdefault(p, {})[topic] = offset
-        for p in partitions:
-            effects += self.engines[p].advance(self._now(p), self._rooms.rooms)
-        await self._deliver(effects)
-        await self._persist(partitions, moved)
+        async with self._lock:
+            await self._settle()
+            partitions = {i.record.partition for i in mine}
+            await self._load(partitions)
+            await self._rooms.refresh({i.event.room_id for i in mine})
+            rules = self._rules()
+            effects: list[tuple[int, Effect]] = []
+            for item in mine:
+                p, topic, offset = item.record.partition, item.record.topic, item.record.offset
+                if offset <= self._fences[p].get(topic, -1):
+                    continue  # already in the saved state: a redelivery
+                engine = self.engines[p]
+                if engine.rules is not rules:
+                    engine.rules = rules
+                event = item.event
+                assert isinstance(event, ViewerEvent)
+                effects += [(p, e) for e in engine.apply(event, self._rooms.get(event.room_id))]
+                self._observe(p, event.ts)
+                self._moved.setdefault(p, {})[topic] = offset
+            for p in partitions:
+                effects += [(p, e)
+                            for e in self.engines[p].advance(self._now(p), self._rooms.rooms)]
+            await self._deliver(effects)
 
     async def tick(self) -> int:
-        """Fire what is due on wall time in quiet partitions; returns effects delivered."""
-        if not self.engines:
-            return 0
-        await self._rooms.refresh(self._rooms.rooms)
-        effects: list[Effect] = []
-        for p, engine in self.engines.items():
-            if p in self._times:
-                effects += engine.advance(self._now(p), self._rooms.rooms)
-        delivered = await self._deliver(effects)
-        await self._persist(set(self.engines), {})
-        return delivered
+        """Fire what is due on wall time in quiet partitions, and settle; returns effects."""
+        async with self._lock:
+            await self._settle()
+            if not self.engines:
+                return 0
+            await self._rooms.refresh(self._rooms.rooms)
+            effects: list[tuple[int, Effect]] = []
+            for p, engine in self.engines.items():
+                if p in self._times:
+                    effects += [(p, e)
+                                for e in engine.advance(self._now(p), self._rooms.rooms)]
+            delivered = await self._deliver(effects)
+            await self._settle()
+            return delivered
+
+    async def _settle(self) -> None:
+        """Wait for the last batch's Kafka acks, mark its effects done, save its state.
+
+        In this order: state saved before the acks could skip a lost effect on replay.
+        """
+        if self._acks:
+            await asyncio.gather(*self._acks.values())  # type: ignore[arg-type]
+            self._acks = {}
+        if self._done_ids:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for room, ids in self._done_ids.items():
+                    await self._done(keys=[keys.stats(room)],
+                                     args=[keys.once(room, ""), *ids], client=pipe)
+                await pipe.execute()
+            self._done_ids = {}
+        await self._persist(set(self.engines), self._moved)
+        self._moved = {}
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop partitions this worker no longer owns (their new owner loads the state)."""
@@ -131,6 +201,8 @@ class Engagement:
         async with self._redis.pipeline(transaction=False) as pipe:
             queued = 0
             for p in partitions:
+                if p not in self.engines:
+                    continue  # revoked since: its new owner replays from the saved fence
                 blobs = self.engines[p].export_dirty()
                 offsets = moved.get(p, {})
                 if not blobs and not offsets:
@@ -158,23 +230,47 @@ class Engagement:
 
     # --- effects ----------------------------------------------------------------------
 
-    async def _deliver(self, effects: list[Effect]) -> int:
-        """Publish each effect that is new; count it in its room's stats."""
+    async def _deliver(self, effects: list[tuple[int, Effect]]) -> int:
+        """Publish each effect not delivered before; count it in its room's stats.
+
+        Two phases, so a kill -9 loses nothing: claim ('p'), publish and wait for Kafka's
+        ack, then mark done ('d'). A new owner re-decides the same effects and re-sends
+        the ones still 'p'; only a crash between the ack and the mark can repeat one.
+        One script call per room each way, whatever the number of effects; the second
+        way (and the ack wait) happens in `_settle`, at the start of the next batch.
+        """
         if not effects:
             return 0
+        by_room: dict[str, list[tuple[int, Effect]]] = {}
+        for pair in effects:
+            by_room.setdefault(pair[1].room_id, []).append(pair)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for effect in effects:
-                _claim(pipe, effect)
-            claimed = await pipe.execute()
-        fresh = [e for e, ok in zip(effects, claimed, strict=True) if ok]
-        if not fresh:
+            for room, group in by_room.items():
+                args: list[object] = [keys.once(room, ""), keys.viewer_room_tags(room, ""),
+                                      ONCE_TTL_S]
+                for _, effect in group:
+                    args += _claim_args(effect)
+                await self._claim(keys=[keys.stats(room)], args=args, client=pipe)
+            new_pairs = {(e.room_id, e.viewer_id) for _, e in effects if isinstance(e, TagChange)}
+            new_pairs -= self._viewer_rooms
+            for room, viewer in new_pairs:
+                pipe.sadd(keys.viewer_rooms(viewer), room)
+            answers = await pipe.execute()
+        self._viewer_rooms |= new_pairs
+        fresh = [pair for room, group in by_room.items()
+                 for pair, ok in zip(group, answers.pop(0), strict=True) if ok]
+        sends = [pair for pair in fresh if not isinstance(pair[1], Suppressed)]
+        if not sends:
             return 0
-        remaining = await self._remaining([e for e in fresh if isinstance(e, Nudge)])
+        remaining = await self._remaining([e for _, e in sends if isinstance(e, Nudge)])
         async with self._redis.pipeline(transaction=False) as pipe:
-            for effect in fresh:
-                await self._publish(pipe, effect, remaining)
+            for p, effect in sends:
+                topic, ack = await self._publish(pipe, p, effect, remaining)
+                # Acks come in order within a partition: the last one covers the rest.
+                self._acks[(topic, p)] = ack
+                self._done_ids.setdefault(effect.room_id, []).append(_once_id(effect))
             await pipe.execute()
-        return len(fresh)
+        return len(sends)
 
     async def _remaining(self, nudges: list[Nudge]) -> dict[tuple[str, str], str]:
         wanted = sorted({(n.room_id, n.sku) for n in nudges
@@ -187,44 +283,49 @@ class Engagement:
             answers = await pipe.execute()
         return {k: (v or b"?").decode() for k, v in zip(wanted, answers, strict=True)}
 
-    async def _publish(self, pipe: Redis, effect: Effect,
-                       remaining: dict[tuple[str, str], str]) -> None:
-        stats = keys.stats(effect.room_id)
+    async def _publish(self, pipe: Redis, partition: int, effect: Effect,
+                       remaining: dict[tuple[str, str], str]) -> tuple[str, object]:
+        """Send `effect` to its topic on the viewer's partition number (no hashing, and a
+        viewer's effects stay in order); nudges also go to the gateways.
+        Returns the topic and the ack to wait for."""
+        key = effect.viewer_id.encode()
         if isinstance(effect, Nudge):
             if effect.sku and "{remaining}" in effect.message:
                 effect = _with_remaining(effect, remaining.get((effect.room_id, effect.sku), "?"))
             data = encode(effect)
-            await self._send(self._topics.nudges, data, effect.viewer_id.encode())
             if effect.variant == "treatment":
                 pipe.publish(keys.NUDGE_CHANNEL, data)
-            pipe.hincrby(stats, "nudges", 1)
-            pipe.hincrby(stats, f"nudges:{effect.rule_id}:{effect.variant}", 1)
-        elif isinstance(effect, TagChange):
-            await self._send(self._topics.tags, encode(effect), effect.viewer_id.encode())
-            pipe.hincrby(stats, "tags" if effect.op == "add" else "tags_removed", 1)
-        elif isinstance(effect, FollowUp):
-            await self._send(self._topics.followups, encode(effect), effect.viewer_id.encode())
-            pipe.hincrby(stats, "followups", 1)
-        elif isinstance(effect, Suppressed):
-            pipe.hincrby(stats, f"suppressed:{effect.reason}", 1)
+            return self._topics.nudges, await self._send(self._topics.nudges, data, key,
+                                                         partition)
+        topic = self._topics.tags if isinstance(effect, TagChange) else self._topics.followups
+        return topic, await self._send(topic, encode(effect), key, partition)
 
 
-def _claim(pipe: Redis, effect: Effect) -> None:
-    """Queue the command whose answer says whether `effect` is new."""
-    if isinstance(effect, TagChange):
-        member = f"{effect.room_id}|{effect.tag}|{effect.value}"
-        if effect.op == "add":
-            pipe.sadd(keys.viewer_tags(effect.viewer_id), member)
-        else:
-            pipe.srem(keys.viewer_tags(effect.viewer_id), member)
-        return
+def _once_id(effect: Effect) -> str:
+    """The effect's identity: everything in it is decided by event time, so a replay
+    builds the same id."""
     if isinstance(effect, Nudge):
-        what = f"n|{effect.viewer_id}|{effect.rule_id}|{effect.ts}"
+        return f"n|{effect.viewer_id}|{effect.rule_id}|{effect.ts}"
+    if isinstance(effect, TagChange):
+        return f"t|{effect.viewer_id}|{effect.tag}|{effect.value}|{effect.op}|{effect.ts}"
+    if isinstance(effect, FollowUp):
+        return f"f|{effect.viewer_id}|{effect.due_at}"
+    return f"s|{effect.viewer_id}|{effect.rule_id}|{effect.ts}|{effect.reason}"
+
+
+def _claim_args(effect: Effect) -> list[object]:
+    """id, stat field, tag member and op of one effect, for CLAIM."""
+    member, op = "", ""
+    if isinstance(effect, Nudge):
+        stat = f"nudges,nudges:{effect.rule_id}:{effect.variant}"
+    elif isinstance(effect, TagChange):
+        stat = "tags" if effect.op == "add" else "tags_removed"
+        member, op = f"{effect.viewer_id}|{effect.tag}|{effect.value}", effect.op
     elif isinstance(effect, FollowUp):
-        what = f"f|{effect.viewer_id}|{effect.due_at}"
+        stat = "followups"
     else:
-        what = f"s|{effect.viewer_id}|{effect.rule_id}|{effect.ts}|{effect.reason}"
-    pipe.set(keys.once(effect.room_id, what), 1, nx=True, ex=ONCE_TTL_S)
+        stat = f"suppressed:{effect.reason}"
+    return [_once_id(effect), stat, member, op]
 
 
 def _with_remaining(nudge: Nudge, remaining: str) -> Nudge:

@@ -181,8 +181,15 @@ async def viewer_tags(request: web.Request) -> web.Response:
     if role != "commerce":
         return _error(403, "tags are personal data: commerce token only")
     viewer = request.match_info["viewer"]
-    members = await request.app[REDIS].smembers(keys.viewer_tags(viewer))
-    tags = sorted(tuple(m.decode().split("|", 2)) for m in members)
+    redis = request.app[REDIS]
+    rooms = sorted(r.decode() for r in await redis.smembers(keys.viewer_rooms(viewer)))
+    async with redis.pipeline(transaction=False) as pipe:
+        for room in rooms:
+            pipe.smembers(keys.viewer_room_tags(room, viewer))
+        held = await pipe.execute()
+    tags = sorted((room, *m.decode().split("|", 1)) for room, members in zip(rooms, held,
+                                                                             strict=True)
+                  for m in members)
     return _json({"viewer_id": viewer,
                   "tags": [{"room_id": r, "tag": t, "value": v} for r, t, v in tags]})
 

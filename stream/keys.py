@@ -87,9 +87,15 @@ def viewer_offsets(partition: int) -> str:
     return f"{PREFIX}:{{vs:{partition}}}:offsets"
 
 
-def viewer_tags(viewer_id: str) -> str:
-    """Set of `room|tag|value` the viewer holds now (SCRM reads it)."""
-    return f"{PREFIX}:{{v:{viewer_id}}}:tags"
+def viewer_room_tags(room_id: str, viewer_id: str) -> str:
+    """Set of `tag|value` the viewer holds now in the room (SCRM reads it); in the room's
+    slot, so one script per room applies a batch's tag changes."""
+    return f"{_room(room_id)}:tags:{viewer_id}"
+
+
+def viewer_rooms(viewer_id: str) -> str:
+    """Set of the rooms where the viewer has tags (to find them by viewer)."""
+    return f"{PREFIX}:{{v:{viewer_id}}}:rooms"
 
 
 def once(room_id: str, what: str) -> str:

@@ -34,7 +34,9 @@ async def gateway(settings: Settings) -> AsyncIterator[tuple[str, Tokens, Redis]
 
 async def test_tags_are_for_the_commerce_token_only(gateway) -> None:  # type: ignore[no-untyped-def]
     url, tokens, redis = gateway
-    await redis.sadd(keys.viewer_tags("v-tags"), "r1|interaction|liked", "r1|watch_depth|<5min")
+    await redis.sadd(keys.viewer_rooms("v-tags"), "r1")
+    await redis.sadd(keys.viewer_room_tags("r1", "v-tags"), "interaction|liked",
+                     "watch_depth|<5min")
     async with aiohttp.ClientSession() as session:
         async def get(token: str | None) -> tuple[int, dict]:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
