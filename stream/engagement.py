@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from stream import keys
@@ -38,29 +39,30 @@ ONCE_TTL_S = 3 * 24 * 3600
 GRACE_MS = 3000
 
 # Effects of one room in one call. KEYS: the room's stats hash.  ARGV: once-key prefix,
-# viewer-tags prefix, ttl, then per effect: id, stat field, tag member ('' if none), op.
-# Returns per effect 1 = deliver it (new, or claimed by a worker that died before Kafka
-# acked it: 'p') or 0 (delivered: 'd'). Counts and tag sets change only when new.
+# viewer-tags prefix, ttl, wall ms, then per effect: id, stat fields (comma-separated),
+# tag member ('' if none), op.  Returns per effect: 1 = new, deliver it; 0 = delivered
+# ('d'); or the mark 'p:<ms>' = claimed at that time by a worker that may have died
+# before Kafka acked it. Counts and tag sets change only when new.
 CLAIM = """
 local out = {}
-for i = 4, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   local key = ARGV[1] .. ARGV[i]
   local v = redis.call('GET', key)
   if v == 'd' then
     out[#out + 1] = 0
+  elseif v then
+    out[#out + 1] = v
   else
-    if not v then
-      redis.call('SET', key, 'p', 'EX', ARGV[3])
-      for field in string.gmatch(ARGV[i + 1], '[^,]+') do
-        redis.call('HINCRBY', KEYS[1], field, 1)
-      end
-      local member = ARGV[i + 2]
-      if member ~= '' then
-        local viewer, rest = string.match(member, '([^|]*)|(.*)')
-        local tags = ARGV[2] .. viewer
-        if ARGV[i + 3] == 'add' then redis.call('SADD', tags, rest)
-        else redis.call('SREM', tags, rest) end
-      end
+    redis.call('SET', key, 'p:' .. ARGV[4], 'EX', ARGV[3])
+    for field in string.gmatch(ARGV[i + 1], '[^,]+') do
+      redis.call('HINCRBY', KEYS[1], field, 1)
+    end
+    local member = ARGV[i + 2]
+    if member ~= '' then
+      local viewer, rest = string.match(member, '([^|]*)|(.*)')
+      local tags = ARGV[2] .. viewer
+      if ARGV[i + 3] == 'add' then redis.call('SADD', tags, rest)
+      else redis.call('SREM', tags, rest) end
     end
     out[#out + 1] = 1
   end
@@ -90,8 +92,10 @@ class Engagement:
     """Pipeline handler for viewer and order events, plus the idle-time tick."""
 
     def __init__(self, *, redis: Redis, rules: Callable[[], Rules], rooms: RoomLog, send: Send,
-                 topics: Topics, clock: Callable[[], float] = time.time) -> None:
+                 topics: Topics, bootstrap: str,
+                 clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
+        self._bootstrap = bootstrap
         self._rules = rules
         self._rooms = rooms
         self._send = send
@@ -104,8 +108,8 @@ class Engagement:
         self.engines: dict[int, ViewerEngine] = {}
         self._fences: dict[int, dict[str, int]] = {}
         self._times: dict[int, tuple[int, float]] = {}  # partition -> (event ms, wall s)
-        # A batch's effects are settled (acks awaited, marked done, state saved) at the
-        # start of the next batch, so waiting for Kafka overlaps the next fetch.
+        # What the current batch must settle: acks to await, effects to mark done,
+        # offsets whose effects are in the state to save.
         self._acks: dict[tuple[str, int], object] = {}  # last ack per topic-partition
         self._done_ids: dict[str, list[str]] = {}
         self._moved: dict[int, dict[str, int]] = {}
@@ -116,7 +120,6 @@ class Engagement:
         if not mine:
             return
         async with self._lock:
-            await self._settle()
             partitions = {i.record.partition for i in mine}
             await self._load(partitions)
             await self._rooms.refresh({i.event.room_id for i in mine})
@@ -138,11 +141,13 @@ class Engagement:
                 effects += [(p, e)
                             for e in self.engines[p].advance(self._now(p), self._rooms.rooms)]
             await self._deliver(effects)
+            # Now, not at the next batch: faust commits these offsets once we return, and a
+            # worker killed before its state is saved would skip them for good.
+            await self._settle()
 
     async def tick(self) -> int:
         """Fire what is due on wall time in quiet partitions, and settle; returns effects."""
         async with self._lock:
-            await self._settle()
             if not self.engines:
                 return 0
             await self._rooms.refresh(self._rooms.rooms)
@@ -173,12 +178,25 @@ class Engagement:
         await self._persist(set(self.engines), self._moved)
         self._moved = {}
 
+    async def saved_fences(self, partitions: Iterable[int]) -> dict[int, dict[str, int]]:
+        """Each partition's saved offsets: where its viewer state is up to, per topic."""
+        wanted = sorted(partitions)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for p in wanted:
+                pipe.hgetall(keys.viewer_offsets(p))
+            answers = await pipe.execute()
+        return {p: {k.decode(): int(v) for k, v in a.items()}
+                for p, a in zip(wanted, answers, strict=True)}
+
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop partitions this worker no longer owns (their new owner loads the state)."""
         for p in partitions:
             self.engines.pop(p, None)
             self._fences.pop(p, None)
             self._times.pop(p, None)
+            # Offsets applied to the dropped state must not be saved later: if the
+            # partition comes back, they would fence off events its state never saw.
+            self._moved.pop(p, None)
 
     # --- state ------------------------------------------------------------------------
 
@@ -237,7 +255,7 @@ class Engagement:
         ack, then mark done ('d'). A new owner re-decides the same effects and re-sends
         the ones still 'p'; only a crash between the ack and the mark can repeat one.
         One script call per room each way, whatever the number of effects; the second
-        way (and the ack wait) happens in `_settle`, at the start of the next batch.
+        way (and the ack wait) happens in `_settle`.
         """
         if not effects:
             return 0
@@ -247,7 +265,7 @@ class Engagement:
         async with self._redis.pipeline(transaction=False) as pipe:
             for room, group in by_room.items():
                 args: list[object] = [keys.once(room, ""), keys.viewer_room_tags(room, ""),
-                                      ONCE_TTL_S]
+                                      ONCE_TTL_S, int(self._clock() * 1000)]
                 for _, effect in group:
                     args += _claim_args(effect)
                 await self._claim(keys=[keys.stats(room)], args=args, client=pipe)
@@ -257,9 +275,17 @@ class Engagement:
                 pipe.sadd(keys.viewer_rooms(viewer), room)
             answers = await pipe.execute()
         self._viewer_rooms |= new_pairs
-        fresh = [pair for room, group in by_room.items()
-                 for pair, ok in zip(group, answers.pop(0), strict=True) if ok]
+        fresh: list[tuple[int, Effect]] = []
+        pending: list[tuple[int, Effect, int]] = []
+        for group in by_room.values():
+            for pair, answer in zip(group, answers.pop(0), strict=True):
+                if answer == 1:
+                    fresh.append(pair)
+                elif answer != 0:  # b'p:<ms>'
+                    pending.append((*pair, int(answer.split(b":")[1])))
         sends = [pair for pair in fresh if not isinstance(pair[1], Suppressed)]
+        if pending:
+            sends += await self._unsent(pending)
         if not sends:
             return 0
         remaining = await self._remaining([e for _, e in sends if isinstance(e, Nudge)])
@@ -271,6 +297,55 @@ class Engagement:
                 self._done_ids.setdefault(effect.room_id, []).append(_once_id(effect))
             await pipe.execute()
         return len(sends)
+
+    async def _unsent(self, pending: list[tuple[int, Effect, int]]) -> list[tuple[int, Effect]]:
+        """Of effects a worker claimed and may not have sent (it died), those not in Kafka.
+
+        Reads each output partition from shortly before the claim; rare (a takeover after
+        a crash), and it keeps the choice between losing one and sending it twice away.
+        """
+        wanted: dict[tuple[str, int], int] = {}
+        for p, effect, claimed_ms in pending:
+            if isinstance(effect, Suppressed):
+                continue
+            tp = (self._topic_of(effect), p)
+            wanted[tp] = min(wanted.get(tp, claimed_ms), claimed_ms)
+        present: set[str] = set()
+        for (topic, p), since_ms in wanted.items():
+            present |= await self._ids_in(topic, p, since_ms - 10_000)
+        out = []
+        for p, effect, _ in pending:
+            if isinstance(effect, Suppressed) or _once_id(effect) in present:
+                self._done_ids.setdefault(effect.room_id, []).append(_once_id(effect))
+            else:
+                out.append((p, effect))
+        return out
+
+    async def _ids_in(self, topic: str, partition: int, since_ms: int) -> set[str]:
+        tp = TopicPartition(topic, partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            found = (await consumer.offsets_for_times({tp: max(0, since_ms)}))[tp]
+            end = (await consumer.end_offsets([tp]))[tp]
+            if found is None:
+                return set()
+            consumer.seek(tp, found.offset)
+            kind = _KIND[topic.removeprefix(self._topics.prefix)]
+            ids: set[str] = set()
+            while await consumer.position(tp) < end:
+                for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                    ids |= {_once_id(msgspec.json.decode(r.value, type=kind)) for r in records}
+            return ids
+        finally:
+            await consumer.stop()
+
+    def _topic_of(self, effect: Effect) -> str:
+        if isinstance(effect, Nudge):
+            return self._topics.nudges
+        return self._topics.tags if isinstance(effect, TagChange) else self._topics.followups
 
     async def _remaining(self, nudges: list[Nudge]) -> dict[tuple[str, str], str]:
         wanted = sorted({(n.room_id, n.sku) for n in nudges
@@ -299,6 +374,10 @@ class Engagement:
                                                          partition)
         topic = self._topics.tags if isinstance(effect, TagChange) else self._topics.followups
         return topic, await self._send(topic, encode(effect), key, partition)
+
+
+_KIND: dict[str, type[Nudge | TagChange | FollowUp]] = {
+    "nudges": Nudge, "tags": TagChange, "followups": FollowUp}
 
 
 def _once_id(effect: Effect) -> str:

@@ -69,7 +69,7 @@ class RoomLog:
     """Pipeline handler for host events, and a cache of every room's timeline."""
 
     def __init__(self, redis: Redis, *, clock: Callable[[], float] = time.monotonic,
-                 refresh_s: float = 0.5) -> None:
+                 refresh_s: float = 0.0) -> None:
         self._redis = redis
         self._append = redis.register_script(APPEND)
         self._clock = clock

@@ -92,7 +92,7 @@ def create_app(settings: Settings) -> faust.App:
     watcher = RuleWatcher(settings.rules_dir)
     rooms = RoomLog(redis)
     engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms, send=send,
-                            topics=topics)
+                            topics=topics, bootstrap=settings.kafka_bootstrap)
     # Order matters: the host log is folded in before viewers are judged against it.
     pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send,
                         handlers=[orders, rooms, engagement])
@@ -104,6 +104,20 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(TICK_EVERY_S)
     async def tick() -> None:
         await pipeline.retrying(engagement.tick)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: object, assigned: set[TP], **_: object) -> None:
+        # Our fences, not faust's commits, say what the viewer state has seen: faust acks
+        # a take() batch even when a rebalance cancels it mid-way, so its committed offset
+        # can be past events the state never got. Re-read from the fence; effects are
+        # idempotent, and the engine skips what the state already holds.
+        viewer_tps = [tp for tp in assigned
+                      if tp.topic in (topics.viewer_events, topics.order_events)]
+        fences = await engagement.saved_fences({tp.partition for tp in viewer_tps})
+        for tp in viewer_tps:
+            fence = fences.get(tp.partition, {}).get(tp.topic)
+            if fence is not None:
+                await app.consumer.seek(tp, fence + 1)
 
     @app.on_partitions_revoked.connect
     def on_revoked(sender: object, revoked: set[TP], **_: object) -> None:
