@@ -294,29 +294,30 @@ class Inventory:
                                             for oid in due], ts=now_ms)
         return list(zip(due, outcomes, strict=True))
 
+    async def _rows(self, room_id: str, *fields: str,
+                    consistent: bool = False) -> list[tuple[str, list[bytes | None]]]:
+        """(sku, values of `fields`) for each of the room's SKUs, sorted by SKU."""
+        skus = sorted(s.decode() for s in await self.redis.smembers(keys.skus(room_id)))
+        async with self.redis.pipeline(transaction=consistent) as pipe:
+            for sku in skus:
+                pipe.hmget(keys.stock_prefix(room_id) + sku, *fields)
+            rows = await pipe.execute()
+        return list(zip(skus, rows, strict=True))
+
     async def levels(self, room_id: str) -> list[StockUpdate]:
         """The room's current stock, one record per SKU."""
-        skus = sorted(s.decode() for s in await self.redis.smembers(keys.skus(room_id)))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sku in skus:
-                pipe.hmget(keys.stock_prefix(room_id) + sku,
-                           "available", "reserved", "sold", "version")
-            rows = await pipe.execute()
         return [StockUpdate(room_id=room_id, sku=sku, available=int(r[0] or 0),
                             reserved=int(r[1] or 0), sold=int(r[2] or 0), version=int(r[3] or 0),
                             ts=0)
-                for sku, r in zip(skus, rows, strict=True)]
+                for sku, r in await self._rows(room_id, "available", "reserved", "sold",
+                                               "version")]
 
     async def audit(self, room_id: str) -> Audit:
         """One consistent read of the room's books: oversold units and broken invariants."""
-        skus = sorted(s.decode() for s in await self.redis.smembers(keys.skus(room_id)))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for sku in skus:
-                pipe.hmget(keys.stock_prefix(room_id) + sku,
-                           "available", "reserved", "sold", "loaded")
-            rows = await pipe.execute()
-        audit = Audit(room_id=room_id, skus=len(skus))
-        for sku, row in zip(skus, rows, strict=True):
+        rows = await self._rows(room_id, "available", "reserved", "sold", "loaded",
+                                consistent=True)
+        audit = Audit(room_id=room_id, skus=len(rows))
+        for sku, row in rows:
             a, r, s, loaded = (int(x or 0) for x in row)
             audit.oversold += max(0, r + s - loaded)
             if a + r + s != loaded or min(a, r, s) < 0:
