@@ -19,6 +19,15 @@ def _settings() -> config.Settings:
         raise click.UsageError(str(exc)) from None
 
 
+async def _until_stopped() -> None:
+    """Wait for Ctrl-C or SIGTERM (the caller then stops what it started)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 @click.group()
 def main() -> None:
     """Real-time stream processing for live-commerce broadcasts."""
@@ -43,11 +52,7 @@ def up(http_port: int | None, workers: int) -> None:
             click.echo(f"simulate  LIVECOMMERCE_TOKENS_FILE={s.tokens_file} "
                        f"livecommerce simulate --gateway {run.gateway_url}")
             click.echo("Ctrl-C stops everything.", err=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            await _until_stopped()
 
     asyncio.run(serve())
 
@@ -110,12 +115,8 @@ def gateway(host: str) -> None:
         gw = Gateway(settings, Tokens.load(settings.tokens_file))  # type: ignore[arg-type]
         await gw.start(host=host)
         click.echo(f"gateway listening on {host}:{settings.http_port}", err=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            await _until_stopped()
         finally:
             await gw.stop()
 
