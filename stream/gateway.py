@@ -22,9 +22,10 @@ from stream.codec import BodyError, clock_error, decode_events, encode
 from stream.config import Settings
 from stream.deadletters import dead_letter, room_of
 from stream.live import StockHub, live_routes
-from stream.models import Event, Origin
+from stream.models import Event, HostEvent, Origin
 from stream.nudgefeed import NudgeRelay
 from stream.producer import EnvelopeProducer
+from stream.roomlog import HostLog
 from stream.topics import Topics, key_of, partition_for
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ REDIS = web.AppKey("redis", Redis)
 PRODUCER = web.AppKey("producer", EnvelopeProducer)
 TOPICS = web.AppKey("topics", Topics)
 STOCK_HUB = web.AppKey("stock_hub", StockHub)
+HOST_LOG = web.AppKey("host_log", HostLog)
 
 
 def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
@@ -48,6 +50,7 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
     app[REDIS] = redis
     app[PRODUCER] = producer
     app[TOPICS] = Topics(settings.topic_prefix)
+    app[HOST_LOG] = HostLog(redis)
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -117,6 +120,9 @@ async def post_events(request: web.Request) -> web.Response:
         log.warning("produce failed: %r", exc)
         return _error(503, f"could not write to Kafka ({type(exc).__name__}); retry")
 
+    # Host events reach the room log before the 202: an order accepted after a segment
+    # starts then sees that segment, even if the host topic is read later than the order's.
+    await app[HOST_LOG].append([e for _, e in fresh if isinstance(e, HostEvent)])
     await _dead_letter(app[PRODUCER], app[REDIS], topics, rejected, now_ms)
     answer = sorted(
         [(i, e) for i, e, _ in rejected]

@@ -65,13 +65,31 @@ def fold(room: RoomTimeline, events: Iterable[HostEvent]) -> RoomTimeline:
                         products=products)
 
 
+class HostLog:
+    """Appends host events to their rooms' logs, each once (by event id)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._append = redis.register_script(APPEND)
+
+    async def append(self, events: Sequence[HostEvent]) -> None:
+        if not events:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                await self._append(keys=[keys.host_log(event.room_id),
+                                         keys.host_log_ids(event.room_id)],
+                                   args=[event.event_id, encode(event)], client=pipe)
+            await pipe.execute()
+
+
 class RoomLog:
     """Pipeline handler for host events, and a cache of every room's timeline."""
 
     def __init__(self, redis: Redis, *, clock: Callable[[], float] = time.monotonic,
                  refresh_s: float = 0.0) -> None:
         self._redis = redis
-        self._append = redis.register_script(APPEND)
+        self._log = HostLog(redis)
         self._clock = clock
         self._refresh_s = refresh_s
         self.rooms: dict[str, RoomTimeline] = {}
@@ -82,12 +100,7 @@ class RoomLog:
         hosts = [i.event for i in items if isinstance(i.event, HostEvent)]
         if not hosts:
             return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for event in hosts:
-                await self._append(keys=[keys.host_log(event.room_id),
-                                         keys.host_log_ids(event.room_id)],
-                                   args=[event.event_id, encode(event)], client=pipe)
-            await pipe.execute()
+        await self._log.append(hosts)
         await self.refresh({e.room_id for e in hosts}, force=True)
 
     async def refresh(self, room_ids: Iterable[str], *, force: bool = False) -> None:
