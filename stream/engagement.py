@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from stream import keys
+from stream.clock import now_of
 from stream.codec import encode
 from stream.models import FollowUp, Nudge, TagChange, ViewerEvent
 from stream.pipeline import Item, Send
@@ -244,7 +245,7 @@ class Engagement:
 
     def _now(self, partition: int) -> int:
         event_ms, wall_s = self._times.get(partition, (0, self._clock()))
-        return event_ms + max(0, int((self._clock() - wall_s) * 1000))
+        return now_of(event_ms, int(wall_s * 1000), wall_now_ms=int(self._clock() * 1000))
 
     # --- effects ----------------------------------------------------------------------
 
@@ -363,17 +364,16 @@ class Engagement:
         """Send `effect` to its topic on the viewer's partition number (no hashing, and a
         viewer's effects stay in order); nudges also go to the gateways.
         Returns the topic and the ack to wait for."""
-        key = effect.viewer_id.encode()
+        topic = self._topic_of(effect)
         if isinstance(effect, Nudge):
             if effect.sku and "{remaining}" in effect.message:
                 effect = _with_remaining(effect, remaining.get((effect.room_id, effect.sku), "?"))
             data = encode(effect)
             if effect.variant == "treatment":
                 pipe.publish(keys.NUDGE_CHANNEL, data)
-            return self._topics.nudges, await self._send(self._topics.nudges, data, key,
-                                                         partition)
-        topic = self._topics.tags if isinstance(effect, TagChange) else self._topics.followups
-        return topic, await self._send(topic, encode(effect), key, partition)
+        else:
+            data = encode(effect)
+        return topic, await self._send(topic, data, effect.viewer_id.encode(), partition)
 
 
 _KIND: dict[str, type[Nudge | TagChange | FollowUp]] = {
