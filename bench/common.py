@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -21,9 +18,9 @@ from redis.asyncio import Redis
 
 from stream.admin import ensure_topics
 from stream.auth import Tokens
-from stream.config import Settings, from_env, to_env
-from stream.embedded import EmbeddedStack, die_with_parent, free_port
-from stream.runner import stop_processes
+from stream.config import Settings, from_env
+from stream.embedded import EmbeddedStack, free_port
+from stream.runner import spawn, stop_processes
 from stream.topics import Topics
 
 
@@ -50,18 +47,10 @@ async def system(*, workers: int = 1, partitions: int = 8) -> AsyncIterator[Syst
                                 partitions=partitions)
             await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),
                                 partitions=partitions)
-            env = {**os.environ, **to_env(settings)}
-            procs = [subprocess.Popen([sys.executable, "-m", "stream", "gateway",
-                                       "--host", "127.0.0.1"], env=env,
-                                      stdout=subprocess.DEVNULL,
-                                      stderr=open(Path(tmp) / "gateway.log", "wb"),  # noqa: SIM115
-                                      preexec_fn=die_with_parent)]
-            for i in range(workers):
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "stream", "worker"], env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=open(Path(tmp) / f"worker-{i}.log", "wb"),  # noqa: SIM115
-                    preexec_fn=die_with_parent))
+            procs = [spawn(["gateway", "--host", "127.0.0.1"], settings,
+                           Path(tmp) / "gateway.log")]
+            procs += [spawn(["worker"], settings, Path(tmp) / f"worker-{i}.log")
+                      for i in range(workers)]
             redis = Redis.from_url(stack.redis_url)
             url = f"http://127.0.0.1:{port}"
             try:

@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,10 +28,10 @@ from redis.asyncio import Redis
 from stream import keys, simulator
 from stream.admin import ensure_topics
 from stream.codec import encode, envelope
-from stream.config import from_env, to_env
-from stream.embedded import EmbeddedStack, die_with_parent
+from stream.config import from_env
+from stream.embedded import EmbeddedStack
 from stream.ledger import read_stats
-from stream.runner import stop_processes
+from stream.runner import spawn, stop_processes
 from stream.topics import Topics, key_of, partition_for
 
 PARTITIONS = 8
@@ -105,9 +103,7 @@ async def main() -> None:
         settings = from_env(kafka_url=stack.kafka_url, redis_url=stack.redis_url,
                             partitions=PARTITIONS, rules_dir=Path("rules").resolve())
         redis = Redis.from_url(stack.redis_url)
-        worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"],
-                                  env={**os.environ, **to_env(settings)},
-                                  stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        worker = spawn(["worker"], settings, Path(tempfile.gettempdir()) / "lc-bench-worker.log")
         try:
             started = None
             while True:

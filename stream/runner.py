@@ -43,16 +43,19 @@ class Running:
 
     def add_worker(self) -> subprocess.Popen[bytes]:
         """Start one more worker process against the same Kafka and Redis."""
-        n = len(self.workers)
-        log = open(self.log_dir / f"worker-{n}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stream", "worker"],
-            env={**os.environ, **to_env(self.settings)},
-            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-        )
-        log.close()
+        proc = spawn(["worker"], self.settings, self.log_dir / f"worker-{len(self.workers)}.log")
         self.workers.append(proc)
         return proc
+
+
+def spawn(command: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """`livecommerce COMMAND` as a child that sees `settings`, logs to `log` and dies with
+    this process."""
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "stream", *command],
+                                env={**os.environ, **to_env(settings)},
+                                stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent)
 
 
 @contextlib.asynccontextmanager
