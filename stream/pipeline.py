@@ -36,6 +36,7 @@ class Record:
     partition: int
     offset: int
     value: bytes
+    generation: int = 0  # the consumer group generation it was fetched in
 
 
 @dataclass(frozen=True, slots=True)
