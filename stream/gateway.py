@@ -25,6 +25,7 @@ from stream.live import StockHub, live_routes
 from stream.models import Event, HostEvent, Origin
 from stream.nudgefeed import NudgeRelay
 from stream.producer import EnvelopeProducer
+from stream.ratelimit import RateLimiter, middleware
 from stream.roomlog import HostLog
 from stream.topics import Topics, key_of, partition_for
 
@@ -44,7 +45,10 @@ HOST_LOG = web.AppKey("host_log", HostLog)
 def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
                producer: EnvelopeProducer, hub: StockHub | None = None,
                relay: NudgeRelay | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    limiter = RateLimiter(tokens, rate=settings.rate_limit,
+                          viewer_rate=settings.viewer_rate_limit)
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[middleware(limiter)])
     app[SETTINGS] = settings
     app[TOKENS] = tokens
     app[REDIS] = redis
