@@ -14,13 +14,14 @@ import time
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from stream import keys
 from stream.auth import Tokens, bearer
 from stream.codec import BodyError, clock_error, decode_events, encode
 from stream.config import Settings
 from stream.deadletters import dead_letter, room_of
+from stream.fdlimit import raise_open_files
 from stream.live import StockHub, live_routes
 from stream.models import Event, HostEvent, Origin
 from stream.nudgefeed import NudgeRelay
@@ -32,6 +33,8 @@ from stream.topics import Topics, key_of, partition_for
 log = logging.getLogger(__name__)
 
 EVENTS_IN = Counter("lc_gateway_events_total", "Events posted to the gateway", ["outcome"])
+
+REDIS_CONNECTIONS = 100
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", Tokens)
@@ -222,12 +225,16 @@ class Gateway:
     def __init__(self, settings: Settings, tokens: Tokens) -> None:
         self.settings = settings
         self.tokens = tokens
-        self.redis = Redis.from_url(settings.redis_url)
+        # A blocking pool: a burst of requests (400 viewers leaving at once) waits for a
+        # connection instead of failing with redis-py's "Too many connections".
+        self.redis = Redis.from_pool(BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=10))
         self.producer = EnvelopeProducer(bootstrap=settings.kafka_bootstrap)
         self.hub = StockHub(self.redis)
         self._runner: web.AppRunner | None = None
 
     async def start(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+        raise_open_files()  # one socket per live viewer
         await self.producer.start()
         # The app registers its channels (nudges) on the hub: build it before starting it.
         app = create_app(settings=self.settings, tokens=self.tokens, redis=self.redis,

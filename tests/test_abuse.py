@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -136,3 +137,17 @@ def test_parse_rate_limits() -> None:
         (2000, 1), (50000, 60)]
     with pytest.raises(ValueError, match="rate limit"):
         parse("lots")
+
+
+async def test_a_burst_of_concurrent_requests_waits_for_redis_not_fails(default: Open) -> None:
+    # 400 viewers leaving at once: more requests in flight than Redis connections.
+    token = default.tokens.for_role("platform")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def post() -> int:
+            async with session.post(f"{default.url}/v1/events",
+                                    data=orjson.dumps([ev("viewer.left")]),
+                                    headers={"Authorization": f"Bearer {token}"}) as resp:
+                return resp.status
+
+        statuses = await asyncio.gather(*(post() for _ in range(400)))
+    assert {s: statuses.count(s) for s in set(statuses)} == {202: 400}
