@@ -207,33 +207,51 @@ async def gateway_fanout(n_clients: int, ws_share: float, n_rounds: int) -> dict
             "connect_s": round(connect_s, 1), "lat": lat, "missing": missing}
 
 
-async def raw_fanout(n_clients: int, n_rounds: int) -> dict:
-    """The floor: a bare asyncio server writing pre-encoded SSE bytes to every socket."""
+async def serve_raw() -> None:
+    """The floor, as its own process: a bare asyncio server that writes pre-encoded SSE
+    bytes to every socket when told a version on its control connection (stdin-like)."""
+    raise_open_files()
     writers: list[asyncio.StreamWriter] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
+        request = await reader.readuntil(b"\r\n\r\n")
+        if request.startswith(b"CONTROL"):
+            while line := await reader.readline():
+                frame = b"event: stock\ndata: " + encode(update(int(line))) + b"\n\n"
+                for w in writers:  # what the hub does, minus everything else
+                    w.write(frame)
+            return
         writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
                      b"event: snapshot\ndata: {}\n\n")
         writers.append(writer)
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=4096)
-    port = server.sockets[0].getsockname()[1]
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until closed
+
+
+async def raw_fanout(n_clients: int, n_rounds: int) -> dict:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--serve-raw", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdin is not None
     try:
+        port = int(await asyncio.wait_for(proc.stdout.readline(), 30))
+        _, control = await asyncio.open_connection("127.0.0.1", port)
+        control.write(b"CONTROL\r\n\r\n")
         clients = await connect_all(
             port, [lambda: SSEClient(f"/v1/rooms/{ROOM}/stock/stream")] * n_clients)
 
         async def publish(version: int) -> None:
-            frame = b"event: stock\ndata: " + encode(update(version)) + b"\n\n"
-            for writer in writers:  # what the hub would do, minus everything else
-                writer.write(frame)
+            control.write(b"%d\n" % version)
+            await control.drain()
 
-        lat, missing = await rounds(clients, publish, n_rounds, gap_s=0.5, settle_s=10.0)
+        lat, missing = await rounds(clients, publish, n_rounds, gap_s=1.0, settle_s=10.0)
         close_all(clients)
-        for writer in writers:
-            writer.close()
+        control.close()
     finally:
-        server.close()
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 10)
     return {"lat": lat, "missing": missing}
 
 
@@ -243,11 +261,17 @@ async def main() -> None:
     parser.add_argument("--ws-share", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--serve-raw", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_raw:
+        await serve_raw()
+        return
     limit = raise_open_files()
     if limit < args.clients + 500:
         sys.exit(f"open-file limit {limit} < {args.clients + 500}: raise `ulimit -Hn`")
     gw = await gateway_fanout(args.clients, args.ws_share, args.rounds)
+    print(f"gateway: received {len(gw['lat']):,}; p99 "
+          f"{pct(gw['lat'], 99) if gw['lat'] else None} ms", file=sys.stderr)
     raw = await raw_fanout(args.clients, args.rounds)
     expected = args.clients * args.rounds
     lat = gw["lat"]
