@@ -67,7 +67,7 @@ def up(http_port: int | None, workers: int) -> None:
             click.echo("Ctrl-C stops everything.", err=True)
             await _until_stopped()
 
-    asyncio.run(serve())
+    _run_fast(serve())
 
 
 @main.command()
