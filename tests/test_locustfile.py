@@ -9,8 +9,10 @@ import os
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from stream.auth import Tokens
 from stream.config import Settings
 from stream.runner import running
 
@@ -38,3 +40,15 @@ async def test_locustfile_runs_without_failures(settings: Settings) -> None:
     for name in ("viewer.joined", "viewer.heartbeat", "order.placed", "viewer.left",
                  "stock/stream (snapshot)"):
         assert rows.get(name, {}).get("num_requests", 0) > 0, name
+
+
+async def test_up_writes_its_tokens_where_the_tokens_file_points(settings: Settings,
+                                                                  tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    settings = msgspec.structs.replace(settings, tokens_file=path)
+    async with running(settings, workers=0) as run:
+        assert run.settings.tokens_file == path
+        first = run.tokens.for_role("commerce")
+    assert Tokens.load(path).role(first) == "commerce"
+    async with running(settings, workers=0) as run:  # an existing file is used as it is
+        assert run.tokens.for_role("commerce") == first
