@@ -402,19 +402,21 @@ def _ws_stock_frame(update: StockUpdate) -> bytes:
     return header + payload
 
 
-def _direct(request: web.Request, frame: Callable[[StockUpdate], bytes],
-            kind: Kind) -> Callable[[StockUpdate], bool]:
+def _direct(request: web.Request, frame: Callable[[StockUpdate], bytes], kind: Kind, *,
+            closing: Callable[[], bool] = lambda: False) -> Callable[[StockUpdate], bool]:
     """Write a pre-encoded frame to the client's transport now, if it is not backed up.
 
     Bypasses aiohttp's writers on purpose (they are awaitable, one task per client);
     safe because each frame is one complete `transport.write` and aiohttp's own writes
-    (keepalives, nudges) are too, so frames never interleave mid-way.
+    (keepalives, nudges) are too, so frames never interleave mid-way. `closing` says
+    when the protocol forbids more data (a WebSocket that sent its close frame).
     """
     transport = request.transport
     delivered = _DELIVERED[kind]
 
     def write(update: StockUpdate) -> bool:
-        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+        if (transport is None or transport.is_closing() or transport.get_write_buffer_size()
+                or closing()):
             return False
         transport.write(frame(update))
         delivered.inc()
@@ -550,7 +552,8 @@ class LiveRoutes:
             except ConnectionResetError:
                 return ws
             if not ws.compress:  # our frames are uncompressed (as asked above)
-                sub.direct = _direct(request, _ws_stock_frame, "ws")
+                sub.direct = _direct(request, _ws_stock_frame, "ws",
+                                     closing=lambda: ws.closed)
             feeds: list[Awaitable[None]] = [self._stock_feed(sub, send)]
             if token is not None:  # the hook: per-viewer sources (nudges) join the stock feed
                 feeds += [feed(room_id, viewer_id, send) for feed in self.viewer_feeds]
