@@ -25,9 +25,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
-# Every benchmark in one run; writes bench/results.md and bench/results.json (< 10 min).
+# Every benchmark in one run (< 10 min): bench/results.{md,json} and README's table.
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --readme README.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,6 +1,7 @@
 """Run every benchmark, one after the other, and write one table: `make bench`.
 
     .venv/bin/python bench/run.py [--out bench/results] [--only inventory,fanout]
+                                  [--readme README.md]
 
 Each script runs as its own process with `--json FILE` (each starts its own fresh
 embedded stack); this collects the figures into `results.json` and `results.md`, with
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -127,12 +129,25 @@ def markdown(rows: list[Row], info: dict[str, object], seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_BLOCK = re.compile(r"(<!-- bench-results -->\n).*?(\n<!-- /bench-results -->)", re.S)
+
+
+def update_readme(path: Path, table: str) -> None:
+    """Put `table` between the README's `bench-results` markers (the latest run)."""
+    text = path.read_text()
+    if not README_BLOCK.search(text):
+        raise SystemExit(f"{path}: no <!-- bench-results --> block to update")
+    path.write_text(README_BLOCK.sub(lambda m: m[1] + table.strip() + m[2], text))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "results",
                         help="writes OUT.json and OUT.md")
     parser.add_argument("--only", default=",".join(SCRIPTS),
                         help=f"comma-separated subset of {','.join(SCRIPTS)}")
+    parser.add_argument("--readme", type=Path,
+                        help="also put the table in this file's bench-results block")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
     unknown = set(names) - set(SCRIPTS)
@@ -161,6 +176,9 @@ def main() -> int:
     print()
     print(table)
     print(f"written: {args.out.with_suffix('.md')}, {args.out.with_suffix('.json')}")
+    if args.readme is not None and not failed and set(names) == set(SCRIPTS):
+        update_readme(args.readme, table)
+        print(f"updated: {args.readme}")
     return 1 if failed else 0
 
 
