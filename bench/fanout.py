@@ -27,7 +27,7 @@ import re
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -166,13 +166,13 @@ def latencies(clients: list[Client], sent: dict[int, float]) -> tuple[list[float
     return out, missing
 
 
-async def rounds(clients: list[Client], publish: Callable[[int], object], n: int, *,
+async def rounds(clients: list[Client], publish: Callable[[int], Awaitable[None]], n: int, *,
                  gap_s: float, settle_s: float) -> tuple[list[float], int]:
     sent: dict[int, float] = {}
     for r in range(n):
         version = FIRST_VERSION + r
         sent[version] = time.perf_counter()
-        await publish(version)  # type: ignore[misc]
+        await publish(version)
         deadline = time.perf_counter() + settle_s
         while (sum(version in c.seen for c in clients) < len(clients)
                and time.perf_counter() < deadline):

@@ -34,6 +34,12 @@ SCRIPTS: dict[str, tuple[str, list[str], int]] = {
     "viewer_engine": ("viewer_engine.py", [], 240),
     "fanout": ("fanout.py", [], 180),
 }
+# `--quick`: tiny sizes that only prove the scripts and this table still work (tests).
+QUICK: dict[str, list[str]] = {
+    "inventory": ["--orders", "2000", "--seconds", "2"],
+    "viewer_engine": ["--viewers", "300", "--minutes", "5"],
+    "fanout": ["--clients", "200", "--rounds", "2"],
+}
 
 
 def _met(ok: bool) -> str:
@@ -101,8 +107,9 @@ def machine() -> dict[str, object]:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-def run_one(name: str, tmp: Path) -> tuple[dict | None, float, str]:
+def run_one(name: str, tmp: Path, *, quick: bool) -> tuple[dict | None, float, str]:
     script, extra, timeout = SCRIPTS[name]
+    extra = QUICK[name] if quick else extra
     out = tmp / f"{name}.json"
     started = time.monotonic()
     print(f"== {name}: bench/{script} {' '.join(extra)}", flush=True)
@@ -146,6 +153,8 @@ def main() -> int:
                         help="writes OUT.json and OUT.md")
     parser.add_argument("--only", default=",".join(SCRIPTS),
                         help=f"comma-separated subset of {','.join(SCRIPTS)}")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: checks that everything runs, measures nothing")
     parser.add_argument("--readme", type=Path,
                         help="also put the table in this file's bench-results block")
     args = parser.parse_args()
@@ -160,7 +169,7 @@ def main() -> int:
     failed = False
     with tempfile.TemporaryDirectory(prefix="lc-bench-run-") as tmp:
         for name in names:
-            figures, seconds, error = run_one(name, Path(tmp))
+            figures, seconds, error = run_one(name, Path(tmp), quick=args.quick)
             results[name] = {"seconds": round(seconds, 1), "error": error or None,
                              "figures": figures}
             if figures is None:
@@ -176,7 +185,8 @@ def main() -> int:
     print()
     print(table)
     print(f"written: {args.out.with_suffix('.md')}, {args.out.with_suffix('.json')}")
-    if args.readme is not None and not failed and set(names) == set(SCRIPTS):
+    if args.readme is not None and not failed and not args.quick and set(names) == set(
+            SCRIPTS):
         update_readme(args.readme, table)
         print(f"updated: {args.readme}")
     return 1 if failed else 0
