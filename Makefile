@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint clean
+.PHONY: demo test test-slow bench lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 # End-to-end checks with known open gaps (issue notes); not yet part of `make test`.
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# Every benchmark in one run (< 10 min): bench/results.{md,json} and README's table.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --readme README.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -14,23 +14,27 @@ import time
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from stream import keys
 from stream.auth import Tokens, bearer
 from stream.codec import BodyError, clock_error, decode_events, encode
 from stream.config import Settings
 from stream.deadletters import dead_letter, room_of
+from stream.fdlimit import raise_open_files
 from stream.live import StockHub, live_routes
 from stream.models import Event, HostEvent, Origin
 from stream.nudgefeed import NudgeRelay
 from stream.producer import EnvelopeProducer
+from stream.ratelimit import RateLimiter, middleware
 from stream.roomlog import HostLog
 from stream.topics import Topics, key_of, partition_for
 
 log = logging.getLogger(__name__)
 
 EVENTS_IN = Counter("lc_gateway_events_total", "Events posted to the gateway", ["outcome"])
+
+REDIS_CONNECTIONS = 100
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", Tokens)
@@ -44,7 +48,10 @@ HOST_LOG = web.AppKey("host_log", HostLog)
 def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
                producer: EnvelopeProducer, hub: StockHub | None = None,
                relay: NudgeRelay | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    limiter = RateLimiter(tokens, rate=settings.rate_limit,
+                          viewer_rate=settings.viewer_rate_limit)
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[middleware(limiter)])
     app[SETTINGS] = settings
     app[TOKENS] = tokens
     app[REDIS] = redis
@@ -218,12 +225,16 @@ class Gateway:
     def __init__(self, settings: Settings, tokens: Tokens) -> None:
         self.settings = settings
         self.tokens = tokens
-        self.redis = Redis.from_url(settings.redis_url)
+        # A blocking pool: a burst of requests (400 viewers leaving at once) waits for a
+        # connection instead of failing with redis-py's "Too many connections".
+        self.redis = Redis.from_pool(BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=10))
         self.producer = EnvelopeProducer(bootstrap=settings.kafka_bootstrap)
         self.hub = StockHub(self.redis)
         self._runner: web.AppRunner | None = None
 
     async def start(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+        raise_open_files()  # one socket per live viewer
         await self.producer.start()
         # The app registers its channels (nudges) on the hub: build it before starting it.
         app = create_app(settings=self.settings, tokens=self.tokens, redis=self.redis,
