@@ -122,6 +122,11 @@ class Engagement:
         self._acks: dict[tuple[str, int], object] = {}  # last ack per topic-partition
         self._done_ids: dict[str, list[str]] = {}
         self._moved: dict[int, dict[str, int]] = {}
+        # Survive a failed round (Redis or Kafka away): the engine has moved on, so what it
+        # decided and the states it changed are kept until delivered and saved. The
+        # pipeline retries the batch, and every step is safe to run again.
+        self._outbox: list[tuple[int, Effect]] = []
+        self._unsaved: dict[int, dict[tuple[str, str], bytes]] = {}
         self._lock = asyncio.Lock()  # the agent and the tick share the engines
 
     async def handle(self, items: Sequence[Item]) -> None:
@@ -182,8 +187,10 @@ class Engagement:
             if p in self._times:
                 effects += [(p, e) for e in engine.advance(self._now(p, behind),
                                                            self._rooms.rooms)]
-        delivered = await self._deliver(effects)
+        self._outbox += effects
+        delivered = await self._deliver(self._outbox)
         await self._settle()
+        self._outbox = []
         return delivered
 
     async def _settle(self) -> None:
@@ -192,8 +199,8 @@ class Engagement:
         In this order: state saved before the acks could skip a lost effect on replay.
         """
         if self._acks:
-            await asyncio.gather(*self._acks.values())  # type: ignore[arg-type]
-            self._acks = {}
+            acks, self._acks = self._acks, {}  # a failed one is re-sent from the outbox
+            await asyncio.gather(*acks.values())  # type: ignore[arg-type]
         if self._done_ids:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for room, ids in self._done_ids.items():
@@ -217,7 +224,8 @@ class Engagement:
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop partitions this worker no longer owns (their new owner loads the state)."""
         self._epoch += 1
-        for p in partitions:
+        gone = set(partitions)
+        for p in gone:
             self.engines.pop(p, None)
             self._waiting.pop(p, None)
             self._fences.pop(p, None)
@@ -225,6 +233,8 @@ class Engagement:
             # Offsets applied to the dropped state must not be saved later: if the
             # partition comes back, they would fence off events its state never saw.
             self._moved.pop(p, None)
+            self._unsaved.pop(p, None)
+        self._outbox = [pair for pair in self._outbox if pair[0] not in gone]
 
     # --- state ------------------------------------------------------------------------
 
@@ -249,11 +259,12 @@ class Engagement:
 
     async def _persist(self, partitions: set[int], moved: dict[int, dict[str, int]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
-            queued = 0
+            queued: list[int] = []
             for p in partitions:
                 if p not in self.engines:
                     continue  # revoked since: its new owner replays from the saved fence
-                blobs = self.engines[p].export_dirty()
+                blobs = self._unsaved.setdefault(p, {})
+                blobs.update(self.engines[p].export_dirty())
                 offsets = moved.get(p, {})
                 if not blobs and not offsets:
                     continue
@@ -265,9 +276,11 @@ class Engagement:
                     self._fences[p][topic] = offset
                 await self._save(keys=[keys.viewer_states(p), keys.viewer_offsets(p)],
                                  args=args, client=pipe)
-                queued += 1
+                queued.append(p)
             if queued:
                 await pipe.execute()
+        for p in queued:
+            self._unsaved.pop(p, None)
 
     def _observe(self, partition: int, ts: int) -> None:
         seen = self._times.get(partition)

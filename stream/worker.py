@@ -121,7 +121,9 @@ def create_app(settings: Settings) -> faust.App:
         # The viewer state's fences say what it has seen; faust's commit can be past them.
         viewer_tps = [tp for tp in committed
                       if tp.topic in (topics.viewer_events, topics.order_events)]
-        fences = await engagement.saved_fences({tp.partition for tp in viewer_tps})
+        # Redis away during a rebalance: wait for it, as the pipeline does, not crash.
+        fences = await pipeline.retrying(
+            lambda: engagement.saved_fences({tp.partition for tp in viewer_tps}))
         starts: dict[TP, int] = {}
         for tp in viewer_tps:
             fence = fences.get(tp.partition, {}).get(tp.topic)
