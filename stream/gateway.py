@@ -13,8 +13,11 @@ import time
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream import keys
 from stream.auth import Tokens, bearer
@@ -51,7 +54,7 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
     limiter = RateLimiter(tokens, rate=settings.rate_limit,
                           viewer_rate=settings.viewer_rate_limit)
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[middleware(limiter)])
+                          middlewares=[redis_unavailable, middleware(limiter)])
     app[SETTINGS] = settings
     app[TOKENS] = tokens
     app[REDIS] = redis
@@ -69,6 +72,20 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
     app[STOCK_HUB].add_channel(keys.NUDGE_CHANNEL, relay.on_payload)
     app.add_routes(live_routes(app[STOCK_HUB], tokens, viewer_feeds=[relay.feed]))
     return app
+
+
+@web.middleware
+async def redis_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Redis away (a restart, a failover): 503 and a time to come back, not a 500.
+    Nothing is half-done: ids are claimed before Kafka, and a retry after the write
+    is refused as a duplicate, which clients count as delivered."""
+    try:
+        return await handler(request)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("redis unavailable: %r", exc)
+        return web.Response(body=orjson.dumps({"error": "redis unavailable; retry"}),
+                            status=503, content_type="application/json",
+                            headers={"Retry-After": "1"})
 
 
 def _json(data: object, *, status: int = 200) -> web.Response:
