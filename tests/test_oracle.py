@@ -17,12 +17,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import msgspec
 import pytest
-from aiokafka import AIOKafkaConsumer
+from helpers import assert_nothing_twice, read_all
 from redis.asyncio import Redis
 
 from stream import simulator
@@ -61,23 +61,6 @@ def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "stream", "worker"],
                             env={**os.environ, **to_env(settings)},
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-async def read_all(settings: Settings, topics: list[str]) -> list[tuple[str, int, int, bytes]]:
-    """Every record of `topics`: (topic, partition, offset, value)."""
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap,
-                                group_id=None, auto_offset_reset="earliest")
-    await consumer.start()
-    out: list[tuple[str, int, int, bytes]] = []
-    try:
-        ends = await consumer.end_offsets(list(consumer.assignment()))
-        want = sum(ends.values())
-        while len(out) < want:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                out += [(r.topic, r.partition, r.offset, r.value) for r in records]
-    finally:
-        await consumer.stop()
-    return out
 
 
 async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: str, seed: int,
@@ -130,12 +113,6 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
     room, by_partition = oracle_inputs(await read_all(settings, list(topics.inputs)), topics,
                                        room_id)
     return nudges, tags, follows, room, by_partition
-
-
-def assert_nothing_twice(*streams: list[Nudge] | list[TagChange] | list[FollowUp]) -> None:
-    for items in streams:
-        repeated = [k for k, n in Counter(msgspec.json.encode(i) for i in items).items() if n > 1]
-        assert not repeated, f"{len(repeated)} delivered twice, e.g. {repeated[0]!r}"
 
 
 def as_set(nudges: list[Nudge], until: int) -> set[tuple[str, str, str | None, str, int]]:
