@@ -192,4 +192,8 @@ def run(settings: Settings, *, loglevel: str = "warn") -> None:
                                           partitions=settings.partitions))
     app = create_app(settings)
     worker = faust.Worker(app, loop=loop, loglevel=loglevel, quiet=True)
+    # aiokafka formats a debug record for every message it sends (each nudge and tag):
+    # ~10% of the worker's time, even when nothing prints it.
+    if loglevel.lower() != "debug":
+        logging.getLogger("aiokafka").setLevel(logging.INFO)
     worker.execute_from_commandline()
