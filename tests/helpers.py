@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer
 
+from stream.admin import ensure_topics
+from stream.auth import Tokens
 from stream.config import Settings
+from stream.embedded import free_port
+from stream.gateway import Gateway
+from stream.topics import Topics
 
 _ids = itertools.count()
 
@@ -54,3 +60,19 @@ def assert_nothing_twice(*streams: Sequence[msgspec.Struct]) -> None:
     for items in streams:
         repeated = [k for k, n in Counter(msgspec.json.encode(i) for i in items).items() if n > 1]
         assert not repeated, f"{len(repeated)} delivered twice, e.g. {repeated[0]!r}"
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: Settings) -> AsyncIterator[tuple[Gateway, str, Tokens]]:
+    """A gateway in this process on a free port, the test's topics created, fresh tokens:
+    (gateway, base url, tokens)."""
+    await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),
+                        partitions=settings.partitions)
+    tokens = Tokens.generate()
+    gateway = Gateway(settings, tokens)
+    port = free_port()
+    await gateway.start(port=port)
+    try:
+        yield gateway, f"http://127.0.0.1:{port}", tokens
+    finally:
+        await gateway.stop()

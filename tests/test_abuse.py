@@ -9,15 +9,11 @@ import aiohttp
 import msgspec
 import orjson
 import pytest
-from helpers import ev
+from helpers import ev, running_gateway
 
-from stream.admin import ensure_topics
 from stream.auth import Tokens
 from stream.config import Settings
-from stream.embedded import free_port
-from stream.gateway import Gateway
 from stream.ratelimit import parse
-from stream.topics import Topics
 
 pytestmark = pytest.mark.integration
 
@@ -29,17 +25,8 @@ class Open(msgspec.Struct):
 
 
 async def _open(settings: Settings) -> AsyncIterator[Open]:
-    await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),
-                        partitions=settings.partitions)
-    tokens = Tokens.generate()
-    gw = Gateway(settings, tokens)
-    port = free_port()
-    await gw.start(port=port)
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Open(f"http://127.0.0.1:{port}", tokens, session)
-    finally:
-        await gw.stop()
+    async with running_gateway(settings) as (_, url, tokens), aiohttp.ClientSession() as session:
+        yield Open(url, tokens, session)
 
 
 @pytest.fixture

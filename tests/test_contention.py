@@ -26,14 +26,11 @@ import orjson
 import pytest
 from aiohttp import ClientSession, ClientTimeout
 from aiokafka import AIOKafkaConsumer
-from helpers import now_ms
+from helpers import now_ms, running_gateway
 from redis.asyncio import Redis
 
-from stream.admin import ensure_topics
 from stream.auth import Tokens
 from stream.config import Settings, to_env
-from stream.embedded import free_port
-from stream.gateway import Gateway
 from stream.inventory import Audit, Inventory
 from stream.ledger import read_stats
 from stream.models import OrderResult
@@ -98,16 +95,10 @@ class Http:
 
 @pytest.fixture
 async def gateway(settings: Settings) -> AsyncIterator[Http]:
-    await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),
-                        partitions=settings.partitions)
-    tokens = Tokens.generate()
-    gw = Gateway(settings, tokens)
-    port = free_port()
-    await gw.start(port=port)
-    async with ClientSession(timeout=ClientTimeout(total=None, sock_read=None)) as session:
-        yield Http(session, f"http://127.0.0.1:{port}", tokens)
-    t = time.monotonic()
-    await gw.stop()
+    async with running_gateway(settings) as (_, url, tokens):
+        async with ClientSession(timeout=ClientTimeout(total=None, sock_read=None)) as session:
+            yield Http(session, url, tokens)
+        t = time.monotonic()
     # aiohttp waits up to 60 s for open handlers: a stream that ignores shutdown shows here.
     assert time.monotonic() - t < 10, f"Gateway.stop() took {time.monotonic() - t:.0f} s"
 

@@ -19,16 +19,13 @@ from pathlib import Path
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from helpers import assert_nothing_twice, read_all
+from helpers import assert_nothing_twice, read_all, running_gateway
 from redis.asyncio import Redis
 
 from stream import keys, simulator
-from stream.admin import ensure_topics
-from stream.auth import Tokens
 from stream.codec import decode_events
 from stream.config import Settings
-from stream.embedded import EmbeddedStack, free_port
-from stream.gateway import Gateway
+from stream.embedded import EmbeddedStack
 from stream.inventory import Inventory
 from stream.ledger import read_stats
 from stream.models import FollowUp, Nudge, OrderPlaced, OrderResult, TagChange
@@ -58,39 +55,34 @@ async def test_kill_add_and_redis_outage_mid_show(durable: EmbeddedStack,
     settings = Settings(kafka_url=durable.kafka_url, redis_url=durable.redis_url,
                         topic_prefix=f"f{uuid.uuid4().hex[:6]}.", partitions=6, rules_dir=RULES)
     topics = Topics(settings.topic_prefix)
-    await ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.partitions)
-    tokens = Tokens.generate()
-    gateway = Gateway(settings, tokens)
-    port = free_port()
-    await gateway.start(port=port)
-    logs = [tmp_path / f"w{i}.log" for i in range(4)]
-    workers = [spawn(["worker"], settings, logs[i]) for i in range(3)]
-    redis = Redis.from_url(settings.redis_url)
-    plan = simulator.plan_for(room_id=ROOM, viewers=800, duration_s=40, speed=10, seed=5)
-    try:
-        show = asyncio.create_task(simulator.run(plan, gateway=f"http://127.0.0.1:{port}",
-                                                 tokens=tokens, progress=False))
-        await asyncio.sleep(12)
-        workers[0].send_signal(signal.SIGKILL)
-        workers[0].wait()
-        workers.append(spawn(["worker"], settings, logs[3]))
-        await asyncio.sleep(6)
-        await durable.stop_redis()
-        await asyncio.sleep(OUTAGE_S)
-        await durable.start_redis()
-        sent = await show
-        assert sent.rejected == 0 and not sent.errors, sent.errors[:3]
-        assert sent.retries > 0, "the gateway never refused during the outage?"
-        await settled(redis, settings, topics, accepted=sent.accepted)
-        survivors = workers[1:]
-        assert all(w.poll() is None for w in survivors), "a worker died"
-        audit = await Inventory(redis).audit(ROOM)
-        assert audit.oversold == 0 and not audit.problems, audit
-        await assert_orders_final(redis, settings, topics)
-    finally:
-        await stop_processes(workers)
-        await gateway.stop()
-        await redis.aclose()
+    async with running_gateway(settings) as (_, url, tokens):
+        logs = [tmp_path / f"w{i}.log" for i in range(4)]
+        workers = [spawn(["worker"], settings, logs[i]) for i in range(3)]
+        redis = Redis.from_url(settings.redis_url)
+        plan = simulator.plan_for(room_id=ROOM, viewers=800, duration_s=40, speed=10, seed=5)
+        try:
+            show = asyncio.create_task(simulator.run(plan, gateway=url,
+                                                     tokens=tokens, progress=False))
+            await asyncio.sleep(12)
+            workers[0].send_signal(signal.SIGKILL)
+            workers[0].wait()
+            workers.append(spawn(["worker"], settings, logs[3]))
+            await asyncio.sleep(6)
+            await durable.stop_redis()
+            await asyncio.sleep(OUTAGE_S)
+            await durable.start_redis()
+            sent = await show
+            assert sent.rejected == 0 and not sent.errors, sent.errors[:3]
+            assert sent.retries > 0, "the gateway never refused during the outage?"
+            await settled(redis, settings, topics, accepted=sent.accepted)
+            survivors = workers[1:]
+            assert all(w.poll() is None for w in survivors), "a worker died"
+            audit = await Inventory(redis).audit(ROOM)
+            assert audit.oversold == 0 and not audit.problems, audit
+            await assert_orders_final(redis, settings, topics)
+        finally:
+            await stop_processes(workers)
+            await redis.aclose()
     outputs = await read_all(settings, [topics.nudges, topics.tags, topics.followups])
     decoded = {t: [msgspec.json.decode(v, type=k) for tp, _, _, v in outputs if tp == t]
                for t, k in ((topics.nudges, Nudge), (topics.tags, TagChange),

@@ -9,14 +9,11 @@ import orjson
 import pytest
 from aiohttp import ClientSession
 from aiokafka import AIOKafkaConsumer
-from helpers import ev, now_ms
+from helpers import ev, now_ms, running_gateway
 
-from stream.admin import ensure_topics
 from stream.auth import Tokens
 from stream.codec import decode_events
 from stream.config import Settings
-from stream.embedded import free_port
-from stream.gateway import Gateway
 from stream.models import DeadLetter
 from stream.topics import Topics, key_of, partition_for
 
@@ -43,15 +40,8 @@ class Client:
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[Client]:
     settings = msgspec.structs.replace(settings, max_body_bytes=64 * 1024)
-    await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),
-                        partitions=settings.partitions)
-    tokens = Tokens.generate()
-    gw = Gateway(settings, tokens)
-    port = free_port()
-    await gw.start(port=port)
-    async with ClientSession() as session:
-        yield Client(session, f"http://127.0.0.1:{port}", tokens)
-    await gw.stop()
+    async with running_gateway(settings) as (_, url, tokens), ClientSession() as session:
+        yield Client(session, url, tokens)
 
 
 async def read_topic(settings: Settings, topic: str, *, want: int) -> list[tuple[int, bytes]]:

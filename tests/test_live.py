@@ -14,6 +14,7 @@ import msgspec
 import orjson
 import pytest
 from aiohttp import ClientSession, WSMsgType
+from helpers import running_gateway
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
@@ -40,15 +41,10 @@ class Live:
 
 @pytest.fixture
 async def live(settings: Settings) -> AsyncIterator[Live]:
-    tokens = Tokens.generate()
-    gw = Gateway(settings, tokens)
-    port = free_port()
-    await gw.start(port=port)
     redis = Redis.from_url(settings.redis_url)
-    async with ClientSession() as session:
-        yield Live(gw, f"http://127.0.0.1:{port}", session, redis, tokens, port)
+    async with running_gateway(settings) as (gw, url, tokens), ClientSession() as session:
+        yield Live(gw, url, session, redis, tokens, int(url.rsplit(":", 1)[1]))
     await redis.aclose()
-    await gw.stop()
 
 
 def new_room() -> str:

@@ -12,27 +12,20 @@ log computed offline; and the same show with a worker killed with -9 mid-show.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import msgspec
 import pytest
-from helpers import assert_nothing_twice, read_all
+from helpers import assert_nothing_twice, read_all, running_gateway
 from redis.asyncio import Redis
 
 from stream import simulator
-from stream.admin import ensure_topics
-from stream.auth import Tokens
 from stream.codec import decode_events
-from stream.config import Settings, to_env
-from stream.embedded import free_port
+from stream.config import Settings
 from stream.engagement import GRACE_MS
-from stream.gateway import Gateway
 from stream.ledger import read_stats
 from stream.models import (
     Event,
@@ -49,6 +42,7 @@ from stream.models import (
 )
 from stream.roomlog import fold
 from stream.rules import load_dir
+from stream.runner import spawn, stop_processes
 from stream.topics import Topics
 from stream.viewers import RoomTimeline, ViewerEngine
 
@@ -57,53 +51,40 @@ pytestmark = pytest.mark.integration
 RULES = Path(__file__).resolve().parents[1] / "rules"
 
 
-def start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "stream", "worker"],
-                            env={**os.environ, **to_env(settings)},
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
 async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: str, seed: int,
                    ) -> tuple[list[Nudge], list[TagChange], list[FollowUp], RoomTimeline,
                               dict[int, list[ViewerEvent]]]:
     """2,000 viewers, a 5-minute show at 10x, through 2 workers (one killed if `kill`)."""
     settings = msgspec.structs.replace(settings, rules_dir=RULES)
     topics = Topics(settings.topic_prefix)
-    await ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.partitions)
-    tokens = Tokens.generate()
-    gateway = Gateway(settings, tokens)
-    port = free_port()
-    await gateway.start(port=port)
-    redis = Redis.from_url(settings.redis_url)
-    workers = [start_worker(settings, tmp_path / f"w{i}.log") for i in range(2)]
-    plan = simulator.plan_for(room_id=room_id, viewers=2000, duration_s=30, speed=10,
-                              seed=seed)
-    try:
-        show = asyncio.create_task(simulator.run(plan, gateway=f"http://127.0.0.1:{port}",
-                                                 tokens=tokens, progress=False))
-        if kill:
-            await asyncio.sleep(20)  # well into the show
-            workers[0].send_signal(signal.SIGKILL)
-            workers[0].wait()
-            workers.append(start_worker(settings, tmp_path / "w2.log"))
-        sent = await show
-        assert sent.rejected == 0, sent.errors
-        deadline = time.monotonic() + 90
-        while True:  # every event processed, and the end-of-show follow-ups out
-            stats = await read_stats(redis, room_id)
-            joined = stats.get("ev:viewer.joined", 0)
-            if stats.get("events", 0) >= sent.accepted and stats.get("followups", 0) >= joined:
-                break
-            assert time.monotonic() < deadline, f"not settled: {stats}"
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(2)  # let the last acks land
-    finally:
-        for w in workers:
-            w.terminate()
-        for w in workers:
-            w.wait(timeout=30)
-        await gateway.stop()
-        await redis.aclose()
+    async with running_gateway(settings) as (_, url, tokens):
+        redis = Redis.from_url(settings.redis_url)
+        workers = [spawn(["worker"], settings, tmp_path / f"w{i}.log") for i in range(2)]
+        plan = simulator.plan_for(room_id=room_id, viewers=2000, duration_s=30, speed=10,
+                                  seed=seed)
+        try:
+            show = asyncio.create_task(simulator.run(plan, gateway=url,
+                                                     tokens=tokens, progress=False))
+            if kill:
+                await asyncio.sleep(20)  # well into the show
+                workers[0].send_signal(signal.SIGKILL)
+                workers[0].wait()
+                workers.append(spawn(["worker"], settings, tmp_path / "w2.log"))
+            sent = await show
+            assert sent.rejected == 0, sent.errors
+            deadline = time.monotonic() + 90
+            while True:  # every event processed, and the end-of-show follow-ups out
+                stats = await read_stats(redis, room_id)
+                joined = stats.get("ev:viewer.joined", 0)
+                if (stats.get("events", 0) >= sent.accepted
+                        and stats.get("followups", 0) >= joined):
+                    break
+                assert time.monotonic() < deadline, f"not settled: {stats}"
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(2)  # let the last acks land
+        finally:
+            await stop_processes(workers)
+            await redis.aclose()
     outputs = await read_all(settings, [topics.nudges, topics.tags, topics.followups])
     nudges = [msgspec.json.decode(v, type=Nudge) for t, _, _, v in outputs if t == topics.nudges]
     tags = [msgspec.json.decode(v, type=TagChange) for t, _, _, v in outputs if t == topics.tags]

@@ -7,14 +7,13 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from helpers import running_gateway
 from redis.asyncio import Redis
 
 from stream import keys
 from stream.auth import Tokens
 from stream.codec import encode
 from stream.config import Settings
-from stream.embedded import free_port
-from stream.gateway import Gateway
 from stream.models import Nudge
 
 pytestmark = pytest.mark.integration
@@ -22,14 +21,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def gateway(settings: Settings) -> AsyncIterator[tuple[str, Tokens, Redis]]:
-    tokens = Tokens.generate()
-    gw = Gateway(settings, tokens)
-    port = free_port()
-    await gw.start(port=port)
-    try:
-        yield f"http://127.0.0.1:{port}", tokens, gw.redis
-    finally:
-        await gw.stop()
+    async with running_gateway(settings) as (gw, url, tokens):
+        yield url, tokens, gw.redis
 
 
 async def test_tags_are_for_the_commerce_token_only(gateway) -> None:  # type: ignore[no-untyped-def]
