@@ -274,6 +274,10 @@ class Engagement:
             new_pairs -= self._viewer_rooms
             for room, viewer in new_pairs:
                 pipe.sadd(keys.viewer_rooms(viewer), room)
+            for _, e in effects:
+                if isinstance(e, Nudge):  # the host's uplift: who a rule nudged first, and when
+                    pipe.hsetnx(keys.nudged(e.room_id), f"{e.rule_id}|{e.viewer_id}",
+                                f"{e.variant}|{e.ts}")
             answers = await pipe.execute()
         self._viewer_rooms |= new_pairs
         fresh: list[tuple[int, Effect]] = []

@@ -34,10 +34,10 @@ class RoomBatch:
     room_id: str
     topic: str
     partition: int
-    items: list[tuple[int, str]] = field(default_factory=list)  # (offset, counter name)
+    items: list[tuple[int, str, int]] = field(default_factory=list)  # (offset, name, delta)
 
-    def add(self, offset: int, name: str) -> None:
-        self.items.append((offset, name))
+    def add(self, offset: int, name: str, delta: int = 1) -> None:
+        self.items.append((offset, name, delta))
 
     def after(self, fence: int) -> RoomBatch:
         return RoomBatch(self.room_id, self.topic, self.partition,
@@ -74,9 +74,12 @@ class Ledger:
 
 
 def _args(batch: RoomBatch) -> list[str | int]:
-    offsets = [offset for offset, _ in batch.items]
+    offsets = [offset for offset, _, _ in batch.items]
     args: list[str | int] = [f"{batch.topic}:{batch.partition}", min(offsets), max(offsets)]
-    for name, delta in Counter(name for _, name in batch.items).items():
+    totals: Counter[str] = Counter()
+    for _, name, delta in batch.items:
+        totals[name] += delta
+    for name, delta in totals.items():
         args += [name, delta]
     return args
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,12 +68,15 @@ class BatchResult:
 class Pipeline:
     def __init__(self, *, topics: Topics, ledger: Ledger, send: Send,
                  handlers: Sequence[Handler] = (),
+                 counters: Callable[[Event], Iterable[tuple[str, int]]] | None = None,
                  clock: Callable[[], float] = time.time,
                  retry_delays: Sequence[float] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)) -> None:
         self._topics = topics
         self._ledger = ledger
         self._send = send
         self._handlers = list(handlers)
+        # More once-per-record counts per event (the host's metrics), after the handlers.
+        self._counters = counters
         self._clock = clock
         self._retry_delays = retry_delays
         self.retries = 0
@@ -83,11 +86,11 @@ class Pipeline:
         items: list[Item] = []
         counts: dict[tuple[str, str, int], RoomBatch] = {}
 
-        def count(room: str, record: Record, name: str) -> None:
+        def count(room: str, record: Record, name: str, delta: int = 1) -> None:
             key = (room, record.topic, record.partition)
             batch = counts.get(key) or counts.setdefault(
                 key, RoomBatch(room, record.topic, record.partition))
-            batch.add(record.offset, name)
+            batch.add(record.offset, name, delta)
 
         letters: list[bytes] = []
         now_ms = int(self._clock() * 1000)
@@ -120,6 +123,9 @@ class Pipeline:
             tag = type(item.event).__struct_config__.tag
             count(item.event.room_id, item.record, "events")
             count(item.event.room_id, item.record, f"ev:{tag}")
+            if self._counters is not None:
+                for name, delta in self._counters(item.event):
+                    count(item.event.room_id, item.record, name, delta)
             result.by_room[item.event.room_id] = result.by_room.get(item.event.room_id, 0) + 1
         for letter in letters:
             await self._send(self._topics.dead_letters, letter)

@@ -16,7 +16,7 @@ import faust
 from faust.types import TP, EventT
 from redis.asyncio import Redis
 
-from stream import keys
+from stream import keys, metrics
 from stream.admin import ensure_topics
 from stream.codec import encode
 from stream.config import Settings
@@ -27,6 +27,7 @@ from stream.models import StockUpdate
 from stream.orders import Orders
 from stream.pipeline import Pipeline, Record
 from stream.roomlog import RoomLog
+from stream.roomstats import Presence
 from stream.rulewatch import RuleWatcher
 from stream.stockfeed import StockFeed
 from stream.topics import Topics
@@ -87,15 +88,16 @@ def create_app(settings: Settings) -> faust.App:
 
     feed = StockFeed(publish_stock, clock=time.monotonic,
                      interval_s=settings.stock_interval_ms / 1000)
-    orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
-                    topics=topics)
     watcher = RuleWatcher(settings.rules_dir)
     rooms = RoomLog(redis)
+    orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
+                    topics=topics, rooms=rooms)
     engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms, send=send,
                             topics=topics, bootstrap=settings.kafka_bootstrap)
     # Order matters: the host log is folded in before viewers are judged against it.
     pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send,
-                        handlers=[orders, rooms, engagement])
+                        handlers=[orders, rooms, engagement, Presence(redis)],
+                        counters=lambda event: metrics.counters(event, rooms.get(event.room_id)))
 
     @app.task
     async def watch_rules() -> None:
