@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint clean
+.PHONY: demo test test-slow lint clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,13 +17,23 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/livecommerce demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 # End-to-end checks with known open gaps (issue notes); not yet part of `make test`.
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# The dashboard and report tests drive Debian's chromium (a CJK font for the Chinese
+# labels). Installed when we can (root with apt-get); never fails the build, the tests
+# then say they are skipped and why.
+browser:
+	@[ -x /usr/bin/chromium ] || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && \
+	      apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null 2>&1; }; }; } || \
+	  echo "note: chromium not installed; the browser tests will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
