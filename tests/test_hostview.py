@@ -298,6 +298,10 @@ async def test_prometheus_agrees_with_the_json(show: Show) -> None:
     assert value("lc_segment_orders_total", segment="promo") == next(
         s["orders"] for s in m["segments"] if s["segment"] == "promo")
     assert not re.search(r'viewer="|order="|v-[0-9a-f]{6}-\d{6}', text)  # bounded labels
+    # Every series the Grafana dashboard queries is exported.
+    grafana = (Path(__file__).parent.parent / "deploy/grafana/dashboard.json").read_text()
+    for name in set(re.findall(r"\blc_\w+", grafana)):
+        assert re.search(rf"^{name}{{", text, re.MULTILINE), f"{name} is not exported"
 
 
 async def test_dashboard_updates_live_in_chromium(show: Show) -> None:
