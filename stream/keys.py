@@ -144,6 +144,12 @@ def pay_failed(room_id: str) -> str:
     return f"{_room(room_id)}:pay-failed"
 
 
+def seconds(room_id: str) -> str:
+    """Hash `<epoch second>:<name>` of cart clicks, orders, paid and GMV per event-time
+    second; summed per show segment when read, so a late segment start still counts."""
+    return f"{_room(room_id)}:seconds"
+
+
 def nudged(room_id: str) -> str:
     """Hash `rule|viewer` -> `variant|ts` of the viewer's first nudge by that rule."""
     return f"{_room(room_id)}:nudged"

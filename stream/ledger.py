@@ -16,13 +16,20 @@ from redis.asyncio import Redis
 
 from stream import keys
 
-# KEYS: fences, stats.  ARGV: fence field, first offset, last offset, then field/delta pairs.
+# KEYS: fences, stats, seconds.  ARGV: fence field, first offset, last offset, then
+# field/delta pairs; a field `s:<rest>` goes to the seconds hash as `<rest>`.
 # Returns -2 when applied, else the fence that refused it.
 FENCED_INCR = """
 local fence = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
 if fence >= tonumber(ARGV[2]) then return fence end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-for i = 4, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do
+  if string.sub(ARGV[i], 1, 2) == 's:' then
+    redis.call('HINCRBY', KEYS[3], string.sub(ARGV[i], 3), ARGV[i + 1])
+  else
+    redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
 return -2
 """
 
@@ -58,7 +65,8 @@ class Ledger:
         while pending:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for b in pending:
-                    await self._script(keys=[keys.fences(b.room_id), keys.stats(b.room_id)],
+                    await self._script(keys=[keys.fences(b.room_id), keys.stats(b.room_id),
+                                             keys.seconds(b.room_id)],
                                        args=_args(b), client=pipe)
                 answers = await pipe.execute()
             retry = []

@@ -11,8 +11,11 @@ and the inventory's `orders_*`, `gmv`):
 - `m:<minute>:<name>`: per event-time minute (epoch ms // 60000): joins, leaves, likes,
   comments, cart_clicks, payment_failed (ledger); orders, paid, gmv, units:<sku>
   (inventory); online, the count after the minute's last join or leave (presence).
-- `seg:<segment>:<name>`: per show segment on air at the event: cart_clicks (ledger);
-  orders, paid, gmv (inventory).
+- In the room's seconds hash, `<epoch second>:<name>`: cart_clicks (ledger); orders,
+  paid, gmv (inventory). Summed per show segment when read (`segments_of`), with the
+  room's timeline as known then: a segment start that reaches the room log late (host
+  events travel apart from viewer events) still gets its events. Boundaries are taken
+  to the second: the second a segment starts in belongs to it.
 - `online`, `peak`, `viewers`, `watch_ms`, `open_join_sum`, `src:<source>:viewers`,
   `layer:<new|returning|unknown>:viewers` (presence).
 """
@@ -20,6 +23,7 @@ and the inventory's `orders_*`, `gmv`):
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 
 import msgspec
 
@@ -45,17 +49,11 @@ def minute_of(ts: int) -> int:
     return ts // MINUTE_MS
 
 
-def segment_at(timeline: RoomTimeline, ts: int) -> str:
-    """The name of the segment on air at `ts`, '' before the first one."""
-    on_air = timeline.segment_at(ts)
-    return on_air[0] if on_air else ""
-
-
 def layer(returning: bool | None) -> str:
     return "unknown" if returning is None else ("returning" if returning else "new")
 
 
-def counters(event: Event, timeline: RoomTimeline) -> list[tuple[str, int]]:
+def counters(event: Event) -> list[tuple[str, int]]:
     """(counter, delta) an event adds to its room's stats, once per Kafka record."""
     m = f"m:{minute_of(event.ts)}:"
     if isinstance(event, ViewerJoined):
@@ -67,9 +65,7 @@ def counters(event: Event, timeline: RoomTimeline) -> list[tuple[str, int]]:
     if isinstance(event, Comment):
         return [(m + "comments", 1)]
     if isinstance(event, CartClicked):
-        out = [(m + "cart_clicks", 1)]
-        segment = segment_at(timeline, event.ts)
-        return [*out, (f"seg:{segment}:cart_clicks", 1)] if segment else out
+        return [(m + "cart_clicks", 1), (f"s:{event.ts // 1000}:cart_clicks", 1)]
     if isinstance(event, OrderPaymentFailed):
         return [(m + "payment_failed", 1)]
     return []
@@ -96,6 +92,7 @@ class RoomRaw(msgspec.Struct, frozen=True, kw_only=True):
     stats: dict[str, float]
     skus: list[SkuRow]
     timeline: RoomTimeline
+    seconds: dict[str, float]  # `<epoch second>:<name>` -> count or GMV
     nudged: dict[str, str]  # `rule|viewer` -> `variant|ts`
     buyers: dict[str, int]  # viewer -> first paid ts
 
@@ -269,7 +266,7 @@ def compute(raw: RoomRaw, *, low_stock_ratio: float = 0.1, low_stock_units: int 
                          gmv=rate("gmv")),
         sources=_prefixed(st, "src:", ":viewers"),
         skus=skus,
-        segments=_segments(st),
+        segments=segments_of(raw.seconds, tl),
         nudges=_nudges(st, raw.nudged, raw.buyers),
         series=series,
         alerts=_stock_alerts(skus, low_stock_ratio, low_stock_units)
@@ -330,16 +327,23 @@ def _sku(row: SkuRow, taken: float, window_min: float) -> SkuMetrics:
                       per_minute=round(pace, 2), sell_out_s=eta)
 
 
-def _segments(st: dict[str, float]) -> list[SegmentMetrics]:
-    names = sorted({k.split(":")[1] for k in st if k.startswith("seg:")})
+def segments_of(seconds: dict[str, float], timeline: RoomTimeline) -> list[SegmentMetrics]:
+    """Per-second counts summed per kind of segment (intro, demo, …) on air in that
+    second; seconds before the first segment are left out."""
+    starts = [ts // 1000 for ts, _, _ in timeline.segments]
+    sums: dict[str, dict[str, float]] = {}
+    for field, value in seconds.items():
+        second, name = field.split(":", 1)
+        i = bisect_right(starts, int(second))
+        if i:
+            tally = sums.setdefault(timeline.segments[i - 1][1], {})
+            tally[name] = tally.get(name, 0) + value
     out = []
-    for name in names:
-        clicks, orders = int(st.get(f"seg:{name}:cart_clicks", 0)), int(
-            st.get(f"seg:{name}:orders", 0))
+    for segment, t in sorted(sums.items()):
+        clicks, orders = int(t.get("cart_clicks", 0)), int(t.get("orders", 0))
         ratio = _ratio(orders, clicks)
-        out.append(SegmentMetrics(segment=name, cart_clicks=clicks, orders=orders,
-                                  paid=int(st.get(f"seg:{name}:paid", 0)),
-                                  gmv=round(float(st.get(f"seg:{name}:gmv", 0.0)), 2),
+        out.append(SegmentMetrics(segment=segment, cart_clicks=clicks, orders=orders,
+                                  paid=int(t.get("paid", 0)), gmv=round(t.get("gmv", 0.0), 2),
                                   click_to_order=None if ratio is None else round(ratio, 4)))
     return out
 

@@ -16,10 +16,8 @@ from stream import keys
 from stream.clock import RoomClocks
 from stream.codec import encode
 from stream.inventory import Inventory, Outcome, parse
-from stream.metrics import segment_at
 from stream.models import OrderEvent, OrderResult, StockSet
 from stream.pipeline import Item, Send
-from stream.roomlog import RoomLog
 from stream.stockfeed import StockFeed
 from stream.topics import Topics
 
@@ -28,8 +26,7 @@ class Orders:
     """Handler for the pipeline: applies stock.set and order.* events, exactly once each."""
 
     def __init__(self, *, redis: Redis, inventory: Inventory, feed: StockFeed, send: Send,
-                 topics: Topics, clock: Callable[[], float] = time.time,
-                 rooms: RoomLog | None = None) -> None:
+                 topics: Topics, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._inventory = inventory
         self._feed = feed
@@ -38,8 +35,6 @@ class Orders:
         self._clocks = RoomClocks(redis)
         self._clock = clock
         self._rooms: set[str] = set()
-        # The host's view counts orders per show segment: the segment on air at the event.
-        self._timelines = rooms
 
     async def handle(self, items: Sequence[Item]) -> None:
         by_room: dict[str, list[Item]] = {}
@@ -51,7 +46,6 @@ class Orders:
                 by_room.setdefault(room, []).append(item)
         if not latest:
             return
-        segments = await self._segments(by_room)
         wall_ms = int(self._clock() * 1000)
         new_rooms = [r for r in by_room if r not in self._rooms]
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -60,8 +54,7 @@ class Orders:
             if new_rooms:
                 pipe.sadd(keys.ROOMS, *new_rooms)
             calls = [await self._inventory.queue(
-                pipe, room, [self._inventory.op(i.event, segment=s)  # type: ignore[arg-type]
-                             for i, s in zip(group, segments[room], strict=True)])
+                pipe, room, [self._inventory.op(i.event) for i in group])  # type: ignore[arg-type]
                 for room, group in by_room.items()]
             answers = await pipe.execute()
         self._rooms.update(new_rooms)
@@ -76,18 +69,6 @@ class Orders:
                                                 outcome, item.event.viewer_id),
                                         item.record.partition)
         await self._feed.flush()
-
-    async def _segments(self, by_room: dict[str, list[Item]]) -> dict[str, list[str]]:
-        """The segment on air at each order event ('' for stock and without a timeline)."""
-        if self._timelines is not None:
-            await self._timelines.refresh(by_room)
-        out: dict[str, list[str]] = {}
-        for room, group in by_room.items():
-            timeline = self._timelines.get(room) if self._timelines is not None else None
-            out[room] = [segment_at(timeline, i.event.ts)
-                         if timeline is not None and isinstance(i.event, OrderEvent) else ""
-                         for i in group]
-        return out
 
     async def sweep(self) -> int:
         """Release reservations past their deadline on each room's clock."""

@@ -146,12 +146,13 @@ class RoomReader:
         await self._rooms.refresh([room_id], force=True)
         skus = sorted(s.decode() for s in await redis.smembers(keys.skus(room_id)))
         async with redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.seconds(room_id))
             pipe.hgetall(keys.nudged(room_id))
             pipe.hgetall(keys.buyers(room_id))
             for sku in skus:
                 pipe.hmget(keys.stock_prefix(room_id) + sku, "name", "price", "loaded",
                            "available", "reserved", "sold")
-            nudged, buyers, *rows = await pipe.execute()
+            seconds, nudged, buyers, *rows = await pipe.execute()
         stats = await read_stats(redis, room_id)
         now = await self._clocks.now(room_id, wall_now_ms=wall_now_ms)
         return RoomRaw(
@@ -163,6 +164,7 @@ class RoomReader:
                          sold=int(r[5] or 0))
                   for sku, r in zip(skus, rows, strict=True)],
             timeline=self._rooms.get(room_id),
+            seconds={k.decode(): float(v) for k, v in seconds.items()},
             nudged={k.decode(): v.decode() for k, v in nudged.items()},
             buyers={k.decode(): int(v) for k, v in buyers.items()},
         )

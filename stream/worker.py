@@ -91,13 +91,13 @@ def create_app(settings: Settings) -> faust.App:
     watcher = RuleWatcher(settings.rules_dir)
     rooms = RoomLog(redis)
     orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
-                    topics=topics, rooms=rooms)
+                    topics=topics)
     engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms, send=send,
                             topics=topics, bootstrap=settings.kafka_bootstrap)
     # Order matters: the host log is folded in before viewers are judged against it.
     pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send,
                         handlers=[orders, rooms, engagement, Presence(redis)],
-                        counters=lambda event: metrics.counters(event, rooms.get(event.room_id)))
+                        counters=metrics.counters)
 
     @app.task
     async def watch_rules() -> None:

@@ -98,7 +98,7 @@ async def watch_dashboard(url: str, seen: Seen, *, screenshot: Path | None) -> N
             await page.goto(url)
             await page.wait_for_function(
                 "Number(document.body.dataset.updates) >= 1 && "
-                "document.getElementById('kpi-viewers').textContent !== '0'", timeout=20_000)
+                "document.getElementById('kpi-viewers').textContent !== '0'", timeout=60_000)
             seen.first = await page.evaluate(_READ)
             await asyncio.sleep(5)
             seen.later = await page.evaluate(_READ)
@@ -154,27 +154,28 @@ def recount(events: list[Event]) -> dict[str, Any]:
     minute: defaultdict[int, Counter[str]] = defaultdict(Counter)
     first_join: dict[str, ViewerJoined] = {}
     joined_at: dict[str, int] = {}
+    peak = 0
     watched: Counter[str] = Counter()
     placed: dict[str, OrderPlaced] = {}
     paid: dict[str, OrderPaid] = {}
     settled: set[str] = set()
-    segments: list[tuple[int, str]] = []
+    segments = sorted((e.ts, e.segment) for e in events if isinstance(e, SegmentStarted))
     seg: Counter[str] = Counter()
     end = max(e.ts for e in events if type(e).__name__ == "BroadcastEnded")
 
     def segment(ts: int) -> str:
-        on = [name for start, name in segments if start <= ts]
+        """On air at `ts`, to the second: the second a segment starts in is its own."""
+        on = [name for start, name in segments if start // 1000 <= ts // 1000]
         return on[-1] if on else ""
 
     for e in events:
         m = minute[minute_of(e.ts)]
-        if isinstance(e, SegmentStarted):
-            segments.append((e.ts, e.segment))
-        elif isinstance(e, ViewerJoined):
+        if isinstance(e, ViewerJoined):
             c["joins"] += 1
             m["joins"] += 1
             first_join.setdefault(e.viewer_id, e)
             joined_at.setdefault(e.viewer_id, e.ts)
+            peak = max(peak, len(joined_at))
         elif isinstance(e, ViewerLeft) and e.viewer_id in joined_at:
             watched[e.viewer_id] += e.ts - joined_at.pop(e.viewer_id)
         elif isinstance(e, Like):
@@ -196,6 +197,7 @@ def recount(events: list[Event]) -> dict[str, Any]:
         elif isinstance(e, OrderPaid) and e.order_id in placed:
             paid[e.order_id] = e
             m["paid"] += 1
+            seg[f"{segment(e.ts)}:paid"] += 1
         elif isinstance(e, OrderPaymentFailed | OrderCancelled):
             settled.add(e.order_id)
             if isinstance(e, OrderPaymentFailed):
@@ -216,7 +218,7 @@ def recount(events: list[Event]) -> dict[str, Any]:
                 reserved[item.sku] += item.qty
     viewers = len(first_join)
     return {
-        **c, "viewers": viewers, "online": len(joined_at),
+        **c, "viewers": viewers, "online": len(joined_at), "peak": peak,
         "new": sum(j.returning is False for j in first_join.values()),
         "returning": sum(j.returning is True for j in first_join.values()),
         "sources": dict(Counter(j.source for j in first_join.values())),
@@ -241,7 +243,9 @@ async def test_metrics_equal_a_recount_of_the_event_log(show: Show) -> None:
     assert (t["new_viewers"], t["returning_viewers"]) == (want["new"], want["returning"])
     assert (t["fan_joins"], t["shares"]) == (want["FanJoined"], want["Share"])
     assert t["avg_watch_s"] == pytest.approx(want["avg_watch_s"], abs=0.11)
-    assert t["online"] <= t["peak"] <= t["viewers"] and t["peak"] >= 0.5 * t["viewers"]
+    # Peak is the highest count in processing order; partitions run a batch apart.
+    assert t["online"] <= t["peak"] <= t["viewers"]
+    assert abs(t["peak"] - want["peak"]) <= max(3, want["peak"] // 20), (t["peak"], want["peak"])
     assert t["conversion_rate"] == pytest.approx(want["buyers"] / want["viewers"], abs=1e-4)
     assert t["gpm"] == pytest.approx(want["gmv"] / want["joins"] * 1000, abs=0.01)
     assert m["sources"] == want["sources"]
@@ -257,16 +261,10 @@ async def test_metrics_equal_a_recount_of_the_event_log(show: Show) -> None:
     for minute, counts in want["minutes"].items():
         for name, n in counts.items():
             assert got[minute][name] == n, (minute, name)
-    # Per segment: the segment on air when the worker counted the event. A click sent in
-    # the same instant as a segment start can be counted before that start reaches the
-    # room log (as for the viewer engine's conversion node), so allow a few such.
-    segs = {s["segment"]: s for s in m["segments"]}
-    for kind in ("cart_clicks", "orders"):
-        assert sum(s[kind] for s in segs.values()) == want[kind]
-        for name in ("intro", "demo", "promo", "qa"):
-            expected = want["segments"].get(f"{name}:{kind}", 0)
-            assert abs(segs.get(name, {}).get(kind, 0) - expected) <= max(2, expected // 20), (
-                name, kind)
+    # Per segment, exactly: counted per second, summed per segment when read.
+    segs = {f"{s['segment']}:{k}": s[k] for s in m["segments"]
+            for k in ("cart_clicks", "orders", "paid") if s[k]}
+    assert segs == want["segments"]
     # Nudges: counted once each, split by variant, conversion bounded by who was nudged.
     assert sum(n["fired"] + n["held_out"] for n in m["nudges"]) == t["nudges"]
     for n in m["nudges"]:

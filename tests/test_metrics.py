@@ -11,6 +11,7 @@ from stream.metrics import (
     compute,
     counters,
     minute_of,
+    segments_of,
 )
 from stream.models import CartClicked, Like, OrderPaymentFailed, SegmentStarted, ViewerJoined
 from stream.report import UNCONVERTED, build, render_html, unconverted_reason
@@ -33,24 +34,41 @@ def timeline(*segments: tuple[int, str], started: int = T0, ended: int | None = 
 
 def raw(stats: dict[str, float], *, now: int, skus: list[SkuRow] = (),  # type: ignore[assignment]
         nudged: dict[str, str] | None = None, buyers: dict[str, int] | None = None,
-        tl: RoomTimeline | None = None) -> RoomRaw:
+        tl: RoomTimeline | None = None, seconds: dict[str, float] | None = None) -> RoomRaw:
     return RoomRaw(room_id="r", now_ms=now, stats=stats, skus=list(skus),
-                   timeline=tl or timeline(), nudged=nudged or {}, buyers=buyers or {})
+                   timeline=tl or timeline(), seconds=seconds or {}, nudged=nudged or {},
+                   buyers=buyers or {})
 
 
-def test_counters_name_minute_and_segment() -> None:
-    tl = timeline((T0, "intro"), (T0 + 90_000, "promo"))
-    click = CartClicked(event_id="c", room_id="r", viewer_id="v", ts=T0 + 95_000, sku="a")
-    assert counters(click, tl) == [(f"m:{M0 + 1}:cart_clicks", 1), ("seg:promo:cart_clicks", 1)]
-    early = CartClicked(event_id="c", room_id="r", viewer_id="v", ts=T0 - 1, sku="a")
-    assert counters(early, tl) == [(f"m:{M0 - 1}:cart_clicks", 1)]  # before any segment
+def test_counters_name_minute_and_second() -> None:
+    click = CartClicked(event_id="c", room_id="r", viewer_id="v", ts=T0 + 95_500, sku="a")
+    assert counters(click) == [(f"m:{M0 + 1}:cart_clicks", 1),
+                               (f"s:{T0 // 1000 + 95}:cart_clicks", 1)]
     like = Like(event_id="l", room_id="r", viewer_id="v", ts=T0, count=7)
-    assert counters(like, tl) == [("likes", 7), (f"m:{M0}:likes", 7)]
+    assert counters(like) == [("likes", 7), (f"m:{M0}:likes", 7)]
     failed = OrderPaymentFailed(event_id="f", room_id="r", viewer_id="v", ts=T0, order_id="o",
                                 reason="x")
-    assert counters(failed, tl) == [(f"m:{M0}:payment_failed", 1)]
+    assert counters(failed) == [(f"m:{M0}:payment_failed", 1)]
     join = ViewerJoined(event_id="j", room_id="r", viewer_id="v", ts=T0, source="douyin")
-    assert counters(join, tl) == [(f"m:{M0}:joins", 1)]
+    assert counters(join) == [(f"m:{M0}:joins", 1)]
+
+
+def test_segments_are_summed_from_seconds_with_the_timeline_known_when_read() -> None:
+    s0 = T0 // 1000
+    seconds = {f"{s0 - 1}:cart_clicks": 4,  # before the show's first segment: left out
+               f"{s0}:cart_clicks": 2, f"{s0 + 89}:orders": 1,
+               f"{s0 + 90}:cart_clicks": 3, f"{s0 + 95}:orders": 2, f"{s0 + 95}:paid": 1,
+               f"{s0 + 95}:gmv": 59.9, f"{s0 + 200}:cart_clicks": 5}
+    early = segments_of(seconds, timeline((T0, "intro")))  # the promo start is not in yet
+    assert [(s.segment, s.cart_clicks, s.orders) for s in early] == [("intro", 10, 3)]
+    # The promo starts mid-second (T0 + 90.4 s): that whole second is the promo's.
+    late = segments_of(seconds, timeline((T0, "intro"), (T0 + 90_400, "promo"),
+                                         (T0 + 180_000, "intro")))
+    by = {s.segment: s for s in late}
+    assert (by["intro"].cart_clicks, by["intro"].orders) == (7, 1)
+    assert (by["promo"].cart_clicks, by["promo"].orders, by["promo"].paid) == (3, 2, 1)
+    assert by["promo"].gmv == 59.9 and by["promo"].click_to_order == pytest.approx(2 / 3,
+                                                                                   abs=1e-4)
 
 
 def test_totals_rates_and_watch_time() -> None:

@@ -17,7 +17,6 @@ from stream.models import Event, Like, ViewerJoined, ViewerLeft
 from stream.pipeline import Pipeline, Record
 from stream.roomstats import Presence, RoomReader
 from stream.topics import Topics
-from stream.viewers import RoomTimeline
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +38,7 @@ async def _send(topic: str, value: bytes, key: bytes | None = None,
 
 def pipeline(redis: Redis) -> Pipeline:
     return Pipeline(topics=TOPICS, ledger=Ledger(redis), send=_send, handlers=[Presence(redis)],
-                    counters=lambda e: metrics.counters(e, RoomTimeline(room_id=e.room_id)))
+                    counters=metrics.counters)
 
 
 def records(events: list[Event], *, partition: int = 0, first: int = 0) -> list[Record]:
