@@ -51,6 +51,9 @@ def up(http_port: int | None, workers: int) -> None:
                 click.echo(f"  {role:<9} {run.tokens.for_role(role)}")
             click.echo(f"simulate  LIVECOMMERCE_TOKENS_FILE={s.tokens_file} "
                        f"livecommerce simulate --gateway {run.gateway_url}")
+            click.echo(f"dashboard {run.gateway_url}/dashboard/demo-room  "
+                       f"(report: LIVECOMMERCE_REDIS_URL={s.redis_url} "
+                       f"livecommerce report demo-room --out report.html)")
             click.echo("Ctrl-C stops everything.", err=True)
             await _until_stopped()
 
