@@ -50,6 +50,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 SHOW_S = 20.0  # wall seconds; at 30x a 10-minute show
+LOW_STOCK = simulator.Product("sesame-oil-250ml", "小磨香油 250ml", 19.9, 10)
 
 
 def browser_missing() -> str | None:
@@ -85,6 +86,7 @@ _READ = """() => ({load: window.__lcLoad, updates: Number(document.body.dataset.
   viewers: document.getElementById('kpi-viewers').textContent,
   gmv: document.getElementById('kpi-gmv').textContent,
   skus: document.querySelectorAll('#skus .row').length,
+  alerts: [...document.querySelectorAll('#alerts .alert')].map((a) => a.textContent),
   bars: document.querySelectorAll('#chart-orders rect').length})"""
 
 
@@ -115,7 +117,10 @@ async def show(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory,
     settings = Settings(kafka_url=stack.kafka_url, redis_url=stack.redis_url,
                         topic_prefix=f"t{uuid.uuid4().hex[:8]}.", partitions=4)
     room = f"hv-{uuid.uuid4().hex[:6]}"
-    plan = simulator.plan_for(room_id=room, viewers=300, duration_s=SHOW_S, speed=30, seed=5)
+    # A sixth product loaded short, so the dashboard has a low-stock alert to show.
+    products = [*simulator.DEFAULT_PRODUCTS, LOW_STOCK]
+    plan = simulator.plan_for(room_id=room, viewers=300, duration_s=SHOW_S, speed=30, seed=5,
+                              products=products)
     events = [e for _, e in simulator.broadcast(plan)]
     shot = os.environ.get("LC_DASHBOARD_SCREENSHOT")
     async with running(settings, workers=2) as run:
@@ -250,6 +255,7 @@ async def test_metrics_equal_a_recount_of_the_event_log(show: Show) -> None:
     assert t["gpm"] == pytest.approx(want["gmv"] / want["joins"] * 1000, abs=0.01)
     assert m["sources"] == want["sources"]
     assert t["orders_rejected"] == 0  # so orders placed == orders reserved, as recounted
+    assert [(a["kind"], a["sku"]) for a in m["alerts"]] == [("low_stock", LOW_STOCK.sku)]
     # Per SKU: the inventory's books against the log.
     skus = {s["sku"]: s for s in m["skus"]}
     assert {k: v["sold"] for k, v in skus.items() if v["sold"]} == want["sold"]
@@ -314,6 +320,7 @@ async def test_dashboard_updates_live_in_chromium(show: Show) -> None:
     assert (later["orders"], later["viewers"], later["gmv"]) != (
         first["orders"], first["viewers"], first["gmv"]), (first, later)
     assert later["skus"] == len(show.plan.products) and later["bars"] > 0
+    assert any(LOW_STOCK.name in a for a in later["alerts"]), later["alerts"]
 
 
 async def test_review_adds_up_to_the_live_totals(show: Show, tmp_path: Path) -> None:
