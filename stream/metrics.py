@@ -11,13 +11,14 @@ and the inventory's `orders_*`, `gmv`):
 - `m:<minute>:<name>`: per event-time minute (epoch ms // 60000): joins, leaves, likes,
   comments, cart_clicks, payment_failed (ledger); orders, paid, gmv, units:<sku>
   (inventory); online, the count after the minute's last join or leave (presence).
-- In the room's seconds hash, `<epoch second>:<name>`: cart_clicks (ledger); orders,
-  paid, gmv (inventory). Summed per show segment when read (`segments_of`), with the
-  room's timeline as known then: a segment start that reaches the room log late (host
-  events travel apart from viewer events) still gets its events. Boundaries are taken
-  to the second: the second a segment starts in belongs to it.
 - `online`, `peak`, `viewers`, `watch_ms`, `open_join_sum`, `src:<source>:viewers`,
   `layer:<new|returning|unknown>:viewers` (presence).
+
+And in the room's seconds hash, `<epoch second>:<name>`: cart_clicks (ledger); orders,
+paid, gmv (inventory). These are summed per show segment when read (`segments_of`),
+with the room's timeline as known then: a segment start that reaches the room log late
+(host events travel apart from viewer events) still gets its events. Boundaries are
+taken to the second: the second a segment starts in belongs to it.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ class Pipeline:
         self._ledger = ledger
         self._send = send
         self._handlers = list(handlers)
-        # More once-per-record counts per event (the host's metrics), after the handlers.
+        # More once-per-record counts per event: the host's metrics (`metrics.counters`).
         self._counters = counters
         self._clock = clock
         self._retry_delays = retry_delays

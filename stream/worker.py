@@ -88,10 +88,10 @@ def create_app(settings: Settings) -> faust.App:
 
     feed = StockFeed(publish_stock, clock=time.monotonic,
                      interval_s=settings.stock_interval_ms / 1000)
-    watcher = RuleWatcher(settings.rules_dir)
-    rooms = RoomLog(redis)
     orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
                     topics=topics)
+    watcher = RuleWatcher(settings.rules_dir)
+    rooms = RoomLog(redis)
     engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms, send=send,
                             topics=topics, bootstrap=settings.kafka_bootstrap)
     # Order matters: the host log is folded in before viewers are judged against it.
