@@ -41,14 +41,26 @@ class RoomBatch:
     room_id: str
     topic: str
     partition: int
-    items: list[tuple[int, str, int]] = field(default_factory=list)  # (offset, name, delta)
+    # offset -> counter -> delta: an envelope's events share one offset, so a batch of
+    # thousands of events sums into a few Counters as it is built.
+    counts: dict[int, Counter[str]] = field(default_factory=dict)
+
+    def at(self, offset: int) -> Counter[str]:
+        """The counts of the record at `offset`, to add to."""
+        c = self.counts.get(offset)
+        if c is None:
+            c = self.counts[offset] = Counter()
+        return c
 
     def add(self, offset: int, name: str, delta: int = 1) -> None:
-        self.items.append((offset, name, delta))
+        self.at(offset)[name] += delta
 
     def after(self, fence: int) -> RoomBatch:
         return RoomBatch(self.room_id, self.topic, self.partition,
-                         [item for item in self.items if item[0] > fence])
+                         {o: c for o, c in self.counts.items() if o > fence})
+
+    def total(self) -> int:
+        return sum(c.total() for c in self.counts.values())
 
 
 class Ledger:
@@ -61,7 +73,7 @@ class Ledger:
     async def apply(self, batches: list[RoomBatch]) -> int:
         """Apply every batch; returns how many counts were skipped as already applied."""
         skipped = 0
-        pending = [b for b in batches if b.items]
+        pending = [b for b in batches if b.counts]
         while pending:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for b in pending:
@@ -74,19 +86,19 @@ class Ledger:
                 if fence == -2:
                     continue
                 rest = b.after(int(fence))
-                skipped += len(b.items) - len(rest.items)
-                if rest.items:
+                skipped += b.total() - rest.total()
+                if rest.counts:
                     retry.append(rest)
             pending = retry
         return skipped
 
 
 def _args(batch: RoomBatch) -> list[str | int]:
-    offsets = [offset for offset, _, _ in batch.items]
-    args: list[str | int] = [f"{batch.topic}:{batch.partition}", min(offsets), max(offsets)]
+    args: list[str | int] = [f"{batch.topic}:{batch.partition}", min(batch.counts),
+                             max(batch.counts)]
     totals: Counter[str] = Counter()
-    for _, name, delta in batch.items:
-        totals[name] += delta
+    for c in batch.counts.values():
+        totals.update(c)
     for name, delta in totals.items():
         args += [name, delta]
     return args

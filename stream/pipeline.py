@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -86,11 +87,11 @@ class Pipeline:
         items: list[Item] = []
         counts: dict[tuple[str, str, int], RoomBatch] = {}
 
-        def count(room: str, record: Record, name: str, delta: int = 1) -> None:
+        def counter(room: str, record: Record) -> Counter[str]:
             key = (room, record.topic, record.partition)
             batch = counts.get(key) or counts.setdefault(
                 key, RoomBatch(room, record.topic, record.partition))
-            batch.add(record.offset, name, delta)
+            return batch.at(record.offset)
 
         letters: list[bytes] = []
         now_ms = int(self._clock() * 1000)
@@ -99,7 +100,7 @@ class Pipeline:
             origin = Origin(source="kafka", topic=record.topic, partition=record.partition,
                             offset=record.offset, index=index)
             letters.append(dead_letter(raw, error, origin, now_ms=now_ms))
-            count(room_of(raw), record, "dead_letters")
+            counter(room_of(raw), record)["dead_letters"] += 1
 
         for record in records:
             try:
@@ -121,11 +122,12 @@ class Pipeline:
         await self._run_handlers(items, reject)
         for item in items:
             tag = type(item.event).__struct_config__.tag
-            count(item.event.room_id, item.record, "events")
-            count(item.event.room_id, item.record, f"ev:{tag}")
+            c = counter(item.event.room_id, item.record)
+            c["events"] += 1
+            c[f"ev:{tag}"] += 1
             if self._counters is not None:
                 for name, delta in self._counters(item.event):
-                    count(item.event.room_id, item.record, name, delta)
+                    c[name] += delta
             result.by_room[item.event.room_id] = result.by_room.get(item.event.room_id, 0) + 1
         for letter in letters:
             await self._send(self._topics.dead_letters, letter)

@@ -10,7 +10,7 @@ counters in one script per room and batch; there is no per-worker state to merge
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 from redis.asyncio import Redis
@@ -71,18 +71,19 @@ return online
 """
 
 
-def _op(item: Item) -> list[str | int] | None:
-    e = item.event
-    if isinstance(e, ViewerJoined):
-        profile = f"{e.source}|{e.leader_id or ''}|{layer(e.returning)}|{e.region or ''}"
-        return ["j", e.viewer_id, e.ts, minute_of(e.ts), profile]
-    if isinstance(e, ViewerLeft):
-        return ["l", e.viewer_id, e.ts, minute_of(e.ts), ""]
-    if isinstance(e, CartAdded | OrderPlaced):
-        return ["c", e.viewer_id, e.ts, 0, ""]
-    if isinstance(e, OrderPaymentFailed):
-        return ["f", e.viewer_id, e.ts, 0, ""]
-    return None
+def _joined(e: ViewerJoined) -> list[str | int]:
+    profile = f"{e.source}|{e.leader_id or ''}|{layer(e.returning)}|{e.region or ''}"
+    return ["j", e.viewer_id, e.ts, minute_of(e.ts), profile]
+
+
+# By exact type: called for every event of a batch, most of which need nothing here.
+_OPS: dict[type, Callable[..., list[str | int]]] = {
+    ViewerJoined: _joined,
+    ViewerLeft: lambda e: ["l", e.viewer_id, e.ts, minute_of(e.ts), ""],
+    CartAdded: lambda e: ["c", e.viewer_id, e.ts, 0, ""],
+    OrderPlaced: lambda e: ["c", e.viewer_id, e.ts, 0, ""],
+    OrderPaymentFailed: lambda e: ["f", e.viewer_id, e.ts, 0, ""],
+}
 
 
 class Presence:
@@ -96,11 +97,12 @@ class Presence:
         by_room: dict[str, list[str | int]] = {}
         latest: dict[str, int] = {}
         for item in items:
-            room = item.event.room_id
-            latest[room] = max(latest.get(room, 0), item.event.ts)
-            op = _op(item)
+            e = item.event
+            if latest.get(e.room_id, 0) < e.ts:
+                latest[e.room_id] = e.ts
+            op = _OPS.get(type(e))
             if op is not None:
-                by_room.setdefault(room, []).extend(op)
+                by_room.setdefault(e.room_id, []).extend(op(e))
         if not latest:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
