@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -54,22 +56,25 @@ def layer(returning: bool | None) -> str:
     return "unknown" if returning is None else ("returning" if returning else "new")
 
 
+def _m(event: Event, name: str) -> str:
+    return f"m:{event.ts // MINUTE_MS}:{name}"
+
+
+# By exact type: called for every event, most of which (heartbeats, views) count nothing.
+_COUNTERS: dict[type, Callable[[Any], list[tuple[str, int]]]] = {
+    ViewerJoined: lambda e: [(_m(e, "joins"), 1)],
+    ViewerLeft: lambda e: [(_m(e, "leaves"), 1)],
+    Like: lambda e: [("likes", e.count), (_m(e, "likes"), e.count)],
+    Comment: lambda e: [(_m(e, "comments"), 1)],
+    CartClicked: lambda e: [(_m(e, "cart_clicks"), 1), (f"s:{e.ts // 1000}:cart_clicks", 1)],
+    OrderPaymentFailed: lambda e: [(_m(e, "payment_failed"), 1)],
+}
+
+
 def counters(event: Event) -> list[tuple[str, int]]:
     """(counter, delta) an event adds to its room's stats, once per Kafka record."""
-    m = f"m:{minute_of(event.ts)}:"
-    if isinstance(event, ViewerJoined):
-        return [(m + "joins", 1)]
-    if isinstance(event, ViewerLeft):
-        return [(m + "leaves", 1)]
-    if isinstance(event, Like):
-        return [("likes", event.count), (m + "likes", event.count)]
-    if isinstance(event, Comment):
-        return [(m + "comments", 1)]
-    if isinstance(event, CartClicked):
-        return [(m + "cart_clicks", 1), (f"s:{event.ts // 1000}:cart_clicks", 1)]
-    if isinstance(event, OrderPaymentFailed):
-        return [(m + "payment_failed", 1)]
-    return []
+    count = _COUNTERS.get(type(event))
+    return count(event) if count is not None else []
 
 
 # --- the snapshot read from Redis ----------------------------------------------------------
