@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint clean browser
+.PHONY: demo test test-slow bench lint clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ browser:
 	    { apt-get update -qq >/dev/null 2>&1 && \
 	      apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null 2>&1; }; }; } || \
 	  echo "note: chromium not installed; the browser tests will be skipped"
+
+# Every benchmark in one run (< 10 min): bench/results.{md,json} and README's table.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --readme README.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 import click
 import msgspec
@@ -26,6 +28,17 @@ async def _until_stopped() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+def _run_fast(coro: Coroutine[Any, Any, None]) -> None:
+    """`asyncio.run` on uvloop where there is one: the gateway's fan-out to 10,000
+    sockets is event-loop bound, and uvloop's loop costs about half of asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
 
 
 @click.group()
@@ -57,7 +70,7 @@ def up(http_port: int | None, workers: int) -> None:
             click.echo("Ctrl-C stops everything.", err=True)
             await _until_stopped()
 
-    asyncio.run(serve())
+    _run_fast(serve())
 
 
 @main.command()
@@ -123,7 +136,7 @@ def gateway(host: str) -> None:
         finally:
             await gw.stop()
 
-    asyncio.run(serve())
+    _run_fast(serve())
 
 
 @main.command()

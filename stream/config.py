@@ -30,6 +30,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Live stock: at most one update per SKU per interval (100 ms = 10/s), newest always
     # sent. The interval is also the floor of the p99 latency to a viewer's screen.
     stock_interval_ms: int = 100
+    # Requests per token and gateway process (`limits` syntax, `;` between several;
+    # "off" disables). Generous: one platform or commerce token carries a whole backend.
+    rate_limit: str = "2000/second"
+    # Per viewer token (WebSocket connects with `token=`): stops reconnect storms.
+    viewer_rate_limit: str = "20/second"
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -383,9 +383,12 @@ class EmbeddedStack:
     to start only what the user did not configure. `stop()` is idempotent.
     """
 
-    def __init__(self, *, log_dir: Path | None = None) -> None:
+    def __init__(self, *, log_dir: Path | None = None, durable_redis: bool = False) -> None:
         # A caller-given log_dir is kept after stop(); the default temp dir is removed.
         self._log_dir = log_dir
+        # An append-only file synced on every write, as a production Redis would keep:
+        # then stop_redis() + start_redis() is an outage, not a wipe (fault tests).
+        self._durable_redis = durable_redis
         self._workdir: Path | None = None
         self._kafka_port: int | None = None
         self._redis_port: int | None = None
@@ -506,12 +509,14 @@ class EmbeddedStack:
         data_dir = self.workdir / "valkey"
         data_dir.mkdir(parents=True, exist_ok=True)
 
+        aof = (["--appendonly", "yes", "--appendfsync", "always"] if self._durable_redis
+               else ["--appendonly", "no"])
+
         def argv(port: int) -> list[str]:
-            # No RDB, no AOF: a pure in-memory cache like tansu's memory storage.
+            # By default no RDB, no AOF: in memory only, like tansu's memory storage.
             # Daemonizing would detach it from us and defeat PDEATHSIG.
-            return [binary, "--port", str(port), "--bind", HOST, "--save", "",
-                    "--appendonly", "no", "--daemonize", "no", "--dir", str(data_dir),
-                    "--logfile", ""]
+            return [binary, "--port", str(port), "--bind", HOST, "--save", "", *aof,
+                    "--daemonize", "no", "--dir", str(data_dir), "--logfile", ""]
 
         self.redis = await self._start_child(
             "valkey", argv, port=self._redis_port, limit_s=timeout,
@@ -521,7 +526,7 @@ class EmbeddedStack:
         self._redis_port = self.redis.port
 
     async def stop_redis(self) -> None:
-        """Stop valkey (its data is gone), keeping its port for start_redis()."""
+        """Stop valkey (its data is gone unless durable), keeping its port for start_redis()."""
         if self.redis is not None:
             await self.redis.stop()
             self.redis = None

@@ -27,6 +27,7 @@ from stream.clock import now_of
 from stream.codec import encode
 from stream.models import FollowUp, Nudge, TagChange, ViewerEvent
 from stream.pipeline import Item, Send
+from stream.reorder import Reorder
 from stream.roomlog import RoomLog
 from stream.rules import Rules
 from stream.topics import Topics
@@ -99,6 +100,8 @@ class Engagement:
 
     def __init__(self, *, redis: Redis, rules: Callable[[], Rules], rooms: RoomLog, send: Send,
                  topics: Topics, bootstrap: str,
+                 behind: Callable[[str, int], bool] = lambda topic, partition: False,
+                 generation: Callable[[], int] = lambda: 0,
                  clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._bootstrap = bootstrap
@@ -107,49 +110,56 @@ class Engagement:
         self._send = send
         self._topics = topics
         self._clock = clock
+        self._behind = behind
+        self._generation = generation
+        self._inputs = (topics.viewer_events, topics.order_events)
         self._save = redis.register_script(SAVE)
         self._claim = redis.register_script(CLAIM)
         self._done = redis.register_script(DONE)
         self._viewer_rooms: set[tuple[str, str]] = set()  # indexed in `viewer_rooms`
         self.engines: dict[int, ViewerEngine] = {}
         self._fences: dict[int, dict[str, int]] = {}
+        self._waiting: dict[int, Reorder[ViewerEvent]] = {}
+        self._epoch = 0  # moves on every revoke: a load that spans one is stale
         self._times: dict[int, tuple[int, float]] = {}  # partition -> (event ms, wall s)
         # What the current batch must settle: acks to await, effects to mark done,
         # offsets whose effects are in the state to save.
         self._acks: dict[tuple[str, int], object] = {}  # last ack per topic-partition
         self._done_ids: dict[str, list[str]] = {}
         self._moved: dict[int, dict[str, int]] = {}
+        # Survive a failed round (Redis or Kafka away): the engine has moved on, so what it
+        # decided and the states it changed are kept until delivered and saved. The
+        # pipeline retries the batch, and every step is safe to run again.
+        self._outbox: list[tuple[int, Effect]] = []
+        self._unsaved: dict[int, dict[tuple[str, str], bytes]] = {}
         self._lock = asyncio.Lock()  # the agent and the tick share the engines
 
     async def handle(self, items: Sequence[Item]) -> None:
-        mine = [i for i in items if isinstance(i.event, ViewerEvent)]
+        generation = self._generation()
+        mine = [i for i in items
+                if isinstance(i.event, ViewerEvent) and i.record.generation == generation]
         if not mine:
             return
         async with self._lock:
             partitions = {i.record.partition for i in mine}
             await self._load(partitions)
             await self._rooms.refresh({i.event.room_id for i in mine})
-            rules = self._rules()
-            effects: list[tuple[int, Effect]] = []
+            seen: dict[tuple[int, str], int] = {}  # per input, the offset already taken in
             for item in mine:
                 p, topic, offset = item.record.partition, item.record.topic, item.record.offset
-                if offset <= self._fences[p].get(topic, -1):
-                    continue  # already in the saved state: a redelivery
-                engine = self.engines[p]
-                if engine.rules is not rules:
-                    engine.rules = rules
+                waiting = self._waiting.get(p)
+                if waiting is None:
+                    continue  # revoked while this batch waited: its new owner re-reads it
+                floor = seen.get((p, topic))
+                if floor is None:  # once per input: an envelope's events share one offset
+                    floor = seen[p, topic] = max(self._fences[p].get(topic, -1),
+                                                 waiting.last(topic))
+                if offset <= floor:
+                    continue  # already in the saved state (a redelivery) or waiting
                 event = item.event
                 assert isinstance(event, ViewerEvent)
-                effects += [(p, e) for e in engine.apply(event, self._rooms.get(event.room_id))]
-                self._observe(p, event.ts)
-                self._moved.setdefault(p, {})[topic] = offset
-            for p in partitions:
-                effects += [(p, e)
-                            for e in self.engines[p].advance(self._now(p), self._rooms.rooms)]
-            await self._deliver(effects)
-            # Now, not at the next batch: faust commits these offsets once we return, and a
-            # worker killed before its state is saved would skip them for good.
-            await self._settle()
+                waiting.add(topic, offset, event.ts, event)
+            await self._run(partitions)
 
     async def tick(self) -> int:
         """Fire what is due on wall time in quiet partitions, and settle; returns effects."""
@@ -157,14 +167,36 @@ class Engagement:
             if not self.engines:
                 return 0
             await self._rooms.refresh(self._rooms.rooms)
-            effects: list[tuple[int, Effect]] = []
-            for p, engine in self.engines.items():
-                if p in self._times:
-                    effects += [(p, e)
-                                for e in engine.advance(self._now(p), self._rooms.rooms)]
-            delivered = await self._deliver(effects)
-            await self._settle()
-            return delivered
+            return await self._run(set(self.engines))
+
+    async def _run(self, partitions: set[int]) -> int:
+        """Apply what the reorder lets through, fire what is due, deliver and settle.
+
+        Settled now, not at the next batch: faust commits these offsets once we return,
+        and a worker killed before its state is saved would skip them for good.
+        """
+        rules = self._rules()
+        effects: list[tuple[int, Effect]] = []
+        for p in sorted(partitions & self.engines.keys()):
+            engine, waiting = self.engines[p], self._waiting[p]
+            if engine.rules is not rules:
+                engine.rules = rules
+            behind = {t for t in self._inputs if self._behind(t, p)}
+            for _, _, event in waiting.release(behind):
+                effects += [(p, e) for e in engine.apply(event, self._rooms.get(event.room_id))]
+                self._observe(p, event.ts)
+            fences = self._fences[p]
+            moved = {t: o for t, o in waiting.fences().items() if o > fences.get(t, -1)}
+            if moved:
+                self._moved.setdefault(p, {}).update(moved)
+            if p in self._times:
+                effects += [(p, e) for e in engine.advance(self._now(p, behind),
+                                                           self._rooms.rooms)]
+        self._outbox += effects
+        delivered = await self._deliver(self._outbox)
+        await self._settle()
+        self._outbox = []
+        return delivered
 
     async def _settle(self) -> None:
         """Wait for the last batch's Kafka acks, mark its effects done, save its state.
@@ -172,8 +204,8 @@ class Engagement:
         In this order: state saved before the acks could skip a lost effect on replay.
         """
         if self._acks:
-            await asyncio.gather(*self._acks.values())  # type: ignore[arg-type]
-            self._acks = {}
+            acks, self._acks = self._acks, {}  # a failed one is re-sent from the outbox
+            await asyncio.gather(*acks.values())  # type: ignore[arg-type]
         if self._done_ids:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for room, ids in self._done_ids.items():
@@ -196,13 +228,18 @@ class Engagement:
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop partitions this worker no longer owns (their new owner loads the state)."""
-        for p in partitions:
+        self._epoch += 1
+        gone = set(partitions)
+        for p in gone:
             self.engines.pop(p, None)
+            self._waiting.pop(p, None)
             self._fences.pop(p, None)
             self._times.pop(p, None)
             # Offsets applied to the dropped state must not be saved later: if the
             # partition comes back, they would fence off events its state never saw.
             self._moved.pop(p, None)
+            self._unsaved.pop(p, None)
+        self._outbox = [pair for pair in self._outbox if pair[0] not in gone]
 
     # --- state ------------------------------------------------------------------------
 
@@ -210,24 +247,29 @@ class Engagement:
         missing = sorted(p for p in partitions if p not in self.engines)
         if not missing:
             return
+        epoch = self._epoch
         async with self._redis.pipeline(transaction=False) as pipe:
             for p in missing:
                 pipe.hgetall(keys.viewer_states(p))
                 pipe.hgetall(keys.viewer_offsets(p))
             answers = await pipe.execute()
+        if epoch != self._epoch:
+            return  # a rebalance meanwhile: these may not be ours, and get re-read if they are
         for p, states, offsets in zip(missing, answers[::2], answers[1::2], strict=True):
             engine = ViewerEngine(self._rules(), grace_ms=GRACE_MS)
             engine.restore({_split(k): v for k, v in states.items()})
             self.engines[p] = engine
+            self._waiting[p] = Reorder(self._inputs)
             self._fences[p] = {k.decode(): int(v) for k, v in offsets.items()}
 
     async def _persist(self, partitions: set[int], moved: dict[int, dict[str, int]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
-            queued = 0
+            queued: list[int] = []
             for p in partitions:
                 if p not in self.engines:
                     continue  # revoked since: its new owner replays from the saved fence
-                blobs = self.engines[p].export_dirty()
+                blobs = self._unsaved.setdefault(p, {})
+                blobs.update(self.engines[p].export_dirty())
                 offsets = moved.get(p, {})
                 if not blobs and not offsets:
                     continue
@@ -239,17 +281,26 @@ class Engagement:
                     self._fences[p][topic] = offset
                 await self._save(keys=[keys.viewer_states(p), keys.viewer_offsets(p)],
                                  args=args, client=pipe)
-                queued += 1
+                queued.append(p)
             if queued:
                 await pipe.execute()
+        for p in queued:
+            self._unsaved.pop(p, None)
 
     def _observe(self, partition: int, ts: int) -> None:
         seen = self._times.get(partition)
         if seen is None or ts > seen[0]:
             self._times[partition] = (ts, self._clock())
 
-    def _now(self, partition: int) -> int:
+    def _now(self, partition: int, behind: set[str]) -> int:
+        """The partition's event time; wall time stands in for events only when it is idle.
+
+        While an input is behind (or the worker is in a rebalance) the next events wait in
+        Kafka: moving on by wall time would fire timers they cancel.
+        """
         event_ms, wall_s = self._times.get(partition, (0, self._clock()))
+        if behind:
+            return event_ms
         return now_of(event_ms, int(wall_s * 1000), wall_now_ms=int(self._clock() * 1000))
 
     # --- effects ----------------------------------------------------------------------

@@ -13,8 +13,11 @@ import time
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream import keys
 from stream.auth import Tokens, bearer
@@ -22,16 +25,20 @@ from stream.codec import BodyError, clock_error, decode_events, encode
 from stream.config import Settings
 from stream.dashboard import add_host_view, host_exposition
 from stream.deadletters import dead_letter, room_of
+from stream.fdlimit import raise_open_files
 from stream.live import StockHub, live_routes
 from stream.models import Event, HostEvent, Origin
 from stream.nudgefeed import NudgeRelay
 from stream.producer import EnvelopeProducer
+from stream.ratelimit import RateLimiter, middleware
 from stream.roomlog import HostLog
 from stream.topics import Topics, key_of, partition_for
 
 log = logging.getLogger(__name__)
 
 EVENTS_IN = Counter("lc_gateway_events_total", "Events posted to the gateway", ["outcome"])
+
+REDIS_CONNECTIONS = 100
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", Tokens)
@@ -45,7 +52,10 @@ HOST_LOG = web.AppKey("host_log", HostLog)
 def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
                producer: EnvelopeProducer, hub: StockHub | None = None,
                relay: NudgeRelay | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    limiter = RateLimiter(tokens, rate=settings.rate_limit,
+                          viewer_rate=settings.viewer_rate_limit)
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[redis_unavailable, middleware(limiter)])
     app[SETTINGS] = settings
     app[TOKENS] = tokens
     app[REDIS] = redis
@@ -64,6 +74,20 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
     app.add_routes(live_routes(app[STOCK_HUB], tokens, viewer_feeds=[relay.feed]))
     add_host_view(app, redis)
     return app
+
+
+@web.middleware
+async def redis_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Redis away (a restart, a failover): 503 and a time to come back, not a 500.
+    Nothing is half-done: ids are claimed before Kafka, and a retry after the write
+    is refused as a duplicate, which clients count as delivered."""
+    try:
+        return await handler(request)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("redis unavailable: %r", exc)
+        return web.Response(body=orjson.dumps({"error": "redis unavailable; retry"}),
+                            status=503, content_type="application/json",
+                            headers={"Retry-After": "1"})
 
 
 def _json(data: object, *, status: int = 200) -> web.Response:
@@ -221,12 +245,16 @@ class Gateway:
     def __init__(self, settings: Settings, tokens: Tokens) -> None:
         self.settings = settings
         self.tokens = tokens
-        self.redis = Redis.from_url(settings.redis_url)
+        # A blocking pool: a burst of requests (400 viewers leaving at once) waits for a
+        # connection instead of failing with redis-py's "Too many connections".
+        self.redis = Redis.from_pool(BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=10))
         self.producer = EnvelopeProducer(bootstrap=settings.kafka_bootstrap)
         self.hub = StockHub(self.redis)
         self._runner: web.AppRunner | None = None
 
     async def start(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+        raise_open_files()  # one socket per live viewer
         await self.producer.start()
         # The app registers its channels (nudges) on the hub: build it before starting it.
         app = create_app(settings=self.settings, tokens=self.tokens, redis=self.redis,

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import re
 import socket
+import struct
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -65,7 +67,8 @@ class Subscription:
     client: a newer update replaces the one waiting for its SKU.
     """
 
-    __slots__ = ("_closed", "_floor", "_pending", "_wake", "alive", "kind", "room_id")
+    __slots__ = ("_closed", "_floor", "_pending", "_wake", "alive", "direct", "kind",
+                 "room_id")
 
     def __init__(self, room_id: str, kind: Kind,
                  alive: Callable[[], bool] | None = None) -> None:
@@ -77,10 +80,18 @@ class Subscription:
         self._floor: dict[str, int] = {}  # version delivered (or in the snapshot) per SKU
         self._wake = asyncio.Event()
         self._closed = False
+        # Set by the handler once the snapshot is out: writes an update straight to an
+        # idle socket from the hub, or says False (backed up) and the update waits here.
+        self.direct: Callable[[StockUpdate], bool] | None = None
 
     def offer(self, update: StockUpdate) -> None:
         """Keep `update` if it is newer than what the client has or is waiting for."""
         if update.version <= self._floor.get(update.sku, -1):
+            return
+        if self.direct is not None and not self._pending and self.direct(update):
+            # Fan-out fast path: no task wakes per client, which is what bounds 10,000
+            # subscribers per gateway process.
+            self._floor[update.sku] = update.version
             return
         held = self._pending.get(update.sku)
         if held is None or update.version > held.version:
@@ -336,8 +347,8 @@ class StockHub:
 
 # --- HTTP ---------------------------------------------------------------------------------
 
-Send = Callable[[str], Awaitable[None]]
-"""Sends one JSON text message to a WebSocket client."""
+Send = Callable[[str | bytes], Awaitable[None]]
+"""Sends one JSON text message (str, or already UTF-8 bytes) to a WebSocket client."""
 
 ViewerFeed = Callable[[str, str, Send], Awaitable[None]]
 """Hook for per-viewer sources on the WebSocket (nudges, later): called as
@@ -359,8 +370,59 @@ def _sse(event: bytes, data: bytes) -> bytes:
     return b"event: " + event + b"\ndata: " + data + b"\n\n"
 
 
-def _ws_stock(update: StockUpdate) -> str:
-    return '{"type":"stock",' + encode(update)[1:].decode()
+# Encoded once per update, not once per client: the hub hands the same StockUpdate to
+# every subscriber of the room, so with 10,000 screens the other 9,999 are cache hits.
+@functools.lru_cache(maxsize=4096)
+def _sse_stock(update: StockUpdate) -> bytes:
+    return _sse(b"stock", encode(update))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sse_stock_chunk(update: StockUpdate) -> bytes:
+    data = _sse_stock(update)
+    return b"%x\r\n%s\r\n" % (len(data), data)  # HTTP/1.1 chunked transfer framing
+
+
+@functools.lru_cache(maxsize=4096)
+def _ws_stock(update: StockUpdate) -> bytes:
+    return b'{"type":"stock",' + encode(update)[1:]
+
+
+@functools.lru_cache(maxsize=4096)
+def _ws_stock_frame(update: StockUpdate) -> bytes:
+    """The whole server-to-client WebSocket frame: FIN + text, unmasked, no compression."""
+    payload = _ws_stock(update)
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+def _direct(request: web.Request, frame: Callable[[StockUpdate], bytes], kind: Kind, *,
+            closing: Callable[[], bool] = lambda: False) -> Callable[[StockUpdate], bool]:
+    """Write a pre-encoded frame to the client's transport now, if it is not backed up.
+
+    Bypasses aiohttp's writers on purpose (they are awaitable, one task per client);
+    safe because each frame is one complete `transport.write` and aiohttp's own writes
+    (keepalives, nudges) are too, so frames never interleave mid-way. `closing` says
+    when the protocol forbids more data (a WebSocket that sent its close frame).
+    """
+    transport = request.transport
+    delivered = _DELIVERED[kind]
+
+    def write(update: StockUpdate) -> bool:
+        if (transport is None or transport.is_closing() or transport.get_write_buffer_size()
+                or closing()):
+            return False
+        transport.write(frame(update))
+        delivered.inc()
+        return True
+
+    return write
 
 
 def _room_id(request: web.Request) -> str:
@@ -437,6 +499,8 @@ class LiveRoutes:
             _cap_send_buffer(request)
             with contextlib.suppress(ConnectionResetError):  # the client left mid-write
                 await resp.write(_sse(b"snapshot", orjson.dumps(_snapshot(room_id, levels))))
+                chunked = resp.headers.get("Transfer-Encoding") == "chunked"
+                sub.direct = _direct(request, _sse_stock_chunk if chunked else _sse_stock, "sse")
                 while True:
                     try:
                         async with asyncio.timeout(self.hub.keepalive_s):
@@ -446,7 +510,7 @@ class LiveRoutes:
                         continue
                     if not batch:
                         break
-                    await resp.write(b"".join(_sse(b"stock", encode(u)) for u in batch))
+                    await resp.write(b"".join(_sse_stock(u) for u in batch))
                     _DELIVERED["sse"].inc(len(batch))
             return resp
         finally:
@@ -475,15 +539,21 @@ class LiveRoutes:
             _cap_send_buffer(request)
             lock = asyncio.Lock()
 
-            async def send(text: str) -> None:
+            async def send(text: str | bytes) -> None:
                 async with lock:  # several feeds share one socket
-                    await ws.send_str(text)
+                    if isinstance(text, bytes):  # pre-encoded (shared by all clients)
+                        await ws.send_frame(text, WSMsgType.TEXT)
+                    else:
+                        await ws.send_str(text)
 
             try:
                 await send(orjson.dumps({"type": "snapshot", **_snapshot(room_id, levels)})
                            .decode())
             except ConnectionResetError:
                 return ws
+            if not ws.compress:  # our frames are uncompressed (as asked above)
+                sub.direct = _direct(request, _ws_stock_frame, "ws",
+                                     closing=lambda: ws.closed)
             feeds: list[Awaitable[None]] = [self._stock_feed(sub, send)]
             if token is not None:  # the hook: per-viewer sources (nudges) join the stock feed
                 feeds += [feed(room_id, viewer_id, send) for feed in self.viewer_feeds]

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -26,6 +26,7 @@ from stream.models import Event, Origin
 from stream.topics import Topics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Failures that pass: the batch is retried (the partition waits) rather than dead-lettered.
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, TimeoutError)
@@ -37,6 +38,7 @@ class Record:
     partition: int
     offset: int
     value: bytes
+    generation: int = 0  # the consumer group generation it was fetched in
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +150,12 @@ class Pipeline:
                            f"internal: {type(handler).__name__}: {exc!r}", None)
                 items.clear()
 
-    async def retrying(self, call: Callable[[], Awaitable[int | None]]) -> int:
+    async def retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Retry transient failures with backoff, forever: the partition waits, nothing is lost."""
         attempt = 0
         while True:
             try:
-                return (await call()) or 0
+                return await call()
             except TRANSIENT as exc:
                 delay = self._retry_delays[min(attempt, len(self._retry_delays) - 1)]
                 attempt += 1

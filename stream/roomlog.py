@@ -110,12 +110,16 @@ class RoomLog:
                if force or now - self._checked.get(r, float("-inf")) >= self._refresh_s]
         if not due:
             return
+        starts = {room: self._read.get(room, 0) for room in due}
         async with self._redis.pipeline(transaction=False) as pipe:
             for room in due:
-                pipe.lrange(keys.host_log(room), self._read.get(room, 0), -1)
+                pipe.lrange(keys.host_log(room), starts[room], -1)
             answers = await pipe.execute()
         for room, entries in zip(due, answers, strict=True):
             self._checked[room] = now
+            # The host agent and the viewer path refresh concurrently: fold in only what a
+            # refresh that finished meanwhile did not, or entries are doubled and skipped.
+            entries = entries[self._read.get(room, 0) - starts[room]:]
             if not entries and room in self.rooms:
                 continue
             self._read[room] = self._read.get(room, 0) + len(entries)

@@ -71,11 +71,13 @@ async def running(settings: Settings, *, workers: int = 1,
                 kafka_url=settings.kafka_url or stack.kafka_url,
                 redis_url=settings.redis_url or stack.redis_url,
             )
-            if settings.tokens_file is not None:
+            if settings.tokens_file is not None and settings.tokens_file.exists():
                 tokens = Tokens.load(settings.tokens_file)
             else:
+                # Fresh tokens, written where LIVECOMMERCE_TOKENS_FILE points if it is set
+                # (so a load tool started next to `up` knows where to read them).
                 tokens = Tokens.generate()
-                path = Path(tmp) / "tokens.json"
+                path = settings.tokens_file or Path(tmp) / "tokens.json"
                 tokens.save(path)
                 settings = msgspec.structs.replace(settings, tokens_file=path)
             port = http_port or (settings.http_port if os.environ.get(

@@ -406,6 +406,7 @@ class SimStats(msgspec.Struct):
     events_sent: int = 0
     accepted: int = 0
     rejected: int = 0
+    retries: int = 0  # requests sent again after a 5xx, a 429 or a broken connection
     by_type: dict[str, int] = {}
     errors: list[str] = []
 
@@ -422,13 +423,23 @@ class _Reply(msgspec.Struct):
 
 _MAX_IN_FLIGHT = 8
 _MAX_BATCH = 500  # ~100 KB a request, far under the gateway's body limit
-_RETRIES = 4
+# A gateway answering 5xx or 429 (Kafka or Redis away, rate limit) is retried with
+# backoff for this long: long enough to ride out a restart of either.
+_RETRY_FOR_S = 60.0
+_RETRY_MAX_DELAY_S = 2.0
 _MAX_ERRORS = 20
 _reply = msgspec.json.Decoder(_Reply)
 
 
 class _Retryable(Exception):
-    """A 5xx answer: the gateway may get it right next time."""
+    """A 5xx or 429 answer: the gateway may take it next time (after Retry-After)."""
+
+    def __init__(self, message: str, retry_after: str | None = None) -> None:
+        super().__init__(message)
+        try:
+            self.retry_after = float(retry_after) if retry_after else 0.0
+        except ValueError:  # an HTTP date: fall back to our own backoff
+            self.retry_after = 0.0
 
 
 def _tag(event: Event) -> str:
@@ -490,26 +501,33 @@ class _Sender:
 
     async def _post_with_retries(self, role: Role, events: list[Event]) -> None:
         body = encode(events)
-        last = ""
-        for attempt in range(_RETRIES + 1):
-            if attempt:
-                await asyncio.sleep(0.1 * 2 ** (attempt - 1))
+        last, attempt = "", 0
+        give_up = time.monotonic() + _RETRY_FOR_S
+        while True:
             try:
                 async with self.session.post(self.url, data=body,
                                              headers=self.headers[role]) as resp:
-                    if resp.status >= 500:
-                        raise _Retryable(f"HTTP {resp.status}")
+                    if resp.status >= 500 or resp.status == 429:
+                        raise _Retryable(f"HTTP {resp.status}", resp.headers.get("Retry-After"))
                     data = await resp.read()
                     if resp.status >= 300:
                         text = data.decode(errors="replace")[:200]
                         self._fail(events, f"HTTP {resp.status}: {text}")
                         return
             except (aiohttp.ClientError, TimeoutError, _Retryable) as exc:
-                last = f"{type(exc).__name__}: {exc}"
+                last = f"{type(exc).__name__}: {exc.args[0] if exc.args else exc}"
+                delay = min(_RETRY_MAX_DELAY_S, 0.1 * 2 ** attempt)
+                if isinstance(exc, _Retryable) and exc.retry_after:
+                    delay = max(delay, exc.retry_after)
+                attempt += 1
+                if time.monotonic() + delay > give_up:
+                    self._fail(events, f"gave up after {attempt} attempts: {last}")
+                    return
+                self.stats.retries += 1
+                await asyncio.sleep(delay)
                 continue
             self._count(events, data, retried=attempt > 0)
             return
-        self._fail(events, f"gave up after {_RETRIES + 1} attempts: {last}")
 
     def _count(self, events: list[Event], data: bytes, *, retried: bool) -> None:
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import faust
 from faust.types import TP, EventT
@@ -92,8 +92,20 @@ def create_app(settings: Settings) -> faust.App:
                     topics=topics)
     watcher = RuleWatcher(settings.rules_dir)
     rooms = RoomLog(redis)
+    processed: dict[TP, int] = {}  # the next offset handed to the pipeline, per partition
+
+    def behind(topic: str, partition: int) -> bool:
+        """Whether the partition holds records the pipeline has not seen. The highwater is
+        as of the last fetch, and no fetch runs in a rebalance: then assume behind."""
+        tp = TP(topic, partition)
+        if app.rebalancing or tp not in app.consumer.assignment():
+            return True
+        high = app.consumer.highwater(tp)
+        return high is None or high > processed.get(tp, high)
+
     engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms, send=send,
-                            topics=topics, bootstrap=settings.kafka_bootstrap)
+                            topics=topics, bootstrap=settings.kafka_bootstrap,
+                            behind=behind, generation=lambda: app.consumer_generation_id)
     # Order matters: the host log is folded in before viewers are judged against it.
     pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send,
                         handlers=[orders, rooms, engagement, Presence(redis)],
@@ -107,23 +119,30 @@ def create_app(settings: Settings) -> faust.App:
     async def tick() -> None:
         await pipeline.retrying(engagement.tick)
 
-    @app.on_partitions_assigned.connect
-    async def on_assigned(sender: object, assigned: set[TP], **_: object) -> None:
-        # Our fences, not faust's commits, say what the viewer state has seen: faust acks
-        # a take() batch even when a rebalance cancels it mid-way, so its committed offset
-        # can be past events the state never got. Re-read from the fence; effects are
-        # idempotent, and the engine skips what the state already holds.
-        viewer_tps = [tp for tp in assigned
+    async def resume_offsets(committed: Mapping[TP, int | None]) -> dict[TP, int]:
+        # The viewer state's fences say what it has seen; faust's commit can be past them.
+        viewer_tps = [tp for tp in committed
                       if tp.topic in (topics.viewer_events, topics.order_events)]
-        fences = await engagement.saved_fences({tp.partition for tp in viewer_tps})
+        # Redis away during a rebalance: wait for it, as the pipeline does, not crash.
+        fences = await pipeline.retrying(
+            lambda: engagement.saved_fences({tp.partition for tp in viewer_tps}))
+        starts: dict[TP, int] = {}
         for tp in viewer_tps:
             fence = fences.get(tp.partition, {}).get(tp.topic)
-            if fence is not None:
-                await app.consumer.seek(tp, fence + 1)
+            at = committed[tp]
+            if fence is not None and (at is None or fence + 1 < at):
+                at = starts[tp] = fence + 1
+            if at is not None:
+                processed[tp] = at
+        return starts
+
+    app.resume_offsets = resume_offsets
 
     @app.on_partitions_revoked.connect
     def on_revoked(sender: object, revoked: set[TP], **_: object) -> None:
         # Whoever gets these partitions next loads their viewers from Redis.
+        for tp in revoked:
+            processed.pop(tp, None)
         engagement.forget({tp.partition for tp in revoked
                            if tp.topic in (topics.viewer_events, topics.order_events)})
 
@@ -137,7 +156,14 @@ def create_app(settings: Settings) -> faust.App:
 
     async def consume(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            await pipeline.process(_records(events))
+            # take() buffers across a rebalance; faust's own loop drops records fetched in
+            # an older generation, and so must we: their partition has been re-sought (or
+            # given away), so they would reach the state ahead of the records before them.
+            generation = app.consumer_generation_id
+            records = _records([e for e in events if e.message.generation_id == generation])
+            for r in records:
+                processed[TP(r.topic, r.partition)] = r.offset + 1
+            await pipeline.process(records)
 
     # One agent reads a viewer's two topics, so one coroutine owns each viewer's state.
     viewers = app.topic(topics.viewer_events, topics.order_events, value_serializer="raw",
@@ -150,8 +176,8 @@ def create_app(settings: Settings) -> faust.App:
 
 
 def _records(events: Sequence[EventT]) -> list[Record]:
-    return [Record(e.message.topic, e.message.partition, e.message.offset, e.value)
-            for e in events]
+    return [Record(e.message.topic, e.message.partition, e.message.offset, e.value,
+                   e.message.generation_id or 0) for e in events]
 
 
 def run(settings: Settings, *, loglevel: str = "warn") -> None:

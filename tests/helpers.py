@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer
+
+from stream.config import Settings
 
 _ids = itertools.count()
 
@@ -24,3 +31,26 @@ def ev(type_: str, **fields: Any) -> dict[str, Any]:
     base.update(fields)
     return base
 
+
+
+async def read_all(settings: Settings, topics: list[str]) -> list[tuple[str, int, int, bytes]]:
+    """Every record of `topics`: (topic, partition, offset, value)."""
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap,
+                                group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[tuple[str, int, int, bytes]] = []
+    try:
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        want = sum(ends.values())
+        while len(out) < want:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                out += [(r.topic, r.partition, r.offset, r.value) for r in records]
+    finally:
+        await consumer.stop()
+    return out
+
+
+def assert_nothing_twice(*streams: Sequence[msgspec.Struct]) -> None:
+    for items in streams:
+        repeated = [k for k, n in Counter(msgspec.json.encode(i) for i in items).items() if n > 1]
+        assert not repeated, f"{len(repeated)} delivered twice, e.g. {repeated[0]!r}"

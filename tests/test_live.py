@@ -154,6 +154,33 @@ async def test_subscription_keeps_latest_and_never_goes_back() -> None:
     assert await sub.next_batch() == []
 
 
+async def test_direct_writes_only_when_idle_and_in_order() -> None:
+    sub = Subscription("r", "ws")
+    sub.prime([])
+    written: list[int] = []
+    backed_up = False
+
+    def direct(update: StockUpdate) -> bool:
+        if backed_up:
+            return False
+        written.append(update.version)
+        return True
+
+    sub.direct = direct
+    sub.offer(level("r", "a", 1, 10))
+    assert written == [1] and len(sub) == 0       # straight to the socket, nothing queued
+    backed_up = True
+    sub.offer(level("r", "a", 2, 9))
+    assert len(sub) == 1                          # the socket is busy: keep-latest queue
+    backed_up = False
+    sub.offer(level("r", "b", 1, 5))              # queued behind "a" v2, not written first
+    assert written == [1] and len(sub) == 2
+    assert sorted((u.sku, u.version) for u in await sub.next_batch()) == [("a", 2), ("b", 1)]
+    sub.offer(level("r", "a", 2, 9))              # already delivered: dropped
+    sub.offer(level("r", "a", 3, 8))
+    assert written == [1, 3] and len(sub) == 0
+
+
 # --- HTTP -----------------------------------------------------------------------------------
 
 async def test_get_stock_snapshot(live: Live) -> None:
@@ -350,3 +377,21 @@ async def test_hub_starts_without_redis() -> None:
     assert not hub.connected
     await hub.stop()
     await redis.aclose()
+
+
+async def test_direct_frames_over_http10_sse_and_long_websocket_frames(live: Live) -> None:
+    room = new_room()
+    sku = "s" * 64  # a frame over 125 bytes: the WebSocket 16-bit length form
+    await store(live.redis, level(room, sku, 1, 100))
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    writer.write(f"GET /v1/rooms/{room}/stock/stream HTTP/1.0\r\nHost: t\r\n\r\n".encode())
+    async with live.session.ws_connect(f"{live.url}/v1/rooms/{room}/ws?viewer=v1") as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
+        assert (await read_event(reader))[0] == "snapshot"  # HTTP/1.0: no chunk framing
+        await wait_for(lambda: all(s.direct for s in live.gw.hub.subscriptions(room)))
+        for version in (2, 3):
+            update = level(room, sku, version, 100 - version)
+            await put(live.redis, update)
+            assert await ws.receive_json(timeout=5) == {"type": "stock", **update_view(update)}
+            assert await read_stock(reader) == update_view(update)
+    writer.close()

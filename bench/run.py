@@ -1,0 +1,196 @@
+"""Run every benchmark, one after the other, and write one table: `make bench`.
+
+    .venv/bin/python bench/run.py [--out bench/results] [--only inventory,fanout]
+                                  [--readme README.md]
+
+Each script runs as its own process with `--json FILE` (each starts its own fresh
+embedded stack); this collects the figures into `results.json` and `results.md`, with
+the machine they came from. Every ratio is against a raw baseline measured in the
+same script run, on the same machine. A script that fails is reported in the table
+and makes the exit code 1; the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+Row = tuple[str, str, str, str, str, str]  # what, result, baseline, ratio, target, verdict
+
+# name -> (script, extra args, timeout in seconds). The whole set stays under 10 minutes
+# on 2 cores; budgets are generous so a busy machine shows as a slow figure, not a hang.
+SCRIPTS: dict[str, tuple[str, list[str], int]] = {
+    "inventory": ("inventory.py", [], 240),
+    "viewer_engine": ("viewer_engine.py", [], 240),
+    "fanout": ("fanout.py", [], 180),
+}
+# `--quick`: tiny sizes that only prove the scripts and this table still work (tests).
+QUICK: dict[str, list[str]] = {
+    "inventory": ["--orders", "2000", "--seconds", "2"],
+    "viewer_engine": ["--viewers", "300", "--minutes", "5"],
+    "fanout": ["--clients", "200", "--rounds", "2"],
+}
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def inventory_rows(f: dict) -> list[Row]:
+    return [
+        ("hot-SKU reservations: gateway → Kafka → worker → Redis → `lc.order-results`",
+         f"{f['full_path_reservations_per_s']:,} orders/s",
+         f"{f['raw_evalsha_per_s']:,}/s raw pipelined EVALSHA, one call per order",
+         f"{f['ratio']:.2f}", "≥ 0.5", _met(f["ratio"] >= 0.5)),
+        (f"end-to-end: 202 → SSE `stock` event, {f['latency_rate_per_s']:,} orders/s on one SKU",
+         f"p50 {f['latency_p50_ms']} ms, p99 {f['latency_p99_ms']} ms", "—", "—",
+         "p99 ≤ 100 ms", _met(f["latency_p99_ms"] <= 100)),
+    ]
+
+
+def viewer_engine_rows(f: dict) -> list[Row]:
+    return [
+        ("viewer events through the whole worker, envelopes of 500",
+         f"{f['worker_events_per_s']:,} events/s",
+         f"{f['raw_aiokafka_records_per_s']:,} records/s bare aiokafka consumer",
+         f"{f['ratio']:.3f}", "≥ 0.2", _met(f["ratio"] >= 0.2)),
+        ("viewer state per viewer (msgpack in Redis)",
+         f"mean {f['state_bytes_per_viewer_mean']} B, max {f['state_bytes_per_viewer_max']} B",
+         "—", "—", "≤ 1 KB", _met((f["state_bytes_per_viewer_max"] or 0) <= 1024)),
+    ]
+
+
+def fanout_rows(f: dict) -> list[Row]:
+    ok = f["p99_ms"] is not None and f["p99_ms"] <= 1000 and f["received"] == f["expected"]
+    return [
+        (f"fan-out: one stock change to {f['clients']:,} subscribers of one room on one "
+         f"gateway ({f['ws']:,} WebSocket, {f['sse']:,} SSE), {f['rounds']} rounds",
+         f"p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms, max {f['max_ms']} ms; "
+         f"received {f['received']:,}/{f['expected']:,}",
+         f"p99 {f['raw_p99_ms']} ms bare asyncio server, same bytes and clients",
+         f"{f['ratio']:.2f}" if f["ratio"] is not None else "—", "p99 ≤ 1 s, all received",
+         _met(ok)),
+    ]
+
+
+ROWS: dict[str, Callable[[dict], list[Row]]] = {
+    "inventory": inventory_rows, "viewer_engine": viewer_engine_rows, "fanout": fanout_rows}
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=HERE, check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "os": f"{platform.system()} {platform.release()}",
+            "load_before": round(os.getloadavg()[0], 2), "commit": commit,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def run_one(name: str, tmp: Path, *, quick: bool) -> tuple[dict | None, float, str]:
+    script, extra, timeout = SCRIPTS[name]
+    extra = QUICK[name] if quick else extra
+    out = tmp / f"{name}.json"
+    started = time.monotonic()
+    print(f"== {name}: bench/{script} {' '.join(extra)}", flush=True)
+    try:
+        proc = subprocess.run([sys.executable, str(HERE / script), "--json", str(out), *extra],
+                              cwd=HERE.parent, timeout=timeout, check=False)
+        error = "" if proc.returncode == 0 else f"exit {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        error = f"timed out after {timeout} s"
+    seconds = time.monotonic() - started
+    if error or not out.exists():
+        return None, seconds, error or "wrote no figures"
+    return json.loads(out.read_text()), seconds, ""
+
+
+def markdown(rows: list[Row], info: dict[str, object], seconds: float) -> str:
+    lines = [f"Measured {info['date']} on {info['cores']} cores ({info['cpu']}), "
+             f"Python {info['python']}, {info['os']}, commit {info['commit'] or '?'}, "
+             f"load average {info['load_before']} before the run; {seconds:.0f} s in all.",
+             "",
+             "| benchmark | result | baseline in the same run | ratio | target | |",
+             "|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+README_BLOCK = re.compile(r"(<!-- bench-results -->\n).*?(\n<!-- /bench-results -->)", re.S)
+
+
+def update_readme(path: Path, table: str) -> None:
+    """Put `table` between the README's `bench-results` markers (the latest run)."""
+    text = path.read_text()
+    if not README_BLOCK.search(text):
+        raise SystemExit(f"{path}: no <!-- bench-results --> block to update")
+    path.write_text(README_BLOCK.sub(lambda m: m[1] + table.strip() + m[2], text))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=HERE / "results",
+                        help="writes OUT.json and OUT.md")
+    parser.add_argument("--only", default=",".join(SCRIPTS),
+                        help=f"comma-separated subset of {','.join(SCRIPTS)}")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: checks that everything runs, measures nothing")
+    parser.add_argument("--readme", type=Path,
+                        help="also put the table in this file's bench-results block")
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    unknown = set(names) - set(SCRIPTS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    info = machine()
+    started = time.monotonic()
+    results: dict[str, object] = {}
+    rows: list[Row] = []
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="lc-bench-run-") as tmp:
+        for name in names:
+            figures, seconds, error = run_one(name, Path(tmp), quick=args.quick)
+            results[name] = {"seconds": round(seconds, 1), "error": error or None,
+                             "figures": figures}
+            if figures is None:
+                failed = True
+                rows.append((name, f"FAILED: {error}", "—", "—", "—", "**failed**"))
+            else:
+                rows += ROWS[name](figures)
+    total = time.monotonic() - started
+    table = markdown(rows, info, total)
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"machine": info, "seconds": round(total, 1), "benchmarks": results}, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(table)
+    print()
+    print(table)
+    print(f"written: {args.out.with_suffix('.md')}, {args.out.with_suffix('.json')}")
+    if args.readme is not None and not failed and not args.quick and set(names) == set(
+            SCRIPTS):
+        update_readme(args.readme, table)
+        print(f"updated: {args.readme}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
