@@ -7,6 +7,7 @@ at most every `CACHE_S` per gateway: a hundred dashboards on one room cost one r
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from importlib import resources
@@ -15,10 +16,13 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from stream.metrics import RoomMetrics, compute
 from stream.prom import RoomCollector
 from stream.roomstats import RoomReader
+
+log = logging.getLogger(__name__)
 
 CACHE_S = 0.5
 # Prometheus exports rooms with an event in this window (a bounded set of room labels).
@@ -65,9 +69,16 @@ def add_host_view(app: web.Application, redis: Redis) -> None:
 
 
 async def host_exposition(app: web.Application) -> bytes:
-    """For the gateway's `/metrics`: the room metrics after the process's own."""
+    """For the gateway's `/metrics`: the room metrics after the process's own. With
+    Redis away the process's own still go out (they show the outage)."""
     view = app.get(HOST_VIEW)
-    return b"" if view is None else await view.exposition()
+    if view is None:
+        return b""
+    try:
+        return await view.exposition()
+    except RedisError as exc:
+        log.warning("room metrics unavailable: %r", exc)
+        return b""
 
 
 def _room(request: web.Request) -> str:
