@@ -53,6 +53,12 @@ SHOW_S = 20.0  # wall seconds; at 30x a 10-minute show
 LOW_STOCK = simulator.Product("sesame-oil-250ml", "小磨香油 250ml", 19.9, 10)
 
 
+def screenshots_dir(factory: pytest.TempPathFactory) -> Path:
+    """`LC_SCREENSHOTS=docs` keeps the dashboard and review screenshots for the README."""
+    kept = os.environ.get("LC_SCREENSHOTS")
+    return Path(kept) if kept else factory.mktemp("shots")
+
+
 def browser_missing() -> str | None:
     if not CHROMIUM.exists():
         return (f"no browser: {CHROMIUM} is missing (Debian package `chromium`; `make test` "
@@ -122,7 +128,7 @@ async def show(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory,
     plan = simulator.plan_for(room_id=room, viewers=300, duration_s=SHOW_S, speed=30, seed=5,
                               products=products)
     events = [e for _, e in simulator.broadcast(plan)]
-    shot = os.environ.get("LC_DASHBOARD_SCREENSHOT")
+    shots = screenshots_dir(tmp_path_factory)
     async with running(settings, workers=2) as run:
         sim = asyncio.create_task(simulator.run(plan, gateway=run.gateway_url,
                                                 tokens=run.tokens, progress=False))
@@ -132,7 +138,7 @@ async def show(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory,
             try:
                 await watch_dashboard(
                     f"{run.gateway_url}/dashboard/{room}", seen,
-                    screenshot=Path(shot) if shot else tmp_path_factory.mktemp("shot") / "d.png")
+                    screenshot=shots / "dashboard.png")
             except Exception as exc:  # reported by the browser test, not here
                 seen.error = repr(exc)
         sent = await sim
@@ -323,7 +329,9 @@ async def test_dashboard_updates_live_in_chromium(show: Show) -> None:
     assert any(LOW_STOCK.name in a for a in later["alerts"]), later["alerts"]
 
 
-async def test_review_adds_up_to_the_live_totals(show: Show, tmp_path: Path) -> None:
+async def test_review_adds_up_to_the_live_totals(show: Show, tmp_path: Path,
+                                                  tmp_path_factory: pytest.TempPathFactory,
+                                                  ) -> None:
     room = show.plan.room_id
     m = await get_json(f"{show.run.gateway_url}/v1/rooms/{room}/metrics")
     env = {**os.environ, **to_env(show.run.settings)}
@@ -355,10 +363,12 @@ async def test_review_adds_up_to_the_live_totals(show: Show, tmp_path: Path) -> 
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = await browser.new_page()
+            page = await browser.new_page(viewport={"width": 1100, "height": 900})
             await page.goto(out.as_uri())
             titles = await page.locator("section h2").all_inner_texts()
             charts = await page.locator("section svg rect").count()
+            await page.screenshot(path=str(screenshots_dir(tmp_path_factory) / "report.png"),
+                                  full_page=True)
         finally:
             await browser.close()
     assert [t.split(" ")[0] for t in titles] == ["1.", "2.", "3.", "4.", "5."]
