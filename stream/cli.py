@@ -64,6 +64,9 @@ def up(http_port: int | None, workers: int) -> None:
                 click.echo(f"  {role:<9} {run.tokens.for_role(role)}")
             click.echo(f"simulate  LIVECOMMERCE_TOKENS_FILE={s.tokens_file} "
                        f"livecommerce simulate --gateway {run.gateway_url}")
+            click.echo(f"dashboard {run.gateway_url}/dashboard/demo-room  "
+                       f"(report: LIVECOMMERCE_REDIS_URL={s.redis_url} "
+                       f"livecommerce report demo-room --out report.html)")
             click.echo("Ctrl-C stops everything.", err=True)
             await _until_stopped()
 
@@ -192,6 +195,40 @@ def check(rooms: tuple[str, ...]) -> None:
             await redis.aclose()
 
     sys.exit(1 if asyncio.run(audit()) else 0)
+
+
+@main.command()
+@click.argument("room")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the review as an HTML page with charts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the review as one JSON line.")
+def report(room: str, out: str | None, as_json: bool) -> None:
+    """The post-live review (复盘) of ROOM, from the live system's Redis."""
+    from pathlib import Path
+
+    from redis.asyncio import Redis
+
+    from stream.report import render_html, review
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.UsageError("set LIVECOMMERCE_REDIS_URL")
+    if out is None and not as_json:
+        raise click.UsageError("give --out FILE.html, --json, or both")
+
+    async def read() -> object:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return await review(redis, room)
+        finally:
+            await redis.aclose()
+
+    result = asyncio.run(read())
+    if out is not None:
+        Path(out).write_text(render_html(result), encoding="utf-8")  # type: ignore[arg-type]
+        click.echo(f"wrote {out}", err=True)
+    if as_json:
+        click.echo(msgspec.json.encode(result).decode())
 
 
 @main.group()

@@ -40,11 +40,14 @@ ONCE_TTL_S = 3 * 24 * 3600
 # an order placed just before the 3-minute mark could still trigger the reminder.
 GRACE_MS = 3000
 
-# Effects of one room in one call. KEYS: the room's stats hash.  ARGV: once-key prefix,
-# viewer-tags prefix, ttl, wall ms, then per effect: id, stat fields (comma-separated),
-# tag member ('' if none), op.  Returns per effect: 1 = new, deliver it; 0 = delivered
-# ('d'); or the mark 'p:<ms>' = claimed at that time by a worker that may have died
-# before Kafka acked it. Counts and tag sets change only when new.
+# Effects of one room in one call. KEYS: the room's stats hash, its first-nudge hash.
+# ARGV: once-key prefix, viewer-tags prefix, ttl, wall ms, then per effect: id, stat
+# fields (comma-separated), member ('' if none), op: a tag change is `viewer|tag|value`
+# with op add/remove; a nudge `rule|viewer` with op `variant|ts`, kept if the first of
+# that rule for that viewer (the host's uplift).  Returns per effect: 1 = new, deliver
+# it; 0 = delivered ('d'); or the mark 'p:<ms>' = claimed at that time by a worker that
+# may have died before Kafka acked it. Counts, tag sets and first nudges change only
+# when new.
 CLAIM = """
 local out = {}
 for i = 5, #ARGV, 4 do
@@ -59,12 +62,14 @@ for i = 5, #ARGV, 4 do
     for field in string.gmatch(ARGV[i + 1], '[^,]+') do
       redis.call('HINCRBY', KEYS[1], field, 1)
     end
-    local member = ARGV[i + 2]
-    if member ~= '' then
+    local member, op = ARGV[i + 2], ARGV[i + 3]
+    if op == 'add' or op == 'remove' then
       local viewer, rest = string.match(member, '([^|]*)|(.*)')
       local tags = ARGV[2] .. viewer
-      if ARGV[i + 3] == 'add' then redis.call('SADD', tags, rest)
+      if op == 'add' then redis.call('SADD', tags, rest)
       else redis.call('SREM', tags, rest) end
+    elseif member ~= '' then
+      redis.call('HSETNX', KEYS[2], member, op)
     end
     out[#out + 1] = 1
   end
@@ -320,7 +325,8 @@ class Engagement:
                                       ONCE_TTL_S, int(self._clock() * 1000)]
                 for _, effect in group:
                     args += _claim_args(effect)
-                await self._claim(keys=[keys.stats(room)], args=args, client=pipe)
+                await self._claim(keys=[keys.stats(room), keys.nudged(room)], args=args,
+                                  client=pipe)
             new_pairs = {(e.room_id, e.viewer_id) for _, e in effects if isinstance(e, TagChange)}
             new_pairs -= self._viewer_rooms
             for room, viewer in new_pairs:
@@ -448,6 +454,7 @@ def _claim_args(effect: Effect) -> list[object]:
     member, op = "", ""
     if isinstance(effect, Nudge):
         stat = f"nudges,nudges:{effect.rule_id}:{effect.variant}"
+        member, op = f"{effect.rule_id}|{effect.viewer_id}", f"{effect.variant}|{effect.ts}"
     elif isinstance(effect, TagChange):
         stat = "tags" if effect.op == "add" else "tags_removed"
         member, op = f"{effect.viewer_id}|{effect.tag}|{effect.value}", effect.op

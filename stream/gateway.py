@@ -23,6 +23,7 @@ from stream import keys
 from stream.auth import Tokens, bearer
 from stream.codec import BodyError, clock_error, decode_events, encode
 from stream.config import Settings
+from stream.dashboard import add_host_view, host_exposition
 from stream.deadletters import dead_letter, room_of
 from stream.fdlimit import raise_open_files
 from stream.live import StockHub, live_routes
@@ -71,6 +72,7 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
     relay = relay if relay is not None else NudgeRelay()
     app[STOCK_HUB].add_channel(keys.NUDGE_CHANNEL, relay.on_payload)
     app.add_routes(live_routes(app[STOCK_HUB], tokens, viewer_feeds=[relay.feed]))
+    add_host_view(app, redis)
     return app
 
 
@@ -233,7 +235,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = generate_latest() + await host_exposition(request.app)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 class Gateway:

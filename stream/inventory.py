@@ -18,6 +18,7 @@ import orjson
 from redis.asyncio import Redis
 
 from stream import keys
+from stream.metrics import minute_of
 from stream.models import (
     OrderCancelled,
     OrderEvent,
@@ -34,18 +35,24 @@ ORDER_RETENTION_S = 7 * 24 * 3600
 CHUNK = 500
 
 # One script applies a list of operations on one room, in order, atomically.
-# KEYS: stats hash, deadlines zset, skus set, applied stock.set ids.
+# KEYS: stats hash, deadlines zset, skus set, applied stock.set ids, buyers hash, spend hash,
+# seconds hash.
 # ARGV: stock key prefix, order key prefix, retention s, max qty per line, JSON list of ops:
 #   ["set", event_id, sku, qty, name, price]       stock.set: `available` := qty
-#   ["place", order_id, viewer, deadline, [[sku, qty, price], ...]]   every line or none
-#   ["pay", order_id]                               confirm; after a lapse re-reserve or `expired`
+#   ["place", order_id, viewer, deadline, [[sku, qty, price], ...], minute, second, ts]
+#                                                   every line or none
+#   ["pay", order_id, minute, second, ts]           confirm; after a lapse re-reserve or `expired`
 #   ["release", order_id, reason, due_by]           cancel/payment_failed ('' due_by) or expiry
 # Returns per op: {'new'|'dup', status, reason, viewer, then sku, available, reserved, sold,
 # version for every SKU it changed}. A replay ('dup') changes nothing and repeats the status.
-# Fresh outcomes are counted in the stats hash here, so those counts are exactly-once too.
+# Fresh outcomes are counted in the stats hash here, so those counts are exactly-once too:
+# totals, and for the host's view per event-time minute (`m:<minute>:…` in stats) and
+# second (`<second>:…` in the seconds hash, summed per show segment when read); a
+# payment also records its buyer (first paid ts, spend).
 # SKU and order keys are built from the prefixes: same `{room}` hash tag, same slot.
 APPLY = """
 local stats, deadlines, skus, stock_sets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local buyers, spend, seconds = KEYS[5], KEYS[6], KEYS[7]
 local stock, orders = ARGV[1], ARGV[2]
 local retention, max_qty = ARGV[3], tonumber(ARGV[4])
 
@@ -124,8 +131,21 @@ local function pay(op)
     redis.call('HSET', key, 'status', 'confirmed', 'reason', reason)
     redis.call('ZREM', deadlines, op[2])
     for _, l in ipairs(lines(o[3])) do level(l[1], out) end
+    local amount, minute, second = o[6] or '0', op[3] or '', op[4] or ''
     redis.call('HINCRBY', stats, 'orders_paid', 1)
-    redis.call('HINCRBYFLOAT', stats, 'gmv', o[6] or '0')
+    redis.call('HINCRBYFLOAT', stats, 'gmv', amount)
+    if minute ~= '' then
+      redis.call('HINCRBY', stats, 'm:' .. minute .. ':paid', 1)
+      redis.call('HINCRBYFLOAT', stats, 'm:' .. minute .. ':gmv', amount)
+    end
+    if second ~= '' then
+      redis.call('HINCRBY', seconds, second .. ':paid', 1)
+      redis.call('HINCRBYFLOAT', seconds, second .. ':gmv', amount)
+    end
+    if viewer ~= '' then
+      redis.call('HSETNX', buyers, viewer, op[5] or '0')
+      redis.call('HINCRBYFLOAT', spend, viewer, amount)
+    end
   else
     redis.call('HINCRBY', stats, 'payments_rejected:' .. reason, 1)
   end
@@ -163,9 +183,17 @@ local function place(op)
              'placed', 'reserved', 'placed_reason', '')
   redis.call('EXPIRE', key, retention)
   redis.call('HINCRBY', stats, 'orders_reserved', 1)
+  local minute, second = op[6] or '', op[7] or ''
+  if minute ~= '' then
+    redis.call('HINCRBY', stats, 'm:' .. minute .. ':orders', 1)
+    for _, l in ipairs(op[5]) do
+      redis.call('HINCRBY', stats, 'm:' .. minute .. ':units:' .. l[1], l[2])
+    end
+  end
+  if second ~= '' then redis.call('HINCRBY', seconds, second .. ':orders', 1) end
   if o[4] then
     -- The payment came first (another path, a retry): confirm what was just reserved.
-    local paid = pay({'pay', op[2]})
+    local paid = pay({'pay', op[2], minute, second, op[8]})
     redis.call('HSET', key, 'placed', paid[2], 'placed_reason', 'paid before placed')
     paid[1], paid[3] = 'new', 'paid before placed'
     return paid
@@ -242,16 +270,19 @@ class Inventory:
         self._apply = redis.register_script(APPLY)
 
     def op(self, event: StockSet | OrderEvent) -> Op:
-        """The script operation for one event (pure)."""
+        """The script operation for one event (pure); the event's minute and second key
+        the host's view counts of its outcome."""
         if isinstance(event, StockSet):
             return ["set", event.event_id, event.sku, event.qty, event.name or "",
                     "" if event.price is None else str(event.price)]
         if isinstance(event, OrderPlaced):
             return ["place", event.order_id, event.viewer_id,
                     str(event.ts + self.reservation_ttl_ms),
-                    [[i.sku, i.qty, i.price] for i in event.items]]
+                    [[i.sku, i.qty, i.price] for i in event.items],
+                    str(minute_of(event.ts)), str(event.ts // 1000), str(event.ts)]
         if isinstance(event, OrderPaid):
-            return ["pay", event.order_id]
+            return ["pay", event.order_id, str(minute_of(event.ts)), str(event.ts // 1000),
+                    str(event.ts)]
         if isinstance(event, OrderCancelled):
             return ["release", event.order_id, "cancelled", ""]
         if isinstance(event, OrderPaymentFailed):
@@ -264,7 +295,8 @@ class Inventory:
         for lo in range(0, len(ops), CHUNK):
             await self._apply(
                 keys=[keys.stats(room_id), keys.deadlines(room_id), keys.skus(room_id),
-                      keys.stock_sets(room_id)],
+                      keys.stock_sets(room_id), keys.buyers(room_id), keys.spend(room_id),
+                      keys.seconds(room_id)],
                 args=[keys.stock_prefix(room_id), keys.order_prefix(room_id),
                       ORDER_RETENTION_S, self.max_qty_per_line,
                       orjson.dumps(ops[lo:lo + CHUNK])],

@@ -105,3 +105,55 @@ def once(room_id: str, what: str) -> str:
 
 NUDGE_CHANNEL = f"{PREFIX}:nudges"
 """Pub/sub channel carrying nudges from workers to gateways (for viewers' WebSockets)."""
+
+
+# --- the host's view (metrics and the post-live review) ----------------------------------
+
+def presence(room_id: str) -> str:
+    """Hash viewer -> join ts while in the room, or -(leave ts) after leaving."""
+    return f"{_room(room_id)}:presence"
+
+
+def profiles(room_id: str) -> str:
+    """Hash viewer -> `source|leader|region|layer`, from the viewer's first join."""
+    return f"{_room(room_id)}:profiles"
+
+
+def watched(room_id: str) -> str:
+    """Hash viewer -> ms watched in closed visits."""
+    return f"{_room(room_id)}:watched"
+
+
+def buyers(room_id: str) -> str:
+    """Hash viewer -> event time of the viewer's first confirmed payment."""
+    return f"{_room(room_id)}:buyers"
+
+
+def spend(room_id: str) -> str:
+    """Hash viewer -> GMV of the viewer's confirmed orders."""
+    return f"{_room(room_id)}:spend"
+
+
+def carted(room_id: str) -> str:
+    """Set of viewers who added to cart or placed an order."""
+    return f"{_room(room_id)}:carted"
+
+
+def pay_failed(room_id: str) -> str:
+    """Set of viewers with a failed payment."""
+    return f"{_room(room_id)}:pay-failed"
+
+
+def seconds(room_id: str) -> str:
+    """Hash `<epoch second>:<name>` of cart clicks, orders, paid and GMV per event-time
+    second; summed per show segment when read, so a late segment start still counts."""
+    return f"{_room(room_id)}:seconds"
+
+
+def nudged(room_id: str) -> str:
+    """Hash `rule|viewer` -> `variant|ts` of the viewer's first nudge by that rule."""
+    return f"{_room(room_id)}:nudged"
+
+
+METRIC_ROOMS = f"{PREFIX}:metric-rooms"
+"""Sorted set room -> last event time: the rooms Prometheus exports (recent ones)."""

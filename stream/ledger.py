@@ -16,13 +16,20 @@ from redis.asyncio import Redis
 
 from stream import keys
 
-# KEYS: fences, stats.  ARGV: fence field, first offset, last offset, then field/delta pairs.
+# KEYS: fences, stats, seconds.  ARGV: fence field, first offset, last offset, then
+# field/delta pairs; a field `s:<rest>` goes to the seconds hash as `<rest>`.
 # Returns -2 when applied, else the fence that refused it.
 FENCED_INCR = """
 local fence = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
 if fence >= tonumber(ARGV[2]) then return fence end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-for i = 4, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 4, #ARGV, 2 do
+  if string.sub(ARGV[i], 1, 2) == 's:' then
+    redis.call('HINCRBY', KEYS[3], string.sub(ARGV[i], 3), ARGV[i + 1])
+  else
+    redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
 return -2
 """
 
@@ -34,14 +41,26 @@ class RoomBatch:
     room_id: str
     topic: str
     partition: int
-    items: list[tuple[int, str]] = field(default_factory=list)  # (offset, counter name)
+    # offset -> counter -> delta: an envelope's events share one offset, so a batch of
+    # thousands of events sums into a few Counters as it is built.
+    counts: dict[int, Counter[str]] = field(default_factory=dict)
 
-    def add(self, offset: int, name: str) -> None:
-        self.items.append((offset, name))
+    def at(self, offset: int) -> Counter[str]:
+        """The counts of the record at `offset`, to add to."""
+        c = self.counts.get(offset)
+        if c is None:
+            c = self.counts[offset] = Counter()
+        return c
+
+    def add(self, offset: int, name: str, delta: int = 1) -> None:
+        self.at(offset)[name] += delta
 
     def after(self, fence: int) -> RoomBatch:
         return RoomBatch(self.room_id, self.topic, self.partition,
-                         [item for item in self.items if item[0] > fence])
+                         {o: c for o, c in self.counts.items() if o > fence})
+
+    def total(self) -> int:
+        return sum(c.total() for c in self.counts.values())
 
 
 class Ledger:
@@ -54,11 +73,12 @@ class Ledger:
     async def apply(self, batches: list[RoomBatch]) -> int:
         """Apply every batch; returns how many counts were skipped as already applied."""
         skipped = 0
-        pending = [b for b in batches if b.items]
+        pending = [b for b in batches if b.counts]
         while pending:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for b in pending:
-                    await self._script(keys=[keys.fences(b.room_id), keys.stats(b.room_id)],
+                    await self._script(keys=[keys.fences(b.room_id), keys.stats(b.room_id),
+                                             keys.seconds(b.room_id)],
                                        args=_args(b), client=pipe)
                 answers = await pipe.execute()
             retry = []
@@ -66,17 +86,20 @@ class Ledger:
                 if fence == -2:
                     continue
                 rest = b.after(int(fence))
-                skipped += len(b.items) - len(rest.items)
-                if rest.items:
+                skipped += b.total() - rest.total()
+                if rest.counts:
                     retry.append(rest)
             pending = retry
         return skipped
 
 
 def _args(batch: RoomBatch) -> list[str | int]:
-    offsets = [offset for offset, _ in batch.items]
-    args: list[str | int] = [f"{batch.topic}:{batch.partition}", min(offsets), max(offsets)]
-    for name, delta in Counter(name for _, name in batch.items).items():
+    args: list[str | int] = [f"{batch.topic}:{batch.partition}", min(batch.counts),
+                             max(batch.counts)]
+    totals: Counter[str] = Counter()
+    for c in batch.counts.values():
+        totals.update(c)
+    for name, delta in totals.items():
         args += [name, delta]
     return args
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -70,12 +71,15 @@ class BatchResult:
 class Pipeline:
     def __init__(self, *, topics: Topics, ledger: Ledger, send: Send,
                  handlers: Sequence[Handler] = (),
+                 counters: Callable[[Event], Iterable[tuple[str, int]]] | None = None,
                  clock: Callable[[], float] = time.time,
                  retry_delays: Sequence[float] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)) -> None:
         self._topics = topics
         self._ledger = ledger
         self._send = send
         self._handlers = list(handlers)
+        # More once-per-record counts per event: the host's metrics (`metrics.counters`).
+        self._counters = counters
         self._clock = clock
         self._retry_delays = retry_delays
         self.retries = 0
@@ -85,11 +89,11 @@ class Pipeline:
         items: list[Item] = []
         counts: dict[tuple[str, str, int], RoomBatch] = {}
 
-        def count(room: str, record: Record, name: str) -> None:
+        def counter(room: str, record: Record) -> Counter[str]:
             key = (room, record.topic, record.partition)
             batch = counts.get(key) or counts.setdefault(
                 key, RoomBatch(room, record.topic, record.partition))
-            batch.add(record.offset, name)
+            return batch.at(record.offset)
 
         letters: list[bytes] = []
         now_ms = int(self._clock() * 1000)
@@ -98,7 +102,7 @@ class Pipeline:
             origin = Origin(source="kafka", topic=record.topic, partition=record.partition,
                             offset=record.offset, index=index)
             letters.append(dead_letter(raw, error, origin, now_ms=now_ms))
-            count(room_of(raw), record, "dead_letters")
+            counter(room_of(raw), record)["dead_letters"] += 1
 
         for record in records:
             try:
@@ -120,8 +124,12 @@ class Pipeline:
         await self._run_handlers(items, reject)
         for item in items:
             tag = type(item.event).__struct_config__.tag
-            count(item.event.room_id, item.record, "events")
-            count(item.event.room_id, item.record, f"ev:{tag}")
+            c = counter(item.event.room_id, item.record)
+            c["events"] += 1
+            c[f"ev:{tag}"] += 1
+            if self._counters is not None:
+                for name, delta in self._counters(item.event):
+                    c[name] += delta
             result.by_room[item.event.room_id] = result.by_room.get(item.event.room_id, 0) + 1
         for letter in letters:
             await self._send(self._topics.dead_letters, letter)

@@ -16,7 +16,7 @@ import faust
 from faust.types import TP, EventT
 from redis.asyncio import Redis
 
-from stream import keys
+from stream import keys, metrics
 from stream.admin import ensure_topics
 from stream.codec import encode
 from stream.config import Settings
@@ -27,6 +27,7 @@ from stream.models import StockUpdate
 from stream.orders import Orders
 from stream.pipeline import Pipeline, Record
 from stream.roomlog import RoomLog
+from stream.roomstats import Presence
 from stream.rulewatch import RuleWatcher
 from stream.stockfeed import StockFeed
 from stream.topics import Topics
@@ -107,7 +108,8 @@ def create_app(settings: Settings) -> faust.App:
                             behind=behind, generation=lambda: app.consumer_generation_id)
     # Order matters: the host log is folded in before viewers are judged against it.
     pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send,
-                        handlers=[orders, rooms, engagement])
+                        handlers=[orders, rooms, engagement, Presence(redis)],
+                        counters=metrics.counters)
 
     @app.task
     async def watch_rules() -> None:
