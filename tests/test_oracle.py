@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from aiokafka import AIOKafkaConsumer
 from helpers import assert_nothing_twice, read_all, running_gateway
 from redis.asyncio import Redis
 
@@ -28,6 +29,7 @@ from stream.config import Settings
 from stream.engagement import GRACE_MS
 from stream.ledger import read_stats
 from stream.models import (
+    BroadcastStarted,
     Event,
     FollowUp,
     HostEvent,
@@ -49,6 +51,7 @@ from stream.viewers import RoomTimeline, ViewerEngine
 pytestmark = pytest.mark.integration
 
 RULES = Path(__file__).resolve().parents[1] / "rules"
+SPEED = 10
 
 
 async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: str, seed: int,
@@ -60,7 +63,7 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
     async with running_gateway(settings) as (_, url, tokens):
         redis = Redis.from_url(settings.redis_url)
         workers = [spawn(["worker"], settings, tmp_path / f"w{i}.log") for i in range(2)]
-        plan = simulator.plan_for(room_id=room_id, viewers=2000, duration_s=30, speed=10,
+        plan = simulator.plan_for(room_id=room_id, viewers=2000, duration_s=30, speed=SPEED,
                                   seed=seed)
         try:
             show = asyncio.create_task(simulator.run(plan, gateway=url,
@@ -96,6 +99,31 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
     return nudges, tags, follows, room, by_partition
 
 
+async def latest_nudge_s(settings: Settings, *, speed: float) -> float:
+    """How late the latest nudge fired: wall seconds between the show reaching its due
+    time (the broadcast.started record's wall time plus show time / speed) and its record
+    reaching Kafka."""
+    topics = Topics(settings.topic_prefix)
+    consumer = AIOKafkaConsumer(topics.host_events, topics.nudges, group_id=None,
+                                bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    records = []
+    try:
+        want = sum((await consumer.end_offsets(list(consumer.assignment()))).values())
+        while len(records) < want:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                records += batch
+    finally:
+        await consumer.stop()
+    wall0, show0 = next((r.timestamp, e.ts) for r in records if r.topic == topics.host_events
+                        for _, e in decode_events(r.value).events
+                        if isinstance(e, BroadcastStarted))
+    return max((r.timestamp - wall0 - (n.ts - show0) / speed) / 1000
+               for r in records if r.topic == topics.nudges
+               for n in [msgspec.json.decode(r.value, type=Nudge)])
+
+
 def as_set(nudges: list[Nudge], until: int) -> set[tuple[str, str, str | None, str, int]]:
     return {(n.viewer_id, n.rule_id, n.sku, n.variant, n.ts) for n in nudges if n.ts <= until}
 
@@ -115,6 +143,10 @@ async def assert_matches_oracle(settings: Settings, tmp_path: Path, *, kill: boo
     nudges, tags, follows, room, by_partition = await run_show(
         settings, tmp_path, kill=kill, room_id=room_id, seed=seed)
     assert_nothing_twice(nudges, tags, follows)
+    # Due nudges may fire late after a kill (a takeover waits for the group), not later
+    # than 15 s; the grace before a timer fires is in event time, 1/SPEED of it in wall.
+    late = await latest_nudge_s(settings, speed=SPEED)
+    assert late <= 15 + GRACE_MS / 1000 / SPEED, f"a nudge fired {late:.1f} s after its time"
     expected_nudges, expected_tags = oracle(room, by_partition)
     assert room.ended_at is not None
     got = as_set(nudges, room.ended_at)
