@@ -88,11 +88,16 @@ async def test_viewer_token_websocket_connects_are_limited(limited: Open) -> Non
         assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
 
 
+def flip_last(token: str) -> str:
+    """`token` with its last hex digit changed (appending "0" is no change 1 time in 16)."""
+    return token[:-1] + ("1" if token[-1] == "0" else "0")
+
+
 async def test_a_viewer_token_opens_only_its_own_nudges(default: Open) -> None:
     base = f"{default.url}/v1/rooms/r1/ws?viewer=alice&token="
     for token in (default.tokens.viewer_token("bob"),           # another viewer's token
                   default.tokens.for_role("commerce"),          # a role token is no viewer's
-                  default.tokens.viewer_token("alice")[:-1] + "0"):
+                  flip_last(default.tokens.viewer_token("alice"))):
         async with default.session.get(base + token) as resp:
             assert resp.status == 403, token
     async with default.session.ws_connect(base + default.tokens.viewer_token("alice")) as ws:
