@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 EVENTS_IN = Counter("lc_gateway_events_total", "Events posted to the gateway", ["outcome"])
 
 REDIS_CONNECTIONS = 100
+# An event id is claimed as PENDING, and marked WRITTEN once Kafka acked it: a retry
+# is refused as a duplicate only when the first copy really is in Kafka.
+PENDING, WRITTEN = b"p", b"w"
+PENDING_TTL_S = 15
+PENDING_WAITS, PENDING_WAIT_S = 40, 0.05
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", Tokens)
@@ -85,9 +90,12 @@ async def redis_unavailable(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except (RedisConnectionError, RedisTimeoutError) as exc:
         log.warning("redis unavailable: %r", exc)
-        return web.Response(body=orjson.dumps({"error": "redis unavailable; retry"}),
-                            status=503, content_type="application/json",
-                            headers={"Retry-After": "1"})
+        return _retry_later("redis unavailable; retry")
+
+
+def _retry_later(message: str) -> web.Response:
+    return web.Response(body=orjson.dumps({"error": message}), status=503,
+                        content_type="application/json", headers={"Retry-After": "1"})
 
 
 def _json(data: object, *, status: int = 200) -> web.Response:
@@ -137,7 +145,19 @@ async def post_events(request: web.Request) -> web.Response:
             seen_here.add(event.event_id)
             candidates.append((index, event))
 
-    fresh, duplicates = await _claim_ids(app[REDIS], candidates, settings.dedupe_ttl_s)
+    fresh, duplicates, pending = await _claim_ids(app[REDIS], candidates)
+    for _ in range(PENDING_WAITS):
+        if not pending:
+            break
+        # The same ids in another request in flight (a client's concurrent retry): its
+        # outcome decides theirs within milliseconds; wait for it, briefly.
+        await asyncio.sleep(PENDING_WAIT_S)
+        more, seen, pending = await _claim_ids(app[REDIS], pending)
+        fresh, duplicates = fresh + more, duplicates + seen
+    if pending:
+        await _release_ids(app[REDIS], fresh)
+        return _retry_later(f"{len(pending)} events are still being written by an earlier "
+                            "request (or one that failed half-way); retry")
     try:
         await _produce(app[PRODUCER], topics, settings.partitions, fresh)
     except Exception as exc:
@@ -146,9 +166,15 @@ async def post_events(request: web.Request) -> web.Response:
         log.warning("produce failed: %r", exc)
         return _error(503, f"could not write to Kafka ({type(exc).__name__}); retry")
 
-    # Host events reach the room log before the 202: an order accepted after a segment
-    # starts then sees that segment, even if the host topic is read later than the order's.
-    await app[HOST_LOG].append([e for _, e in fresh if isinstance(e, HostEvent)])
+    # In Kafka now: from here a 503 would make the client send them again, so Redis being
+    # away only costs what Redis adds (the worker's host path fills the room log too).
+    try:
+        await _mark_written(app[REDIS], fresh, settings.dedupe_ttl_s)
+        # Host events reach the room log before the 202: an order accepted after a segment
+        # starts then sees that segment, even if the host topic is read later.
+        await app[HOST_LOG].append([e for _, e in fresh if isinstance(e, HostEvent)])
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("accepted events written to Kafka, Redis away: %r", exc)
     await _dead_letter(app[PRODUCER], app[REDIS], topics, rejected, now_ms)
     answer = sorted(
         [(i, e) for i, e, _ in rejected]
@@ -161,21 +187,39 @@ async def post_events(request: web.Request) -> web.Response:
                   "rejected": [{"index": i, "error": e} for i, e in answer]}, status=202)
 
 
-async def _claim_ids(redis: Redis, events: list[tuple[int, Event]],
-                     ttl_s: int) -> tuple[list[tuple[int, Event]], list[tuple[int, Event]]]:
-    """Mark each event_id as taken (SET NX); split into fresh and already-seen."""
+Pairs = list[tuple[int, Event]]
+
+
+async def _claim_ids(redis: Redis, events: Pairs) -> tuple[Pairs, Pairs, Pairs]:
+    """Claim each event_id as pending (SET NX): (fresh, written before, pending elsewhere).
+
+    Pending ids expire after PENDING_TTL_S: a request that claimed them and then failed
+    without releasing them (Redis went away mid-request) cannot block them for longer,
+    and cannot have written them to Kafka (a written id is marked, or answered 202).
+    """
     if not events:
-        return [], []
+        return [], [], []
     async with redis.pipeline(transaction=False) as pipe:
         for _, event in events:
-            pipe.set(keys.seen_event(event.event_id), 1, nx=True, ex=ttl_s)
-        claimed = await pipe.execute()
-    fresh = [pair for pair, ok in zip(events, claimed, strict=True) if ok]
-    dupes = [pair for pair, ok in zip(events, claimed, strict=True) if not ok]
-    return fresh, dupes
+            pipe.set(keys.seen_event(event.event_id), PENDING, nx=True, ex=PENDING_TTL_S,
+                     get=True)
+        before = await pipe.execute()
+    fresh = [pair for pair, old in zip(events, before, strict=True) if old is None]
+    pending = [pair for pair, old in zip(events, before, strict=True) if old == PENDING]
+    written = [pair for pair, old in zip(events, before, strict=True)
+               if old is not None and old != PENDING]
+    return fresh, written, pending
 
 
-async def _release_ids(redis: Redis, events: list[tuple[int, Event]]) -> None:
+async def _mark_written(redis: Redis, events: Pairs, ttl_s: int) -> None:
+    if events:
+        async with redis.pipeline(transaction=False) as pipe:
+            for _, event in events:
+                pipe.set(keys.seen_event(event.event_id), WRITTEN, ex=ttl_s)
+            await pipe.execute()
+
+
+async def _release_ids(redis: Redis, events: Pairs) -> None:
     if events:
         await redis.delete(*(keys.seen_event(e.event_id) for _, e in events))
 
@@ -197,11 +241,14 @@ async def _dead_letter(producer: EnvelopeProducer, redis: Redis, topics: Topics,
         return
     letters = [dead_letter(raw, error, Origin(source="gateway", index=index), now_ms=now_ms)
                for index, error, raw in rejected]
-    async with redis.pipeline(transaction=False) as pipe:
-        for _, _, raw in rejected:
-            pipe.hincrby(keys.stats(room_of(raw)), "dead_letters", 1)
-        await pipe.execute()
     await asyncio.gather(*(producer.send_one(topics.dead_letters, x) for x in letters))
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for _, _, raw in rejected:
+                pipe.hincrby(keys.stats(room_of(raw)), "dead_letters", 1)
+            await pipe.execute()
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("%d dead letters written, not counted (Redis away): %r", len(letters), exc)
 
 
 async def viewer_tags(request: web.Request) -> web.Response:

@@ -87,6 +87,11 @@ def viewer_offsets(partition: int) -> str:
     return f"{PREFIX}:{{vs:{partition}}}:offsets"
 
 
+def consumed() -> str:
+    """Hash `topic:partition` -> the last offset the worker pipeline fully processed."""
+    return f"{PREFIX}:{{consumed}}"
+
+
 def viewer_room_tags(room_id: str, viewer_id: str) -> str:
     """Set of `tag|value` the viewer holds now in the room (SCRM reads it); in the room's
     slot, so one script per room applies a batch's tag changes."""

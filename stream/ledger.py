@@ -70,6 +70,14 @@ class Ledger:
         self._redis = redis
         self._script = redis.register_script(FENCED_INCR)
 
+    async def mark_consumed(self, ends: dict[str, int]) -> None:
+        """Record `topic:partition` -> last offset whose every effect is applied."""
+        if ends:
+            await self._redis.hset(keys.consumed(), mapping=ends)  # type: ignore[arg-type]
+
+    async def consumed(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in (await self._redis.hgetall(keys.consumed())).items()}
+
     async def apply(self, batches: list[RoomBatch]) -> int:
         """Apply every batch; returns how many counts were skipped as already applied."""
         skipped = 0

@@ -134,6 +134,13 @@ class Pipeline:
         for letter in letters:
             await self._send(self._topics.dead_letters, letter)
         result.skipped = await self.retrying(lambda: self._ledger.apply(list(counts.values())))
+        # Where a new owner starts: faust's commit can run ahead of what was processed (it
+        # acks a take() batch a rebalance interrupts, and records it then drops as stale).
+        ends: dict[str, int] = {}
+        for record in records:
+            key = f"{record.topic}:{record.partition}"
+            ends[key] = max(ends.get(key, -1), record.offset)
+        await self.retrying(lambda: self._ledger.mark_consumed(ends))
         result.events = len(items)
         result.dead_letters = len(letters)
         return result

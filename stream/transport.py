@@ -46,9 +46,8 @@ class _Consumer(faust_aiokafka.Consumer):
         if resume is None:
             return positions
         for tp, offset in (await resume(positions)).items():
-            if offset != positions.get(tp):
-                await self._seek(tp, offset)
-                positions[tp] = offset
+            await self._seek(tp, offset)
+            positions[tp] = offset
         return positions
 
 

@@ -109,7 +109,8 @@ def create_app(settings: Settings) -> faust.App:
                             topics=topics, bootstrap=settings.kafka_bootstrap,
                             behind=behind, generation=lambda: app.consumer_generation_id)
     # Order matters: the host log is folded in before viewers are judged against it.
-    pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send,
+    ledger = Ledger(redis)
+    pipeline = Pipeline(topics=topics, ledger=ledger, send=send,
                         handlers=[orders, rooms, engagement, Presence(redis)],
                         counters=metrics.counters)
 
@@ -122,20 +123,28 @@ def create_app(settings: Settings) -> faust.App:
         await pipeline.retrying(engagement.tick)
 
     async def resume_offsets(committed: Mapping[TP, int | None]) -> dict[TP, int]:
-        # The viewer state's fences say what it has seen; faust's commit can be past them.
+        """Start each partition at the lowest of faust's commit, the pipeline's consumed
+        offset and (viewer partitions) the viewer state's fence: faust's commit can be
+        past records never processed. Re-read records change nothing (idempotent)."""
         viewer_tps = [tp for tp in committed
                       if tp.topic in (topics.viewer_events, topics.order_events)]
         # Redis away during a rebalance: wait for it, as the pipeline does, not crash.
         fences = await pipeline.retrying(
             lambda: engagement.saved_fences({tp.partition for tp in viewer_tps}))
+        consumed = await pipeline.retrying(ledger.consumed)
         starts: dict[TP, int] = {}
-        for tp in viewer_tps:
-            fence = fences.get(tp.partition, {}).get(tp.topic)
-            at = committed[tp]
-            if fence is not None and (at is None or fence + 1 < at):
-                at = starts[tp] = fence + 1
-            if at is not None:
-                processed[tp] = at
+        for tp, at in committed.items():
+            marks = [at] if at is not None else []
+            if (done := consumed.get(f"{tp.topic}:{tp.partition}")) is not None:
+                marks.append(done + 1)
+            if (fence := fences.get(tp.partition, {}).get(tp.topic)) is not None:
+                marks.append(fence + 1)
+            # Nothing known: from the start (an offset gone to retention resets to the
+            # earliest there is). Always an explicit seek: it also drops what the fetcher
+            # read ahead for the old generation, which the agent then discards.
+            starts[tp] = min(marks, default=0)
+            if tp in viewer_tps:
+                processed[tp] = starts[tp]
         return starts
 
     app.resume_offsets = resume_offsets

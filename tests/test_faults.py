@@ -13,6 +13,7 @@ import asyncio
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -99,10 +100,20 @@ async def settled(redis: Redis, settings: Settings, topics: Topics, *, accepted:
     while True:
         stats = await read_stats(redis, ROOM)
         joined = stats.get("ev:viewer.joined", 0)
+        behind = await lag(settings, topics)
         if (stats.get("events", 0) >= accepted and stats.get("followups", 0) >= joined
-                and await lag(settings, topics) == 0):
+                and behind == 0):
             return
-        assert time.monotonic() < deadline, f"not settled: {stats}"
+        if time.monotonic() > deadline:
+            logged = Counter(type(e).__struct_config__.tag
+                             for _, _, _, v in await read_all(settings, list(topics.inputs))
+                             for _, e in decode_events(v).events)
+            short = {t: (n, stats.get(f"ev:{t}", 0)) for t, n in logged.items()
+                     if stats.get(f"ev:{t}", 0) != n}
+            raise AssertionError(
+                f"not settled: {stats.get('events')} of {accepted} events, "
+                f"{stats.get('followups')} of {joined} follow-ups, lag {behind}; "
+                f"in the log vs counted: {short}")
         await asyncio.sleep(1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -10,10 +11,13 @@ import pytest
 from aiohttp import ClientSession
 from aiokafka import AIOKafkaConsumer
 from helpers import ev, now_ms, running_gateway
+from redis.asyncio import Redis
 
+from stream import keys
 from stream.auth import Tokens
 from stream.codec import decode_events
 from stream.config import Settings
+from stream.gateway import PENDING, PENDING_WAIT_S, PENDING_WAITS, WRITTEN
 from stream.models import DeadLetter
 from stream.topics import Topics, key_of, partition_for
 
@@ -142,3 +146,25 @@ async def test_ndjson_and_envelopes(client: Client, settings: Settings) -> None:
     # 7 viewers over 4 partitions: far fewer records than events.
     assert len(records) <= settings.partitions
     assert sum(len(decode_events(v).events) for _, v in records) == 200
+
+
+async def test_an_id_left_pending_is_retried_not_taken_for_delivered(
+        client: Client, settings: Settings) -> None:
+    """A request that claimed an id and died before Kafka (Redis went away mid-request)
+    leaves it pending: a retry waits a little, is then told to come back (not that it was
+    delivered), and is taken once the claim expires."""
+    event = ev("viewer.joined", source="douyin")
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        wait_s = PENDING_WAITS * PENDING_WAIT_S  # how long a request waits on a pending id
+        await redis.set(keys.seen_event(event["event_id"]), PENDING, px=int(wait_s * 1000) + 500)
+        status, body = await client.post([event])
+        assert status == 503 and "retry" in body["error"]
+        await asyncio.sleep(0.6)
+        status, body = await client.post([event])
+        assert (status, body) == (202, {"accepted": 1, "rejected": []})
+        assert await redis.get(keys.seen_event(event["event_id"])) == WRITTEN
+        status, body = await client.post([event])
+        assert status == 202 and "duplicate" in body["rejected"][0]["error"]
+    finally:
+        await redis.aclose()
