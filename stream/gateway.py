@@ -8,8 +8,10 @@ written to the dead-letter topic for operators.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+import uuid
 
 import orjson
 from aiohttp import web
@@ -39,11 +41,11 @@ log = logging.getLogger(__name__)
 EVENTS_IN = Counter("lc_gateway_events_total", "Events posted to the gateway", ["outcome"])
 
 REDIS_CONNECTIONS = 100
-# An event id is claimed as PENDING, and marked WRITTEN once Kafka acked it: a retry
-# is refused as a duplicate only when the first copy really is in Kafka.
-PENDING, WRITTEN = b"p", b"w"
-PENDING_TTL_S = 15
+# A retry is refused as a duplicate only when the first copy really is in Kafka; a
+# request still writing the same ids is waited for, briefly (see _claim_ids).
+LIVE_TTL_S = 15
 PENDING_WAITS, PENDING_WAIT_S = 40, 0.05
+_LEGACY = {"1"}  # claims from before requests were named: written
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", Tokens)
@@ -145,14 +147,17 @@ async def post_events(request: web.Request) -> web.Response:
             seen_here.add(event.event_id)
             candidates.append((index, event))
 
-    fresh, duplicates, pending = await _claim_ids(app[REDIS], candidates)
+    request = uuid.uuid4().hex
+    claim = functools.partial(_claim_ids, app[REDIS], request=request,
+                              ttl_s=settings.dedupe_ttl_s)
+    fresh, duplicates, pending = await claim(candidates)
     for _ in range(PENDING_WAITS):
         if not pending:
             break
         # The same ids in another request in flight (a client's concurrent retry): its
         # outcome decides theirs within milliseconds; wait for it, briefly.
         await asyncio.sleep(PENDING_WAIT_S)
-        more, seen, pending = await _claim_ids(app[REDIS], pending)
+        more, seen, pending = await claim(pending)
         fresh, duplicates = fresh + more, duplicates + seen
     if pending:
         await _release_ids(app[REDIS], fresh)
@@ -169,7 +174,7 @@ async def post_events(request: web.Request) -> web.Response:
     # In Kafka now: from here a 503 would make the client send them again, so Redis being
     # away only costs what Redis adds (the worker's host path fills the room log too).
     try:
-        await _mark_written(app[REDIS], fresh, settings.dedupe_ttl_s)
+        await _mark_written(app[REDIS], request, settings.dedupe_ttl_s)
         # Host events reach the room log before the 202: an order accepted after a segment
         # starts then sees that segment, even if the host topic is read later.
         await app[HOST_LOG].append([e for _, e in fresh if isinstance(e, HostEvent)])
@@ -190,33 +195,55 @@ async def post_events(request: web.Request) -> web.Response:
 Pairs = list[tuple[int, Event]]
 
 
-async def _claim_ids(redis: Redis, events: Pairs) -> tuple[Pairs, Pairs, Pairs]:
-    """Claim each event_id as pending (SET NX): (fresh, written before, pending elsewhere).
+async def _claim_ids(redis: Redis, events: Pairs, *, request: str,
+                     ttl_s: int) -> tuple[Pairs, Pairs, Pairs]:
+    """Claim each event_id for `request` (SET NX): (fresh, written before, pending).
 
-    Pending ids expire after PENDING_TTL_S: a request that claimed them and then failed
-    without releasing them (Redis went away mid-request) cannot block them for longer,
-    and cannot have written them to Kafka (a written id is marked, or answered 202).
+    A claimed id names its request. That request is *written* once Kafka acked its
+    events, *live* while it works (a short TTL), neither if it died half-way (Redis went
+    away): then its ids are taken over, as they cannot be in Kafka. One command per
+    event, two per request.
     """
     if not events:
         return [], [], []
     async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(keys.request_live(request), 1, ex=LIVE_TTL_S)
         for _, event in events:
-            pipe.set(keys.seen_event(event.event_id), PENDING, nx=True, ex=PENDING_TTL_S,
-                     get=True)
-        before = await pipe.execute()
+            pipe.set(keys.seen_event(event.event_id), request, nx=True, ex=ttl_s, get=True)
+        before = (await pipe.execute())[1:]
     fresh = [pair for pair, old in zip(events, before, strict=True) if old is None]
-    pending = [pair for pair, old in zip(events, before, strict=True) if old == PENDING]
-    written = [pair for pair, old in zip(events, before, strict=True)
-               if old is not None and old != PENDING]
+    taken = [(pair, old.decode()) for pair, old in zip(events, before, strict=True)
+             if old is not None and old.decode() != request]
+    if not taken:
+        return fresh, [], []
+    owners = sorted({owner for _, owner in taken})
+    async with redis.pipeline(transaction=False) as pipe:
+        for owner in owners:
+            pipe.exists(keys.request_written(owner))
+            pipe.exists(keys.request_live(owner))
+        found = await pipe.execute()
+    written_by = {o for o, w in zip(owners, found[::2], strict=True) if w}
+    live = {o for o, x in zip(owners, found[1::2], strict=True) if x}
+    written = [pair for pair, owner in taken if owner in written_by or owner in _LEGACY]
+    pending = [pair for pair, owner in taken if owner in live and owner not in written_by]
+    dead = [(pair, owner) for pair, owner in taken
+            if owner not in written_by and owner not in live and owner not in _LEGACY]
+    if dead:  # take over, unless another request just did (GET says who had it)
+        async with redis.pipeline(transaction=False) as pipe:
+            for (_, event), _ in dead:
+                pipe.set(keys.seen_event(event.event_id), request, xx=True, ex=ttl_s, get=True)
+            swapped = await pipe.execute()
+        for (pair, owner), old in zip(dead, swapped, strict=True):
+            mine = old is not None and old.decode() == owner
+            (fresh if mine else pending).append(pair)  # not mine: settled on the next look
     return fresh, written, pending
 
 
-async def _mark_written(redis: Redis, events: Pairs, ttl_s: int) -> None:
-    if events:
-        async with redis.pipeline(transaction=False) as pipe:
-            for _, event in events:
-                pipe.set(keys.seen_event(event.event_id), WRITTEN, ex=ttl_s)
-            await pipe.execute()
+async def _mark_written(redis: Redis, request: str, ttl_s: int) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(keys.request_written(request), 1, ex=ttl_s)
+        pipe.delete(keys.request_live(request))
+        await pipe.execute()
 
 
 async def _release_ids(redis: Redis, events: Pairs) -> None:

@@ -26,8 +26,18 @@ def stats(room_id: str) -> str:
 
 
 def seen_event(event_id: str) -> str:
-    """Marks an event_id the gateway accepted, to refuse a duplicate for a while."""
+    """The gateway request that claimed an event_id, to refuse a duplicate for a while."""
     return f"{PREFIX}:eid:{event_id}"
+
+
+def request_live(request: str) -> str:
+    """Set while a gateway request is writing its events (expires if it died)."""
+    return f"{PREFIX}:req:{request}:live"
+
+
+def request_written(request: str) -> str:
+    """Set once a gateway request's events are in Kafka."""
+    return f"{PREFIX}:req:{request}:written"
 
 
 def stock_prefix(room_id: str) -> str:

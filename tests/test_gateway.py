@@ -17,7 +17,7 @@ from stream import keys
 from stream.auth import Tokens
 from stream.codec import decode_events
 from stream.config import Settings
-from stream.gateway import PENDING, PENDING_WAIT_S, PENDING_WAITS, WRITTEN
+from stream.gateway import PENDING_WAIT_S, PENDING_WAITS
 from stream.models import DeadLetter
 from stream.topics import Topics, key_of, partition_for
 
@@ -157,13 +157,15 @@ async def test_an_id_left_pending_is_retried_not_taken_for_delivered(
     redis = Redis.from_url(settings.redis_url)
     try:
         wait_s = PENDING_WAITS * PENDING_WAIT_S  # how long a request waits on a pending id
-        await redis.set(keys.seen_event(event["event_id"]), PENDING, px=int(wait_s * 1000) + 500)
+        await redis.set(keys.seen_event(event["event_id"]), "dead-request")
+        await redis.set(keys.request_live("dead-request"), 1, px=int(wait_s * 1000) + 500)
         status, body = await client.post([event])
         assert status == 503 and "retry" in body["error"]
         await asyncio.sleep(0.6)
         status, body = await client.post([event])
         assert (status, body) == (202, {"accepted": 1, "rejected": []})
-        assert await redis.get(keys.seen_event(event["event_id"])) == WRITTEN
+        owner = (await redis.get(keys.seen_event(event["event_id"]))).decode()
+        assert owner != "dead-request" and await redis.exists(keys.request_written(owner))
         status, body = await client.post([event])
         assert status == 202 and "duplicate" in body["rejected"][0]["error"]
     finally:
