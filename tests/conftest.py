@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 
 from stream.config import Settings
 from stream.embedded import EmbeddedStack
@@ -26,3 +27,11 @@ def settings(stack: EmbeddedStack) -> Settings:
     """Settings on the shared stack, with topics of its own so tests do not see each other."""
     return Settings(kafka_url=stack.kafka_url, redis_url=stack.redis_url,
                     topic_prefix=f"t{uuid.uuid4().hex[:8]}.", partitions=4)
+
+
+@pytest.fixture
+async def redis(stack: EmbeddedStack) -> AsyncIterator[Redis]:
+    """A client of the shared stack's valkey."""
+    client = Redis.from_url(stack.redis_url)
+    yield client
+    await client.aclose()

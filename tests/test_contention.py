@@ -103,13 +103,6 @@ async def gateway(settings: Settings) -> AsyncIterator[Http]:
     assert time.monotonic() - t < 10, f"Gateway.stop() took {time.monotonic() - t:.0f} s"
 
 
-@pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url)
-    yield client
-    await client.aclose()
-
-
 # --------------------------------------------------------------------------- observers
 
 @dataclass

@@ -5,23 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
-from stream.embedded import EmbeddedStack
 from stream.models import BroadcastEnded, BroadcastStarted, HostEvent, SegmentStarted
 from stream.roomlog import HostLog, RoomLog
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def redis(stack: EmbeddedStack) -> AsyncIterator[Redis]:
-    client = Redis.from_url(stack.redis_url)
-    yield client
-    await client.aclose()
 
 
 def show(room: str, t0: int) -> list[HostEvent]:

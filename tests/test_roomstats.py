@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
 from stream import keys, metrics
 from stream.codec import encode
-from stream.embedded import EmbeddedStack
 from stream.ledger import Ledger, read_stats
 from stream.metrics import minute_of
 from stream.models import Event, Like, ViewerJoined, ViewerLeft
@@ -22,13 +20,6 @@ pytestmark = pytest.mark.integration
 
 T0 = 1_767_225_600_000
 TOPICS = Topics("rs.")
-
-
-@pytest.fixture
-async def redis(stack: EmbeddedStack) -> AsyncIterator[Redis]:
-    client = Redis.from_url(stack.redis_url)
-    yield client
-    await client.aclose()
 
 
 async def _send(topic: str, value: bytes, key: bytes | None = None,

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -24,13 +23,6 @@ from stream.models import DeadLetter
 from stream.topics import Topics, partition_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def redis(settings: Settings) -> AsyncIterator[Redis]:
-    client = Redis.from_url(settings.redis_url)
-    yield client
-    await client.aclose()
 
 
 async def wait_for(predicate, *, timeout: float) -> float:  # type: ignore[no-untyped-def]
