@@ -33,12 +33,15 @@ class Reorder(Generic[T]):
         self._newest: dict[str, int] = {}  # newest event time seen per topic
         self._waiting: dict[str, Counter[int]] = {t: Counter() for t in topics}
         self._last: dict[str, int] = {}  # newest offset added per topic
+        self._spans: dict[tuple[str, int], list[int]] = {}  # waiting record -> [min, max] ts
 
     def add(self, topic: str, offset: int, ts: int, item: T) -> None:
         heapq.heappush(self._heap, (ts, self._rank[topic], next(self._seq), topic, offset, item))
         self._waiting[topic][offset] += 1
         self._last[topic] = max(offset, self._last.get(topic, -1))
         self._newest[topic] = max(ts, self._newest.get(topic, ts))
+        span = self._spans.setdefault((topic, offset), [ts, ts])
+        span[0], span[1] = min(span[0], ts), max(span[1], ts)
 
     def last(self, topic: str) -> int:
         """The newest offset added from `topic` (-1 if none)."""
@@ -49,14 +52,25 @@ class Reorder(Generic[T]):
         return min((self._newest.get(t, -_NEVER) for t in behind), default=_NEVER)
 
     def release(self, behind: set[str]) -> list[tuple[str, int, T]]:
-        """(topic, offset, item) of every event up to the watermark, in event-time order."""
+        """(topic, offset, item) of every event up to the watermark, in event-time order.
+
+        Whole records only: a record (an envelope) released in part would be read again
+        from its offset after a restart, and its released events applied twice. So the
+        limit stops short of any record that reaches past it.
+        """
         limit, out = self.watermark(behind), []
+        while True:
+            cut = min((lo - 1 for lo, hi in self._spans.values() if hi > limit), default=_NEVER)
+            if cut >= limit:
+                break
+            limit = cut
         while self._heap and self._heap[0][0] <= limit:
             _, _, _, topic, offset, item = heapq.heappop(self._heap)
             waiting = self._waiting[topic]
             waiting[offset] -= 1
             if not waiting[offset]:
                 del waiting[offset]
+                del self._spans[topic, offset]
             out.append((topic, offset, item))
         return out
 
