@@ -1,9 +1,9 @@
 """The worker's viewer path: one ViewerEngine per input partition, its state in Redis,
 and every effect (nudge, tag, follow-up) delivered once.
 
-- State: after each batch the changed viewers and the partition's offsets are saved in
-  one script (same `{vs:p}` slot), so a restarted or rebalanced worker loads them and
-  skips records whose effects are already in the state.
+- State: every quarter second the changed viewers and the partition's offsets are saved
+  in one script (same `{vs:p}` slot), so a restarted or rebalanced worker loads them,
+  starts reading after those offsets and re-decides what came later.
 - Effects: the engine decides; Redis makes it once. Every effect has a `once` key built
   from its content (event-time stamps included), claimed before and marked after
   Kafka acks it. A replay after a crash re-decides the same effects and publishes
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,7 +27,7 @@ from stream import keys
 from stream.clock import now_of
 from stream.codec import encode
 from stream.models import FollowUp, Nudge, TagChange, ViewerEvent
-from stream.pipeline import Item, Send
+from stream.pipeline import Part, Send
 from stream.reorder import Reorder
 from stream.roomlog import RoomLog
 from stream.rules import Rules
@@ -35,64 +36,79 @@ from stream.viewers import Effect, Suppressed, ViewerEngine
 
 # Effects' once-keys outlive any redelivery or restart of a broadcast.
 ONCE_TTL_S = 3 * 24 * 3600
+# Acks, done marks and the state are settled this often (and on every tick), not per
+# batch: a batch then never waits on Kafka's acks, and a viewer touched many times in
+# the window is encoded and saved once. A worker killed meanwhile loses nothing: its
+# successor starts at the saved fence and the once-keys drop what was already sent.
+SETTLE_EVERY_S = 0.25
 # Timers wait this long past their due time before firing: a viewer's order travels on
 # another topic than their views and may arrive a little behind them; without the wait
 # an order placed just before the 3-minute mark could still trigger the reminder.
 GRACE_MS = 3000
 
+# Many items go to a script as one msgpack array (ARGV), not one argument each: packing
+# thousands of arguments cost the worker more than the script costs Redis.
+
 # Effects of one room in one call. KEYS: the room's stats hash, its first-nudge hash.
-# ARGV: once-key prefix, viewer-tags prefix, ttl, wall ms, then per effect: id, stat
-# fields (comma-separated), member ('' if none), op: a tag change is `viewer|tag|value`
-# with op add/remove; a nudge `rule|viewer` with op `variant|ts`, kept if the first of
-# that rule for that viewer (the host's uplift).  Returns per effect: 1 = new, deliver
-# it; 0 = delivered ('d'); or the mark 'p:<ms>' = claimed at that time by a worker that
-# may have died before Kafka acked it. Counts, tag sets and first nudges change only
-# when new.
+# ARGV: once-key prefix, viewer-tags prefix, ttl, wall ms, then a msgpack array with per
+# effect [id, stat fields, op, a, b]: op add/remove is a tag change (a viewer, b
+# `tag|value`); op `first` a nudge (a `rule|viewer`, b `variant|ts`), kept if the first
+# of that rule for that viewer (the host's uplift); op '' neither. Returns per effect:
+# 1 = new, deliver it; 0 = delivered ('d'); or the mark 'p:<ms>' = claimed at that time
+# by a worker that may have died before Kafka acked it. Counts, tag sets and first
+# nudges change only when new.
 CLAIM = """
-local out = {}
-for i = 5, #ARGV, 4 do
-  local key = ARGV[1] .. ARGV[i]
+local out, counts = {}, {}
+local mark = 'p:' .. ARGV[4]
+for i, e in ipairs(cmsgpack.unpack(ARGV[5])) do
+  local key = ARGV[1] .. e[1]
   local v = redis.call('GET', key)
   if v == 'd' then
-    out[#out + 1] = 0
+    out[i] = 0
   elseif v then
-    out[#out + 1] = v
+    out[i] = v
   else
-    redis.call('SET', key, 'p:' .. ARGV[4], 'EX', ARGV[3])
-    for field in string.gmatch(ARGV[i + 1], '[^,]+') do
-      redis.call('HINCRBY', KEYS[1], field, 1)
-    end
-    local member, op = ARGV[i + 2], ARGV[i + 3]
-    if op == 'add' or op == 'remove' then
-      local viewer, rest = string.match(member, '([^|]*)|(.*)')
-      local tags = ARGV[2] .. viewer
-      if op == 'add' then redis.call('SADD', tags, rest)
-      else redis.call('SREM', tags, rest) end
-    elseif member ~= '' then
-      redis.call('HSETNX', KEYS[2], member, op)
-    end
-    out[#out + 1] = 1
+    redis.call('SET', key, mark, 'EX', ARGV[3])
+    for _, field in ipairs(e[2]) do counts[field] = (counts[field] or 0) + 1 end
+    local op = e[3]
+    if op == 'add' then redis.call('SADD', ARGV[2] .. e[4], e[5])
+    elseif op == 'remove' then redis.call('SREM', ARGV[2] .. e[4], e[5])
+    elseif op == 'first' then redis.call('HSETNX', KEYS[2], e[4], e[5]) end
+    out[i] = 1
   end
 end
+for field, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], field, n) end
 return out
 """
 
-# KEYS: none of its own; ARGV: once-key prefix, then ids acked by Kafka.
+# KEYS: none of its own; ARGV: once-key prefix, a msgpack array of ids acked by Kafka.
 DONE = """
-for i = 2, #ARGV do redis.call('SET', ARGV[1] .. ARGV[i], 'd', 'XX', 'KEEPTTL') end
+for _, id in ipairs(cmsgpack.unpack(ARGV[2])) do
+  redis.call('SET', ARGV[1] .. id, 'd', 'XX', 'KEEPTTL')
+end
 return 1
 """
 
-# KEYS: states hash, offsets hash.  ARGV: n, then n field/blob pairs, then topic/offset pairs.
+# KEYS: states hash, offsets hash.  ARGV: a msgpack array field, size, field, size...;
+# the blobs end to end (Lua's cmsgpack has no binary type); then topic/offset pairs.
 SAVE = """
-local n = tonumber(ARGV[1])
-for i = 0, n - 1 do redis.call('HSET', KEYS[1], ARGV[2 + 2 * i], ARGV[3 + 2 * i]) end
-for i = 2 + 2 * n, #ARGV, 2 do
+local sizes, blobs, at, kv = cmsgpack.unpack(ARGV[1]), ARGV[2], 1, {}
+for i = 1, #sizes, 2 do
+  kv[#kv + 1] = sizes[i]
+  kv[#kv + 1] = string.sub(blobs, at, at + sizes[i + 1] - 1)
+  at = at + sizes[i + 1]
+  if #kv == 200 or i + 1 == #sizes then
+    redis.call('HSET', KEYS[1], unpack(kv))
+    kv = {}
+  end
+end
+for i = 3, #ARGV, 2 do
   local current = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1')
   if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 end
 return 1
 """
+_pack = msgspec.msgpack.Encoder().encode
 
 
 class Engagement:
@@ -131,34 +147,30 @@ class Engagement:
         # decided and the states it changed are kept until delivered and saved. The
         # pipeline retries the batch, and every step is safe to run again.
         self._outbox: list[tuple[int, Effect]] = []
+        self._sent: list[tuple[int, Effect]] = []  # published, acks not yet awaited
+        self._settle_at = 0.0
         self._unsaved: dict[int, dict[tuple[str, str], bytes]] = {}
         self._lock = asyncio.Lock()  # the agent and the tick share the engines
 
-    async def handle(self, items: Sequence[Item]) -> None:
+    async def handle(self, parts: Sequence[Part]) -> None:
         generation = self._generation()
-        mine = [i for i in items
-                if isinstance(i.event, ViewerEvent) and i.record.generation == generation]
+        # The pipeline keeps each event on its own topic: these hold viewer events only.
+        mine = [part for part in parts
+                if part.record.topic in self._inputs and part.record.generation == generation]
         if not mine:
             return
         async with self._lock:
-            partitions = {i.record.partition for i in mine}
+            partitions = {part.record.partition for part in mine}
             await self._load(partitions)
-            await self._rooms.refresh({i.event.room_id for i in mine})
-            seen: dict[tuple[int, str], int] = {}  # per input, the offset already taken in
-            for item in mine:
-                p, topic, offset = item.record.partition, item.record.topic, item.record.offset
+            await self._rooms.refresh({e.room_id for part in mine for e in part.events})
+            for part in mine:
+                p, topic, offset = part.record.partition, part.record.topic, part.record.offset
                 waiting = self._waiting.get(p)
                 if waiting is None:
                     continue  # revoked while this batch waited: its new owner re-reads it
-                floor = seen.get((p, topic))
-                if floor is None:  # once per input: an envelope's events share one offset
-                    floor = seen[p, topic] = max(self._fences[p].get(topic, -1),
-                                                 waiting.last(topic))
-                if offset <= floor:
+                if offset <= max(self._fences[p].get(topic, -1), waiting.last(topic)):
                     continue  # already in the saved state (a redelivery) or waiting
-                event = item.event
-                assert isinstance(event, ViewerEvent)
-                waiting.add(topic, offset, event.ts, event)
+                waiting.add(topic, offset, part.events)  # type: ignore[arg-type]
             await self._run(partitions)
 
     async def tick(self) -> int:
@@ -167,14 +179,10 @@ class Engagement:
             if not self.engines:
                 return 0
             await self._rooms.refresh(self._rooms.rooms)
-            return await self._run(set(self.engines))
+            return await self._run(set(self.engines), settle=True)
 
-    async def _run(self, partitions: set[int]) -> int:
-        """Apply what the reorder lets through, fire what is due, deliver and settle.
-
-        Settled now, not at the next batch: faust commits these offsets once we return,
-        and a worker killed before its state is saved would skip them for good.
-        """
+    async def _run(self, partitions: set[int], *, settle: bool = False) -> int:
+        """Apply what the reorder lets through, fire what is due, deliver; settle when due."""
         rules = self._rules()
         effects: list[tuple[int, Effect]] = []
         for p in sorted(partitions & self.engines.keys()):
@@ -182,9 +190,10 @@ class Engagement:
             if engine.rules is not rules:
                 engine.rules = rules
             behind = {t for t in self._inputs if self._behind(t, p)}
-            for _, _, event in waiting.release(behind):
-                effects += [(p, e) for e in engine.apply(event, self._rooms.get(event.room_id))]
-                self._observe(p, event.ts)
+            released = waiting.release(behind)
+            if released:
+                effects += [(p, e) for e in engine.apply_all(released, self._rooms.get)]
+                self._observe(p, released[-1].ts)  # the newest: they leave in ts order
             fences = self._fences[p]
             moved = {t: o for t, o in waiting.fences().items() if o > fences.get(t, -1)}
             if moved:
@@ -194,23 +203,32 @@ class Engagement:
                                                            self._rooms.rooms)]
         self._outbox += effects
         delivered = await self._deliver(self._outbox)
-        await self._settle()
+        self._sent += self._outbox
         self._outbox = []
+        if settle or self._clock() >= self._settle_at:
+            await self._settle()
+            self._settle_at = self._clock() + SETTLE_EVERY_S
         return delivered
 
     async def _settle(self) -> None:
-        """Wait for the last batch's Kafka acks, mark its effects done, save its state.
+        """Wait for the Kafka acks since the last settle, mark those effects done, save the state.
 
         In this order: state saved before the acks could skip a lost effect on replay.
         """
         if self._acks:
-            acks, self._acks = self._acks, {}  # a failed one is re-sent from the outbox
-            await asyncio.gather(*acks.values())  # type: ignore[arg-type]
+            acks, self._acks = self._acks, {}
+            try:
+                await asyncio.gather(*acks.values())  # type: ignore[arg-type]
+            except BaseException:
+                # Delivered again on the retry: claimed ('p'), so only what Kafka lacks is sent.
+                self._outbox, self._sent = self._sent + self._outbox, []
+                raise
+        self._sent = []
         if self._done_ids:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for room, ids in self._done_ids.items():
                     await self._done(keys=[keys.stats(room)],
-                                     args=[keys.once(room, ""), *ids], client=pipe)
+                                     args=[keys.once(room, ""), _pack(ids)], client=pipe)
                 await pipe.execute()
             self._done_ids = {}
         await self._persist(set(self.engines), self._moved)
@@ -240,6 +258,7 @@ class Engagement:
             self._moved.pop(p, None)
             self._unsaved.pop(p, None)
         self._outbox = [pair for pair in self._outbox if pair[0] not in gone]
+        self._sent = [pair for pair in self._sent if pair[0] not in gone]
 
     # --- state ------------------------------------------------------------------------
 
@@ -259,7 +278,7 @@ class Engagement:
             engine = ViewerEngine(self._rules(), grace_ms=GRACE_MS)
             engine.restore({_split(k): v for k, v in states.items()})
             self.engines[p] = engine
-            self._waiting[p] = Reorder(self._inputs)
+            self._waiting[p] = Reorder(self._inputs, ts=_ts)
             self._fences[p] = {k.decode(): int(v) for k, v in offsets.items()}
 
     async def _persist(self, partitions: set[int], moved: dict[int, dict[str, int]]) -> None:
@@ -273,9 +292,10 @@ class Engagement:
                 offsets = moved.get(p, {})
                 if not blobs and not offsets:
                     continue
-                args: list[object] = [len(blobs)]
+                sizes: list[str | int] = []
                 for (room, viewer), blob in blobs.items():
-                    args += [f"{room}|{viewer}", blob]
+                    sizes += [f"{room}|{viewer}", len(blob)]
+                args: list[object] = [_pack(sizes), b"".join(blobs.values())]
                 for topic, offset in offsets.items():
                     args += [topic, offset]
                     self._fences[p][topic] = offset
@@ -321,10 +341,8 @@ class Engagement:
             by_room.setdefault(pair[1].room_id, []).append(pair)
         async with self._redis.pipeline(transaction=False) as pipe:
             for room, group in by_room.items():
-                args: list[object] = [keys.once(room, ""), keys.viewer_room_tags(room, ""),
-                                      ONCE_TTL_S, int(self._clock() * 1000)]
-                for _, effect in group:
-                    args += _claim_args(effect)
+                args = [keys.once(room, ""), keys.viewer_room_tags(room, ""), ONCE_TTL_S,
+                        int(self._clock() * 1000), _pack([_claim_item(e) for _, e in group])]
                 await self._claim(keys=[keys.stats(room), keys.nudged(room)], args=args,
                                   client=pipe)
             new_pairs = {(e.room_id, e.viewer_id) for _, e in effects if isinstance(e, TagChange)}
@@ -449,24 +467,28 @@ def _once_id(effect: Effect) -> str:
     return f"s|{effect.viewer_id}|{effect.rule_id}|{effect.ts}|{effect.reason}"
 
 
-def _claim_args(effect: Effect) -> list[object]:
-    """id, stat field, tag member and op of one effect, for CLAIM."""
-    member, op = "", ""
+_TAG_STATS = {"add": ("tags",), "remove": ("tags_removed",)}
+_FOLLOWUP_STATS = ("followups",)
+
+
+def _claim_item(effect: Effect) -> tuple[object, ...]:
+    """[id, stat fields, op, a, b] of one effect, for CLAIM."""
+    if isinstance(effect, TagChange):
+        return (_once_id(effect), _TAG_STATS[effect.op], effect.op, effect.viewer_id,
+                f"{effect.tag}|{effect.value}")
     if isinstance(effect, Nudge):
-        stat = f"nudges,nudges:{effect.rule_id}:{effect.variant}"
-        member, op = f"{effect.rule_id}|{effect.viewer_id}", f"{effect.variant}|{effect.ts}"
-    elif isinstance(effect, TagChange):
-        stat = "tags" if effect.op == "add" else "tags_removed"
-        member, op = f"{effect.viewer_id}|{effect.tag}|{effect.value}", effect.op
-    elif isinstance(effect, FollowUp):
-        stat = "followups"
-    else:
-        stat = f"suppressed:{effect.reason}"
-    return [_once_id(effect), stat, member, op]
+        return (_once_id(effect), ("nudges", f"nudges:{effect.rule_id}:{effect.variant}"),
+                "first", f"{effect.rule_id}|{effect.viewer_id}", f"{effect.variant}|{effect.ts}")
+    if isinstance(effect, FollowUp):
+        return (_once_id(effect), _FOLLOWUP_STATS, "")
+    return (_once_id(effect), (f"suppressed:{effect.reason}",), "")
 
 
 def _with_remaining(nudge: Nudge, remaining: str) -> Nudge:
     return msgspec.structs.replace(nudge, message=nudge.message.replace("{remaining}", remaining))
+
+
+_ts = attrgetter("ts")
 
 
 def _split(field: bytes) -> tuple[str, str]:

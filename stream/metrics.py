@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -71,10 +72,13 @@ _COUNTERS: dict[type, Callable[[Any], list[tuple[str, int]]]] = {
 }
 
 
-def counters(event: Event) -> list[tuple[str, int]]:
-    """(counter, delta) an event adds to its room's stats, once per Kafka record."""
-    count = _COUNTERS.get(type(event))
-    return count(event) if count is not None else []
+def count(events: Iterable[Event], into: Counter[str]) -> None:
+    """Add what these events add to their room's stats (applied once per Kafka record)."""
+    for event in events:
+        counters = _COUNTERS.get(type(event))
+        if counters is not None:
+            for name, delta in counters(event):
+                into[name] += delta
 
 
 # --- the snapshot read from Redis ----------------------------------------------------------

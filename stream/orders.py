@@ -17,7 +17,7 @@ from stream.clock import RoomClocks
 from stream.codec import encode
 from stream.inventory import Inventory, Outcome, parse
 from stream.models import OrderEvent, OrderResult, StockSet
-from stream.pipeline import Item, Send
+from stream.pipeline import Part, Record, Send
 from stream.stockfeed import StockFeed
 from stream.topics import Topics
 
@@ -36,14 +36,18 @@ class Orders:
         self._clock = clock
         self._rooms: set[str] = set()
 
-    async def handle(self, items: Sequence[Item]) -> None:
-        by_room: dict[str, list[Item]] = {}
+    async def handle(self, parts: Sequence[Part]) -> None:
+        by_room: dict[str, list[tuple[Record, StockSet | OrderEvent]]] = {}
         latest: dict[str, int] = {}
-        for item in items:
-            room = item.event.room_id
-            latest[room] = max(latest.get(room, 0), item.event.ts)
-            if isinstance(item.event, StockSet | OrderEvent):
-                by_room.setdefault(room, []).append(item)
+        for part in parts:
+            for e in part.events:
+                if latest.get(e.room_id, 0) < e.ts:
+                    latest[e.room_id] = e.ts
+            # Only the host and order topics hold what inventory applies.
+            if part.record.topic in (self._topics.host_events, self._topics.order_events):
+                for e in part.events:
+                    if isinstance(e, StockSet | OrderEvent):
+                        by_room.setdefault(e.room_id, []).append((part.record, e))
         if not latest:
             return
         wall_ms = int(self._clock() * 1000)
@@ -54,20 +58,19 @@ class Orders:
             if new_rooms:
                 pipe.sadd(keys.ROOMS, *new_rooms)
             calls = [await self._inventory.queue(
-                pipe, room, [self._inventory.op(i.event) for i in group])  # type: ignore[arg-type]
+                pipe, room, [self._inventory.op(e) for _, e in group])
                 for room, group in by_room.items()]
             answers = await pipe.execute()
         self._rooms.update(new_rooms)
         chunks = iter(answers[len(latest) + bool(new_rooms):])
         for (room, group), n in zip(by_room.items(), calls, strict=True):
             flat = [a for _ in range(n) for a in next(chunks)]
-            for item, answer in zip(group, flat, strict=True):
-                outcome = parse(answer, room_id=room, ts=item.event.ts)
+            for (record, e), answer in zip(group, flat, strict=True):
+                outcome = parse(answer, room_id=room, ts=e.ts)
                 self._feed.offer(outcome.levels)
-                if isinstance(item.event, OrderEvent):
-                    await self._publish(_result(item.event.order_id, room, item.event.ts,
-                                                outcome, item.event.viewer_id),
-                                        item.record.partition)
+                if isinstance(e, OrderEvent):
+                    await self._publish(_result(e.order_id, room, e.ts, outcome, e.viewer_id),
+                                        record.partition)
         await self._feed.flush()
 
     async def sweep(self) -> int:

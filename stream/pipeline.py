@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -42,11 +42,11 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
-class Item:
-    """One decoded event and the record it came in."""
+class Part:
+    """One record's decoded events, in record order (an envelope holds hundreds)."""
 
     record: Record
-    event: Event
+    events: list[Event]
 
 
 class Send(Protocol):
@@ -57,7 +57,7 @@ class Send(Protocol):
 class Handler(Protocol):
     """A capability (inventory, viewer engine, metrics): takes a batch, must be idempotent."""
 
-    async def handle(self, items: Sequence[Item]) -> None: ...
+    async def handle(self, parts: Sequence[Part]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -71,22 +71,24 @@ class BatchResult:
 class Pipeline:
     def __init__(self, *, topics: Topics, ledger: Ledger, send: Send,
                  handlers: Sequence[Handler] = (),
-                 counters: Callable[[Event], Iterable[tuple[str, int]]] | None = None,
+                 count: Callable[[Sequence[Event], Counter[str]], None] | None = None,
                  clock: Callable[[], float] = time.time,
                  retry_delays: Sequence[float] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)) -> None:
         self._topics = topics
         self._ledger = ledger
         self._send = send
         self._handlers = list(handlers)
-        # More once-per-record counts per event: the host's metrics (`metrics.counters`).
-        self._counters = counters
+        # More once-per-record counts of events: the host's metrics (`metrics.count`).
+        self._count = count
+        self._homes: dict[type[Event], str] = {}  # event type -> the topic it belongs on
+        self._tags: dict[type[Event], str] = {}  # event type -> its `ev:` counter
         self._clock = clock
         self._retry_delays = retry_delays
         self.retries = 0
 
     async def process(self, records: Sequence[Record]) -> BatchResult:
         result = BatchResult()
-        items: list[Item] = []
+        parts: list[Part] = []
         counts: dict[tuple[str, str, int], RoomBatch] = {}
 
         def counter(room: str, record: Record) -> Counter[str]:
@@ -112,25 +114,33 @@ class Pipeline:
                 continue
             for rejection in decoded.rejected:
                 reject(record, rejection.raw, rejection.error, rejection.index)
-            for index, event in decoded.events:
-                home = self._topics.for_role(type(event).role)
-                if home != record.topic:
-                    error = (f"type: {type(event).__struct_config__.tag} belongs on {home}, "
-                             f"not {record.topic}")
-                    reject(record, encode(event), error, index)
-                    continue
-                items.append(Item(record, event))
+            events = [event for _, event in decoded.events]
+            if any(self._home(t) != record.topic for t in set(map(type, events))):
+                events = []
+                for index, event in decoded.events:
+                    home = self._home(type(event))
+                    if home != record.topic:
+                        error = (f"type: {type(event).__struct_config__.tag} belongs on "
+                                 f"{home}, not {record.topic}")
+                        reject(record, encode(event), error, index)
+                    else:
+                        events.append(event)
+            if events:
+                parts.append(Part(record, events))
 
-        await self._run_handlers(items, reject)
-        for item in items:
-            tag = type(item.event).__struct_config__.tag
-            c = counter(item.event.room_id, item.record)
-            c["events"] += 1
-            c[f"ev:{tag}"] += 1
-            if self._counters is not None:
-                for name, delta in self._counters(item.event):
-                    c[name] += delta
-            result.by_room[item.event.room_id] = result.by_room.get(item.event.room_id, 0) + 1
+        await self._run_handlers(parts, reject)
+        for part in parts:
+            rooms = {e.room_id for e in part.events}
+            for room in rooms:
+                mine = part.events if len(rooms) == 1 else [
+                    e for e in part.events if e.room_id == room]
+                c = counter(room, part.record)
+                c["events"] += len(mine)
+                for cls, n in Counter(map(type, mine)).items():
+                    c[self._tag(cls)] += n
+                if self._count is not None:
+                    self._count(mine, c)
+                result.by_room[room] = result.by_room.get(room, 0) + len(mine)
         for letter in letters:
             await self._send(self._topics.dead_letters, letter)
         result.skipped = await self.retrying(lambda: self._ledger.apply(list(counts.values())))
@@ -141,21 +151,35 @@ class Pipeline:
             key = f"{record.topic}:{record.partition}"
             ends[key] = max(ends.get(key, -1), record.offset)
         await self.retrying(lambda: self._ledger.mark_consumed(ends))
-        result.events = len(items)
+        result.events = sum(len(part.events) for part in parts)
         result.dead_letters = len(letters)
         return result
 
-    async def _run_handlers(self, items: list[Item],
+    async def _run_handlers(self, parts: list[Part],
                             reject: Callable[[Record, bytes, str, int | None], None]) -> None:
         for handler in self._handlers:
             try:
-                await self.retrying(lambda h=handler: h.handle(items))
+                await self.retrying(lambda h=handler: h.handle(parts))
             except Exception as exc:  # a bug, not an outage: park the batch, keep the worker
-                log.exception("handler %s failed; dead-lettering %d events", handler, len(items))
-                for item in items:
-                    reject(item.record, encode(item.event),
-                           f"internal: {type(handler).__name__}: {exc!r}", None)
-                items.clear()
+                log.exception("handler %s failed; dead-lettering %d events", handler,
+                              sum(len(part.events) for part in parts))
+                for part in parts:
+                    for event in part.events:
+                        reject(part.record, encode(event),
+                               f"internal: {type(handler).__name__}: {exc!r}", None)
+                parts.clear()
+
+    def _home(self, cls: type[Event]) -> str:
+        home = self._homes.get(cls)
+        if home is None:
+            home = self._homes[cls] = self._topics.for_role(cls.role)
+        return home
+
+    def _tag(self, cls: type[Event]) -> str:
+        tag = self._tags.get(cls)
+        if tag is None:
+            tag = self._tags[cls] = f"ev:{cls.__struct_config__.tag}"
+        return tag
 
     async def retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Retry transient failures with backoff, forever: the partition waits, nothing is lost."""

@@ -25,7 +25,7 @@ from stream.models import (
     SegmentStarted,
     StockSet,
 )
-from stream.pipeline import Item
+from stream.pipeline import Part
 from stream.viewers import Product, RoomTimeline
 
 # KEYS: log list, ids set.  ARGV: event id, encoded event.  Appends once per event id.
@@ -96,8 +96,8 @@ class RoomLog:
         self._read: dict[str, int] = {}  # entries of each room's log already folded in
         self._checked: dict[str, float] = {}
 
-    async def handle(self, items: Sequence[Item]) -> None:
-        hosts = [i.event for i in items if isinstance(i.event, HostEvent)]
+    async def handle(self, parts: Sequence[Part]) -> None:
+        hosts = [e for part in parts for e in part.events if isinstance(e, HostEvent)]
         if not hosts:
             return
         await self._log.append(hosts)

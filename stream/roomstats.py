@@ -20,7 +20,7 @@ from stream.clock import RoomClocks
 from stream.ledger import read_stats
 from stream.metrics import RoomRaw, SkuRow, layer, minute_of
 from stream.models import CartAdded, OrderPaymentFailed, OrderPlaced, ViewerJoined, ViewerLeft
-from stream.pipeline import Item
+from stream.pipeline import Part
 from stream.roomlog import RoomLog
 
 # KEYS: stats, presence, profiles, watched, carted, pay-failed.
@@ -93,16 +93,16 @@ class Presence:
         self._redis = redis
         self._script = redis.register_script(PRESENCE)
 
-    async def handle(self, items: Sequence[Item]) -> None:
+    async def handle(self, parts: Sequence[Part]) -> None:
         by_room: dict[str, list[str | int]] = {}
         latest: dict[str, int] = {}
-        for item in items:
-            e = item.event
-            if latest.get(e.room_id, 0) < e.ts:
-                latest[e.room_id] = e.ts
-            op = _OPS.get(type(e))
-            if op is not None:
-                by_room.setdefault(e.room_id, []).extend(op(e))
+        for part in parts:
+            for e in part.events:
+                if latest.get(e.room_id, 0) < e.ts:
+                    latest[e.room_id] = e.ts
+                op = _OPS.get(type(e))
+                if op is not None:
+                    by_room.setdefault(e.room_id, []).extend(op(e))
         if not latest:
             return
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -301,6 +301,14 @@ class ViewerEngine:
             self._end_viewer(s, room_id, viewer_id, room, out)
         return out
 
+    def apply_all(self, events: Iterable[ViewerEvent],
+                  room_of: Callable[[str], RoomTimeline]) -> list[Effect]:
+        """`apply` each event in turn (the batch form: one list of effects for all)."""
+        out: list[Effect] = []
+        for event in events:
+            out += self.apply(event, room_of(event.room_id))
+        return out
+
     def advance(self, now_ms: int, rooms: Mapping[str, RoomTimeline]) -> list[Effect]:
         """Fire every timer due at or before `now_ms` (in due order, with ts = due time) and
         every room end at or before it (follow-ups and end-of-show tags, once per viewer)."""

@@ -113,7 +113,7 @@ def create_app(settings: Settings) -> faust.App:
     ledger = Ledger(redis)
     pipeline = Pipeline(topics=topics, ledger=ledger, send=send,
                         handlers=[orders, rooms, engagement, Presence(redis)],
-                        counters=metrics.counters)
+                        count=metrics.count)
 
     @app.task
     async def watch_rules() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from stream.metrics import (
@@ -9,11 +11,11 @@ from stream.metrics import (
     RoomRaw,
     SkuRow,
     compute,
-    counters,
+    count,
     minute_of,
     segments_of,
 )
-from stream.models import CartClicked, Like, OrderPaymentFailed, SegmentStarted, ViewerJoined
+from stream.models import CartClicked, Event, Like, OrderPaymentFailed, SegmentStarted, ViewerJoined
 from stream.report import UNCONVERTED, build, render_html, unconverted_reason
 from stream.roomlog import fold
 from stream.roomstats import Viewer
@@ -38,6 +40,12 @@ def raw(stats: dict[str, float], *, now: int, skus: list[SkuRow] = (),  # type: 
     return RoomRaw(room_id="r", now_ms=now, stats=stats, skus=list(skus),
                    timeline=tl or timeline(), seconds=seconds or {}, nudged=nudged or {},
                    buyers=buyers or {})
+
+
+def counters(event: Event) -> list[tuple[str, int]]:
+    into: Counter[str] = Counter()
+    count([event], into)
+    return list(into.items())
 
 
 def test_counters_name_minute_and_second() -> None:

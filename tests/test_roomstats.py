@@ -29,7 +29,7 @@ async def _send(topic: str, value: bytes, key: bytes | None = None,
 
 def pipeline(redis: Redis) -> Pipeline:
     return Pipeline(topics=TOPICS, ledger=Ledger(redis), send=_send, handlers=[Presence(redis)],
-                    counters=metrics.counters)
+                    count=metrics.count)
 
 
 def records(events: list[Event], *, partition: int = 0, first: int = 0) -> list[Record]:
