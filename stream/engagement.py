@@ -15,6 +15,7 @@ and every effect (nudge, tag, follow-up) delivered once.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
@@ -27,7 +28,7 @@ from stream import keys
 from stream.clock import now_of
 from stream.codec import encode
 from stream.models import FollowUp, Nudge, TagChange, ViewerEvent
-from stream.pipeline import Part, Send
+from stream.pipeline import Part, SendMany
 from stream.reorder import Reorder
 from stream.roomlog import RoomLog
 from stream.rules import Rules
@@ -49,26 +50,30 @@ GRACE_MS = 3000
 # Many items go to a script as one msgpack array (ARGV), not one argument each: packing
 # thousands of arguments cost the worker more than the script costs Redis.
 
-# Effects of one room in one call. KEYS: the room's stats hash, its first-nudge hash.
-# ARGV: once-key prefix, viewer-tags prefix, ttl, wall ms, then a msgpack array with per
-# effect [id, stat fields, op, a, b]: op add/remove is a tag change (a viewer, b
-# `tag|value`); op `first` a nudge (a `rule|viewer`, b `variant|ts`), kept if the first
-# of that rule for that viewer (the host's uplift); op '' neither. Returns per effect:
-# 1 = new, deliver it; 0 = delivered ('d'); or the mark 'p:<ms>' = claimed at that time
-# by a worker that may have died before Kafka acked it. Counts, tag sets and first
-# nudges change only when new.
+# Effects of one room in one call. KEYS: the room's stats hash, its first-nudge hash, its
+# acked hash. ARGV: once-key prefix, viewer-tags prefix, ttl, this round's mark
+# `p:<wall ms>:<worker>:<round>`, then a msgpack array with per effect [id, stat fields,
+# op, a, b]: op add/remove is a tag change (a viewer, b `tag|value`); op `first` a nudge
+# (a `rule|viewer`, b `variant|ts`), kept if the first of that rule for that viewer (the
+# host's uplift); op '' neither. Returns per effect: 1 = new, deliver it; 0 = delivered
+# ('d', or a round its worker has marked acked); or the mark of a round a worker may have
+# died in before Kafka acked it. Counts, tag sets and first nudges change only when new.
+# One mark per round, not a 'd' per effect after the ack: half the writes.
 CLAIM = """
-local out, counts = {}, {}
-local mark = 'p:' .. ARGV[4]
+local out, counts, acked = {}, {}, {}
 for i, e in ipairs(cmsgpack.unpack(ARGV[5])) do
-  local key = ARGV[1] .. e[1]
-  local v = redis.call('GET', key)
-  if v == 'd' then
-    out[i] = 0
-  elseif v then
-    out[i] = v
+  local v = redis.call('SET', ARGV[1] .. e[1], ARGV[4], 'EX', ARGV[3], 'NX', 'GET')
+  if v then
+    local worker, round = string.match(v, '^p:%d+:([^:]+):(%d+)$')
+    if worker and acked[worker] == nil then
+      acked[worker] = tonumber(redis.call('HGET', KEYS[3], worker) or '-1')
+    end
+    if v == 'd' or (worker and tonumber(round) <= acked[worker]) then
+      out[i] = 0
+    else
+      out[i] = v
+    end
   else
-    redis.call('SET', key, mark, 'EX', ARGV[3])
     for _, field in ipairs(e[2]) do counts[field] = (counts[field] or 0) + 1 end
     local op = e[3]
     if op == 'add' then redis.call('SADD', ARGV[2] .. e[4], e[5])
@@ -81,6 +86,7 @@ for field, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], field, n) end
 return out
 """
 
+# Effects found in Kafka, or re-sent, for a round of another worker (rare: a takeover).
 # KEYS: none of its own; ARGV: once-key prefix, a msgpack array of ids acked by Kafka.
 DONE = """
 for _, id in ipairs(cmsgpack.unpack(ARGV[2])) do
@@ -114,7 +120,8 @@ _pack = msgspec.msgpack.Encoder().encode
 class Engagement:
     """Pipeline handler for viewer and order events, plus the idle-time tick."""
 
-    def __init__(self, *, redis: Redis, rules: Callable[[], Rules], rooms: RoomLog, send: Send,
+    def __init__(self, *, redis: Redis, rules: Callable[[], Rules], rooms: RoomLog,
+                 send: SendMany,
                  topics: Topics, bootstrap: str,
                  behind: Callable[[str, int], bool] = lambda topic, partition: False,
                  generation: Callable[[], int] = lambda: 0,
@@ -133,6 +140,9 @@ class Engagement:
         self._claim = redis.register_script(CLAIM)
         self._done = redis.register_script(DONE)
         self._viewer_rooms: set[tuple[str, str]] = set()  # indexed in `viewer_rooms`
+        self._worker = secrets.token_hex(6)  # names this process's claim rounds
+        self._round = 0  # the last claim round started
+        self._claimed: set[str] = set()  # rooms claimed in since the last settle
         self.engines: dict[int, ViewerEngine] = {}
         self._fences: dict[int, dict[str, int]] = {}
         self._waiting: dict[int, Reorder[ViewerEvent]] = {}
@@ -147,6 +157,11 @@ class Engagement:
         # decided and the states it changed are kept until delivered and saved. The
         # pipeline retries the batch, and every step is safe to run again.
         self._outbox: list[tuple[int, Effect]] = []
+        # Delivery runs behind the engine: the next batch is computed while Redis claims
+        # this one's effects. Each delivery waits for the one before (a viewer's effects
+        # keep their order); `_inflight` holds what they carry until delivered.
+        self._delivery: asyncio.Future[None] | None = None
+        self._inflight: list[list[tuple[int, Effect]]] = []
         self._sent: list[tuple[int, Effect]] = []  # published, acks not yet awaited
         self._settle_at = 0.0
         self._unsaved: dict[int, dict[tuple[str, str], bytes]] = {}
@@ -174,7 +189,8 @@ class Engagement:
             await self._run(partitions)
 
     async def tick(self) -> int:
-        """Fire what is due on wall time in quiet partitions, and settle; returns effects."""
+        """Fire what is due on wall time in quiet partitions, and settle; returns effects
+        decided."""
         async with self._lock:
             if not self.engines:
                 return 0
@@ -182,7 +198,9 @@ class Engagement:
             return await self._run(set(self.engines), settle=True)
 
     async def _run(self, partitions: set[int], *, settle: bool = False) -> int:
-        """Apply what the reorder lets through, fire what is due, deliver; settle when due."""
+        """Apply what the reorder lets through, fire what is due, start delivering; settle
+        when due. Returns how many effects were decided."""
+        self._check_delivery()
         rules = self._rules()
         effects: list[tuple[int, Effect]] = []
         for p in sorted(partitions & self.engines.keys()):
@@ -202,19 +220,53 @@ class Engagement:
                 effects += [(p, e) for e in engine.advance(self._now(p, behind),
                                                            self._rooms.rooms)]
         self._outbox += effects
-        delivered = await self._deliver(self._outbox)
-        self._sent += self._outbox
-        self._outbox = []
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            self._inflight.append(batch)
+            self._delivery = asyncio.ensure_future(self._deliver_after(self._delivery, batch))
         if settle or self._clock() >= self._settle_at:
             await self._settle()
             self._settle_at = self._clock() + SETTLE_EVERY_S
-        return delivered
+        return len(effects)
+
+    async def _deliver_after(self, previous: asyncio.Future[None] | None,
+                             batch: list[tuple[int, Effect]]) -> None:
+        if previous is not None:
+            await previous  # failed: so does this one, and both are delivered on the retry
+        await self._deliver(batch)
+        self._inflight.pop(0)
+        self._sent += batch
+
+    def _check_delivery(self) -> None:
+        """After a failed delivery, put what it (and those queued behind it) carried back in
+        the outbox, and raise its error: the pipeline retries the batch after a pause."""
+        delivery = self._delivery
+        if delivery is None or not delivery.done():
+            return
+        self._delivery = None
+        error = None if delivery.cancelled() else delivery.exception()
+        if error is None and not delivery.cancelled():
+            return
+        self._outbox = [pair for batch in self._inflight for pair in batch
+                        if pair[0] in self.engines] + self._outbox
+        self._inflight = []
+        self._new_identity()
+        raise error or asyncio.CancelledError()
+
+    def _new_identity(self) -> None:
+        """After a failed round: its marks may stay unsent (a partition revoked before the
+        retry), so this worker's acked round must never cover them. Going on under a new
+        name leaves them pending, and whoever meets them checks Kafka."""
+        self._worker, self._round, self._claimed = secrets.token_hex(6), 0, set()
 
     async def _settle(self) -> None:
         """Wait for the Kafka acks since the last settle, mark those effects done, save the state.
 
         In this order: state saved before the acks could skip a lost effect on replay.
         """
+        if self._delivery is not None:
+            await asyncio.wait([self._delivery])
+            self._check_delivery()
         if self._acks:
             acks, self._acks = self._acks, {}
             try:
@@ -222,15 +274,18 @@ class Engagement:
             except BaseException:
                 # Delivered again on the retry: claimed ('p'), so only what Kafka lacks is sent.
                 self._outbox, self._sent = self._sent + self._outbox, []
+                self._new_identity()
                 raise
         self._sent = []
-        if self._done_ids:
+        if self._done_ids or self._claimed:
             async with self._redis.pipeline(transaction=False) as pipe:
+                for room in self._claimed:  # every round so far is delivered and acked
+                    pipe.hset(keys.acked(room), self._worker, self._round)
                 for room, ids in self._done_ids.items():
                     await self._done(keys=[keys.stats(room)],
                                      args=[keys.once(room, ""), _pack(ids)], client=pipe)
                 await pipe.execute()
-            self._done_ids = {}
+            self._done_ids, self._claimed = {}, set()
         await self._persist(set(self.engines), self._moved)
         self._moved = {}
 
@@ -336,45 +391,69 @@ class Engagement:
         """
         if not effects:
             return 0
-        by_room: dict[str, list[tuple[int, Effect]]] = {}
-        for pair in effects:
-            by_room.setdefault(pair[1].room_id, []).append(pair)
+        by_room: dict[str, list[tuple[int, Effect, str]]] = {}
+        for p, effect in effects:
+            by_room.setdefault(effect.room_id, []).append((p, effect, _once_id(effect)))
+        self._round += 1
+        mark = f"p:{int(self._clock() * 1000)}:{self._worker}:{self._round}"
+        self._claimed.update(by_room)
         async with self._redis.pipeline(transaction=False) as pipe:
             for room, group in by_room.items():
-                args = [keys.once(room, ""), keys.viewer_room_tags(room, ""), ONCE_TTL_S,
-                        int(self._clock() * 1000), _pack([_claim_item(e) for _, e in group])]
-                await self._claim(keys=[keys.stats(room), keys.nudged(room)], args=args,
-                                  client=pipe)
+                args = [keys.once(room, ""), keys.viewer_room_tags(room, ""), ONCE_TTL_S, mark,
+                        _pack([_claim_item(e, once) for _, e, once in group])]
+                await self._claim(keys=[keys.stats(room), keys.nudged(room), keys.acked(room)],
+                                  args=args, client=pipe)
             new_pairs = {(e.room_id, e.viewer_id) for _, e in effects if isinstance(e, TagChange)}
             new_pairs -= self._viewer_rooms
             for room, viewer in new_pairs:
                 pipe.sadd(keys.viewer_rooms(viewer), room)
             answers = await pipe.execute()
         self._viewer_rooms |= new_pairs
-        fresh: list[tuple[int, Effect]] = []
+        sends: list[tuple[int, Effect, str]] = []
         pending: list[tuple[int, Effect, int]] = []
         for group in by_room.values():
-            for pair, answer in zip(group, answers.pop(0), strict=True):
+            for (p, effect, once), answer in zip(group, answers.pop(0), strict=True):
                 if answer == 1:
-                    fresh.append(pair)
-                elif answer != 0:  # b'p:<ms>'
-                    pending.append((*pair, int(answer.split(b":")[1])))
-        sends = [pair for pair in fresh if not isinstance(pair[1], Suppressed)]
+                    if not isinstance(effect, Suppressed):
+                        sends.append((p, effect, once))
+                elif answer != 0:  # b'p:<ms>:<worker>:<round>'
+                    pending.append((p, effect, int(answer.split(b":")[1])))
         if pending:
-            sends += await self._unsent(pending)
+            unsent = await self._unsent(pending)
+            for _, effect, once in unsent:  # their marks name another round: mark them 'd'
+                self._done_ids.setdefault(effect.room_id, []).append(once)
+            sends += unsent
         if not sends:
             return 0
-        remaining = await self._remaining([e for _, e in sends if isinstance(e, Nudge)])
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for p, effect in sends:
-                topic, ack = await self._publish(pipe, p, effect, remaining)
-                # Acks come in order within a partition: the last one covers the rest.
-                self._acks[(topic, p)] = ack
-                self._done_ids.setdefault(effect.room_id, []).append(_once_id(effect))
-            await pipe.execute()
+        remaining = await self._remaining([e for _, e, _ in sends if isinstance(e, Nudge)])
+        # Each effect on the viewer's partition number (no hashing: a viewer's effects stay
+        # in order), a partition's records in one batch; nudges also go to the gateways.
+        records: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+        shown: list[bytes] = []
+        for p, effect, _ in sends:
+            if isinstance(effect, Nudge):
+                if effect.sku and "{remaining}" in effect.message:
+                    effect = _with_remaining(
+                        effect, remaining.get((effect.room_id, effect.sku), "?"))
+                data = encode(effect)
+                if effect.variant == "treatment":
+                    shown.append(data)
+            else:
+                data = encode(effect)
+            records.setdefault((self._topic_of(effect), p), []).append(
+                (effect.viewer_id.encode(), data))
+        if shown:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for data in shown:
+                    pipe.publish(keys.NUDGE_CHANNEL, data)
+                await pipe.execute()
+        for (topic, p), batch in records.items():
+            # Acks come in order within a partition: the last one covers the rest.
+            self._acks[(topic, p)] = await self._send(topic, p, batch)
         return len(sends)
 
-    async def _unsent(self, pending: list[tuple[int, Effect, int]]) -> list[tuple[int, Effect]]:
+    async def _unsent(self, pending: list[tuple[int, Effect, int]],
+                      ) -> list[tuple[int, Effect, str]]:
         """Of effects a worker claimed and may not have sent (it died), those not in Kafka.
 
         Reads each output partition from shortly before the claim; rare (a takeover after
@@ -391,10 +470,11 @@ class Engagement:
             present |= await self._ids_in(topic, p, since_ms - 10_000)
         out = []
         for p, effect, _ in pending:
-            if isinstance(effect, Suppressed) or _once_id(effect) in present:
-                self._done_ids.setdefault(effect.room_id, []).append(_once_id(effect))
+            once = _once_id(effect)
+            if isinstance(effect, Suppressed) or once in present:
+                self._done_ids.setdefault(effect.room_id, []).append(once)
             else:
-                out.append((p, effect))
+                out.append((p, effect, once))
         return out
 
     async def _ids_in(self, topic: str, partition: int, since_ms: int) -> set[str]:
@@ -434,22 +514,6 @@ class Engagement:
             answers = await pipe.execute()
         return {k: (v or b"?").decode() for k, v in zip(wanted, answers, strict=True)}
 
-    async def _publish(self, pipe: Redis, partition: int, effect: Effect,
-                       remaining: dict[tuple[str, str], str]) -> tuple[str, object]:
-        """Send `effect` to its topic on the viewer's partition number (no hashing, and a
-        viewer's effects stay in order); nudges also go to the gateways.
-        Returns the topic and the ack to wait for."""
-        topic = self._topic_of(effect)
-        if isinstance(effect, Nudge):
-            if effect.sku and "{remaining}" in effect.message:
-                effect = _with_remaining(effect, remaining.get((effect.room_id, effect.sku), "?"))
-            data = encode(effect)
-            if effect.variant == "treatment":
-                pipe.publish(keys.NUDGE_CHANNEL, data)
-        else:
-            data = encode(effect)
-        return topic, await self._send(topic, data, effect.viewer_id.encode(), partition)
-
 
 _KIND: dict[str, type[Nudge | TagChange | FollowUp]] = {
     "nudges": Nudge, "tags": TagChange, "followups": FollowUp}
@@ -471,17 +535,17 @@ _TAG_STATS = {"add": ("tags",), "remove": ("tags_removed",)}
 _FOLLOWUP_STATS = ("followups",)
 
 
-def _claim_item(effect: Effect) -> tuple[object, ...]:
+def _claim_item(effect: Effect, once: str) -> tuple[object, ...]:
     """[id, stat fields, op, a, b] of one effect, for CLAIM."""
     if isinstance(effect, TagChange):
-        return (_once_id(effect), _TAG_STATS[effect.op], effect.op, effect.viewer_id,
+        return (once, _TAG_STATS[effect.op], effect.op, effect.viewer_id,
                 f"{effect.tag}|{effect.value}")
     if isinstance(effect, Nudge):
-        return (_once_id(effect), ("nudges", f"nudges:{effect.rule_id}:{effect.variant}"),
+        return (once, ("nudges", f"nudges:{effect.rule_id}:{effect.variant}"),
                 "first", f"{effect.rule_id}|{effect.viewer_id}", f"{effect.variant}|{effect.ts}")
     if isinstance(effect, FollowUp):
-        return (_once_id(effect), _FOLLOWUP_STATS, "")
-    return (_once_id(effect), (f"suppressed:{effect.reason}",), "")
+        return (once, _FOLLOWUP_STATS, "")
+    return (once, (f"suppressed:{effect.reason}",), "")
 
 
 def _with_remaining(nudge: Nudge, remaining: str) -> Nudge:

@@ -165,6 +165,12 @@ def seconds(room_id: str) -> str:
     return f"{_room(room_id)}:seconds"
 
 
+def acked(room_id: str) -> str:
+    """Hash worker -> the last claim round of it whose effects Kafka has acked (the
+    once-marks it wrote up to that round count as delivered)."""
+    return f"{_room(room_id)}:acked"
+
+
 def nudged(room_id: str) -> str:
     """Hash `rule|viewer` -> `variant|ts` of the viewer's first nudge by that rule."""
     return f"{_room(room_id)}:nudged"

@@ -54,6 +54,13 @@ class Send(Protocol):
                  partition: int | None = None) -> Awaitable[object]: ...
 
 
+class SendMany(Protocol):
+    """Records (key, value) to one partition, in order; returns the last one's ack."""
+
+    def __call__(self, topic: str, partition: int,
+                 records: Sequence[tuple[bytes | None, bytes]]) -> Awaitable[object]: ...
+
+
 class Handler(Protocol):
     """A capability (inventory, viewer engine, metrics): takes a batch, must be idempotent."""
 
@@ -157,17 +164,23 @@ class Pipeline:
 
     async def _run_handlers(self, parts: list[Part],
                             reject: Callable[[Record, bytes, str, int | None], None]) -> None:
-        for handler in self._handlers:
+        """All handlers at once: each waits on Redis while another computes."""
+        failed: list[str] = []
+
+        async def run(handler: Handler) -> None:
             try:
-                await self.retrying(lambda h=handler: h.handle(parts))
+                await self.retrying(lambda: handler.handle(parts))
             except Exception as exc:  # a bug, not an outage: park the batch, keep the worker
-                log.exception("handler %s failed; dead-lettering %d events", handler,
-                              sum(len(part.events) for part in parts))
-                for part in parts:
-                    for event in part.events:
-                        reject(part.record, encode(event),
-                               f"internal: {type(handler).__name__}: {exc!r}", None)
-                parts.clear()
+                log.exception("handler %s failed", handler)
+                failed.append(f"{type(handler).__name__}: {exc!r}")
+
+        await asyncio.gather(*map(run, self._handlers))
+        if failed:
+            log.error("dead-lettering %d events", sum(len(part.events) for part in parts))
+            for part in parts:
+                for event in part.events:
+                    reject(part.record, encode(event), f"internal: {'; '.join(failed)}", None)
+            parts.clear()
 
     def _home(self, cls: type[Event]) -> str:
         home = self._homes.get(cls)
