@@ -51,18 +51,17 @@ GRACE_MS = 3000
 # thousands of arguments cost the worker more than the script costs Redis.
 
 # Effects of one room in one call. KEYS: the room's stats hash, its first-nudge hash, its
-# acked hash. ARGV: once-key prefix, viewer-tags prefix, ttl, this round's mark
-# `p:<wall ms>:<worker>:<round>`, then a msgpack array with per effect [id, stat fields,
-# op, a, b]: op add/remove is a tag change (a viewer, b `tag|value`); op `first` a nudge
-# (a `rule|viewer`, b `variant|ts`), kept if the first of that rule for that viewer (the
-# host's uplift); op '' neither. Returns per effect: 1 = new, deliver it; 0 = delivered
+# acked hash. ARGV: once-key prefix, ttl, this round's mark `p:<wall ms>:<worker>:<round>`,
+# then a msgpack array with per effect [id, stat fields, a, b]: a nudge has a
+# `rule|viewer` and b `variant|ts`, kept if the first of that rule for that viewer (the
+# host's uplift). Returns per effect: 1 = new, deliver it; 0 = delivered
 # ('d', or a round its worker has marked acked); or the mark of a round a worker may have
 # died in before Kafka acked it. Counts, tag sets and first nudges change only when new.
 # One mark per round, not a 'd' per effect after the ack: half the writes.
 CLAIM = """
 local out, counts, acked = {}, {}, {}
-for i, e in ipairs(cmsgpack.unpack(ARGV[5])) do
-  local v = redis.call('SET', ARGV[1] .. e[1], ARGV[4], 'EX', ARGV[3], 'NX', 'GET')
+for i, e in ipairs(cmsgpack.unpack(ARGV[4])) do
+  local v = redis.call('SET', ARGV[1] .. e[1], ARGV[3], 'EX', ARGV[2], 'NX', 'GET')
   if v then
     local worker, round = string.match(v, '^p:%d+:([^:]+):(%d+)$')
     if worker and acked[worker] == nil then
@@ -75,10 +74,7 @@ for i, e in ipairs(cmsgpack.unpack(ARGV[5])) do
     end
   else
     for _, field in ipairs(e[2]) do counts[field] = (counts[field] or 0) + 1 end
-    local op = e[3]
-    if op == 'add' then redis.call('SADD', ARGV[2] .. e[4], e[5])
-    elseif op == 'remove' then redis.call('SREM', ARGV[2] .. e[4], e[5])
-    elseif op == 'first' then redis.call('HSETNX', KEYS[2], e[4], e[5]) end
+    if e[3] then redis.call('HSETNX', KEYS[2], e[3], e[4]) end
     out[i] = 1
   end
 end
@@ -157,11 +153,11 @@ class Engagement:
         # decided and the states it changed are kept until delivered and saved. The
         # pipeline retries the batch, and every step is safe to run again.
         self._outbox: list[tuple[int, Effect]] = []
-        # Delivery runs behind the engine: the next batch is computed while Redis claims
-        # this one's effects. Each delivery waits for the one before (a viewer's effects
-        # keep their order); `_inflight` holds what they carry until delivered.
+        # Delivery runs behind the engine, in one loop: while Redis claims a round of
+        # effects the next batch is judged, and the round after takes all decided
+        # meanwhile (fewer, bigger rounds when behind). `_inflight` is the current round.
         self._delivery: asyncio.Future[None] | None = None
-        self._inflight: list[list[tuple[int, Effect]]] = []
+        self._inflight: list[tuple[int, Effect]] = []
         self._sent: list[tuple[int, Effect]] = []  # published, acks not yet awaited
         self._settle_at = 0.0
         self._unsaved: dict[int, dict[tuple[str, str], bytes]] = {}
@@ -220,26 +216,24 @@ class Engagement:
                 effects += [(p, e) for e in engine.advance(self._now(p, behind),
                                                            self._rooms.rooms)]
         self._outbox += effects
-        if self._outbox:
-            batch, self._outbox = self._outbox, []
-            self._inflight.append(batch)
-            self._delivery = asyncio.ensure_future(self._deliver_after(self._delivery, batch))
+        if self._outbox and self._delivery is None:
+            self._delivery = asyncio.ensure_future(self._deliver_all())
         if settle or self._clock() >= self._settle_at:
             await self._settle()
             self._settle_at = self._clock() + SETTLE_EVERY_S
         return len(effects)
 
-    async def _deliver_after(self, previous: asyncio.Future[None] | None,
-                             batch: list[tuple[int, Effect]]) -> None:
-        if previous is not None:
-            await previous  # failed: so does this one, and both are delivered on the retry
-        await self._deliver(batch)
-        self._inflight.pop(0)
-        self._sent += batch
+    async def _deliver_all(self) -> None:
+        while self._outbox:
+            self._inflight, self._outbox = self._outbox, []
+            await self._deliver(self._inflight)
+            self._sent += self._inflight
+            self._inflight = []
+        self._delivery = None
 
     def _check_delivery(self) -> None:
-        """After a failed delivery, put what it (and those queued behind it) carried back in
-        the outbox, and raise its error: the pipeline retries the batch after a pause."""
+        """After a failed delivery, put its round back in the outbox and raise its error:
+        the pipeline retries the batch after a pause."""
         delivery = self._delivery
         if delivery is None or not delivery.done():
             return
@@ -247,8 +241,7 @@ class Engagement:
         error = None if delivery.cancelled() else delivery.exception()
         if error is None and not delivery.cancelled():
             return
-        self._outbox = [pair for batch in self._inflight for pair in batch
-                        if pair[0] in self.engines] + self._outbox
+        self._outbox = [pair for pair in self._inflight if pair[0] in self.engines] + self._outbox
         self._inflight = []
         self._new_identity()
         raise error or asyncio.CancelledError()
@@ -399,7 +392,7 @@ class Engagement:
         self._claimed.update(by_room)
         async with self._redis.pipeline(transaction=False) as pipe:
             for room, group in by_room.items():
-                args = [keys.once(room, ""), keys.viewer_room_tags(room, ""), ONCE_TTL_S, mark,
+                args = [keys.once(room, ""), ONCE_TTL_S, mark,
                         _pack([_claim_item(e, once) for _, e, once in group])]
                 await self._claim(keys=[keys.stats(room), keys.nudged(room), keys.acked(room)],
                                   args=args, client=pipe)
@@ -536,16 +529,15 @@ _FOLLOWUP_STATS = ("followups",)
 
 
 def _claim_item(effect: Effect, once: str) -> tuple[object, ...]:
-    """[id, stat fields, op, a, b] of one effect, for CLAIM."""
+    """[id, stat fields, a, b] of one effect, for CLAIM."""
     if isinstance(effect, TagChange):
-        return (once, _TAG_STATS[effect.op], effect.op, effect.viewer_id,
-                f"{effect.tag}|{effect.value}")
+        return (once, _TAG_STATS[effect.op])
     if isinstance(effect, Nudge):
         return (once, ("nudges", f"nudges:{effect.rule_id}:{effect.variant}"),
-                "first", f"{effect.rule_id}|{effect.viewer_id}", f"{effect.variant}|{effect.ts}")
+                f"{effect.rule_id}|{effect.viewer_id}", f"{effect.variant}|{effect.ts}")
     if isinstance(effect, FollowUp):
-        return (once, _FOLLOWUP_STATS, "")
-    return (once, (f"suppressed:{effect.reason}",), "")
+        return (once, _FOLLOWUP_STATS)
+    return (once, (f"suppressed:{effect.reason}",))
 
 
 def _with_remaining(nudge: Nudge, remaining: str) -> Nudge:

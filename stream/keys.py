@@ -102,12 +102,6 @@ def consumed() -> str:
     return f"{PREFIX}:{{consumed}}"
 
 
-def viewer_room_tags(room_id: str, viewer_id: str) -> str:
-    """Set of `tag|value` the viewer holds now in the room (SCRM reads it); in the room's
-    slot, so one script per room applies a batch's tag changes."""
-    return f"{_room(room_id)}:tags:{viewer_id}"
-
-
 def viewer_rooms(viewer_id: str) -> str:
     """Set of the rooms where the viewer has tags (to find them by viewer)."""
     return f"{PREFIX}:{{v:{viewer_id}}}:rooms"

@@ -224,6 +224,11 @@ _NEVER = 1 << 62
 HeapEntry = tuple[int, str, str, str, str, Kind]  # (due, room, viewer, rule, sku, kind)
 
 
+def tags_in(blob: bytes) -> dict[str, list[str]]:
+    """The tags held in a state saved by `ViewerEngine.export_dirty`."""
+    return _decode(blob).tags
+
+
 # --- the engine -------------------------------------------------------------------------
 
 

@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 # A take() batch: big enough to amortise one Redis round trip, short enough for live stock.
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.01
+# A take() of envelopes can hold 200k events after a stall. Handled in pieces of ~5k
+# events, the next piece is decoded and judged while Redis still works on the last
+# one's effects (delivery runs behind the engine) instead of all waiting on one another.
+CHUNK_BYTES = 128 * 1024
 SWEEP_EVERY_S = 1.0
 TICK_EVERY_S = 1.0
 FLUSH_EVERY_S = 0.02
@@ -194,9 +198,10 @@ def create_app(settings: Settings) -> faust.App:
             # given away), so they would reach the state ahead of the records before them.
             generation = app.consumer_generation_id
             records = _records([e for e in events if e.message.generation_id == generation])
-            for r in records:
-                processed[TP(r.topic, r.partition)] = r.offset + 1
-            await pipeline.process(records)
+            for chunk in _chunks(records, CHUNK_BYTES):
+                for r in chunk:
+                    processed[TP(r.topic, r.partition)] = r.offset + 1
+                await pipeline.process(chunk)
 
     # One agent reads a viewer's two topics, so one coroutine owns each viewer's state.
     viewers = app.topic(topics.viewer_events, topics.order_events, value_serializer="raw",
@@ -206,6 +211,19 @@ def create_app(settings: Settings) -> faust.App:
     app.agent(viewers, name="viewers")(consume)
     app.agent(hosts, name="hosts")(consume)
     return app
+
+
+def _chunks(records: list[Record], limit: int) -> list[list[Record]]:
+    """Consecutive runs of records of about `limit` bytes (at least one record each)."""
+    out: list[list[Record]] = []
+    size = limit
+    for r in records:
+        if size >= limit:
+            out.append([])
+            size = 0
+        out[-1].append(r)
+        size += len(r.value)
+    return out
 
 
 def _records(events: Sequence[EventT]) -> list[Record]:

@@ -23,10 +23,11 @@ from aiokafka import AIOKafkaConsumer
 from helpers import assert_nothing_twice, read_all, running_gateway
 from redis.asyncio import Redis
 
-from stream import simulator
+from stream import keys, simulator
 from stream.codec import decode_events
 from stream.config import Settings
 from stream.engagement import GRACE_MS
+from stream.gateway import held_tags
 from stream.ledger import read_stats
 from stream.models import (
     BroadcastStarted,
@@ -56,7 +57,7 @@ SPEED = 10
 
 async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: str, seed: int,
                    ) -> tuple[list[Nudge], list[TagChange], list[FollowUp], RoomTimeline,
-                              dict[int, list[ViewerEvent]]]:
+                              dict[int, list[ViewerEvent]], dict[str, set[tuple[str, str]]]]:
     """2,000 viewers, a 5-minute show at 10x, through 2 workers (one killed if `kill`)."""
     settings = msgspec.structs.replace(settings, rules_dir=RULES)
     topics = Topics(settings.topic_prefix)
@@ -94,9 +95,18 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
     follows = [msgspec.json.decode(v, type=FollowUp)
                for t, _, _, v in outputs if t == topics.followups]
     assert nudges and tags and follows
+    redis = Redis.from_url(settings.redis_url)
+    try:  # what GET /v1/viewers/{viewer}/tags answers, for everyone seen
+        viewers = {t.viewer_id for t in tags} | {
+            v.decode() for v in await redis.hkeys(keys.profiles(room_id))}
+        held = {v: {(t, value) for _, t, value in
+                    await held_tags(redis, v, partitions=settings.partitions)}
+                for v in viewers}
+    finally:
+        await redis.aclose()
     room, by_partition = oracle_inputs(await read_all(settings, list(topics.inputs)), topics,
                                        room_id)
-    return nudges, tags, follows, room, by_partition
+    return nudges, tags, follows, room, by_partition, {v: t for v, t in held.items() if t}
 
 
 async def latest_nudge_s(settings: Settings, *, speed: float) -> float:
@@ -140,7 +150,7 @@ async def test_kill_9_mid_show_matches_oracle(settings: Settings, tmp_path: Path
 
 async def assert_matches_oracle(settings: Settings, tmp_path: Path, *, kill: bool,
                                 room_id: str, seed: int) -> None:
-    nudges, tags, follows, room, by_partition = await run_show(
+    nudges, tags, follows, room, by_partition, held = await run_show(
         settings, tmp_path, kill=kill, room_id=room_id, seed=seed)
     assert_nothing_twice(nudges, tags, follows)
     # Due nudges may fire late after a kill (a takeover waits for the group), not later
@@ -154,6 +164,7 @@ async def assert_matches_oracle(settings: Settings, tmp_path: Path, *, kill: boo
     assert got == want, f"{len(got - want)} extra, e.g. {sorted(got - want)[:2]}; " \
                         f"{len(want - got)} missing, e.g. {sorted(want - got)[:2]}"
     assert final_tags(tags) == expected_tags
+    assert held == expected_tags
     assert len(follows) == len({e.viewer_id for p in by_partition.values() for e in p
                                 if isinstance(e, ViewerJoined)})
     brute_force_checks(by_partition, nudges, final_tags(tags))

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
+import msgspec
 import pytest
 from helpers import running_gateway
 from redis.asyncio import Redis
@@ -15,21 +16,24 @@ from stream.auth import Tokens
 from stream.codec import encode
 from stream.config import Settings
 from stream.models import Nudge
+from stream.topics import partition_for
+from stream.viewers import ViewerState
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[tuple[str, Tokens, Redis]]:
+async def gateway(settings: Settings) -> AsyncIterator[tuple[str, Tokens, Redis, Settings]]:
     async with running_gateway(settings) as (gw, url, tokens):
-        yield url, tokens, gw.redis
+        yield url, tokens, gw.redis, settings
 
 
 async def test_tags_are_for_the_commerce_token_only(gateway) -> None:  # type: ignore[no-untyped-def]
-    url, tokens, redis = gateway
+    url, tokens, redis, settings = gateway
     await redis.sadd(keys.viewer_rooms("v-tags"), "r1")
-    await redis.sadd(keys.viewer_room_tags("r1", "v-tags"), "interaction|liked",
-                     "watch_depth|<5min")
+    state = ViewerState(tags={"watch_depth": ["<5min"], "interaction": ["liked"]})
+    await redis.hset(keys.viewer_states(partition_for("v-tags", settings.partitions)),
+                     "r1|v-tags", msgspec.msgpack.encode(state))
     async with aiohttp.ClientSession() as session:
         async def get(token: str | None) -> tuple[int, dict]:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -46,7 +50,7 @@ async def test_tags_are_for_the_commerce_token_only(gateway) -> None:  # type: i
 
 
 async def test_nudges_reach_only_their_viewer(gateway) -> None:  # type: ignore[no-untyped-def]
-    url, tokens, redis = gateway
+    url, tokens, redis, _ = gateway
     room = "r-nudge"
 
     async def receive(ws: aiohttp.ClientWebSocketResponse, seconds: float) -> list[dict]:
