@@ -173,7 +173,7 @@ class Engagement:
         async with self._lock:
             partitions = {part.record.partition for part in mine}
             await self._load(partitions)
-            await self._rooms.refresh({e.room_id for part in mine for e in part.events})
+            await self._rooms.refresh(frozenset().union(*(part.rooms for part in mine)))
             for part in mine:
                 p, topic, offset = part.record.partition, part.record.topic, part.record.offset
                 waiting = self._waiting.get(p)

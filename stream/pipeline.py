@@ -47,6 +47,7 @@ class Part:
 
     record: Record
     events: list[Event]
+    rooms: frozenset[str]  # of the events
 
 
 class Send(Protocol):
@@ -71,7 +72,6 @@ class Handler(Protocol):
 class BatchResult:
     events: int = 0
     dead_letters: int = 0
-    skipped: int = 0
     by_room: dict[str, int] = field(default_factory=dict)
 
 
@@ -92,6 +92,7 @@ class Pipeline:
         self._clock = clock
         self._retry_delays = retry_delays
         self.retries = 0
+        self._tail: asyncio.Future[None] | None = None
 
     async def process(self, records: Sequence[Record]) -> BatchResult:
         result = BatchResult()
@@ -133,13 +134,12 @@ class Pipeline:
                     else:
                         events.append(event)
             if events:
-                parts.append(Part(record, events))
+                parts.append(Part(record, events, frozenset(e.room_id for e in events)))
 
         await self._run_handlers(parts, reject)
         for part in parts:
-            rooms = {e.room_id for e in part.events}
-            for room in rooms:
-                mine = part.events if len(rooms) == 1 else [
+            for room in part.rooms:
+                mine = part.events if len(part.rooms) == 1 else [
                     e for e in part.events if e.room_id == room]
                 c = counter(room, part.record)
                 c["events"] += len(mine)
@@ -150,17 +150,36 @@ class Pipeline:
                 result.by_room[room] = result.by_room.get(room, 0) + len(mine)
         for letter in letters:
             await self._send(self._topics.dead_letters, letter)
-        result.skipped = await self.retrying(lambda: self._ledger.apply(list(counts.values())))
-        # Where a new owner starts: faust's commit can run ahead of what was processed (it
-        # acks a take() batch a rebalance interrupts, and records it then drops as stale).
         ends: dict[str, int] = {}
         for record in records:
             key = f"{record.topic}:{record.partition}"
             ends[key] = max(ends.get(key, -1), record.offset)
-        await self.retrying(lambda: self._ledger.mark_consumed(ends))
+        # The counts and the consumed mark go while the next batch is decoded and judged,
+        # in order (a count applied early would fence off the one before); one batch's
+        # may wait while the next is processed, no more.
+        previous = self._tail
+        self._tail = asyncio.ensure_future(
+            self._count_and_mark(previous, list(counts.values()), ends))
+        if previous is not None:
+            await previous
         result.events = sum(len(part.events) for part in parts)
         result.dead_letters = len(letters)
         return result
+
+    async def _count_and_mark(self, previous: asyncio.Future[None] | None,
+                              batches: list[RoomBatch], ends: dict[str, int]) -> None:
+        if previous is not None:
+            await previous
+        await self.retrying(lambda: self._ledger.apply(batches))
+        # Where a new owner starts: faust's commit can run ahead of what was processed (it
+        # acks a take() batch a rebalance interrupts, and records it then drops as stale).
+        # Marked only once the counts are in.
+        await self.retrying(lambda: self._ledger.mark_consumed(ends))
+
+    async def drain(self) -> None:
+        """Wait until the last batch's counts and consumed mark are in Redis."""
+        if self._tail is not None:
+            await self._tail  # each waits for the one before
 
     async def _run_handlers(self, parts: list[Part],
                             reject: Callable[[Record, bytes, str, int | None], None]) -> None:

@@ -97,7 +97,9 @@ class RoomLog:
         self._checked: dict[str, float] = {}
 
     async def handle(self, parts: Sequence[Part]) -> None:
-        hosts = [e for part in parts for e in part.events if isinstance(e, HostEvent)]
+        # A record holds events of its own topic only: the host topic's are host events.
+        hosts = [e for part in parts if isinstance(part.events[0], HostEvent)
+                 for e in part.events]
         if not hosts:
             return
         await self._log.append(hosts)

@@ -24,16 +24,17 @@ from stream.pipeline import Part
 from stream.roomlog import RoomLog
 
 # KEYS: stats, presence, profiles, watched, carted, pay-failed.
-# ARGV: per op 5 fields: op ('j' join, 'l' leave, 'c' carted, 'f' payment failed), viewer,
-# ts, minute, profile (`source|leader|layer|region`, joins only).
+# ARGV: a msgpack array of ops, 5 fields each: op ('j' join, 'l' leave, 'c' carted, 'f'
+# payment failed), viewer, ts, minute, profile (`source|leader|layer|region`, joins only).
 # Presence value: join ts while in the room, -(leave ts) after; `open_join_sum` is the sum
 # of the open visits' join times, so open watch time is online * now - open_join_sum.
 PRESENCE = """
 local stats, presence, profiles, watched = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local online = tonumber(redis.call('HGET', stats, 'online') or '0')
 local peak = tonumber(redis.call('HGET', stats, 'peak') or '0')
-for i = 1, #ARGV, 5 do
-  local op, viewer, ts, minute = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+local ops = cmsgpack.unpack(ARGV[1])
+for i = 1, #ops, 5 do
+  local op, viewer, ts, minute = ops[i], ops[i + 1], ops[i + 2], ops[i + 3]
   if op == 'j' or op == 'l' then
     local raw = redis.call('HGET', presence, viewer)
     local cur = tonumber(raw or '0')
@@ -44,8 +45,8 @@ for i = 1, #ARGV, 5 do
         online = online + 1
         redis.call('HSET', stats, 'm:' .. minute .. ':online', online)
       end
-      if redis.call('HSETNX', profiles, viewer, ARGV[i + 4]) == 1 then
-        local source, _, layer = string.match(ARGV[i + 4], '([^|]*)|([^|]*)|([^|]*)|')
+      if redis.call('HSETNX', profiles, viewer, ops[i + 4]) == 1 then
+        local source, _, layer = string.match(ops[i + 4], '([^|]*)|([^|]*)|([^|]*)|')
         redis.call('HINCRBY', stats, 'viewers', 1)
         redis.call('HINCRBY', stats, 'src:' .. source .. ':viewers', 1)
         redis.call('HINCRBY', stats, 'layer:' .. layer .. ':viewers', 1)
@@ -86,6 +87,9 @@ _OPS: dict[type, Callable[..., list[str | int]]] = {
 }
 
 
+_pack = msgspec.msgpack.Encoder().encode
+
+
 class Presence:
     """Pipeline handler: joins, leaves, carts and failed payments into the room's keys."""
 
@@ -106,8 +110,8 @@ class Presence:
         if not latest:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
-            for room, args in by_room.items():
-                await self._script(keys=room_keys(room), args=args, client=pipe)
+            for room, ops in by_room.items():
+                await self._script(keys=room_keys(room), args=[_pack(ops)], client=pipe)
             pipe.zadd(keys.METRIC_ROOMS, latest, gt=True)
             await pipe.execute()
 

@@ -54,8 +54,11 @@ async def test_presence_and_counters_survive_redelivery(redis: Redis) -> None:
     recs = records(show)
     p = pipeline(redis)
     await p.process(recs[:4])
+    await p.drain()
     await p.process(recs[2:])  # a rebalance redelivers from offset 2
+    await p.drain()
     await p.process(recs)  # and a restart from the beginning
+    await p.drain()
     once = await read_stats(redis, room)
     assert once["events"] == 6 and once["likes"] == 5
     assert once[f"m:{minute_of(T0)}:joins"] == 2
@@ -69,6 +72,7 @@ async def test_presence_and_counters_survive_redelivery(redis: Redis) -> None:
     # Another partition's viewer joins while these records come round yet again.
     late = records([ev(ViewerJoined, "c", T0 + 130_000, source="douyin")], partition=1)
     await p.process(recs[3:] + late)
+    await p.drain()
     again = await read_stats(redis, room)
     m2 = f"m:{minute_of(T0 + 130_000)}"
     changed = {k for k in again.keys() | once.keys() if again.get(k) != once.get(k)}
