@@ -42,6 +42,9 @@ ONCE_TTL_S = 3 * 24 * 3600
 # the window is encoded and saved once. A worker killed meanwhile loses nothing: its
 # successor starts at the saved fence and the once-keys drop what was already sent.
 SETTLE_EVERY_S = 0.25
+# Items per script call: a script holds Redis for its whole run, so thousands of effects
+# in one call made every other command of every worker and gateway wait milliseconds.
+SCRIPT_ITEMS = 500
 # Timers wait this long past their due time before firing: a viewer's order travels on
 # another topic than their views and may arrive a little behind them; without the wait
 # an order placed just before the 3-minute mark could still trigger the reminder.
@@ -173,7 +176,9 @@ class Engagement:
         async with self._lock:
             partitions = {part.record.partition for part in mine}
             await self._load(partitions)
-            await self._rooms.refresh(frozenset().union(*(part.rooms for part in mine)))
+            # One read of the host log per take() batch, not per piece of it.
+            await self._rooms.refresh(frozenset().union(*(part.rooms for part in mine)),
+                                      since=min(part.record.taken for part in mine))
             for part in mine:
                 p, topic, offset = part.record.partition, part.record.topic, part.record.offset
                 waiting = self._waiting.get(p)
@@ -340,15 +345,20 @@ class Engagement:
                 offsets = moved.get(p, {})
                 if not blobs and not offsets:
                     continue
-                sizes: list[str | int] = []
-                for (room, viewer), blob in blobs.items():
-                    sizes += [f"{room}|{viewer}", len(blob)]
-                args: list[object] = [_pack(sizes), b"".join(blobs.values())]
+                items = list(blobs.items())
+                for i in range(0, max(len(items), 1), SCRIPT_ITEMS):
+                    sizes: list[str | int] = []
+                    for (room, viewer), blob in items[i:i + SCRIPT_ITEMS]:
+                        sizes += [f"{room}|{viewer}", len(blob)]
+                    args: list[object] = [_pack(sizes),
+                                          b"".join(b for _, b in items[i:i + SCRIPT_ITEMS])]
+                    if i + SCRIPT_ITEMS >= len(items):  # the fences go with the last states
+                        for topic, offset in offsets.items():
+                            args += [topic, offset]
+                    await self._save(keys=[keys.viewer_states(p), keys.viewer_offsets(p)],
+                                     args=args, client=pipe)
                 for topic, offset in offsets.items():
-                    args += [topic, offset]
                     self._fences[p][topic] = offset
-                await self._save(keys=[keys.viewer_states(p), keys.viewer_offsets(p)],
-                                 args=args, client=pipe)
                 queued.append(p)
             if queued:
                 await pipe.execute()
@@ -391,7 +401,10 @@ class Engagement:
         mark = f"p:{int(self._clock() * 1000)}:{self._worker}:{self._round}"
         self._claimed.update(by_room)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for room, group in by_room.items():
+            slices = [group[i:i + SCRIPT_ITEMS] for group in by_room.values()
+                      for i in range(0, len(group), SCRIPT_ITEMS)]
+            for group in slices:
+                room = group[0][1].room_id
                 args = [keys.once(room, ""), ONCE_TTL_S, mark,
                         _pack([_claim_item(e, once) for _, e, once in group])]
                 await self._claim(keys=[keys.stats(room), keys.nudged(room), keys.acked(room)],
@@ -404,7 +417,7 @@ class Engagement:
         self._viewer_rooms |= new_pairs
         sends: list[tuple[int, Effect, str]] = []
         pending: list[tuple[int, Effect, int]] = []
-        for group in by_room.values():
+        for group in slices:
             for (p, effect, once), answer in zip(group, answers.pop(0), strict=True):
                 if answer == 1:
                     if not isinstance(effect, Suppressed):

@@ -39,6 +39,7 @@ class Record:
     offset: int
     value: bytes
     generation: int = 0  # the consumer group generation it was fetched in
+    taken: float = 0.0  # when the worker took it (time.monotonic): it was fetched before
 
 
 @dataclass(frozen=True, slots=True)

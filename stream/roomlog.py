@@ -86,12 +86,10 @@ class HostLog:
 class RoomLog:
     """Pipeline handler for host events, and a cache of every room's timeline."""
 
-    def __init__(self, redis: Redis, *, clock: Callable[[], float] = time.monotonic,
-                 refresh_s: float = 0.0) -> None:
+    def __init__(self, redis: Redis, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = redis
         self._log = HostLog(redis)
         self._clock = clock
-        self._refresh_s = refresh_s
         self.rooms: dict[str, RoomTimeline] = {}
         self._read: dict[str, int] = {}  # entries of each room's log already folded in
         self._checked: dict[str, float] = {}
@@ -103,13 +101,16 @@ class RoomLog:
         if not hosts:
             return
         await self._log.append(hosts)
-        await self.refresh({e.room_id for e in hosts}, force=True)
+        await self.refresh({e.room_id for e in hosts})
 
-    async def refresh(self, room_ids: Iterable[str], *, force: bool = False) -> None:
-        """Fold in what is new in these rooms' logs (at most every `refresh_s` unless forced)."""
+    async def refresh(self, room_ids: Iterable[str], *, since: float | None = None) -> None:
+        """Fold in what is new in these rooms' logs, unless read at or after `since` (the
+        clock's time; default now). Records fetched from Kafka before `since` need nothing
+        newer: the host events before them were in the log by then (the gateway writes
+        the log before it answers, and so before anything sent after)."""
         now = self._clock()
-        due = [r for r in set(room_ids)
-               if force or now - self._checked.get(r, float("-inf")) >= self._refresh_s]
+        since = now if since is None else since
+        due = [r for r in set(room_ids) if self._checked.get(r, float("-inf")) < since]
         if not due:
             return
         starts = {room: self._read.get(room, 0) for room in due}

@@ -149,7 +149,7 @@ class RoomReader:
 
     async def raw(self, room_id: str, *, wall_now_ms: int) -> RoomRaw:
         redis = self._redis
-        await self._rooms.refresh([room_id], force=True)
+        await self._rooms.refresh([room_id])
         skus = sorted(s.decode() for s in await redis.smembers(keys.skus(room_id)))
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.seconds(room_id))

@@ -197,7 +197,8 @@ def create_app(settings: Settings) -> faust.App:
             # an older generation, and so must we: their partition has been re-sought (or
             # given away), so they would reach the state ahead of the records before them.
             generation = app.consumer_generation_id
-            records = _records([e for e in events if e.message.generation_id == generation])
+            records = _records([e for e in events if e.message.generation_id == generation],
+                               taken=time.monotonic())
             for chunk in _chunks(records, CHUNK_BYTES):
                 for r in chunk:
                     processed[TP(r.topic, r.partition)] = r.offset + 1
@@ -226,9 +227,9 @@ def _chunks(records: list[Record], limit: int) -> list[list[Record]]:
     return out
 
 
-def _records(events: Sequence[EventT]) -> list[Record]:
+def _records(events: Sequence[EventT], *, taken: float) -> list[Record]:
     return [Record(e.message.topic, e.message.partition, e.message.offset, e.value,
-                   e.message.generation_id or 0) for e in events]
+                   e.message.generation_id or 0, taken) for e in events]
 
 
 def run(settings: Settings, *, loglevel: str = "warn") -> None:
