@@ -1,13 +1,15 @@
 """The worker's viewer path: one ViewerEngine per input partition, its state in Redis,
 and every effect (nudge, tag, follow-up) delivered once.
 
-- State: every quarter second the changed viewers and the partition's offsets are saved
+- State: every second the changed viewers and the partition's offsets are saved
   in one script (same `{vs:p}` slot), so a restarted or rebalanced worker loads them,
   starts reading after those offsets and re-decides what came later.
 - Effects: the engine decides; Redis makes it once. Every effect has a `once` key built
-  from its content (event-time stamps included), claimed before and marked after
-  Kafka acks it. A replay after a crash re-decides the same effects and publishes
-  only what was never acked.
+  from its content (event-time stamps included), claimed in a numbered round before it
+  is sent; once Kafka has acked a round, the worker marks the round (one write, not one
+  per effect). A replay after a crash re-decides the same effects and publishes only
+  what was never acked. Delivery runs behind the engine, so the next batch is judged
+  while Redis claims this one's effects.
 - Time: each partition's clock is its newest event time plus the wall time since, so
   a due nudge fires in a silent room and a replay at 100x fires what real time did.
 """
@@ -41,7 +43,7 @@ ONCE_TTL_S = 3 * 24 * 3600
 # batch: a batch then never waits on Kafka's acks, and a viewer touched many times in
 # the window is encoded and saved once. A worker killed meanwhile loses nothing: its
 # successor starts at the saved fence and the once-keys drop what was already sent.
-SETTLE_EVERY_S = 0.25
+SETTLE_EVERY_S = 1.0
 # Items per script call: a script holds Redis for its whole run, so thousands of effects
 # in one call made every other command of every worker and gateway wait milliseconds.
 SCRIPT_ITEMS = 500

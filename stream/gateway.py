@@ -296,7 +296,7 @@ async def viewer_tags(request: web.Request) -> web.Response:
 
 async def held_tags(redis: Redis, viewer: str, *, partitions: int) -> list[tuple[str, str, str]]:
     """(room, tag, value) the viewer holds now, sorted: read from the engine's saved state
-    (saved every quarter second), so they are what the tag records on Kafka add up to."""
+    (saved every second), so they are what the tag records on Kafka add up to."""
     rooms = sorted(r.decode() for r in await redis.smembers(keys.viewer_rooms(viewer)))
     if not rooms:
         return []

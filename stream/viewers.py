@@ -284,14 +284,31 @@ class ViewerEngine:
     def apply(self, event: ViewerEvent, room: RoomTimeline) -> list[Effect]:
         """One viewer or order event: first everything due before it, then its own effects."""
         out: list[Effect] = []
-        ts = event.ts
         self._see_room(room)
+        self._apply(event, room, out)
+        return out
+
+    def apply_all(self, events: Iterable[ViewerEvent],
+                  room_of: Callable[[str], RoomTimeline]) -> list[Effect]:
+        """`apply` each event in turn (the batch form: one list of effects for all)."""
+        out: list[Effect] = []
+        rooms: dict[str, RoomTimeline] = {}
+        for event in events:
+            room = rooms.get(event.room_id)
+            if room is None:
+                room = rooms[event.room_id] = room_of(event.room_id)
+                self._see_room(room)
+            self._apply(event, room, out)
+        return out
+
+    def _apply(self, event: ViewerEvent, room: RoomTimeline, out: list[Effect]) -> None:
+        ts = event.ts
         limit = ts - self.grace_ms - 1  # timers due at ts wait: an order at ts may still come
         if (self._heap and self._heap[0][0] <= limit) or (self._ends and self._ends[0][0] <= limit):
             self._run_until(limit, out)
         handler = self._handlers.get(type(event))
         if handler is None:
-            return out
+            return
         room_id, viewer_id = event.room_id, event.viewer_id
         s = self._state(room_id, viewer_id, room, ts, out)
         handler(s, event, room, out)
@@ -304,15 +321,6 @@ class ViewerEngine:
                 and self._ended[room_id] == room.broadcast_id):
             # A viewer first seen after the end was processed (a late or straggling event).
             self._end_viewer(s, room_id, viewer_id, room, out)
-        return out
-
-    def apply_all(self, events: Iterable[ViewerEvent],
-                  room_of: Callable[[str], RoomTimeline]) -> list[Effect]:
-        """`apply` each event in turn (the batch form: one list of effects for all)."""
-        out: list[Effect] = []
-        for event in events:
-            out += self.apply(event, room_of(event.room_id))
-        return out
 
     def advance(self, now_ms: int, rooms: Mapping[str, RoomTimeline]) -> list[Effect]:
         """Fire every timer due at or before `now_ms` (in due order, with ts = due time) and
