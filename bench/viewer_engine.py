@@ -15,7 +15,6 @@ state per viewer is read from Redis afterwards.
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
 import json
 import statistics
@@ -116,7 +115,6 @@ async def main() -> None:
                 if worker.poll() is not None:
                     raise RuntimeError("worker died")
                 await asyncio.sleep(0.05)
-                if os.environ.get("LC_TRACE"): print(round(time.perf_counter() - (started or 0), 2) if started else 0, done, flush=True)
             full = (len(events) - first) / (time.perf_counter() - started)
             stats = await read_stats(redis, room)
             sizes = []
