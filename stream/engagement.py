@@ -26,7 +26,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
-from stream import keys
+from stream import keys, scripts
 from stream.clock import now_of
 from stream.codec import encode
 from stream.models import FollowUp, Nudge, TagChange, ViewerEvent
@@ -284,7 +284,7 @@ class Engagement:
                 for room, ids in self._done_ids.items():
                     await self._done(keys=[keys.stats(room)],
                                      args=[keys.once(room, ""), _pack(ids)], client=pipe)
-                await pipe.execute()
+                await scripts.execute(pipe)
             self._done_ids, self._claimed = {}, set()
         await self._persist(set(self.engines), self._moved)
         self._moved = {}
@@ -363,7 +363,7 @@ class Engagement:
                     self._fences[p][topic] = offset
                 queued.append(p)
             if queued:
-                await pipe.execute()
+                await scripts.execute(pipe)
         for p in queued:
             self._unsaved.pop(p, None)
 
@@ -415,7 +415,7 @@ class Engagement:
             new_pairs -= self._viewer_rooms
             for room, viewer in new_pairs:
                 pipe.sadd(keys.viewer_rooms(viewer), room)
-            answers = await pipe.execute()
+            answers = await scripts.execute(pipe)
         self._viewer_rooms |= new_pairs
         sends: list[tuple[int, Effect, str]] = []
         pending: list[tuple[int, Effect, int]] = []

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import orjson
 from redis.asyncio import Redis
 
-from stream import keys
+from stream import keys, scripts
 from stream.metrics import minute_of
 from stream.models import (
     OrderCancelled,
@@ -308,7 +308,7 @@ class Inventory:
         """Apply `ops` now and return one Outcome per op."""
         async with self.redis.pipeline(transaction=False) as pipe:
             await self.queue(pipe, room_id, ops)
-            answers = await pipe.execute()
+            answers = await scripts.execute(pipe)
         return [parse(a, room_id=room_id, ts=ts) for chunk in answers for a in chunk]
 
     async def expire_due(self, room_id: str, *, now_ms: int,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from stream import keys
+from stream import keys, scripts
 
 # KEYS: fences, stats, seconds.  ARGV: fence field, first offset, last offset, then
 # field/delta pairs; a field `s:<rest>` goes to the seconds hash as `<rest>`.
@@ -88,7 +88,7 @@ class Ledger:
                     await self._script(keys=[keys.fences(b.room_id), keys.stats(b.room_id),
                                              keys.seconds(b.room_id)],
                                        args=_args(b), client=pipe)
-                answers = await pipe.execute()
+                answers = await scripts.execute(pipe)
             retry = []
             for b, fence in zip(pending, answers, strict=True):
                 if fence == -2:

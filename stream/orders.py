@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
 
-from stream import keys
+from stream import keys, scripts
 from stream.clock import RoomClocks
 from stream.codec import encode
 from stream.inventory import Inventory, Outcome, parse
@@ -60,7 +60,7 @@ class Orders:
             calls = [await self._inventory.queue(
                 pipe, room, [self._inventory.op(e) for _, e in group])
                 for room, group in by_room.items()]
-            answers = await pipe.execute()
+            answers = await scripts.execute(pipe)
         self._rooms.update(new_rooms)
         chunks = iter(answers[len(latest) + bool(new_rooms):])
         for (room, group), n in zip(by_room.items(), calls, strict=True):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 import msgspec
 from redis.asyncio import Redis
 
-from stream import keys
+from stream import keys, scripts
 from stream.codec import encode
 from stream.models import (
     AnyEvent,
@@ -80,7 +80,7 @@ class HostLog:
                 await self._append(keys=[keys.host_log(event.room_id),
                                          keys.host_log_ids(event.room_id)],
                                    args=[event.event_id, encode(event)], client=pipe)
-            await pipe.execute()
+            await scripts.execute(pipe)
 
 
 class RoomLog:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 from redis.asyncio import Redis
 
-from stream import keys
+from stream import keys, scripts
 from stream.clock import RoomClocks
 from stream.ledger import read_stats
 from stream.metrics import RoomRaw, SkuRow, layer, minute_of
@@ -113,7 +113,7 @@ class Presence:
             for room, ops in by_room.items():
                 await self._script(keys=room_keys(room), args=[_pack(ops)], client=pipe)
             pipe.zadd(keys.METRIC_ROOMS, latest, gt=True)
-            await pipe.execute()
+            await scripts.execute(pipe)
 
 
 def room_keys(room: str) -> list[str]:
