@@ -17,7 +17,7 @@ from stream.clock import RoomClocks
 from stream.codec import encode
 from stream.inventory import Inventory, Outcome, parse
 from stream.models import OrderEvent, OrderResult, StockSet
-from stream.pipeline import Part, Record, Send
+from stream.pipeline import Part, Record, Send, newest_by_room
 from stream.stockfeed import StockFeed
 from stream.topics import Topics
 
@@ -38,11 +38,8 @@ class Orders:
 
     async def handle(self, parts: Sequence[Part]) -> None:
         by_room: dict[str, list[tuple[Record, StockSet | OrderEvent]]] = {}
-        latest: dict[str, int] = {}
+        latest = newest_by_room(parts)
         for part in parts:
-            for e in part.events:
-                if latest.get(e.room_id, 0) < e.ts:
-                    latest[e.room_id] = e.ts
             # Only the host and order topics hold what inventory applies.
             if part.record.topic in (self._topics.host_events, self._topics.order_events):
                 for e in part.events:

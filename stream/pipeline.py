@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Protocol, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -54,6 +55,25 @@ class Part:
 class Send(Protocol):
     def __call__(self, topic: str, value: bytes, key: bytes | None = None,
                  partition: int | None = None) -> Awaitable[object]: ...
+
+
+_ts = attrgetter("ts")
+
+
+def newest_by_room(parts: Sequence[Part]) -> dict[str, int]:
+    """The newest event time per room in these parts."""
+    newest: dict[str, int] = {}
+    for part in parts:
+        if len(part.rooms) == 1:  # the usual envelope: one pass in C
+            (room,) = part.rooms
+            ts = max(map(_ts, part.events))
+            if newest.get(room, 0) < ts:
+                newest[room] = ts
+        else:
+            for e in part.events:
+                if newest.get(e.room_id, 0) < e.ts:
+                    newest[e.room_id] = e.ts
+    return newest
 
 
 class SendMany(Protocol):

@@ -20,7 +20,7 @@ from stream.clock import RoomClocks
 from stream.ledger import read_stats
 from stream.metrics import RoomRaw, SkuRow, layer, minute_of
 from stream.models import CartAdded, OrderPaymentFailed, OrderPlaced, ViewerJoined, ViewerLeft
-from stream.pipeline import Part
+from stream.pipeline import Part, newest_by_room
 from stream.roomlog import RoomLog
 
 # KEYS: stats, presence, profiles, watched, carted, pay-failed.
@@ -99,11 +99,9 @@ class Presence:
 
     async def handle(self, parts: Sequence[Part]) -> None:
         by_room: dict[str, list[str | int]] = {}
-        latest: dict[str, int] = {}
+        latest = newest_by_room(parts)
         for part in parts:
             for e in part.events:
-                if latest.get(e.room_id, 0) < e.ts:
-                    latest[e.room_id] = e.ts
                 op = _OPS.get(type(e))
                 if op is not None:
                     by_room.setdefault(e.room_id, []).extend(op(e))

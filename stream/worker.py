@@ -134,10 +134,11 @@ def create_app(settings: Settings) -> faust.App:
                             topics=topics, bootstrap=settings.kafka_bootstrap,
                             behind=behind, generation=lambda: app.consumer_generation_id)
     # The handlers run side by side; each has a batch of its own agent's topics, so the
-    # host log (its own agent) needs no order against the viewer engine.
+    # host log (its own agent) needs no order against the viewer engine. Those that
+    # mostly wait on Redis come first: their requests are out before the engine computes.
     ledger = Ledger(redis)
     pipeline = Pipeline(topics=topics, ledger=ledger, send=send,
-                        handlers=[orders, rooms, engagement, Presence(redis)],
+                        handlers=[orders, rooms, Presence(redis), engagement],
                         count=metrics.count)
 
     @app.task
