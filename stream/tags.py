@@ -6,6 +6,7 @@ tags a viewer holds and emits a `TagChange` only when one of these answers chang
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import TYPE_CHECKING, Literal
 
 from stream.rules import TagFile
@@ -45,12 +46,13 @@ _NO_LIMIT = 1 << 62  # the last watch-depth bucket has no upper bound
 class TagPlan:
     """`TagFile` compiled once per rules version, so per-event checks are a few compares."""
 
-    __slots__ = ("buckets", "hp_visits", "hp_watch_ms", "keywords", "private")
+    __slots__ = ("buckets", "hp_visits", "hp_watch_ms", "keywords", "limits", "private")
 
     def __init__(self, tags: TagFile) -> None:
         self.buckets: tuple[tuple[int, str], ...] = tuple(
             (_NO_LIMIT if b.below_s is None else b.below_s * 1000, b.value)
             for b in tags.watch_depth)
+        self.limits = [limit for limit, _ in self.buckets[:-1]]
         self.private = frozenset(tags.private_sources)
         self.keywords: tuple[tuple[str, str, tuple[str, ...]], ...] = tuple(
             (k.tag, k.value, tuple(k.phrases)) for k in tags.keyword)
@@ -58,11 +60,8 @@ class TagPlan:
         self.hp_visits = tags.high_potential.min_visits
 
     def watch_depth(self, watch_ms: int) -> str:
-        """The first bucket whose upper bound is above the watch time."""
-        for limit, value in self.buckets:
-            if watch_ms < limit:
-                return value
-        return self.buckets[-1][1]
+        """The first bucket whose upper bound is above the watch time (the last if none)."""
+        return self.buckets[bisect_right(self.limits, watch_ms)][1]
 
     def source(self, source: str) -> str:
         """Private domain (the brand's own groups, leaders, mini program) or public."""
