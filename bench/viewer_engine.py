@@ -8,8 +8,9 @@ A simulated broadcast's events are written twice to a fresh embedded broker:
 2. as the gateway writes them: envelopes of up to 500 events of one partition. A
    worker process then consumes them through the full path (decode, dead letters,
    inventory, host log, viewer engine with its Redis state, nudges, tags, counters).
-Timing starts at the first processed event, so the group join is not counted. The
-state per viewer is read from Redis afterwards.
+Timing starts at the first processed event, so the group join is not counted, and ends
+when every event is counted and the effects' counts (claimed behind the engine) have
+stopped changing. The state per viewer is read from Redis afterwards.
 """
 
 from __future__ import annotations
@@ -30,12 +31,46 @@ from stream.admin import ensure_topics
 from stream.codec import encode, envelope
 from stream.config import from_env
 from stream.embedded import EmbeddedStack
+from stream.engagement import GRACE_MS
 from stream.ledger import read_stats
+from stream.models import Event, HostEvent, Nudge, TagChange, ViewerEvent
+from stream.roomlog import fold
+from stream.rules import load_dir
 from stream.runner import spawn, stop_processes
 from stream.topics import Topics, key_of, partition_for
+from stream.viewers import RoomTimeline, ViewerEngine
 
 PARTITIONS = 8
 ENVELOPE = 500
+QUIET_S = 0.5
+
+
+def _effects(stats: dict[str, int | float]) -> int:
+    """Effects claimed so far: nudges, tag changes, suppressions, follow-ups."""
+    return int(sum(v for k, v in stats.items()
+                   if k in ("nudges", "tags", "tags_removed", "followups")
+                   or k.startswith("suppressed:")))
+
+
+def offline(events: list[Event], *, rules: Path) -> dict[str, int]:
+    """The effects of the same log through one ViewerEngine per partition, in log order
+    (a check that speed changed nothing; the worker may add a nudge or two that the wall
+    clock fires after the last event)."""
+    room = fold(RoomTimeline(room_id=events[0].room_id),
+                [e for e in events if isinstance(e, HostEvent)])
+    engines: dict[int, ViewerEngine] = {}
+    counts = {"nudges": 0, "tags": 0, "tags_removed": 0}
+    for e in events:
+        if isinstance(e, ViewerEvent):
+            p = partition_for(key_of(e), PARTITIONS)
+            engine = engines.get(p) or engines.setdefault(
+                p, ViewerEngine(load_dir(rules), grace_ms=GRACE_MS))
+            for effect in engine.apply(e, room):
+                if isinstance(effect, Nudge):
+                    counts["nudges"] += 1
+                elif isinstance(effect, TagChange):
+                    counts["tags" if effect.op == "add" else "tags_removed"] += 1
+    return counts
 
 
 async def produce(bootstrap: str, records: list[tuple[str, int, bytes]]) -> None:
@@ -115,7 +150,15 @@ async def main() -> None:
                 if worker.poll() is not None:
                     raise RuntimeError("worker died")
                 await asyncio.sleep(0.05)
-            full = (len(events) - first) / (time.perf_counter() - started)
+            # Effects are claimed (and counted) behind the engine: the clock stops at the
+            # last change of their counts, once they have been still for QUIET_S.
+            end, effects = time.perf_counter(), _effects(await read_stats(redis, room))
+            while time.perf_counter() - end < QUIET_S:
+                await asyncio.sleep(0.02)
+                now = _effects(await read_stats(redis, room))
+                if now != effects:
+                    end, effects = time.perf_counter(), now
+            full = (len(events) - first) / (end - started)
             stats = await read_stats(redis, room)
             sizes = []
             for p in range(PARTITIONS):
@@ -130,12 +173,17 @@ async def main() -> None:
         "state_bytes_per_viewer_mean": round(statistics.fmean(sizes)) if sizes else None,
         "state_bytes_per_viewer_max": max(sizes) if sizes else None,
         "nudges": stats.get("nudges", 0), "tags": stats.get("tags", 0),
+        "tags_removed": stats.get("tags_removed", 0),
+        "offline": offline(events, rules=settings.rules_dir),
     }
     print(f"worker, full path, envelopes of {ENVELOPE}: {full:,.0f} events/s")
     print(f"raw aiokafka consumer, one event per record: {raw:,.0f} records/s")
     print(f"ratio: {full / raw:.2f} (target >= 0.2)")
     print(f"state per viewer: mean {figures['state_bytes_per_viewer_mean']} B, "
           f"max {figures['state_bytes_per_viewer_max']} B (target <= 1 KB)")
+    print(f"effects: {figures['nudges']:,} nudges, {figures['tags']:,} tags added, "
+          f"{figures['tags_removed']:,} removed; the same log replayed offline through "
+          f"the engine: {figures['offline']}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures))
