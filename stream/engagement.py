@@ -386,13 +386,13 @@ class Engagement:
     # --- effects ----------------------------------------------------------------------
 
     async def _deliver(self, effects: list[tuple[int, Effect]]) -> int:
-        """Publish each effect not delivered before; count it in its room's stats.
+        """One round: publish each effect not delivered before; count it in its room's stats.
 
-        Two phases, so a kill -9 loses nothing: claim ('p'), publish and wait for Kafka's
-        ack, then mark done ('d'). A new owner re-decides the same effects and re-sends
-        the ones still 'p'; only a crash between the ack and the mark can repeat one.
-        One script call per room each way, whatever the number of effects; the second
-        way (and the ack wait) happens in `_settle`.
+        Two phases, so a kill -9 loses nothing: claim under this round's mark, publish;
+        `_settle` waits for Kafka's acks and then records the round as acked. A new owner
+        re-decides the same effects and re-sends those whose round is not recorded and
+        that it cannot find in Kafka; only a crash between the ack and the record can
+        repeat one. Script calls of at most SCRIPT_ITEMS effects of one room.
         """
         if not effects:
             return 0
