@@ -391,8 +391,8 @@ class Engagement:
         Two phases, so a kill -9 loses nothing: claim under this round's mark, publish;
         `_settle` waits for Kafka's acks and then records the round as acked. A new owner
         re-decides the same effects and re-sends those whose round is not recorded and
-        that it cannot find in Kafka; only a crash between the ack and the record can
-        repeat one. Script calls of at most SCRIPT_ITEMS effects of one room.
+        that it cannot find in Kafka (a send still in flight when it looks could repeat).
+        Script calls of at most SCRIPT_ITEMS effects of one room.
         """
         if not effects:
             return 0
