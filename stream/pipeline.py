@@ -13,7 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Protocol, TypeVar
 
@@ -89,13 +89,6 @@ class Handler(Protocol):
     async def handle(self, parts: Sequence[Part]) -> None: ...
 
 
-@dataclass(slots=True)
-class BatchResult:
-    events: int = 0
-    dead_letters: int = 0
-    by_room: dict[str, int] = field(default_factory=dict)
-
-
 class Pipeline:
     def __init__(self, *, topics: Topics, ledger: Ledger, send: Send,
                  handlers: Sequence[Handler] = (),
@@ -115,8 +108,7 @@ class Pipeline:
         self.retries = 0
         self._tail: asyncio.Future[None] | None = None
 
-    async def process(self, records: Sequence[Record]) -> BatchResult:
-        result = BatchResult()
+    async def process(self, records: Sequence[Record]) -> None:
         parts: list[Part] = []
         counts: dict[tuple[str, str, int], RoomBatch] = {}
 
@@ -168,7 +160,6 @@ class Pipeline:
                     c[self._tag(cls)] += n
                 if self._count is not None:
                     self._count(mine, c)
-                result.by_room[room] = result.by_room.get(room, 0) + len(mine)
         for letter in letters:
             await self._send(self._topics.dead_letters, letter)
         ends: dict[str, int] = {}
@@ -183,9 +174,6 @@ class Pipeline:
             self._count_and_mark(previous, list(counts.values()), ends))
         if previous is not None:
             await previous
-        result.events = sum(len(part.events) for part in parts)
-        result.dead_letters = len(letters)
-        return result
 
     async def _count_and_mark(self, previous: asyncio.Future[None] | None,
                               batches: list[RoomBatch], ends: dict[str, int]) -> None:
