@@ -149,8 +149,8 @@ class Engagement:
         self._waiting: dict[int, Reorder[ViewerEvent]] = {}
         self._epoch = 0  # moves on every revoke: a load that spans one is stale
         self._times: dict[int, tuple[int, float]] = {}  # partition -> (event ms, wall s)
-        # What the current batch must settle: acks to await, effects to mark done,
-        # offsets whose effects are in the state to save.
+        # What the next settle must do: acks to await, effects to mark done, offsets whose
+        # effects are in the state to save.
         self._acks: dict[tuple[str, int], object] = {}  # last ack per topic-partition
         self._done_ids: dict[str, list[str]] = {}
         self._moved: dict[int, dict[str, int]] = {}
@@ -245,13 +245,13 @@ class Engagement:
         if delivery is None or not delivery.done():
             return
         self._delivery = None
-        error = None if delivery.cancelled() else delivery.exception()
-        if error is None and not delivery.cancelled():
+        error = asyncio.CancelledError() if delivery.cancelled() else delivery.exception()
+        if error is None:
             return
         self._outbox = [pair for pair in self._inflight if pair[0] in self.engines] + self._outbox
         self._inflight = []
         self._new_identity()
-        raise error or asyncio.CancelledError()
+        raise error
 
     def _new_identity(self) -> None:
         """After a failed round: its marks may stay unsent (a partition revoked before the
@@ -385,7 +385,7 @@ class Engagement:
 
     # --- effects ----------------------------------------------------------------------
 
-    async def _deliver(self, effects: list[tuple[int, Effect]]) -> int:
+    async def _deliver(self, effects: list[tuple[int, Effect]]) -> None:
         """One round: publish each effect not delivered before; count it in its room's stats.
 
         Two phases, so a kill -9 loses nothing: claim under this round's mark, publish;
@@ -395,7 +395,7 @@ class Engagement:
         Script calls of at most SCRIPT_ITEMS effects of one room.
         """
         if not effects:
-            return 0
+            return
         by_room: dict[str, list[tuple[int, Effect, str]]] = {}
         for p, effect in effects:
             by_room.setdefault(effect.room_id, []).append((p, effect, _once_id(effect)))
@@ -432,7 +432,7 @@ class Engagement:
                 self._done_ids.setdefault(effect.room_id, []).append(once)
             sends += unsent
         if not sends:
-            return 0
+            return
         remaining = await self._remaining([e for _, e, _ in sends if isinstance(e, Nudge)])
         # Each effect on the viewer's partition number (no hashing: a viewer's effects stay
         # in order), a partition's records in one batch; nudges also go to the gateways.
@@ -458,7 +458,6 @@ class Engagement:
         for (topic, p), batch in records.items():
             # Acks come in order within a partition: the last one covers the rest.
             self._acks[(topic, p)] = await self._send(topic, p, batch)
-        return len(sends)
 
     async def _unsent(self, pending: list[tuple[int, Effect, int]],
                       ) -> list[tuple[int, Effect, str]]:

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # A take() batch: big enough to amortise one Redis round trip, short enough for live stock.
 BATCH_MAX = 2000
 BATCH_WITHIN_S = 0.01
-# A take() of envelopes can hold 200k events after a stall. Handled in pieces of ~5k
+# A take() of envelopes can hold 200k events after a stall. Handled in pieces of ~1k
 # events, the next piece is decoded and judged while Redis still works on the last
 # one's effects (delivery runs behind the engine) instead of all waiting on one another.
 CHUNK_BYTES = 128 * 1024
