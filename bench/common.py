@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import statistics
 import tempfile
 import time
@@ -89,6 +90,13 @@ async def post(session: aiohttp.ClientSession, sys_: System, role: str,
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def emit(figures: dict[str, object], path: Path | None) -> None:
+    """The figures as one JSON line (and into `path`, for `bench/run.py`)."""
+    if path:
+        path.write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures))
 
 
 def pct(values: list[float], q: float) -> float:

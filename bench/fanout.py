@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import os
 import re
 import struct
@@ -31,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import pct, system
+from common import emit, pct, system
 
 from stream import keys
 from stream.codec import encode
@@ -294,9 +293,7 @@ async def main() -> None:
           f"max {figures['max_ms']} ms (target p99 <= 1000 ms)")
     print(f"bare asyncio server, same bytes to as many sockets: p99 {figures['raw_p99_ms']} ms "
           f"(received {len(raw['lat']):,} of {expected:,})")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-    print(json.dumps(figures))
+    emit(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import System, describe, now_ms, pct, post, system
+from common import System, describe, emit, now_ms, pct, post, system
 
 from stream import keys
 from stream.inventory import APPLY, ORDER_RETENTION_S, Inventory
@@ -182,9 +182,7 @@ async def main() -> None:
     print(f"raw redis-py pipelined EVALSHA of the same script, same server: {raw:,.0f}/s")
     print(f"ratio: {full / raw:.2f} (target >= 0.5)")
     print(f"202 -> SSE stock event at {args.rate} orders/s: {describe(lat)} (target p99 <= 100)")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-    print(json.dumps(figures))
+    emit(figures, args.json)
 
 
 if __name__ == "__main__":

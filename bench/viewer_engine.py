@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from common import emit
 from redis.asyncio import Redis
 
 from stream import keys, simulator
@@ -184,9 +184,7 @@ async def main() -> None:
     print(f"effects: {figures['nudges']:,} nudges, {figures['tags']:,} tags added, "
           f"{figures['tags_removed']:,} removed; the same log replayed offline through "
           f"the engine: {figures['offline']}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-    print(json.dumps(figures))
+    emit(figures, args.json)
 
 
 if __name__ == "__main__":
