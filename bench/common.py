@@ -17,12 +17,12 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from stream.admin import ensure_topics
-from stream.auth import Tokens
-from stream.config import Settings, from_env
-from stream.embedded import EmbeddedStack, free_port
-from stream.runner import spawn, stop_processes
-from stream.topics import Topics
+from stream.core.auth import Tokens
+from stream.core.config import Settings, from_env
+from stream.core.topics import Topics
+from stream.local.embedded import EmbeddedStack, free_port
+from stream.local.runner import spawn, stop_processes
+from stream.worker.admin import ensure_topics
 
 
 @dataclass

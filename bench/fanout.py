@@ -32,10 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, pct, system
 
-from stream import keys
-from stream.codec import encode
-from stream.fdlimit import raise_open_files
-from stream.models import StockUpdate
+from stream.core.codec import encode
+from stream.core.models import StockUpdate
+from stream.gateway.fdlimit import raise_open_files
+from stream.store import keys
 
 ROOM = "fanout-room"
 SKU = "hot-sku"

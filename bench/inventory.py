@@ -28,9 +28,9 @@ from aiokafka import AIOKafkaConsumer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import System, describe, emit, now_ms, pct, post, system
 
-from stream import keys
-from stream.inventory import APPLY, ORDER_RETENTION_S, Inventory
-from stream.topics import Topics
+from stream.core.topics import Topics
+from stream.store import keys
+from stream.store.inventory import APPLY, ORDER_RETENTION_S, Inventory
 
 SKU = "germ-rice-5kg"
 BATCH = 500

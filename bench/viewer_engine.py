@@ -26,19 +26,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from common import emit
 from redis.asyncio import Redis
 
-from stream import keys, simulator
-from stream.admin import ensure_topics
-from stream.codec import encode, envelope
-from stream.config import from_env
-from stream.embedded import EmbeddedStack
-from stream.engagement import GRACE_MS
-from stream.ledger import read_stats
-from stream.models import Event, HostEvent, Nudge, TagChange, ViewerEvent
-from stream.roomlog import fold
-from stream.rules import load_dir
-from stream.runner import spawn, stop_processes
-from stream.topics import Topics, key_of, partition_for
-from stream.viewers import RoomTimeline, ViewerEngine
+from stream.core.codec import encode, envelope
+from stream.core.config import from_env
+from stream.core.models import Event, HostEvent, Nudge, TagChange, ViewerEvent
+from stream.core.topics import Topics, key_of, partition_for
+from stream.engine.rules import load_dir
+from stream.engine.viewers import RoomTimeline, ViewerEngine
+from stream.local import simulator
+from stream.local.embedded import EmbeddedStack
+from stream.local.runner import spawn, stop_processes
+from stream.store import keys
+from stream.store.ledger import read_stats
+from stream.store.roomlog import fold
+from stream.worker.admin import ensure_topics
+from stream.worker.engagement import GRACE_MS
 
 PARTITIONS = 8
 ENVELOPE = 500

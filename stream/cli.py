@@ -11,7 +11,7 @@ from typing import Any
 import click
 import msgspec
 
-from stream import config
+from stream.core import config
 
 
 def _settings() -> config.Settings:
@@ -51,7 +51,7 @@ def main() -> None:
 @click.option("--workers", type=int, default=1, show_default=True)
 def up(http_port: int | None, workers: int) -> None:
     """Embedded broker + Redis + workers + gateway, until Ctrl-C."""
-    from stream.runner import running
+    from stream.local.runner import running
 
     async def serve() -> None:
         async with running(_settings(), workers=workers, http_port=http_port) as run:
@@ -85,7 +85,7 @@ def up(http_port: int | None, workers: int) -> None:
 def demo(viewers: int, duration: float, speed: float, seed: int, http_port: int | None,
          as_json: bool) -> None:
     """`up` plus a simulated broadcast; prints a summary and exits."""
-    from stream.demo import run_demo
+    from stream.local.demo import run_demo
 
     summary = asyncio.run(run_demo(_settings(), viewers=viewers, duration_s=duration,
                                    speed=speed, seed=seed, http_port=http_port,
@@ -106,7 +106,7 @@ def demo(viewers: int, duration: float, speed: float, seed: int, http_port: int 
 @click.option("--loglevel", default="warn", show_default=True)
 def worker(loglevel: str) -> None:
     """One stream worker against the configured Kafka and Redis."""
-    from stream.worker import run
+    from stream.worker.app import run
 
     settings = _settings()
     if not settings.kafka_url or not settings.redis_url:
@@ -119,8 +119,8 @@ def worker(loglevel: str) -> None:
 @click.option("--host", default="0.0.0.0", show_default=True)
 def gateway(host: str) -> None:
     """One HTTP gateway against the configured Kafka and Redis."""
-    from stream.auth import Tokens
-    from stream.gateway import Gateway
+    from stream.core.auth import Tokens
+    from stream.gateway.app import Gateway
 
     settings = _settings()
     if not settings.kafka_url or not settings.redis_url or settings.tokens_file is None:
@@ -149,8 +149,8 @@ def gateway(host: str) -> None:
 def simulate(gateway_url: str, room: str, viewers: int, duration: float, speed: float,
              seed: int) -> None:
     """Drive a realistic broadcast into a running system."""
-    from stream import simulator
-    from stream.auth import Tokens
+    from stream.core.auth import Tokens
+    from stream.local import simulator
 
     settings = _settings()
     if settings.tokens_file is None:
@@ -170,8 +170,8 @@ def check(rooms: tuple[str, ...]) -> None:
     """Verify available + reserved + sold == loaded for every SKU (all rooms by default)."""
     from redis.asyncio import Redis
 
-    from stream import keys
-    from stream.inventory import Inventory
+    from stream.store import keys
+    from stream.store.inventory import Inventory
 
     settings = _settings()
     if not settings.redis_url:
@@ -208,7 +208,7 @@ def report(room: str, out: str | None, as_json: bool) -> None:
 
     from redis.asyncio import Redis
 
-    from stream.report import render_html, review
+    from stream.hostview.report import render_html, review
 
     settings = _settings()
     if not settings.redis_url:
@@ -242,8 +242,8 @@ def rules_check(directory: str | None) -> None:
     """Validate the rule files in DIRECTORY (default: LIVECOMMERCE_RULES_DIR or ./rules)."""
     from pathlib import Path
 
-    from stream.rules import FILES, RuleError
-    from stream.rulewatch import load_rules
+    from stream.engine.rules import FILES, RuleError
+    from stream.worker.rulewatch import load_rules
 
     path = Path(directory) if directory is not None else _settings().rules_dir
     try:

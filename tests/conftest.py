@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from stream.config import Settings
-from stream.embedded import EmbeddedStack
+from stream.core.config import Settings
+from stream.local.embedded import EmbeddedStack
 
 
 @pytest.fixture(scope="session")

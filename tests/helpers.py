@@ -12,12 +12,12 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer
 
-from stream.admin import ensure_topics
-from stream.auth import Tokens
-from stream.config import Settings
-from stream.embedded import free_port
-from stream.gateway import Gateway
-from stream.topics import Topics
+from stream.core.auth import Tokens
+from stream.core.config import Settings
+from stream.core.topics import Topics
+from stream.gateway.app import Gateway
+from stream.local.embedded import free_port
+from stream.worker.admin import ensure_topics
 
 _ids = itertools.count()
 

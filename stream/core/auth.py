@@ -1,0 +1,72 @@
+"""Bearer tokens and their roles, and HMAC-signed viewer tokens (SPEC: Tokens)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+
+import msgspec
+
+from stream.core.models import Role
+
+ROLES: tuple[Role, ...] = ("platform", "commerce", "host")
+
+
+class TokensFile(msgspec.Struct, forbid_unknown_fields=True):
+    tokens: dict[str, Role]
+    viewer_secret: str = ""
+
+
+class Tokens:
+    """Who a bearer token is; and whether a viewer token belongs to a viewer."""
+
+    def __init__(self, tokens: dict[str, Role], viewer_secret: str) -> None:
+        self._roles = dict(tokens)
+        self._secret = viewer_secret.encode()
+
+    @classmethod
+    def load(cls, path: Path) -> Tokens:
+        try:
+            spec = msgspec.json.decode(path.read_bytes(), type=TokensFile)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        return cls(spec.tokens, spec.viewer_secret)
+
+    @classmethod
+    def generate(cls) -> Tokens:
+        """Fresh random tokens, one per role, for `up` and `demo`."""
+        return cls({f"{role}-{secrets.token_urlsafe(16)}": role for role in ROLES},
+                   secrets.token_hex(32))
+
+    def save(self, path: Path) -> None:
+        path.write_bytes(msgspec.json.encode(
+            TokensFile(tokens=self._roles, viewer_secret=self._secret.decode())))
+        path.chmod(0o600)
+
+    def role(self, token: str) -> Role | None:
+        return self._roles.get(token)
+
+    def for_role(self, role: Role) -> str:
+        """Some token of `role` (for the simulator and demo clients)."""
+        for token, r in self._roles.items():
+            if r == role:
+                return token
+        raise KeyError(f"no token with role {role!r}")
+
+    def viewer_token(self, viewer_id: str) -> str:
+        return hmac.new(self._secret, viewer_id.encode(), hashlib.sha256).hexdigest()
+
+    def is_viewer(self, viewer_id: str, token: str) -> bool:
+        if not self._secret:
+            return False
+        return hmac.compare_digest(self.viewer_token(viewer_id), token)
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer X` header, or None."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None

@@ -1,0 +1,770 @@
+"""The viewer engine: per-viewer state, event-time timers, nudges, tags and follow-ups.
+
+Pure logic: events and time in, effects out. No Redis, no Kafka, no wall clock; the
+worker feeds `apply` with each viewer/order event in partition order, calls `advance`
+with its room clock, persists `export_dirty()` and hands blobs back to `restore`.
+
+Time is event time only. A timer due at T fires with ts=T and is judged *as of T*:
+its exit conditions look at the timestamps kept in the state (an order at T cancels
+it, one at T+1 does not), and a disarming event (another product viewed, leaving,
+paying) only removes timers due at or after its own ts. So the effects depend on the
+events and not on when `advance` happens to be called, as long as no event arrives
+with a ts at or below a time already advanced past. `grace_ms` holds every timer that
+long after its due time, to absorb that much lateness (an order from the commerce
+backend landing after the platform's heartbeats) without changing any result.
+
+State per (room, viewer) is one `ViewerState`, msgpack-encoded as an array (no field
+names) with empty containers omitted: ~200 bytes for a typical viewer, well under a KB
+for a busy one. Timers live in the state as (due, rule, sku, kind); the engine's heap
+is only an index over them, rebuilt by `restore`, and a heap entry counts only while
+its twin is still in the state (disarming is a list removal; stale entries are skipped).
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right, insort
+from collections.abc import Callable, Iterable, Mapping
+from itertools import accumulate, pairwise
+from typing import Any
+
+import msgspec
+
+from stream.core.models import (
+    BroadcastEnded,
+    BroadcastStarted,
+    CartAdded,
+    CartClicked,
+    Comment,
+    FanJoined,
+    FollowUp,
+    HostEvent,
+    Like,
+    Nudge,
+    OrderCancelled,
+    OrderPaid,
+    OrderPaymentFailed,
+    OrderPlaced,
+    ProductPinned,
+    ProductViewed,
+    SegmentStarted,
+    Share,
+    StockSet,
+    TagChange,
+    ViewerEvent,
+    ViewerHeartbeat,
+    ViewerJoined,
+    ViewerLeft,
+)
+from stream.engine import tags as T
+from stream.engine.nudges import (
+    CART,
+    DWELL,
+    HOUR_MS,
+    CompiledRule,
+    Kind,
+    NudgePlan,
+    Reason,
+    cap_reason,
+    exit_holds,
+    holdout_variant,
+    in_quiet_hours,
+    render,
+)
+from stream.engine.rules import FollowUpRule, Rules
+from stream.engine.tags import TagPlan
+
+# --- the room, as host events describe it ------------------------------------------------
+
+
+class Product(msgspec.Struct, frozen=True):
+    name: str
+    price: float | None
+
+
+def _ts(entry: tuple[Any, ...]) -> int:
+    return entry[0]  # type: ignore[no-any-return]
+
+
+class RoomTimeline(msgspec.Struct, kw_only=True):
+    """What host events said about one room, built by the worker from host events."""
+
+    room_id: str
+    started_at: int | None = None
+    ended_at: int | None = None
+    segments: list[tuple[int, str, str | None]] = []  # (ts, segment, sku), sorted by ts
+    pins: list[tuple[int, str]] = []  # (ts, sku), sorted by ts
+    products: dict[str, Product] = {}
+
+    def segment_at(self, ts: int) -> tuple[str, str | None] | None:
+        """The segment on air at `ts` (the last one started at or before it) and its sku."""
+        i = bisect_right(self.segments, ts, key=_ts)
+        return self.segments[i - 1][1:] if i else None
+
+    def pinned_at(self, ts: int) -> str | None:
+        """The product pinned at `ts`, if any."""
+        i = bisect_right(self.pins, ts, key=_ts)
+        return self.pins[i - 1][1] if i else None
+
+    @property
+    def broadcast_id(self) -> str:
+        return f"{self.room_id}@{self.started_at or 0}"
+
+    def observe(self, event: HostEvent) -> None:
+        """Fold one host event in; host events may arrive out of ts order."""
+        if isinstance(event, SegmentStarted):
+            insort(self.segments, (event.ts, event.segment, event.sku), key=_ts)
+        elif isinstance(event, ProductPinned):
+            insort(self.pins, (event.ts, event.sku), key=_ts)
+        elif isinstance(event, StockSet):
+            old = self.products.get(event.sku)
+            name = event.name or (old.name if old else event.sku)
+            price = event.price if event.price is not None else (old.price if old else None)
+            self.products[event.sku] = Product(name, price)
+        elif isinstance(event, BroadcastStarted):
+            if self.started_at is None:
+                self.started_at = event.ts
+            elif self.ended_at is not None and event.ts > self.ended_at:
+                # The same room goes live again: a new broadcast, a fresh running order.
+                self.started_at, self.ended_at, self.segments, self.pins = event.ts, None, [], []
+        elif isinstance(event, BroadcastEnded):
+            self.ended_at = event.ts
+
+
+# --- outputs -----------------------------------------------------------------------------
+
+
+class Suppressed(msgspec.Struct, frozen=True, kw_only=True):
+    """A nudge that was due but not shown, and why (for the operator and the uplift stats)."""
+
+    viewer_id: str
+    room_id: str
+    rule_id: str
+    sku: str | None
+    reason: Reason
+    ts: int
+
+
+Effect = Nudge | TagChange | FollowUp | Suppressed
+
+
+# --- per-viewer state ----------------------------------------------------------------------
+
+Timer = tuple[int, str, str, Kind]  # (due, rule id, sku or "", kind)
+
+
+class ViewerState(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+    """One viewer in one room's broadcast. All times are event-time epoch ms.
+
+    Field order matters for size: array_like drops names, omit_defaults drops the
+    trailing defaults, so the rarely used containers come last and default to None.
+    """
+
+    broadcast: int = 0  # the room's started_at this state belongs to; 0: not known yet
+    joined: int = -1  # last viewer.joined (-1: never)
+    left: int = -1  # last viewer.left; in the room iff joined >= 0 and left < joined
+    seen: int = -1  # last proof of presence in the current visit
+    watched: int = 0  # ms of closed visits
+    visits: int = 0
+    focus: str = ""  # sku of the last product.viewed ("": none)
+    focus_since: int = 0
+    tags: dict[str, list[str]] = {}  # held tags: tag -> values
+    followup_done: bool = False
+    source: str = ""
+    leader: str = ""
+    region: str = ""
+    tz: str = ""
+    returning: int = -1  # -1 unknown, 0 new, 1 returning
+    timers: list[Timer] | None = None
+    cart: dict[str, int] | None = None  # sku -> first cart.added ts
+    placed: dict[str, int] | None = None  # sku -> first order.placed ts
+    paid: dict[str, int] | None = None  # sku -> first order.paid ts
+    orders: dict[str, list[str]] | None = None  # unsettled order id -> skus
+    fired: dict[str, tuple[int, int]] | None = None  # rule id -> (count, last ts)
+    hour: list[int] | None = None  # fire times within the last hour, all rules
+    counts: dict[str, list[int]] | None = None  # event_count rule -> recent ts, _pack'ed
+
+
+def _in_room(s: ViewerState) -> bool:
+    return s.joined >= 0 and s.left < s.joined
+
+
+def _present_at(s: ViewerState, ts: int) -> bool:
+    """Was the viewer in the room at `ts`? Looks back across one leave/rejoin."""
+    if s.joined < 0:
+        return False
+    if s.joined <= ts:
+        return s.left < s.joined or s.left > ts
+    return s.left > ts  # rejoined after ts: the previous visit covered ts iff it ended later
+
+
+def _earliest(book: dict[str, int], sku: str, ts: int) -> None:
+    if book.get(sku, _NEVER) > ts:
+        book[sku] = ts
+
+
+def _any_by(book: dict[str, int] | None, ts: int) -> bool:
+    """Does `book` (sku -> first ts) have an entry at or before `ts`?"""
+    return bool(book) and min(book.values()) <= ts  # type: ignore[union-attr]
+
+
+def _pack(times: list[int]) -> list[int]:
+    """Event times as the first one and then gaps: 3 bytes a like instead of 9."""
+    return [times[0], *(b - a for a, b in pairwise(times))]
+
+
+def _unpack(packed: Iterable[int]) -> list[int]:
+    return list(accumulate(packed))
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(ViewerState).decode
+
+_NEVER = 1 << 62
+HeapEntry = tuple[int, str, str, str, str, Kind]  # (due, room, viewer, rule, sku, kind)
+
+
+def tags_in(blob: bytes) -> dict[str, list[str]]:
+    """The tags held in a state saved by `ViewerEngine.export_dirty`."""
+    return _decode(blob).tags
+
+
+# --- the engine -------------------------------------------------------------------------
+
+
+class ViewerEngine:
+    """All viewers of one partition: events and time in, effects out. Deterministic."""
+
+    def __init__(self, rules: Rules, *, grace_ms: int = 0) -> None:
+        self.grace_ms = grace_ms
+        self.rules = rules
+        self._states: dict[str, dict[str, ViewerState]] = {}  # room -> viewer -> state
+        self._rooms: dict[str, RoomTimeline] = {}  # latest timeline seen per room
+        self._heap: list[HeapEntry] = []
+        self._ends: list[tuple[int, str]] = []  # (ended_at, room) not yet processed, sorted
+        self._ended: dict[str, str] = {}  # room -> broadcast id whose end was processed
+        self._end_seen: dict[str, tuple[int | None, int]] = {}  # room -> (started, ended)
+        self._dirty: set[tuple[str, str]] = set()
+        # Handlers take (state, event, room, out); typed loosely as each wants its own event.
+        self._handlers: dict[type[ViewerEvent], Callable[..., None]] = {
+            ViewerJoined: self._on_joined,
+            ViewerLeft: self._on_left,
+            ViewerHeartbeat: self._on_presence,
+            ProductViewed: self._on_viewed,
+            Like: self._on_interaction,
+            Comment: self._on_comment,
+            Share: self._on_interaction,
+            FanJoined: self._on_interaction,
+            CartClicked: self._on_interaction,
+            CartAdded: self._on_cart_added,
+            OrderPlaced: self._on_placed,
+            OrderPaid: self._on_paid,
+            OrderCancelled: self._on_cancelled,
+            OrderPaymentFailed: self._on_payment_failed,
+        }
+        self._type_names = {cls: cls.__struct_config__.tag for cls in self._handlers}
+
+    # --- rules (hot reload keeps all state; timers are judged by the rules at fire time) ---
+
+    @property
+    def rules(self) -> Rules:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: Rules) -> None:
+        self._rules = rules
+        self._plan = NudgePlan(rules)
+        self._tags = TagPlan(rules.tags)
+        self._followups: dict[str, FollowUpRule] = {}
+        for f in rules.followups:
+            self._followups.setdefault(f.segment, f)
+
+    # --- the API ----------------------------------------------------------------------------
+
+    def apply(self, event: ViewerEvent, room: RoomTimeline) -> list[Effect]:
+        """One viewer or order event: first everything due before it, then its own effects."""
+        out: list[Effect] = []
+        self._see_room(room)
+        self._apply(event, room, out)
+        return out
+
+    def apply_all(self, events: Iterable[ViewerEvent],
+                  room_of: Callable[[str], RoomTimeline]) -> list[Effect]:
+        """`apply` each event in turn (the batch form: one list of effects for all)."""
+        out: list[Effect] = []
+        rooms: dict[str, RoomTimeline] = {}
+        for event in events:
+            room = rooms.get(event.room_id)
+            if room is None:
+                room = rooms[event.room_id] = room_of(event.room_id)
+                self._see_room(room)
+            self._apply(event, room, out)
+        return out
+
+    def _apply(self, event: ViewerEvent, room: RoomTimeline, out: list[Effect]) -> None:
+        ts = event.ts
+        limit = ts - self.grace_ms - 1  # timers due at ts wait: an order at ts may still come
+        if (self._heap and self._heap[0][0] <= limit) or (self._ends and self._ends[0][0] <= limit):
+            self._run_until(limit, out)
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            return
+        room_id, viewer_id = event.room_id, event.viewer_id
+        s = self._state(room_id, viewer_id, room, ts, out)
+        handler(s, event, room, out)
+        if self._plan.counts:
+            counting = self._plan.counts.get(self._type_names[type(event)])
+            if counting:
+                self._count(s, counting, room_id, viewer_id, ts)
+        self._dirty.add((room_id, viewer_id))
+        if (not s.followup_done and room_id in self._ended
+                and self._ended[room_id] == room.broadcast_id):
+            # A viewer first seen after the end was processed (a late or straggling event).
+            self._end_viewer(s, room_id, viewer_id, room, out)
+
+    def advance(self, now_ms: int, rooms: Mapping[str, RoomTimeline]) -> list[Effect]:
+        """Fire every timer due at or before `now_ms` (in due order, with ts = due time) and
+        every room end at or before it (follow-ups and end-of-show tags, once per viewer)."""
+        out: list[Effect] = []
+        for room in rooms.values():
+            self._see_room(room)
+        self._run_until(now_ms - self.grace_ms, out)
+        return out
+
+    def export_dirty(self) -> dict[tuple[str, str], bytes]:
+        """(room_id, viewer_id) -> msgpack state, for viewers changed since the last call."""
+        blobs: dict[tuple[str, str], bytes] = {}
+        for room_id, viewer_id in self._dirty:
+            s = self._states.get(room_id, {}).get(viewer_id)
+            if s is not None:
+                blobs[room_id, viewer_id] = _encode(s)
+        self._dirty.clear()
+        return blobs
+
+    def restore(self, blobs: Mapping[tuple[str, str], bytes]) -> None:
+        """Load states saved by `export_dirty` (after a restart); timers are rebuilt from them."""
+        for (room_id, viewer_id), blob in blobs.items():
+            s = _decode(blob)
+            self._states.setdefault(room_id, {})[viewer_id] = s
+            for due, rule_id, sku, kind in s.timers or ():
+                heapq.heappush(self._heap, (due, room_id, viewer_id, rule_id, sku, kind))
+
+    def state_bytes(self, room_id: str, viewer_id: str) -> int:
+        s = self._states.get(room_id, {}).get(viewer_id)
+        return 0 if s is None else len(_encode(s))
+
+    def tags_of(self, room_id: str, viewer_id: str) -> dict[str, list[str]]:
+        """The tags a viewer holds now (a copy)."""
+        s = self._states.get(room_id, {}).get(viewer_id)
+        return {} if s is None else {k: list(v) for k, v in s.tags.items()}
+
+    def forget(self, room_id: str) -> int:
+        """Drop a finished room's viewers from memory (their last state is already exported)."""
+        gone = self._states.pop(room_id, {})
+        self._rooms.pop(room_id, None)
+        self._ended.pop(room_id, None)
+        self._end_seen.pop(room_id, None)
+        self._ends = [e for e in self._ends if e[1] != room_id]
+        self._dirty = {k for k in self._dirty if k[0] != room_id}
+        return len(gone)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._states.values())
+
+    # --- time ---------------------------------------------------------------------------
+
+    def _see_room(self, room: RoomTimeline) -> None:
+        self._rooms[room.room_id] = room
+        if room.ended_at is None:
+            return
+        seen = (room.started_at, room.ended_at)
+        if self._end_seen.get(room.room_id) == seen:
+            return  # the common case after the end: nothing new about this room
+        self._end_seen[room.room_id] = seen
+        if self._ended.get(room.room_id) != room.broadcast_id:
+            self._ends = sorted([e for e in self._ends if e[1] != room.room_id]
+                                + [(room.ended_at, room.room_id)])
+
+    def _run_until(self, limit: int, out: list[Effect]) -> None:
+        """Fire timers and room ends due at or before `limit`, earliest first."""
+        heap, deferred = self._heap, []
+        while True:
+            t_timer = heap[0][0] if heap else _NEVER
+            t_end = self._ends[0][0] if self._ends else _NEVER
+            if min(t_timer, t_end) > limit:
+                break
+            if t_end < t_timer:  # at a tie timers go first: they are judged as of their due
+                self._end_room(self._ends.pop(0)[1], out)
+                continue
+            group = [heapq.heappop(heap)]
+            due, room_id, viewer_id = group[0][:3]
+            while heap and heap[0][:3] == (due, room_id, viewer_id):
+                group.append(heapq.heappop(heap))
+            room = self._rooms.get(room_id)
+            if room is None:  # restored, and no event or advance has shown this room yet
+                deferred.extend(group)
+                continue
+            self._fire(group, room, out)
+        for entry in deferred:
+            heapq.heappush(heap, entry)
+
+    # --- states ---------------------------------------------------------------------------
+
+    def _state(self, room_id: str, viewer_id: str, room: RoomTimeline, ts: int,
+               out: list[Effect]) -> ViewerState:
+        viewers = self._states.get(room_id)
+        if viewers is None:
+            viewers = self._states[room_id] = {}
+        s = viewers.get(viewer_id)
+        started = room.started_at or 0
+        if s is None:
+            s = viewers[viewer_id] = ViewerState(broadcast=started)
+        elif started != s.broadcast and started:
+            if not s.broadcast:
+                s.broadcast = started  # the host's broadcast.started arrived after the viewer
+            elif started > s.broadcast:
+                # The room went live again: tags describe the current broadcast only.
+                for tag, values in s.tags.items():
+                    for value in values:
+                        out.append(TagChange(viewer_id=viewer_id, room_id=room_id, tag=tag,
+                                             value=value, op="remove", ts=ts))
+                s = viewers[viewer_id] = ViewerState(broadcast=started)
+        return s
+
+    def _add_tag(self, s: ViewerState, room_id: str, viewer_id: str, tag: str, value: str,
+                 ts: int, out: list[Effect]) -> None:
+        values = s.tags.get(tag)
+        if values is None:
+            s.tags[tag] = [value]
+        elif value in values:
+            return
+        elif tag in T.EXCLUSIVE:
+            for old in values:
+                out.append(TagChange(viewer_id=viewer_id, room_id=room_id, tag=tag, value=old,
+                                     op="remove", ts=ts))
+            values[:] = [value]
+        else:
+            values.append(value)
+        out.append(TagChange(viewer_id=viewer_id, room_id=room_id, tag=tag, value=value,
+                             op="add", ts=ts))
+
+    def _remove_tag(self, s: ViewerState, room_id: str, viewer_id: str, tag: str, value: str,
+                    ts: int, out: list[Effect]) -> None:
+        values = s.tags.get(tag)
+        if values is None or value not in values:
+            return
+        values.remove(value)
+        if not values:
+            del s.tags[tag]
+        out.append(TagChange(viewer_id=viewer_id, room_id=room_id, tag=tag, value=value,
+                             op="remove", ts=ts))
+
+    def _watch_tags(self, s: ViewerState, room_id: str, viewer_id: str, ts: int,
+                    out: list[Effect]) -> None:
+        """Watch depth and high potential, both functions of watch time and visits."""
+        # Heartbeats prove presence: an open visit counts up to the last event seen in it.
+        watch = s.watched + (s.seen - s.joined if s.joined >= 0 and s.left < s.joined else 0)
+        depth = self._tags.watch_depth(watch)
+        held = s.tags.get(T.WATCH_DEPTH)
+        if held is None or held[0] != depth:
+            self._add_tag(s, room_id, viewer_id, T.WATCH_DEPTH, depth, ts, out)
+        if (s.placed is None and T.HIGH_POTENTIAL not in s.tags
+                and self._tags.high_potential(watch, s.visits, ordered=False)):
+            self._add_tag(s, room_id, viewer_id, T.HIGH_POTENTIAL, "true", ts, out)
+
+    # --- timers in the state ------------------------------------------------------------
+
+    def _arm(self, s: ViewerState, room_id: str, viewer_id: str, rule: CompiledRule, sku: str,
+             due: int) -> None:
+        timer: Timer = (due, rule.id, sku, rule.kind)
+        if s.timers is None:
+            s.timers = [timer]
+        else:
+            s.timers.append(timer)
+        heapq.heappush(self._heap, (due, room_id, viewer_id, rule.id, sku, rule.kind))
+
+    def _disarm(self, s: ViewerState, kind: Kind, sku: str, ts: int) -> None:
+        """Drop `kind` timers for `sku` due at or after `ts`; earlier ones were already due."""
+        if s.timers:
+            s.timers = [t for t in s.timers if not (t[3] == kind and t[2] == sku and t[0] >= ts)]
+            if not s.timers:
+                s.timers = None
+
+    def _arm_cart(self, s: ViewerState, room_id: str, viewer_id: str, sku: str,
+                  ts: int) -> None:
+        """Arm cart_unpaid for `sku` from its first unpaid moment (cart.added or placed).
+
+        Keeping the earliest start makes the due time independent of whether the cart
+        event (platform) or the order event (commerce backend) happens to arrive first.
+        """
+        paid_at = s.paid.get(sku, _NEVER) if s.paid else _NEVER
+        for rule in self._plan.cart:
+            due = ts + rule.delay_ms
+            if paid_at <= due:
+                continue  # paid by then: the payment would have disarmed it
+            armed = [t for t in s.timers or () if t[1] == rule.id and t[2] == sku]
+            if armed and armed[0][0] <= due:
+                continue
+            if armed:
+                s.timers.remove(armed[0])  # type: ignore[union-attr]
+            self._arm(s, room_id, viewer_id, rule, sku, due)
+
+    def _count(self, s: ViewerState, rules: tuple[CompiledRule, ...], room_id: str,
+               viewer_id: str, ts: int) -> None:
+        """event_count: the count-th event inside the window fires at that event's ts."""
+        if s.counts is None:
+            s.counts = {}
+        for rule in rules:
+            recent = [t for t in _unpack(s.counts.get(rule.id, ())) if t > ts - rule.window_ms]
+            recent.append(ts)
+            if len(recent) >= rule.count:
+                recent = []  # start over: the next fire needs `count` more events
+                self._arm(s, room_id, viewer_id, rule, s.focus, ts)
+            if recent:
+                s.counts[rule.id] = _pack(recent)
+            else:
+                s.counts.pop(rule.id, None)
+        if not s.counts:
+            s.counts = None
+
+    # --- firing -------------------------------------------------------------------------
+
+    def _fire(self, group: list[HeapEntry], room: RoomTimeline, out: list[Effect]) -> None:
+        """Every timer of one viewer due at one instant: judge each, the best eligible wins."""
+        due, room_id, viewer_id = group[0][:3]
+        s = self._states.get(room_id, {}).get(viewer_id)
+        if s is None or not s.timers:
+            return
+        candidates: list[tuple[CompiledRule, str]] = []
+        for _, _, _, rule_id, sku, kind in group:
+            timer = (due, rule_id, sku, kind)
+            if timer not in s.timers:
+                continue  # disarmed since: a stale heap entry
+            s.timers.remove(timer)
+            self._dirty.add((room_id, viewer_id))
+            rule = self._plan.by_id.get(rule_id)
+            if rule is not None:  # a rule removed or disabled by a reload fires nothing
+                candidates.append((rule, sku))
+        if not s.timers:
+            s.timers = None
+        if not candidates:
+            return
+        candidates.sort(key=lambda c: c[0].rank)
+        reasons = [self._blocked(s, rule, sku, due, room) for rule, sku in candidates]
+        winner = next((i for i, r in enumerate(reasons) if r is None), None)
+        for i, (rule, sku) in enumerate(candidates):
+            reason = reasons[i] if i != winner else None
+            if i == winner:
+                self._emit(s, rule, sku, due, room, viewer_id, out)
+            elif reason is None:
+                reason = "lost_priority"
+            if reason is not None:
+                out.append(Suppressed(viewer_id=viewer_id, room_id=room_id, rule_id=rule.id,
+                                      sku=sku or None, reason=reason, ts=due))
+
+    def _blocked(self, s: ViewerState, rule: CompiledRule, sku: str, ts: int,
+                 room: RoomTimeline) -> Reason | None:
+        """Why this rule may not fire at `ts`, judged as of `ts`; None if it may."""
+        ended = room.ended_at is not None and room.ended_at <= ts
+        if exit_holds(rule.rule.exit, ordered=self._ordered(s, rule, sku, ts),
+                      present=_present_at(s, ts), ended=ended):
+            return "exited"
+        if rule.quiet is not None and in_quiet_hours(rule.quiet, ts, s.tz):
+            return "quiet_hours"
+        fired = s.fired.get(rule.id) if s.fired else None
+        return cap_reason(rule, fired, s.hour, self._plan.per_hour, ts)
+
+    @staticmethod
+    def _ordered(s: ViewerState, rule: CompiledRule, sku: str, ts: int) -> bool:
+        """exit.ordered_sku as of `ts`: an order placed for the sku (any order if no sku).
+
+        For cart_unpaid rules a placed order is the very thing being reminded about, so
+        there it means paid; otherwise placed counts, cancelled or not (seed 002's pitfall
+        is the reminder after ordering, and a cancelled order is a decision too).
+        """
+        book = s.paid if rule.kind == CART else s.placed
+        if not book:
+            return False
+        if sku:
+            return book.get(sku, _NEVER) <= ts
+        return min(book.values()) <= ts
+
+    def _emit(self, s: ViewerState, rule: CompiledRule, sku: str, ts: int, room: RoomTimeline,
+              viewer_id: str, out: list[Effect]) -> None:
+        """Record the fire (a holdout fire counts for caps too) and emit the nudge."""
+        if s.fired is None:
+            s.fired = {}
+        count = s.fired.get(rule.id, (0, 0))[0]
+        s.fired[rule.id] = (count + 1, ts)
+        s.hour = [t for t in s.hour or () if t > ts - HOUR_MS] + [ts]
+        variant = holdout_variant(viewer_id, rule.id, rule.rule.holdout)
+        product = room.products.get(sku) if sku else None
+        out.append(Nudge(viewer_id=viewer_id, room_id=room.room_id, rule_id=rule.id,
+                         sku=sku or None, message=render(rule.rule.message, product),
+                         variant=variant, channel=rule.rule.channel, ts=ts))
+        if variant == "holdout":
+            out.append(Suppressed(viewer_id=viewer_id, room_id=room.room_id, rule_id=rule.id,
+                                  sku=sku or None, reason="holdout", ts=ts))
+
+    # --- the end of a broadcast ---------------------------------------------------------
+
+    def _end_room(self, room_id: str, out: list[Effect]) -> None:
+        room = self._rooms[room_id]
+        self._ended[room_id] = room.broadcast_id
+        started = room.started_at or 0
+        viewers = self._states.get(room_id, {})
+        for viewer_id in sorted(viewers):  # sorted: the same order after a restore
+            s = viewers[viewer_id]
+            if not s.followup_done and (s.broadcast == started or not s.broadcast):
+                self._end_viewer(s, room_id, viewer_id, room, out)
+
+    def _end_viewer(self, s: ViewerState, room_id: str, viewer_id: str, room: RoomTimeline,
+                    out: list[Effect]) -> None:
+        """End-of-show tags and the one follow-up, for a viewer who was in the room."""
+        if s.visits == 0 or room.ended_at is None:
+            return  # only orders seen: not a viewer of this show (yet)
+        ts = room.ended_at
+        s.followup_done = True
+        self._dirty.add((room_id, viewer_id))
+        self._watch_tags(s, room_id, viewer_id, ts, out)
+        # As of the end, so a payment just after it (applied early within grace_ms) does
+        # not change the segment. SCRM should still check drop_off before the coupon.
+        carted = _any_by(s.cart, ts) or _any_by(s.placed, ts)
+        paid = _any_by(s.paid, ts)
+        if T.drop_off_at_end(carted=carted, paid=bool(s.paid)):
+            self._add_tag(s, room_id, viewer_id, T.DROP_OFF, T.CART_UNPAID, ts, out)
+        rule = self._followups.get(T.followup_segment(carted=carted, paid=paid))
+        if rule is not None:
+            out.append(FollowUp(viewer_id=viewer_id, room_id=room_id, segment=rule.segment,
+                                action=rule.action, due_at=ts + rule.after_s * 1000))
+
+    # --- event handlers -----------------------------------------------------------------
+
+    def _open_visit(self, s: ViewerState, ts: int) -> None:
+        s.joined = s.seen = ts
+        s.visits += 1
+
+    def _presence(self, s: ViewerState, ts: int) -> None:
+        if s.joined >= 0 and s.left < s.joined:
+            if ts > s.seen:
+                s.seen = ts
+        elif s.joined < 0:
+            self._open_visit(s, ts)  # the join was lost: this event proves the viewer is here
+
+    def _on_presence(self, s: ViewerState, e: ViewerEvent, room: RoomTimeline,
+                     out: list[Effect]) -> None:
+        self._presence(s, e.ts)
+        self._watch_tags(s, e.room_id, e.viewer_id, e.ts, out)
+
+    def _on_joined(self, s: ViewerState, e: ViewerJoined, room: RoomTimeline,
+                   out: list[Effect]) -> None:
+        if _in_room(s):  # joined again without leaving (app restarted): close at last proof
+            s.watched += s.seen - s.joined
+        self._open_visit(s, e.ts)
+        s.source = e.source
+        s.leader = e.leader_id or s.leader
+        s.region = e.region or s.region
+        s.tz = e.tz or s.tz
+        room_id, viewer_id, ts = e.room_id, e.viewer_id, e.ts
+        self._add_tag(s, room_id, viewer_id, T.SOURCE, self._tags.source(e.source), ts, out)
+        if e.leader_id:
+            self._add_tag(s, room_id, viewer_id, T.LEADER, e.leader_id, ts, out)
+        if e.returning is not None:
+            s.returning = int(e.returning)
+            value = "returning" if e.returning else "new"
+            self._add_tag(s, room_id, viewer_id, T.VISITOR, value, ts, out)
+        self._watch_tags(s, room_id, viewer_id, ts, out)
+
+    def _on_left(self, s: ViewerState, e: ViewerEvent, room: RoomTimeline,
+                 out: list[Effect]) -> None:
+        if not _in_room(s):
+            return
+        ts = e.ts
+        s.watched += max(0, ts - s.joined)
+        s.left = s.seen = ts
+        if s.focus:
+            self._disarm(s, DWELL, s.focus, ts)
+            s.focus = ""
+        self._watch_tags(s, e.room_id, e.viewer_id, ts, out)
+
+    def _on_viewed(self, s: ViewerState, e: ProductViewed, room: RoomTimeline,
+                   out: list[Effect]) -> None:
+        ts = e.ts
+        self._presence(s, ts)
+        if s.focus != e.sku:  # re-viewing the product in focus keeps the dwell's start
+            if s.focus:
+                self._disarm(s, DWELL, s.focus, ts)
+            s.focus, s.focus_since = e.sku, ts
+            for rule in self._plan.dwell:
+                self._arm(s, e.room_id, e.viewer_id, rule, e.sku, ts + rule.delay_ms)
+        self._watch_tags(s, e.room_id, e.viewer_id, ts, out)
+
+    def _on_interaction(self, s: ViewerState, e: ViewerEvent, room: RoomTimeline,
+                        out: list[Effect]) -> None:
+        self._presence(s, e.ts)
+        value = T.INTERACTIONS[self._type_names[type(e)]]
+        self._add_tag(s, e.room_id, e.viewer_id, T.INTERACTION, value, e.ts, out)
+        self._watch_tags(s, e.room_id, e.viewer_id, e.ts, out)
+
+    def _on_comment(self, s: ViewerState, e: Comment, room: RoomTimeline,
+                    out: list[Effect]) -> None:
+        self._on_interaction(s, e, room, out)
+        for tag, value in self._tags.keyword_tags(e.text):
+            self._add_tag(s, e.room_id, e.viewer_id, tag, value, e.ts, out)
+
+    def _on_cart_added(self, s: ViewerState, e: CartAdded, room: RoomTimeline,
+                       out: list[Effect]) -> None:
+        self._presence(s, e.ts)
+        if s.cart is None:
+            s.cart = {}
+        _earliest(s.cart, e.sku, e.ts)
+        self._arm_cart(s, e.room_id, e.viewer_id, e.sku, e.ts)
+        self._watch_tags(s, e.room_id, e.viewer_id, e.ts, out)
+
+    def _on_placed(self, s: ViewerState, e: OrderPlaced, room: RoomTimeline,
+                   out: list[Effect]) -> None:
+        room_id, viewer_id, ts = e.room_id, e.viewer_id, e.ts
+        skus = [item.sku for item in e.items]
+        if s.orders is None:
+            s.orders = {}
+        s.orders[e.order_id] = skus
+        if s.placed is None:
+            s.placed = {}
+        for sku in skus:
+            _earliest(s.placed, sku, ts)
+            self._arm_cart(s, room_id, viewer_id, sku, ts)
+        self._add_tag(s, room_id, viewer_id, T.CONVERSION_NODE, T.conversion_node(room, ts),
+                      ts, out)
+        self._remove_tag(s, room_id, viewer_id, T.HIGH_POTENTIAL, "true", ts, out)
+
+    def _on_paid(self, s: ViewerState, e: OrderPaid, room: RoomTimeline,
+                 out: list[Effect]) -> None:
+        skus = s.orders.pop(e.order_id, None) if s.orders else None  # settled: forget it
+        if skus is None:
+            return  # never placed here (unknown_order), or a repeat of a settled order
+        if not s.orders:
+            s.orders = None
+        if s.paid is None:
+            s.paid = {}
+        for sku in skus:
+            _earliest(s.paid, sku, e.ts)
+            self._disarm(s, CART, sku, e.ts)
+        for value in (T.CART_UNPAID, T.PAYMENT_FAILED):
+            self._remove_tag(s, e.room_id, e.viewer_id, T.DROP_OFF, value, e.ts, out)
+
+    def _on_cancelled(self, s: ViewerState, e: OrderCancelled, room: RoomTimeline,
+                      out: list[Effect]) -> None:
+        # A "pay now" reminder for an order the viewer just cancelled is the seed-002 pitfall.
+        skus = s.orders.pop(e.order_id, ()) if s.orders else ()  # settled: forget it
+        if not s.orders:
+            s.orders = None
+        for sku in skus:
+            self._disarm(s, CART, sku, e.ts)
+
+    def _on_payment_failed(self, s: ViewerState, e: OrderPaymentFailed, room: RoomTimeline,
+                           out: list[Effect]) -> None:
+        self._add_tag(s, e.room_id, e.viewer_id, T.DROP_OFF, T.PAYMENT_FAILED, e.ts, out)
+
+
+__all__ = ["Effect", "Product", "RoomTimeline", "Suppressed", "ViewerEngine",
+           "ViewerState"]

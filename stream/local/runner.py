@@ -1,0 +1,139 @@
+"""`up` and `demo`: the whole system on one machine, started and stopped as one.
+
+Unset Kafka/Redis URLs mean the embedded stack (tansu + valkey as child processes);
+workers run as child processes (`python -m stream worker`), exactly as they would be
+scaled out; the gateway runs in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+from redis.asyncio import Redis
+
+from stream.core.auth import Tokens
+from stream.core.config import Settings, to_env
+from stream.core.topics import Topics
+from stream.gateway.app import Gateway
+from stream.local.embedded import EmbeddedStack, die_with_parent, free_port
+from stream.store import keys
+from stream.store.ledger import read_stats
+from stream.worker.admin import ensure_topics
+
+
+@dataclass(slots=True)
+class Running:
+    settings: Settings
+    tokens: Tokens
+    gateway_url: str
+    redis: Redis
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    log_dir: Path = Path(".")
+
+    def add_worker(self) -> subprocess.Popen[bytes]:
+        """Start one more worker process against the same Kafka and Redis."""
+        proc = spawn(["worker"], self.settings, self.log_dir / f"worker-{len(self.workers)}.log")
+        self.workers.append(proc)
+        return proc
+
+
+def spawn(command: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """`livecommerce COMMAND` as a child that sees `settings`, logs to `log` and dies with
+    this process."""
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "stream", *command],
+                                env={**os.environ, **to_env(settings)},
+                                stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, *, workers: int = 1,
+                  http_port: int | None = None) -> AsyncIterator[Running]:
+    """Start what is not configured, then workers and the gateway; stop all on exit."""
+    stack = EmbeddedStack()
+    with tempfile.TemporaryDirectory(prefix="livecommerce-") as tmp:
+        try:
+            await stack.start(kafka=not settings.kafka_url, redis=not settings.redis_url)
+            settings = msgspec.structs.replace(
+                settings,
+                kafka_url=settings.kafka_url or stack.kafka_url,
+                redis_url=settings.redis_url or stack.redis_url,
+            )
+            if settings.tokens_file is not None and settings.tokens_file.exists():
+                tokens = Tokens.load(settings.tokens_file)
+            else:
+                # Fresh tokens, written where LIVECOMMERCE_TOKENS_FILE points if it is set
+                # (so a load tool started next to `up` knows where to read them).
+                tokens = Tokens.generate()
+                path = settings.tokens_file or Path(tmp) / "tokens.json"
+                tokens.save(path)
+                settings = msgspec.structs.replace(settings, tokens_file=path)
+            port = http_port or (settings.http_port if os.environ.get(
+                "LIVECOMMERCE_HTTP_PORT") else free_port())
+            # Workers are children: give them the rules by absolute path.
+            settings = msgspec.structs.replace(settings, http_port=port,
+                                               rules_dir=settings.rules_dir.resolve())
+            await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),
+                                partitions=settings.partitions)
+            redis = Redis.from_url(settings.redis_url)
+            run = Running(settings, tokens, f"http://127.0.0.1:{port}", redis,
+                          log_dir=Path(tmp))
+            gateway = Gateway(settings, tokens)
+            try:
+                for _ in range(workers):
+                    run.add_worker()
+                await gateway.start(port=port)
+                yield run
+            finally:
+                await gateway.stop()
+                await stop_processes(run.workers)
+                await redis.aclose()
+        finally:
+            await stack.stop()
+
+
+async def stop_processes(procs: list[subprocess.Popen[bytes]], *, grace_s: float = 10.0) -> None:
+    """SIGTERM, a grace period for a clean commit, then SIGKILL."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a child
+            await asyncio.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def wait_drained(redis: Redis, room_id: str, *, expected: int,
+                       timeout_s: float = 120.0) -> dict[str, int | float]:
+    """Wait until processed events plus dead letters reach `expected`; return the stats."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = await room_totals(redis, room_id)
+        if stats.get("events", 0) + stats.get("dead_letters", 0) >= expected:
+            return stats
+        if time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.2)
+
+
+async def room_totals(redis: Redis, room_id: str) -> dict[str, int | float]:
+    """The room's counters, with dead letters that could not be tied to a room added in."""
+    stats = await read_stats(redis, room_id)
+    unrouted = await read_stats(redis, keys.NO_ROOM)
+    stats["dead_letters"] = stats.get("dead_letters", 0) + unrouted.get("dead_letters", 0)
+    return stats

@@ -1,0 +1,134 @@
+"""Host events as a per-room log in Redis, and each worker's cached view of it.
+
+Host events (segments, pins, stock loads, start and end) live on their own topic,
+so the worker that owns a viewer's partition learns about them through Redis: the
+host path appends each event once to the room's log; every worker reads what is new
+and folds it into a RoomTimeline for the viewer engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import msgspec
+from redis.asyncio import Redis
+
+from stream.core.codec import encode
+from stream.core.models import (
+    AnyEvent,
+    BroadcastEnded,
+    BroadcastStarted,
+    HostEvent,
+    ProductPinned,
+    SegmentStarted,
+    StockSet,
+)
+from stream.engine.viewers import Product, RoomTimeline
+from stream.store import keys, scripts
+from stream.worker.pipeline import Part
+
+# KEYS: log list, ids set.  ARGV: event id, encoded event.  Appends once per event id.
+APPEND = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then redis.call('RPUSH', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+_decode = msgspec.json.Decoder(AnyEvent).decode
+
+
+def _first(entry: tuple[int, ...] | tuple[int, str, str | None]) -> int:
+    return entry[0]
+
+
+def fold(room: RoomTimeline, events: Iterable[HostEvent]) -> RoomTimeline:
+    """A timeline with `events` added (pure); segments and pins kept sorted by time."""
+    segments, pins = list(room.segments), list(room.pins)
+    products = dict(room.products)
+    started, ended = room.started_at, room.ended_at
+    for event in events:
+        if isinstance(event, SegmentStarted):
+            segments.append((event.ts, event.segment, event.sku))
+        elif isinstance(event, ProductPinned):
+            pins.append((event.ts, event.sku))
+        elif isinstance(event, StockSet):
+            known = products.get(event.sku)
+            products[event.sku] = Product(
+                name=event.name or (known.name if known else event.sku),
+                price=event.price if event.price is not None else (known and known.price))
+        elif isinstance(event, BroadcastStarted):
+            started = event.ts if started is None else max(started, event.ts)
+        elif isinstance(event, BroadcastEnded):
+            ended = event.ts if ended is None else max(ended, event.ts)
+    return RoomTimeline(room_id=room.room_id, started_at=started, ended_at=ended,
+                        segments=sorted(segments, key=_first), pins=sorted(pins, key=_first),
+                        products=products)
+
+
+class HostLog:
+    """Appends host events to their rooms' logs, each once (by event id)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._append = redis.register_script(APPEND)
+
+    async def append(self, events: Sequence[HostEvent]) -> None:
+        if not events:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                await self._append(keys=[keys.host_log(event.room_id),
+                                         keys.host_log_ids(event.room_id)],
+                                   args=[event.event_id, encode(event)], client=pipe)
+            await scripts.execute(pipe)
+
+
+class RoomLog:
+    """Pipeline handler for host events, and a cache of every room's timeline."""
+
+    def __init__(self, redis: Redis, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._redis = redis
+        self._log = HostLog(redis)
+        self._clock = clock
+        self.rooms: dict[str, RoomTimeline] = {}
+        self._read: dict[str, int] = {}  # entries of each room's log already folded in
+        self._checked: dict[str, float] = {}
+
+    async def handle(self, parts: Sequence[Part]) -> None:
+        # A record holds events of its own topic only: the host topic's are host events.
+        hosts = [e for part in parts if isinstance(part.events[0], HostEvent)
+                 for e in part.events]
+        if not hosts:
+            return
+        await self._log.append(hosts)
+        await self.refresh({e.room_id for e in hosts})
+
+    async def refresh(self, room_ids: Iterable[str], *, since: float | None = None) -> None:
+        """Fold in what is new in these rooms' logs, unless read at or after `since` (the
+        clock's time; default now). Records fetched from Kafka before `since` need nothing
+        newer: the host events before them were in the log by then (the gateway writes
+        the log before it answers, and so before anything sent after)."""
+        now = self._clock()
+        since = now if since is None else since
+        due = [r for r in set(room_ids) if self._checked.get(r, float("-inf")) < since]
+        if not due:
+            return
+        starts = {room: self._read.get(room, 0) for room in due}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room in due:
+                pipe.lrange(keys.host_log(room), starts[room], -1)
+            answers = await pipe.execute()
+        for room, entries in zip(due, answers, strict=True):
+            self._checked[room] = now
+            # The host agent and the viewer path refresh concurrently: fold in only what a
+            # refresh that finished meanwhile did not, or entries are doubled and skipped.
+            entries = entries[self._read.get(room, 0) - starts[room]:]
+            if not entries and room in self.rooms:
+                continue
+            self._read[room] = self._read.get(room, 0) + len(entries)
+            events = [e for e in map(_decode, entries) if isinstance(e, HostEvent)]
+            self.rooms[room] = fold(self.rooms.get(room, RoomTimeline(room_id=room)), events)
+
+    def get(self, room_id: str) -> RoomTimeline:
+        return self.rooms.get(room_id) or self.rooms.setdefault(
+            room_id, RoomTimeline(room_id=room_id))

@@ -1,0 +1,260 @@
+"""The stream worker: a faust app whose agents feed batches to the Pipeline.
+
+Several `livecommerce worker` processes join one consumer group and share the
+partitions. Guarantee is at-least-once (tansu has no transactions); every effect
+downstream is idempotent by event, order or Kafka offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+import faust
+from faust.types import TP, EventT
+from redis.asyncio import Redis
+
+from stream.core.codec import encode
+from stream.core.config import Settings
+from stream.core.models import StockUpdate
+from stream.core.topics import Topics
+from stream.hostview import metrics
+from stream.store import keys
+from stream.store.inventory import Inventory
+from stream.store.ledger import Ledger
+from stream.store.presence import Presence
+from stream.store.roomlog import RoomLog
+from stream.worker.admin import ensure_topics
+from stream.worker.engagement import Engagement
+from stream.worker.orders import Orders
+from stream.worker.pipeline import Pipeline, Record
+from stream.worker.rulewatch import RuleWatcher
+from stream.worker.stockfeed import StockFeed
+from stream.worker.transport import App
+
+log = logging.getLogger(__name__)
+
+# A take() batch: big enough to amortise one Redis round trip, short enough for live stock.
+BATCH_MAX = 2000
+BATCH_WITHIN_S = 0.01
+# A take() of envelopes can hold 200k events after a stall. Handled in pieces of ~1k
+# events, the next piece is decoded and judged while Redis still works on the last
+# one's effects (delivery runs behind the engine) instead of all waiting on one another.
+CHUNK_BYTES = 128 * 1024
+SWEEP_EVERY_S = 1.0
+TICK_EVERY_S = 1.0
+FLUSH_EVERY_S = 0.02
+APP_ID = "livecommerce"
+
+
+def broker_url(settings: Settings) -> str:
+    url = settings.kafka_url
+    return url if "://" in url else f"kafka://{url}"
+
+
+def group_id(topic_prefix: str) -> str:
+    """One consumer group per topic prefix: two deployments (or tests) never share one."""
+    return APP_ID if topic_prefix == "lc." else f"{APP_ID}-{topic_prefix.strip('.')}"
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = App(
+        group_id(settings.topic_prefix),
+        broker=broker_url(settings),
+        store="memory://",
+        # A group join waits half the session timeout, and a killed worker's partitions
+        # wait the whole of it: 6 s means ~3 s to start (not ~31 s) and a takeover in
+        # ~10 s. Heartbeats run on faust's consumer thread, so a busy batch cannot miss one.
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        producer_max_batch_size=1 << 20,
+        producer_max_request_size=4 << 20,
+        # tansu has no transactions: at-least-once, and idempotent effects instead.
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.partitions,
+        topic_disable_leader=True,
+        web_enabled=False,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+    topics = Topics(settings.topic_prefix)
+    redis = Redis.from_url(settings.redis_url)
+
+    async def send(topic: str, value: bytes, key: bytes | None = None,
+                   partition: int | None = None) -> object:
+        # Straight to the producer: faust's Topic.send costs ~4x more per record, and
+        # a commit flushes the producer first, so at-least-once still holds.
+        return await app.producer.send(topic, key, value, partition, None, None)
+
+    async def send_many(topic: str, partition: int,
+                        records: Sequence[tuple[bytes | None, bytes]]) -> object:
+        # aiokafka's batch builder: ~1 us a record against ~8 us through send() and its
+        # sender loop. faust has no batch API, so its own producer is taken (its commit
+        # still flushes it).
+        producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+        ack: object = None
+        batch = producer.create_batch()
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                ack = await producer.send_batch(batch, topic, partition=partition)
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        if batch.record_count():
+            ack = await producer.send_batch(batch, topic, partition=partition)
+        return ack
+
+    async def publish_stock(updates: list[StockUpdate]) -> None:
+        # Gateways fan out from Redis pub/sub; Kafka keeps the record for other consumers.
+        await redis.publish(keys.STOCK_CHANNEL, encode(updates))
+        for update in updates:
+            await send(topics.stock_updates, encode(update), update.room_id.encode())
+
+    feed = StockFeed(publish_stock, clock=time.monotonic,
+                     interval_s=settings.stock_interval_ms / 1000)
+    orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
+                    topics=topics)
+    watcher = RuleWatcher(settings.rules_dir)
+    rooms = RoomLog(redis)
+    processed: dict[TP, int] = {}  # the next offset handed to the pipeline, per partition
+
+    def behind(topic: str, partition: int) -> bool:
+        """Whether the partition holds records the pipeline has not seen. The highwater is
+        as of the last fetch, and no fetch runs in a rebalance: then assume behind."""
+        tp = TP(topic, partition)
+        if app.rebalancing or tp not in app.consumer.assignment():
+            return True
+        high = app.consumer.highwater(tp)
+        return high is None or high > processed.get(tp, high)
+
+    engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms,
+                            send=send_many,
+                            topics=topics, bootstrap=settings.kafka_bootstrap,
+                            behind=behind, generation=lambda: app.consumer_generation_id)
+    # The handlers run side by side; each has a batch of its own agent's topics, so the
+    # host log (its own agent) needs no order against the viewer engine. Those that
+    # mostly wait on Redis come first: their requests are out before the engine computes.
+    ledger = Ledger(redis)
+    pipeline = Pipeline(topics=topics, ledger=ledger, send=send,
+                        handlers=[orders, rooms, Presence(redis), engagement],
+                        count=metrics.count)
+
+    @app.task
+    async def watch_rules() -> None:
+        await watcher.run()
+
+    @app.timer(TICK_EVERY_S)
+    async def tick() -> None:
+        await pipeline.retrying(engagement.tick)
+
+    async def resume_offsets(committed: Mapping[TP, int | None]) -> dict[TP, int]:
+        """Start each partition at the lowest of faust's commit, the pipeline's consumed
+        offset and (viewer partitions) the viewer state's fence: faust's commit can be
+        past records never processed. Re-read records change nothing (idempotent)."""
+        viewer_tps = [tp for tp in committed
+                      if tp.topic in (topics.viewer_events, topics.order_events)]
+        # Redis away during a rebalance: wait for it, as the pipeline does, not crash.
+        fences = await pipeline.retrying(
+            lambda: engagement.saved_fences({tp.partition for tp in viewer_tps}))
+        consumed = await pipeline.retrying(ledger.consumed)
+        starts: dict[TP, int] = {}
+        for tp, at in committed.items():
+            marks = [at] if at is not None else []
+            if (done := consumed.get(f"{tp.topic}:{tp.partition}")) is not None:
+                marks.append(done + 1)
+            if (fence := fences.get(tp.partition, {}).get(tp.topic)) is not None:
+                marks.append(fence + 1)
+            # Nothing known: from the start (an offset gone to retention resets to the
+            # earliest there is). Always an explicit seek: it also drops what the fetcher
+            # read ahead for the old generation, which the agent then discards.
+            starts[tp] = min(marks, default=0)
+            if tp in viewer_tps:
+                processed[tp] = starts[tp]
+        return starts
+
+    app.resume_offsets = resume_offsets
+
+    @app.on_partitions_revoked.connect
+    def on_revoked(sender: object, revoked: set[TP], **_: object) -> None:
+        # Whoever gets these partitions next loads their viewers from Redis.
+        for tp in revoked:
+            processed.pop(tp, None)
+        engagement.forget({tp.partition for tp in revoked
+                           if tp.topic in (topics.viewer_events, topics.order_events)})
+
+    @app.timer(SWEEP_EVERY_S)
+    async def sweep() -> None:
+        await pipeline.retrying(orders.sweep)
+
+    @app.timer(FLUSH_EVERY_S)
+    async def flush_stock() -> None:
+        await pipeline.retrying(feed.flush)
+
+    async def consume(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            # take() buffers across a rebalance; faust's own loop drops records fetched in
+            # an older generation, and so must we: their partition has been re-sought (or
+            # given away), so they would reach the state ahead of the records before them.
+            generation = app.consumer_generation_id
+            records = _records([e for e in events if e.message.generation_id == generation],
+                               taken=time.monotonic())
+            for chunk in _chunks(records, CHUNK_BYTES):
+                for r in chunk:
+                    processed[TP(r.topic, r.partition)] = r.offset + 1
+                await pipeline.process(chunk)
+
+    # One agent reads a viewer's two topics, so one coroutine owns each viewer's state.
+    viewers = app.topic(topics.viewer_events, topics.order_events, value_serializer="raw",
+                        key_serializer="raw", partitions=settings.partitions)
+    hosts = app.topic(topics.host_events, value_serializer="raw", key_serializer="raw",
+                      partitions=settings.partitions)
+    app.agent(viewers, name="viewers")(consume)
+    app.agent(hosts, name="hosts")(consume)
+    return app
+
+
+def _chunks(records: list[Record], limit: int) -> list[list[Record]]:
+    """Consecutive runs of records of about `limit` bytes (at least one record each)."""
+    out: list[list[Record]] = []
+    size = limit
+    for r in records:
+        if size >= limit:
+            out.append([])
+            size = 0
+        out[-1].append(r)
+        size += len(r.value)
+    return out
+
+
+def _records(events: Sequence[EventT], *, taken: float) -> list[Record]:
+    return [Record(e.message.topic, e.message.partition, e.message.offset, e.value,
+                   e.message.generation_id or 0, taken) for e in events]
+
+
+def run(settings: Settings, *, loglevel: str = "warn") -> None:
+    """Run one worker until SIGTERM/SIGINT (blocking)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        loop = asyncio.new_event_loop()
+    else:
+        loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings.kafka_bootstrap,
+                                          Topics(settings.topic_prefix),
+                                          partitions=settings.partitions))
+    app = create_app(settings)
+    worker = faust.Worker(app, loop=loop, loglevel=loglevel, quiet=True)
+    # A batch allocates ~10 tracked objects per event, so the default gen-0 threshold (700)
+    # ran a collection every few dozen events, and each older-generation pass walked every
+    # viewer's state: ~25% of the worker's time. Start-up objects never die: freeze them.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    # aiokafka formats a debug record for every message it sends (each nudge and tag):
+    # ~10% of the worker's time, even when nothing prints it.
+    if loglevel.lower() != "debug":
+        logging.getLogger("aiokafka").setLevel(logging.INFO)
+    worker.execute_from_commandline()

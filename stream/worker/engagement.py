@@ -1,0 +1,566 @@
+"""The worker's viewer path: one ViewerEngine per input partition, its state in Redis,
+and every effect (nudge, tag, follow-up) delivered once.
+
+- State: every second the changed viewers and the partition's offsets are saved
+  in one script (same `{vs:p}` slot), so a restarted or rebalanced worker loads them,
+  starts reading after those offsets and re-decides what came later.
+- Effects: the engine decides; Redis makes it once. Every effect has a `once` key built
+  from its content (event-time stamps included), claimed in a numbered round before it
+  is sent; once Kafka has acked a round, the worker marks the round (one write, not one
+  per effect). A replay after a crash re-decides the same effects and publishes only
+  what was never acked. Delivery runs behind the engine, so the next batch is judged
+  while Redis claims this one's effects.
+- Time: each partition's clock is its newest event time plus the wall time since, so
+  a due nudge fires in a silent room and a replay at 100x fires what real time did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+
+from stream.core.codec import encode
+from stream.core.models import FollowUp, Nudge, TagChange, ViewerEvent
+from stream.core.topics import Topics
+from stream.engine.reorder import Reorder
+from stream.engine.rules import Rules
+from stream.engine.viewers import Effect, Suppressed, ViewerEngine
+from stream.store import keys, scripts
+from stream.store.clocks import now_of
+from stream.store.roomlog import RoomLog
+from stream.worker.pipeline import Part, SendMany
+
+# Effects' once-keys outlive any redelivery or restart of a broadcast.
+ONCE_TTL_S = 3 * 24 * 3600
+# Acks, done marks and the state are settled this often (and on every tick), not per
+# batch: a batch then never waits on Kafka's acks, and a viewer touched many times in
+# the window is encoded and saved once. A worker killed meanwhile loses nothing: its
+# successor starts at the saved fence and the once-keys drop what was already sent.
+SETTLE_EVERY_S = 1.0
+# Items per script call: a script holds Redis for its whole run, so thousands of effects
+# in one call made every other command of every worker and gateway wait milliseconds.
+SCRIPT_ITEMS = 500
+# Timers wait this long past their due time before firing: a viewer's order travels on
+# another topic than their views and may arrive a little behind them; without the wait
+# an order placed just before the 3-minute mark could still trigger the reminder.
+GRACE_MS = 3000
+
+# Many items go to a script as one msgpack array (ARGV), not one argument each: packing
+# thousands of arguments cost the worker more than the script costs Redis.
+
+# Effects of one room in one call. KEYS: the room's stats hash, its first-nudge hash, its
+# acked hash. ARGV: once-key prefix, ttl, this round's mark `p:<wall ms>:<worker>:<round>`,
+# then a msgpack array with per effect [id, stat fields, a, b]: a nudge has a
+# `rule|viewer` and b `variant|ts`, kept if the first of that rule for that viewer (the
+# host's uplift). Returns per effect: 1 = new, deliver it; 0 = delivered
+# ('d', or a round its worker has marked acked); or the mark of a round a worker may have
+# died in before Kafka acked it. Counts, tag sets and first nudges change only when new.
+# One mark per round, not a 'd' per effect after the ack: half the writes.
+CLAIM = """
+local out, counts, acked = {}, {}, {}
+for i, e in ipairs(cmsgpack.unpack(ARGV[4])) do
+  local v = redis.call('SET', ARGV[1] .. e[1], ARGV[3], 'EX', ARGV[2], 'NX', 'GET')
+  if v then
+    local worker, round = string.match(v, '^p:%d+:([^:]+):(%d+)$')
+    if worker and acked[worker] == nil then
+      acked[worker] = tonumber(redis.call('HGET', KEYS[3], worker) or '-1')
+    end
+    if v == 'd' or (worker and tonumber(round) <= acked[worker]) then
+      out[i] = 0
+    else
+      out[i] = v
+    end
+  else
+    for _, field in ipairs(e[2]) do counts[field] = (counts[field] or 0) + 1 end
+    if e[3] then redis.call('HSETNX', KEYS[2], e[3], e[4]) end
+    out[i] = 1
+  end
+end
+for field, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], field, n) end
+return out
+"""
+
+# Effects found in Kafka, or re-sent, for a round of another worker (rare: a takeover).
+# KEYS: none of its own; ARGV: once-key prefix, a msgpack array of ids acked by Kafka.
+DONE = """
+for _, id in ipairs(cmsgpack.unpack(ARGV[2])) do
+  redis.call('SET', ARGV[1] .. id, 'd', 'XX', 'KEEPTTL')
+end
+return 1
+"""
+
+# KEYS: states hash, offsets hash.  ARGV: a msgpack array field, size, field, size...;
+# the blobs end to end (Lua's cmsgpack has no binary type); then topic/offset pairs.
+SAVE = """
+local sizes, blobs, at, kv = cmsgpack.unpack(ARGV[1]), ARGV[2], 1, {}
+for i = 1, #sizes, 2 do
+  kv[#kv + 1] = sizes[i]
+  kv[#kv + 1] = string.sub(blobs, at, at + sizes[i + 1] - 1)
+  at = at + sizes[i + 1]
+  if #kv == 200 or i + 1 == #sizes then
+    redis.call('HSET', KEYS[1], unpack(kv))
+    kv = {}
+  end
+end
+for i = 3, #ARGV, 2 do
+  local current = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1')
+  if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
+_pack = msgspec.msgpack.Encoder().encode
+
+
+class Engagement:
+    """Pipeline handler for viewer and order events, plus the idle-time tick."""
+
+    def __init__(self, *, redis: Redis, rules: Callable[[], Rules], rooms: RoomLog,
+                 send: SendMany,
+                 topics: Topics, bootstrap: str,
+                 behind: Callable[[str, int], bool] = lambda topic, partition: False,
+                 generation: Callable[[], int] = lambda: 0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._redis = redis
+        self._bootstrap = bootstrap
+        self._rules = rules
+        self._rooms = rooms
+        self._send = send
+        self._topics = topics
+        self._clock = clock
+        self._behind = behind
+        self._generation = generation
+        self._inputs = (topics.viewer_events, topics.order_events)
+        self._save = redis.register_script(SAVE)
+        self._claim = redis.register_script(CLAIM)
+        self._done = redis.register_script(DONE)
+        self._viewer_rooms: set[tuple[str, str]] = set()  # indexed in `viewer_rooms`
+        self._worker = secrets.token_hex(6)  # names this process's claim rounds
+        self._round = 0  # the last claim round started
+        self._claimed: set[str] = set()  # rooms claimed in since the last settle
+        self.engines: dict[int, ViewerEngine] = {}
+        self._fences: dict[int, dict[str, int]] = {}
+        self._waiting: dict[int, Reorder[ViewerEvent]] = {}
+        self._epoch = 0  # moves on every revoke: a load that spans one is stale
+        self._times: dict[int, tuple[int, float]] = {}  # partition -> (event ms, wall s)
+        # What the next settle must do: acks to await, effects to mark done, offsets whose
+        # effects are in the state to save.
+        self._acks: dict[tuple[str, int], object] = {}  # last ack per topic-partition
+        self._done_ids: dict[str, list[str]] = {}
+        self._moved: dict[int, dict[str, int]] = {}
+        # Survive a failed round (Redis or Kafka away): the engine has moved on, so what it
+        # decided and the states it changed are kept until delivered and saved. The
+        # pipeline retries the batch, and every step is safe to run again.
+        self._outbox: list[tuple[int, Effect]] = []
+        # Delivery runs behind the engine, in one loop: while Redis claims a round of
+        # effects the next batch is judged, and the round after takes all decided
+        # meanwhile (fewer, bigger rounds when behind). `_inflight` is the current round.
+        self._delivery: asyncio.Future[None] | None = None
+        self._inflight: list[tuple[int, Effect]] = []
+        self._sent: list[tuple[int, Effect]] = []  # published, acks not yet awaited
+        self._settle_at = 0.0
+        self._unsaved: dict[int, dict[tuple[str, str], bytes]] = {}
+        self._lock = asyncio.Lock()  # the agent and the tick share the engines
+
+    async def handle(self, parts: Sequence[Part]) -> None:
+        generation = self._generation()
+        # The pipeline keeps each event on its own topic: these hold viewer events only.
+        mine = [part for part in parts
+                if part.record.topic in self._inputs and part.record.generation == generation]
+        if not mine:
+            return
+        async with self._lock:
+            partitions = {part.record.partition for part in mine}
+            await self._load(partitions)
+            # One read of the host log per take() batch, not per piece of it.
+            await self._rooms.refresh(frozenset().union(*(part.rooms for part in mine)),
+                                      since=min(part.record.taken for part in mine))
+            for part in mine:
+                p, topic, offset = part.record.partition, part.record.topic, part.record.offset
+                waiting = self._waiting.get(p)
+                if waiting is None:
+                    continue  # revoked while this batch waited: its new owner re-reads it
+                if offset <= max(self._fences[p].get(topic, -1), waiting.last(topic)):
+                    continue  # already in the saved state (a redelivery) or waiting
+                waiting.add(topic, offset, part.events)  # type: ignore[arg-type]
+            await self._run(partitions)
+
+    async def tick(self) -> int:
+        """Fire what is due on wall time in quiet partitions, and settle; returns effects
+        decided."""
+        async with self._lock:
+            if not self.engines:
+                return 0
+            await self._rooms.refresh(self._rooms.rooms)
+            return await self._run(set(self.engines), settle=True)
+
+    async def _run(self, partitions: set[int], *, settle: bool = False) -> int:
+        """Apply what the reorder lets through, fire what is due, start delivering; settle
+        when due. Returns how many effects were decided."""
+        self._check_delivery()
+        rules = self._rules()
+        effects: list[tuple[int, Effect]] = []
+        for p in sorted(partitions & self.engines.keys()):
+            engine, waiting = self.engines[p], self._waiting[p]
+            if engine.rules is not rules:
+                engine.rules = rules
+            behind = {t for t in self._inputs if self._behind(t, p)}
+            released = waiting.release(behind)
+            if released:
+                effects += [(p, e) for e in engine.apply_all(released, self._rooms.get)]
+                self._observe(p, released[-1].ts)  # the newest: they leave in ts order
+            fences = self._fences[p]
+            moved = {t: o for t, o in waiting.fences().items() if o > fences.get(t, -1)}
+            if moved:
+                self._moved.setdefault(p, {}).update(moved)
+            if p in self._times:
+                effects += [(p, e) for e in engine.advance(self._now(p, behind),
+                                                           self._rooms.rooms)]
+        self._outbox += effects
+        if self._outbox and self._delivery is None:
+            self._delivery = asyncio.ensure_future(self._deliver_all())
+        if settle or self._clock() >= self._settle_at:
+            await self._settle()
+            self._settle_at = self._clock() + SETTLE_EVERY_S
+        return len(effects)
+
+    async def _deliver_all(self) -> None:
+        while self._outbox:
+            self._inflight, self._outbox = self._outbox, []
+            await self._deliver(self._inflight)
+            self._sent += self._inflight
+            self._inflight = []
+        self._delivery = None
+
+    def _check_delivery(self) -> None:
+        """After a failed delivery, put its round back in the outbox and raise its error:
+        the pipeline retries the batch after a pause."""
+        delivery = self._delivery
+        if delivery is None or not delivery.done():
+            return
+        self._delivery = None
+        error = asyncio.CancelledError() if delivery.cancelled() else delivery.exception()
+        if error is None:
+            return
+        self._outbox = [pair for pair in self._inflight if pair[0] in self.engines] + self._outbox
+        self._inflight = []
+        self._new_identity()
+        raise error
+
+    def _new_identity(self) -> None:
+        """After a failed round: its marks may stay unsent (a partition revoked before the
+        retry), so this worker's acked round must never cover them. Going on under a new
+        name leaves them pending, and whoever meets them checks Kafka."""
+        self._worker, self._round, self._claimed = secrets.token_hex(6), 0, set()
+
+    async def _settle(self) -> None:
+        """Wait for the Kafka acks since the last settle, mark those effects done, save the state.
+
+        In this order: state saved before the acks could skip a lost effect on replay.
+        """
+        if self._delivery is not None:
+            await asyncio.wait([self._delivery])
+            self._check_delivery()
+        if self._acks:
+            acks, self._acks = self._acks, {}
+            try:
+                await asyncio.gather(*acks.values())  # type: ignore[arg-type]
+            except BaseException:
+                # Delivered again on the retry: claimed ('p'), so only what Kafka lacks is sent.
+                self._outbox, self._sent = self._sent + self._outbox, []
+                self._new_identity()
+                raise
+        self._sent = []
+        if self._done_ids or self._claimed:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for room in self._claimed:  # every round so far is delivered and acked
+                    pipe.hset(keys.acked(room), self._worker, self._round)
+                for room, ids in self._done_ids.items():
+                    await self._done(keys=[keys.stats(room)],
+                                     args=[keys.once(room, ""), _pack(ids)], client=pipe)
+                await scripts.execute(pipe)
+            self._done_ids, self._claimed = {}, set()
+        await self._persist(set(self.engines), self._moved)
+        self._moved = {}
+
+    async def saved_fences(self, partitions: Iterable[int]) -> dict[int, dict[str, int]]:
+        """Each partition's saved offsets: where its viewer state is up to, per topic."""
+        wanted = sorted(partitions)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for p in wanted:
+                pipe.hgetall(keys.viewer_offsets(p))
+            answers = await pipe.execute()
+        return {p: {k.decode(): int(v) for k, v in a.items()}
+                for p, a in zip(wanted, answers, strict=True)}
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop partitions this worker no longer owns (their new owner loads the state)."""
+        self._epoch += 1
+        gone = set(partitions)
+        for p in gone:
+            self.engines.pop(p, None)
+            self._waiting.pop(p, None)
+            self._fences.pop(p, None)
+            self._times.pop(p, None)
+            # Offsets applied to the dropped state must not be saved later: if the
+            # partition comes back, they would fence off events its state never saw.
+            self._moved.pop(p, None)
+            self._unsaved.pop(p, None)
+        self._outbox = [pair for pair in self._outbox if pair[0] not in gone]
+        self._sent = [pair for pair in self._sent if pair[0] not in gone]
+
+    # --- state ------------------------------------------------------------------------
+
+    async def _load(self, partitions: set[int]) -> None:
+        missing = sorted(p for p in partitions if p not in self.engines)
+        if not missing:
+            return
+        epoch = self._epoch
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for p in missing:
+                pipe.hgetall(keys.viewer_states(p))
+                pipe.hgetall(keys.viewer_offsets(p))
+            answers = await pipe.execute()
+        if epoch != self._epoch:
+            return  # a rebalance meanwhile: these may not be ours, and get re-read if they are
+        for p, states, offsets in zip(missing, answers[::2], answers[1::2], strict=True):
+            engine = ViewerEngine(self._rules(), grace_ms=GRACE_MS)
+            engine.restore({_split(k): v for k, v in states.items()})
+            self.engines[p] = engine
+            self._waiting[p] = Reorder(self._inputs, ts=_ts)
+            self._fences[p] = {k.decode(): int(v) for k, v in offsets.items()}
+
+    async def _persist(self, partitions: set[int], moved: dict[int, dict[str, int]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            queued: list[int] = []
+            for p in partitions:
+                if p not in self.engines:
+                    continue  # revoked since: its new owner replays from the saved fence
+                blobs = self._unsaved.setdefault(p, {})
+                blobs.update(self.engines[p].export_dirty())
+                offsets = moved.get(p, {})
+                if not blobs and not offsets:
+                    continue
+                items = list(blobs.items())
+                for i in range(0, max(len(items), 1), SCRIPT_ITEMS):
+                    sizes: list[str | int] = []
+                    for (room, viewer), blob in items[i:i + SCRIPT_ITEMS]:
+                        sizes += [f"{room}|{viewer}", len(blob)]
+                    args: list[object] = [_pack(sizes),
+                                          b"".join(b for _, b in items[i:i + SCRIPT_ITEMS])]
+                    if i + SCRIPT_ITEMS >= len(items):  # the fences go with the last states
+                        for topic, offset in offsets.items():
+                            args += [topic, offset]
+                    await self._save(keys=[keys.viewer_states(p), keys.viewer_offsets(p)],
+                                     args=args, client=pipe)
+                for topic, offset in offsets.items():
+                    self._fences[p][topic] = offset
+                queued.append(p)
+            if queued:
+                await scripts.execute(pipe)
+        for p in queued:
+            self._unsaved.pop(p, None)
+
+    def _observe(self, partition: int, ts: int) -> None:
+        seen = self._times.get(partition)
+        if seen is None or ts > seen[0]:
+            self._times[partition] = (ts, self._clock())
+
+    def _now(self, partition: int, behind: set[str]) -> int:
+        """The partition's event time; wall time stands in for events only when it is idle.
+
+        While an input is behind (or the worker is in a rebalance) the next events wait in
+        Kafka: moving on by wall time would fire timers they cancel.
+        """
+        event_ms, wall_s = self._times.get(partition, (0, self._clock()))
+        if behind:
+            return event_ms
+        return now_of(event_ms, int(wall_s * 1000), wall_now_ms=int(self._clock() * 1000))
+
+    # --- effects ----------------------------------------------------------------------
+
+    async def _deliver(self, effects: list[tuple[int, Effect]]) -> None:
+        """One round: publish each effect not delivered before; count it in its room's stats.
+
+        Two phases, so a kill -9 loses nothing: claim under this round's mark, publish;
+        `_settle` waits for Kafka's acks and then records the round as acked. A new owner
+        re-decides the same effects and re-sends those whose round is not recorded and
+        that it cannot find in Kafka (a send still in flight when it looks could repeat).
+        Script calls of at most SCRIPT_ITEMS effects of one room.
+        """
+        if not effects:
+            return
+        by_room: dict[str, list[tuple[int, Effect, str]]] = {}
+        for p, effect in effects:
+            by_room.setdefault(effect.room_id, []).append((p, effect, _once_id(effect)))
+        self._round += 1
+        mark = f"p:{int(self._clock() * 1000)}:{self._worker}:{self._round}"
+        self._claimed.update(by_room)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            slices = [group[i:i + SCRIPT_ITEMS] for group in by_room.values()
+                      for i in range(0, len(group), SCRIPT_ITEMS)]
+            for group in slices:
+                room = group[0][1].room_id
+                args = [keys.once(room, ""), ONCE_TTL_S, mark,
+                        _pack([_claim_item(e, once) for _, e, once in group])]
+                await self._claim(keys=[keys.stats(room), keys.nudged(room), keys.acked(room)],
+                                  args=args, client=pipe)
+            new_pairs = {(e.room_id, e.viewer_id) for _, e in effects if isinstance(e, TagChange)}
+            new_pairs -= self._viewer_rooms
+            for room, viewer in new_pairs:
+                pipe.sadd(keys.viewer_rooms(viewer), room)
+            answers = await scripts.execute(pipe)
+        self._viewer_rooms |= new_pairs
+        sends: list[tuple[int, Effect, str]] = []
+        pending: list[tuple[int, Effect, int]] = []
+        for group in slices:
+            for (p, effect, once), answer in zip(group, answers.pop(0), strict=True):
+                if answer == 1:
+                    if not isinstance(effect, Suppressed):
+                        sends.append((p, effect, once))
+                elif answer != 0:  # b'p:<ms>:<worker>:<round>'
+                    pending.append((p, effect, int(answer.split(b":")[1])))
+        if pending:
+            unsent = await self._unsent(pending)
+            for _, effect, once in unsent:  # their marks name another round: mark them 'd'
+                self._done_ids.setdefault(effect.room_id, []).append(once)
+            sends += unsent
+        if not sends:
+            return
+        remaining = await self._remaining([e for _, e, _ in sends if isinstance(e, Nudge)])
+        # Each effect on the viewer's partition number (no hashing: a viewer's effects stay
+        # in order), a partition's records in one batch; nudges also go to the gateways.
+        records: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+        shown: list[bytes] = []
+        for p, effect, _ in sends:
+            if isinstance(effect, Nudge):
+                if effect.sku and "{remaining}" in effect.message:
+                    effect = _with_remaining(
+                        effect, remaining.get((effect.room_id, effect.sku), "?"))
+                data = encode(effect)
+                if effect.variant == "treatment":
+                    shown.append(data)
+            else:
+                data = encode(effect)
+            records.setdefault((self._topic_of(effect), p), []).append(
+                (effect.viewer_id.encode(), data))
+        if shown:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for data in shown:
+                    pipe.publish(keys.NUDGE_CHANNEL, data)
+                await pipe.execute()
+        for (topic, p), batch in records.items():
+            # Acks come in order within a partition: the last one covers the rest.
+            self._acks[(topic, p)] = await self._send(topic, p, batch)
+
+    async def _unsent(self, pending: list[tuple[int, Effect, int]],
+                      ) -> list[tuple[int, Effect, str]]:
+        """Of effects a worker claimed and may not have sent (it died), those not in Kafka.
+
+        Reads each output partition from shortly before the claim; rare (a takeover after
+        a crash), and it keeps the choice between losing one and sending it twice away.
+        """
+        wanted: dict[tuple[str, int], int] = {}
+        for p, effect, claimed_ms in pending:
+            if isinstance(effect, Suppressed):
+                continue
+            tp = (self._topic_of(effect), p)
+            wanted[tp] = min(wanted.get(tp, claimed_ms), claimed_ms)
+        present: set[str] = set()
+        for (topic, p), since_ms in wanted.items():
+            present |= await self._ids_in(topic, p, since_ms - 10_000)
+        out = []
+        for p, effect, _ in pending:
+            once = _once_id(effect)
+            if isinstance(effect, Suppressed) or once in present:
+                self._done_ids.setdefault(effect.room_id, []).append(once)
+            else:
+                out.append((p, effect, once))
+        return out
+
+    async def _ids_in(self, topic: str, partition: int, since_ms: int) -> set[str]:
+        tp = TopicPartition(topic, partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            found = (await consumer.offsets_for_times({tp: max(0, since_ms)}))[tp]
+            end = (await consumer.end_offsets([tp]))[tp]
+            if found is None:
+                return set()
+            consumer.seek(tp, found.offset)
+            kind = _KIND[topic.removeprefix(self._topics.prefix)]
+            ids: set[str] = set()
+            while await consumer.position(tp) < end:
+                for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                    ids |= {_once_id(msgspec.json.decode(r.value, type=kind)) for r in records}
+            return ids
+        finally:
+            await consumer.stop()
+
+    def _topic_of(self, effect: Effect) -> str:
+        if isinstance(effect, Nudge):
+            return self._topics.nudges
+        return self._topics.tags if isinstance(effect, TagChange) else self._topics.followups
+
+    async def _remaining(self, nudges: list[Nudge]) -> dict[tuple[str, str], str]:
+        wanted = sorted({(n.room_id, n.sku) for n in nudges
+                         if n.sku and "{remaining}" in n.message})
+        if not wanted:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room, sku in wanted:
+                pipe.hget(keys.stock_prefix(room) + sku, "available")
+            answers = await pipe.execute()
+        return {k: (v or b"?").decode() for k, v in zip(wanted, answers, strict=True)}
+
+
+_KIND: dict[str, type[Nudge | TagChange | FollowUp]] = {
+    "nudges": Nudge, "tags": TagChange, "followups": FollowUp}
+
+
+def _once_id(effect: Effect) -> str:
+    """The effect's identity: everything in it is decided by event time, so a replay
+    builds the same id."""
+    if isinstance(effect, Nudge):
+        return f"n|{effect.viewer_id}|{effect.rule_id}|{effect.ts}"
+    if isinstance(effect, TagChange):
+        return f"t|{effect.viewer_id}|{effect.tag}|{effect.value}|{effect.op}|{effect.ts}"
+    if isinstance(effect, FollowUp):
+        return f"f|{effect.viewer_id}|{effect.due_at}"
+    return f"s|{effect.viewer_id}|{effect.rule_id}|{effect.ts}|{effect.reason}"
+
+
+_TAG_STATS = {"add": ("tags",), "remove": ("tags_removed",)}
+_FOLLOWUP_STATS = ("followups",)
+
+
+def _claim_item(effect: Effect, once: str) -> tuple[object, ...]:
+    """[id, stat fields, a, b] of one effect, for CLAIM."""
+    if isinstance(effect, TagChange):
+        return (once, _TAG_STATS[effect.op])
+    if isinstance(effect, Nudge):
+        return (once, ("nudges", f"nudges:{effect.rule_id}:{effect.variant}"),
+                f"{effect.rule_id}|{effect.viewer_id}", f"{effect.variant}|{effect.ts}")
+    if isinstance(effect, FollowUp):
+        return (once, _FOLLOWUP_STATS)
+    return (once, (f"suppressed:{effect.reason}",))
+
+
+def _with_remaining(nudge: Nudge, remaining: str) -> Nudge:
+    return msgspec.structs.replace(nudge, message=nudge.message.replace("{remaining}", remaining))
+
+
+_ts = attrgetter("ts")
+
+
+def _split(field: bytes) -> tuple[str, str]:
+    room, _, viewer = field.decode().partition("|")
+    return room, viewer

@@ -1,0 +1,100 @@
+"""The worker's selling path: stock and order events to inventory scripts, results out.
+
+Per batch and room, one script call applies up to 500 operations in order (a `placed`
+before its `paid` in the same batch still works); one pipeline carries every room's
+calls, so a batch costs one Redis round trip however many orders it holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from redis.asyncio import Redis
+
+from stream.core.codec import encode
+from stream.core.models import OrderEvent, OrderResult, StockSet
+from stream.core.topics import Topics
+from stream.store import keys, scripts
+from stream.store.clocks import RoomClocks
+from stream.store.inventory import Inventory, Outcome, parse
+from stream.worker.pipeline import Part, Record, Send, newest_by_room
+from stream.worker.stockfeed import StockFeed
+
+
+class Orders:
+    """Handler for the pipeline: applies stock.set and order.* events, exactly once each."""
+
+    def __init__(self, *, redis: Redis, inventory: Inventory, feed: StockFeed, send: Send,
+                 topics: Topics, clock: Callable[[], float] = time.time) -> None:
+        self._redis = redis
+        self._inventory = inventory
+        self._feed = feed
+        self._send = send
+        self._topics = topics
+        self._clocks = RoomClocks(redis)
+        self._clock = clock
+        self._rooms: set[str] = set()
+
+    async def handle(self, parts: Sequence[Part]) -> None:
+        by_room: dict[str, list[tuple[Record, StockSet | OrderEvent]]] = {}
+        latest = newest_by_room(parts)
+        for part in parts:
+            # Only the host and order topics hold what inventory applies.
+            if part.record.topic in (self._topics.host_events, self._topics.order_events):
+                for e in part.events:
+                    if isinstance(e, StockSet | OrderEvent):
+                        by_room.setdefault(e.room_id, []).append((part.record, e))
+        if not latest:
+            return
+        wall_ms = int(self._clock() * 1000)
+        new_rooms = [r for r in by_room if r not in self._rooms]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room, ts in latest.items():
+                await self._clocks.advance(pipe, room, event_ms=ts, wall_ms=wall_ms)
+            if new_rooms:
+                pipe.sadd(keys.ROOMS, *new_rooms)
+            calls = [await self._inventory.queue(
+                pipe, room, [self._inventory.op(e) for _, e in group])
+                for room, group in by_room.items()]
+            answers = await scripts.execute(pipe)
+        self._rooms.update(new_rooms)
+        chunks = iter(answers[len(latest) + bool(new_rooms):])
+        for (room, group), n in zip(by_room.items(), calls, strict=True):
+            flat = [a for _ in range(n) for a in next(chunks)]
+            for (record, e), answer in zip(group, flat, strict=True):
+                outcome = parse(answer, room_id=room, ts=e.ts)
+                self._feed.offer(outcome.levels)
+                if isinstance(e, OrderEvent):
+                    await self._publish(_result(e.order_id, room, e.ts, outcome, e.viewer_id),
+                                        record.partition)
+        await self._feed.flush()
+
+    async def sweep(self) -> int:
+        """Release reservations past their deadline on each room's clock."""
+        wall_ms = int(self._clock() * 1000)
+        released = 0
+        for raw in await self._redis.smembers(keys.ROOMS):
+            room = raw.decode()
+            now = await self._clocks.now(room, wall_now_ms=wall_ms)
+            if now is None:
+                continue
+            for order_id, outcome in await self._inventory.expire_due(room, now_ms=now):
+                self._feed.offer(outcome.levels)
+                if outcome.fresh:  # else paid or cancelled in the meantime
+                    await self._publish(_result(order_id, room, now, outcome,
+                                                outcome.viewer_id), None)
+                    released += 1
+        await self._feed.flush()
+        return released
+
+    async def _publish(self, result: OrderResult, partition: int | None) -> None:
+        # The input's partition number: a viewer's results stay in order, no hashing.
+        await self._send(self._topics.order_results, encode(result), result.order_id.encode(),
+                         partition)
+
+
+def _result(order_id: str, room: str, ts: int, outcome: Outcome, viewer_id: str) -> OrderResult:
+    return OrderResult(order_id=order_id, room_id=room, viewer_id=viewer_id,
+                       status=outcome.status,  # type: ignore[arg-type]
+                       reason=outcome.reason or None, ts=ts)

@@ -1,0 +1,32 @@
+"""`make bench`'s runner and the fan-out benchmark still run end to end (tiny sizes: this
+checks they work, it measures nothing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def test_bench_runner_collects_the_fanout_figures(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run = subprocess.run([sys.executable, str(BENCH / "run.py"), "--quick", "--only", "fanout",
+                          "--out", str(out)], capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    results = json.loads(out.with_suffix(".json").read_text())
+    figures = results["benchmarks"]["fanout"]["figures"]
+    # Every subscriber, WebSocket and SSE alike, got every round's change.
+    assert figures["ws"] > 0 and figures["sse"] > 0
+    assert figures["received"] == figures["expected"] == 200 * 2
+    assert figures["raw_received"] == figures["expected"]
+    assert results["machine"]["cores"] >= 1
+    table = out.with_suffix(".md").read_text()
+    assert "fan-out" in table and "200 subscribers" in table

@@ -1,0 +1,111 @@
+"""The two user-facing runs, as a user starts them: `demo --json` and `up` + Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "stream"]
+
+
+def _env() -> dict[str, str]:
+    """The user's environment without any of our settings: the embedded default."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LIVECOMMERCE_")}
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc (no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_demo_json_summary() -> None:
+    run = subprocess.run([*CLI, "demo", "--duration", "15", "--speed", "40", "--viewers", "150",
+                          "--json"], env=_env(), capture_output=True, timeout=180)
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    summary = msgspec.json.decode(run.stdout.strip().splitlines()[-1])
+    assert summary["events_sent"] > 1000
+    assert summary["events_processed"] == summary["events_sent"] - summary["dead_letters"]
+    assert summary["orders"] > 0 and summary["paid"] > 0 and summary["gmv"] > 0
+    assert summary["oversold"] == 0
+
+
+def test_up_stops_everything_on_ctrl_c() -> None:
+    proc = subprocess.Popen([*CLI, "up"], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("simulate"):
+                break
+        output = "".join(lines)
+        assert "gateway" in output and "platform" in output, output
+        children = _descendants(proc.pid)
+        names = {Path(f"/proc/{p}/comm").read_text().strip() for p in children if _alive(p)}
+        assert any("tansu" in n for n in names) and any("valkey" in n for n in names), names
+        assert len(children) >= 3  # broker, redis, a worker
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    assert not [p for p in children if _alive(p)], "children left behind"
+
+
+async def test_check_finds_broken_books(stack) -> None:  # type: ignore[no-untyped-def]
+    from redis.asyncio import Redis
+
+    from stream.core.models import StockSet
+    from stream.store import keys
+    from stream.store.inventory import Inventory
+
+    room = f"check-{time.time_ns()}"
+    redis = Redis.from_url(stack.redis_url)
+    try:
+        inventory = Inventory(redis)
+        stock = StockSet(event_id=f"{room}-s", room_id=room, ts=1_700_000_000_000, sku="rice",
+                         qty=5)
+        await inventory.run(room, [inventory.op(stock)], ts=stock.ts)
+        env = {**_env(), "LIVECOMMERCE_REDIS_URL": stack.redis_url}
+        ok = subprocess.run([*CLI, "check", room], env=env, capture_output=True, text=True)
+        assert ok.returncode == 0 and "oversold 0, ok" in ok.stdout, ok.stdout + ok.stderr
+        await redis.hincrby(keys.stock_prefix(room) + "rice", "sold", 6)
+        bad = subprocess.run([*CLI, "check", room], env=env, capture_output=True, text=True)
+        assert bad.returncode == 1
+        assert "oversold 1" in bad.stdout and "rice" in bad.stdout
+    finally:
+        await redis.aclose()
