@@ -6,8 +6,9 @@ import re
 
 from stream.core.codec import encode
 from stream.core.models import DeadLetter, Origin
-from stream.store import keys
 
+# Input that names no room (it is not even JSON) is counted in this room's stats.
+NO_ROOM = "_"
 # Enough of the raw input to debug it without letting one huge record bloat the topic.
 MAX_RAW = 16_384
 _ROOM = re.compile(rb'"room_id"\s*:\s*"([A-Za-z0-9._:@\-]{1,64})"')
@@ -16,7 +17,7 @@ _ROOM = re.compile(rb'"room_id"\s*:\s*"([A-Za-z0-9._:@\-]{1,64})"')
 def room_of(raw: bytes) -> str:
     """The room a bad record seems to be for, to count it there; `_` when unknown."""
     match = _ROOM.search(raw[:MAX_RAW])
-    return match.group(1).decode() if match else keys.NO_ROOM
+    return match.group(1).decode() if match else NO_ROOM
 
 
 def dead_letter(raw: bytes, error: str, origin: Origin, *, now_ms: int) -> bytes:

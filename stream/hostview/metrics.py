@@ -25,60 +25,15 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import Any
 
 import msgspec
 
-from stream.core.models import (
-    CartClicked,
-    Comment,
-    Event,
-    Like,
-    OrderPaymentFailed,
-    ViewerJoined,
-    ViewerLeft,
-)
+from stream.core.counters import MINUTE_MS, minute_of
 from stream.engine.viewers import RoomTimeline
 
-MINUTE_MS = 60_000
 # Rates (per minute) and the sell-out projection look at this many trailing minutes.
 RATE_WINDOW_MIN = 5
 LAYERS = ("new", "returning", "unknown")
-
-
-def minute_of(ts: int) -> int:
-    """The event-time minute bucket of `ts` (epoch ms)."""
-    return ts // MINUTE_MS
-
-
-def layer(returning: bool | None) -> str:
-    return "unknown" if returning is None else ("returning" if returning else "new")
-
-
-def _m(event: Event, name: str) -> str:
-    return f"m:{event.ts // MINUTE_MS}:{name}"
-
-
-# By exact type: called for every event, most of which (heartbeats, views) count nothing.
-_COUNTERS: dict[type, Callable[[Any], list[tuple[str, int]]]] = {
-    ViewerJoined: lambda e: [(_m(e, "joins"), 1)],
-    ViewerLeft: lambda e: [(_m(e, "leaves"), 1)],
-    Like: lambda e: [("likes", e.count), (_m(e, "likes"), e.count)],
-    Comment: lambda e: [(_m(e, "comments"), 1)],
-    CartClicked: lambda e: [(_m(e, "cart_clicks"), 1), (f"s:{e.ts // 1000}:cart_clicks", 1)],
-    OrderPaymentFailed: lambda e: [(_m(e, "payment_failed"), 1)],
-}
-
-
-def count(events: Iterable[Event], into: Counter[str]) -> None:
-    """Add what these events add to their room's stats (applied once per Kafka record)."""
-    for event in events:
-        counters = _COUNTERS.get(type(event))
-        if counters is not None:
-            for name, delta in counters(event):
-                into[name] += delta
 
 
 # --- the snapshot read from Redis ----------------------------------------------------------
@@ -302,8 +257,8 @@ def _series(st: dict[str, float], started_at: int | None, now: int,
     buckets: dict[int, dict[str, float]] = {}
     for k, v in st.items():
         if k.startswith("m:"):
-            _, minute, name = k.split(":", 2)
-            buckets.setdefault(int(minute), {})[name] = v
+            _, bucket, name = k.split(":", 2)
+            buckets.setdefault(int(bucket), {})[name] = v
     if not buckets and started_at is None:
         return []
     last = minute_of(now)

@@ -37,6 +37,6 @@ class RoomClocks:
     async def now(self, room_id: str, *, wall_now_ms: int) -> int | None:
         """The room's time now, or None for a room that has seen no event."""
         event_ms, wall_ms = await self._redis.hmget(keys.clock(room_id), "event_ms", "wall_ms")
-        if event_ms is None:
+        if event_ms is None or wall_ms is None:
             return None
         return now_of(int(event_ms), int(wall_ms), wall_now_ms=wall_now_ms)

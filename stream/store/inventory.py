@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import orjson
 from redis.asyncio import Redis
 
+from stream.core.counters import minute_of
 from stream.core.models import (
     OrderCancelled,
     OrderEvent,
@@ -26,8 +27,8 @@ from stream.core.models import (
     StockSet,
     StockUpdate,
 )
-from stream.hostview.metrics import minute_of
 from stream.store import keys, scripts
+from stream.store.replies import text
 
 # Orders are kept this long after their last change, for late payments and the review.
 ORDER_RETENTION_S = 7 * 24 * 3600
@@ -318,7 +319,7 @@ class Inventory:
         Returns (order_id, outcome) per due order; an outcome that is not fresh means
         the order was paid or cancelled first and nothing changed.
         """
-        due = [d.decode() for d in await self.redis.zrangebyscore(
+        due = [text(d) for d in await self.redis.zrangebyscore(
             keys.deadlines(room_id), "-inf", now_ms, start=0, num=limit)]
         if not due:
             return []
@@ -329,7 +330,7 @@ class Inventory:
     async def _rows(self, room_id: str, *fields: str,
                     consistent: bool = False) -> list[tuple[str, list[bytes | None]]]:
         """(sku, values of `fields`) for each of the room's SKUs, sorted by SKU."""
-        skus = sorted(s.decode() for s in await self.redis.smembers(keys.skus(room_id)))
+        skus = sorted(text(s) for s in await self.redis.smembers(keys.skus(room_id)))
         async with self.redis.pipeline(transaction=consistent) as pipe:
             for sku in skus:
                 pipe.hmget(keys.stock_prefix(room_id) + sku, *fields)

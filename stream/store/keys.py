@@ -7,8 +7,10 @@ Keys that belong to no room use the tag `{_}`.
 
 from __future__ import annotations
 
+from stream.core import deadletters
+
 PREFIX = "lc"
-NO_ROOM = "_"
+NO_ROOM = deadletters.NO_ROOM  # the room that input naming none is counted in
 
 
 def _room(room_id: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from stream.store import keys, scripts
+from stream.store.replies import number, text
 
 # KEYS: fences, stats, seconds.  ARGV: fence field, first offset, last offset, then
 # field/delta pairs; a field `s:<rest>` goes to the seconds hash as `<rest>`.
@@ -76,7 +77,7 @@ class Ledger:
             await self._redis.hset(keys.consumed(), mapping=ends)  # type: ignore[arg-type]
 
     async def consumed(self) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in (await self._redis.hgetall(keys.consumed())).items()}
+        return {text(k): int(v) for k, v in (await self._redis.hgetall(keys.consumed())).items()}
 
     async def apply(self, batches: list[RoomBatch]) -> int:
         """Apply every batch; returns how many counts were skipped as already applied."""
@@ -115,4 +116,4 @@ def _args(batch: RoomBatch) -> list[str | int]:
 async def read_stats(redis: Redis, room_id: str) -> dict[str, int | float]:
     """The room's counters; money (`gmv`) is a float, every count an int."""
     raw = await redis.hgetall(keys.stats(room_id))
-    return {k.decode(): float(v) if b"." in v else int(v) for k, v in raw.items()}
+    return {text(k): number(v) for k, v in raw.items()}

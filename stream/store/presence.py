@@ -15,13 +15,14 @@ from collections.abc import Callable, Sequence
 import msgspec
 from redis.asyncio import Redis
 
+from stream.core.batch import Part, newest_by_room
+from stream.core.counters import layer, minute_of
 from stream.core.models import CartAdded, OrderPaymentFailed, OrderPlaced, ViewerJoined, ViewerLeft
-from stream.hostview.metrics import RoomRaw, SkuRow, layer, minute_of
+from stream.hostview.metrics import RoomRaw, SkuRow
 from stream.store import keys, scripts
 from stream.store.clocks import RoomClocks
 from stream.store.ledger import read_stats
 from stream.store.roomlog import RoomLog
-from stream.worker.pipeline import Part, newest_by_room
 
 # KEYS: stats, presence, profiles, watched, carted, pay-failed.
 # ARGV: a msgpack array of ops, 5 fields each: op ('j' join, 'l' leave, 'c' carted, 'f'

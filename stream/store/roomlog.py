@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 import msgspec
 from redis.asyncio import Redis
 
+from stream.core.batch import Part
 from stream.core.codec import encode
 from stream.core.models import (
     AnyEvent,
@@ -26,7 +27,6 @@ from stream.core.models import (
 )
 from stream.engine.viewers import Product, RoomTimeline
 from stream.store import keys, scripts
-from stream.worker.pipeline import Part
 
 # KEYS: log list, ids set.  ARGV: event id, encoded event.  Appends once per event id.
 APPEND = """

@@ -18,6 +18,11 @@ from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
+# Items per script call: a script holds Redis for its whole run, so thousands of items
+# (effects, viewer states) in one call made every other command of every worker and
+# gateway wait milliseconds.
+SCRIPT_ITEMS = 500
+
 
 class ScriptsLost(RedisConnectionError):
     """Redis no longer has our scripts (it restarted); retry the step."""

@@ -11,17 +11,19 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any
 
 import faust
 from faust.types import TP, EventT
 from redis.asyncio import Redis
 
+from stream.core import counters
+from stream.core.batch import Record
 from stream.core.codec import encode
 from stream.core.config import Settings
 from stream.core.models import StockUpdate
 from stream.core.topics import Topics
-from stream.hostview import metrics
 from stream.store import keys
 from stream.store.inventory import Inventory
 from stream.store.ledger import Ledger
@@ -30,7 +32,7 @@ from stream.store.roomlog import RoomLog
 from stream.worker.admin import ensure_topics
 from stream.worker.engagement import Engagement
 from stream.worker.orders import Orders
-from stream.worker.pipeline import Pipeline, Record
+from stream.worker.pipeline import Pipeline
 from stream.worker.rulewatch import RuleWatcher
 from stream.worker.stockfeed import StockFeed
 from stream.worker.transport import App
@@ -91,12 +93,12 @@ def create_app(settings: Settings) -> faust.App:
         return await app.producer.send(topic, key, value, partition, None, None)
 
     async def send_many(topic: str, partition: int,
-                        records: Sequence[tuple[bytes | None, bytes]]) -> object:
+                        records: Sequence[tuple[bytes | None, bytes]]) -> Awaitable[object]:
         # aiokafka's batch builder: ~1 us a record against ~8 us through send() and its
         # sender loop. faust has no batch API, so its own producer is taken (its commit
         # still flushes it).
         producer = app.producer._ensure_producer()  # type: ignore[attr-defined]
-        ack: object = None
+        ack: Awaitable[object] | None = None  # aiokafka's future; `records` is never empty
         batch = producer.create_batch()
         for key, value in records:
             if batch.append(key=key, value=value, timestamp=None) is None:
@@ -105,6 +107,7 @@ def create_app(settings: Settings) -> faust.App:
                 batch.append(key=key, value=value, timestamp=None)
         if batch.record_count():
             ack = await producer.send_batch(batch, topic, partition=partition)
+        assert ack is not None, "send_many with no records"
         return ack
 
     async def publish_stock(updates: list[StockUpdate]) -> None:
@@ -140,7 +143,7 @@ def create_app(settings: Settings) -> faust.App:
     ledger = Ledger(redis)
     pipeline = Pipeline(topics=topics, ledger=ledger, send=send,
                         handlers=[orders, rooms, Presence(redis), engagement],
-                        count=metrics.count)
+                        count=counters.count)
 
     @app.task
     async def watch_rules() -> None:
@@ -177,7 +180,8 @@ def create_app(settings: Settings) -> faust.App:
 
     app.resume_offsets = resume_offsets
 
-    @app.on_partitions_revoked.connect
+    # faust types a receiver as taking `signal=` by keyword; ours takes it in `**_`.
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     def on_revoked(sender: object, revoked: set[TP], **_: object) -> None:
         # Whoever gets these partitions next loads their viewers from Redis.
         for tp in revoked:
@@ -193,8 +197,10 @@ def create_app(settings: Settings) -> faust.App:
     async def flush_stock() -> None:
         await pipeline.retrying(feed.flush)
 
-    async def consume(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+    async def consume(stream: faust.StreamT[Any]) -> None:
+        # `take_events` is faust-streaming's own, missing from its StreamT protocol.
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+                BATCH_MAX, within=BATCH_WITHIN_S):
             # take() buffers across a rebalance; faust's own loop drops records fetched in
             # an older generation, and so must we: their partition has been re-sought (or
             # given away), so they would reach the state ahead of the records before them.
@@ -229,7 +235,7 @@ def _chunks(records: list[Record], limit: int) -> list[list[Record]]:
     return out
 
 
-def _records(events: Sequence[EventT], *, taken: float) -> list[Record]:
+def _records(events: Sequence[EventT[Any]], *, taken: float) -> list[Record]:
     return [Record(e.message.topic, e.message.partition, e.message.offset, e.value,
                    e.message.generation_id or 0, taken) for e in events]
 

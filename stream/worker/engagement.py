@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from operator import attrgetter
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
+from stream.core.batch import Part, SendMany
 from stream.core.codec import encode
 from stream.core.models import FollowUp, Nudge, TagChange, ViewerEvent
 from stream.core.topics import Topics
@@ -33,90 +34,21 @@ from stream.engine.reorder import Reorder
 from stream.engine.rules import Rules
 from stream.engine.viewers import Effect, Suppressed, ViewerEngine
 from stream.store import keys, scripts
+from stream.store.claims import Claims, claim_item, once_id
 from stream.store.clocks import now_of
 from stream.store.roomlog import RoomLog
-from stream.worker.pipeline import Part, SendMany
+from stream.store.scripts import SCRIPT_ITEMS
+from stream.store.viewerstate import ViewerStates
 
-# Effects' once-keys outlive any redelivery or restart of a broadcast.
-ONCE_TTL_S = 3 * 24 * 3600
 # Acks, done marks and the state are settled this often (and on every tick), not per
 # batch: a batch then never waits on Kafka's acks, and a viewer touched many times in
 # the window is encoded and saved once. A worker killed meanwhile loses nothing: its
 # successor starts at the saved fence and the once-keys drop what was already sent.
 SETTLE_EVERY_S = 1.0
-# Items per script call: a script holds Redis for its whole run, so thousands of effects
-# in one call made every other command of every worker and gateway wait milliseconds.
-SCRIPT_ITEMS = 500
 # Timers wait this long past their due time before firing: a viewer's order travels on
 # another topic than their views and may arrive a little behind them; without the wait
 # an order placed just before the 3-minute mark could still trigger the reminder.
 GRACE_MS = 3000
-
-# Many items go to a script as one msgpack array (ARGV), not one argument each: packing
-# thousands of arguments cost the worker more than the script costs Redis.
-
-# Effects of one room in one call. KEYS: the room's stats hash, its first-nudge hash, its
-# acked hash. ARGV: once-key prefix, ttl, this round's mark `p:<wall ms>:<worker>:<round>`,
-# then a msgpack array with per effect [id, stat fields, a, b]: a nudge has a
-# `rule|viewer` and b `variant|ts`, kept if the first of that rule for that viewer (the
-# host's uplift). Returns per effect: 1 = new, deliver it; 0 = delivered
-# ('d', or a round its worker has marked acked); or the mark of a round a worker may have
-# died in before Kafka acked it. Counts, tag sets and first nudges change only when new.
-# One mark per round, not a 'd' per effect after the ack: half the writes.
-CLAIM = """
-local out, counts, acked = {}, {}, {}
-for i, e in ipairs(cmsgpack.unpack(ARGV[4])) do
-  local v = redis.call('SET', ARGV[1] .. e[1], ARGV[3], 'EX', ARGV[2], 'NX', 'GET')
-  if v then
-    local worker, round = string.match(v, '^p:%d+:([^:]+):(%d+)$')
-    if worker and acked[worker] == nil then
-      acked[worker] = tonumber(redis.call('HGET', KEYS[3], worker) or '-1')
-    end
-    if v == 'd' or (worker and tonumber(round) <= acked[worker]) then
-      out[i] = 0
-    else
-      out[i] = v
-    end
-  else
-    for _, field in ipairs(e[2]) do counts[field] = (counts[field] or 0) + 1 end
-    if e[3] then redis.call('HSETNX', KEYS[2], e[3], e[4]) end
-    out[i] = 1
-  end
-end
-for field, n in pairs(counts) do redis.call('HINCRBY', KEYS[1], field, n) end
-return out
-"""
-
-# Effects found in Kafka, or re-sent, for a round of another worker (rare: a takeover).
-# KEYS: none of its own; ARGV: once-key prefix, a msgpack array of ids acked by Kafka.
-DONE = """
-for _, id in ipairs(cmsgpack.unpack(ARGV[2])) do
-  redis.call('SET', ARGV[1] .. id, 'd', 'XX', 'KEEPTTL')
-end
-return 1
-"""
-
-# KEYS: states hash, offsets hash.  ARGV: a msgpack array field, size, field, size...;
-# the blobs end to end (Lua's cmsgpack has no binary type); then topic/offset pairs.
-SAVE = """
-local sizes, blobs, at, kv = cmsgpack.unpack(ARGV[1]), ARGV[2], 1, {}
-for i = 1, #sizes, 2 do
-  kv[#kv + 1] = sizes[i]
-  kv[#kv + 1] = string.sub(blobs, at, at + sizes[i + 1] - 1)
-  at = at + sizes[i + 1]
-  if #kv == 200 or i + 1 == #sizes then
-    redis.call('HSET', KEYS[1], unpack(kv))
-    kv = {}
-  end
-end
-for i = 3, #ARGV, 2 do
-  local current = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '-1')
-  if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-end
-return 1
-"""
-_pack = msgspec.msgpack.Encoder().encode
-
 
 class Engagement:
     """Pipeline handler for viewer and order events, plus the idle-time tick."""
@@ -137,9 +69,8 @@ class Engagement:
         self._behind = behind
         self._generation = generation
         self._inputs = (topics.viewer_events, topics.order_events)
-        self._save = redis.register_script(SAVE)
-        self._claim = redis.register_script(CLAIM)
-        self._done = redis.register_script(DONE)
+        self._claims = Claims(redis)
+        self._states = ViewerStates(redis)
         self._viewer_rooms: set[tuple[str, str]] = set()  # indexed in `viewer_rooms`
         self._worker = secrets.token_hex(6)  # names this process's claim rounds
         self._round = 0  # the last claim round started
@@ -151,7 +82,7 @@ class Engagement:
         self._times: dict[int, tuple[int, float]] = {}  # partition -> (event ms, wall s)
         # What the next settle must do: acks to await, effects to mark done, offsets whose
         # effects are in the state to save.
-        self._acks: dict[tuple[str, int], object] = {}  # last ack per topic-partition
+        self._acks: dict[tuple[str, int], Awaitable[object]] = {}  # last ack per topic-partition
         self._done_ids: dict[str, list[str]] = {}
         self._moved: dict[int, dict[str, int]] = {}
         # Survive a failed round (Redis or Kafka away): the engine has moved on, so what it
@@ -270,7 +201,7 @@ class Engagement:
         if self._acks:
             acks, self._acks = self._acks, {}
             try:
-                await asyncio.gather(*acks.values())  # type: ignore[arg-type]
+                await asyncio.gather(*acks.values())
             except BaseException:
                 # Delivered again on the retry: claimed ('p'), so only what Kafka lacks is sent.
                 self._outbox, self._sent = self._sent + self._outbox, []
@@ -282,8 +213,7 @@ class Engagement:
                 for room in self._claimed:  # every round so far is delivered and acked
                     pipe.hset(keys.acked(room), self._worker, self._round)
                 for room, ids in self._done_ids.items():
-                    await self._done(keys=[keys.stats(room)],
-                                     args=[keys.once(room, ""), _pack(ids)], client=pipe)
+                    await self._claims.done(pipe, room, ids)
                 await scripts.execute(pipe)
             self._done_ids, self._claimed = {}, set()
         await self._persist(set(self.engines), self._moved)
@@ -291,13 +221,7 @@ class Engagement:
 
     async def saved_fences(self, partitions: Iterable[int]) -> dict[int, dict[str, int]]:
         """Each partition's saved offsets: where its viewer state is up to, per topic."""
-        wanted = sorted(partitions)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for p in wanted:
-                pipe.hgetall(keys.viewer_offsets(p))
-            answers = await pipe.execute()
-        return {p: {k.decode(): int(v) for k, v in a.items()}
-                for p, a in zip(wanted, answers, strict=True)}
+        return await self._states.saved_fences(partitions)
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop partitions this worker no longer owns (their new owner loads the state)."""
@@ -322,19 +246,15 @@ class Engagement:
         if not missing:
             return
         epoch = self._epoch
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for p in missing:
-                pipe.hgetall(keys.viewer_states(p))
-                pipe.hgetall(keys.viewer_offsets(p))
-            answers = await pipe.execute()
+        saved = await self._states.load(missing)
         if epoch != self._epoch:
             return  # a rebalance meanwhile: these may not be ours, and get re-read if they are
-        for p, states, offsets in zip(missing, answers[::2], answers[1::2], strict=True):
+        for p, (states, offsets) in zip(missing, saved, strict=True):
             engine = ViewerEngine(self._rules(), grace_ms=GRACE_MS)
-            engine.restore({_split(k): v for k, v in states.items()})
+            engine.restore(states)
             self.engines[p] = engine
             self._waiting[p] = Reorder(self._inputs, ts=_ts)
-            self._fences[p] = {k.decode(): int(v) for k, v in offsets.items()}
+            self._fences[p] = offsets
 
     async def _persist(self, partitions: set[int], moved: dict[int, dict[str, int]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -347,18 +267,7 @@ class Engagement:
                 offsets = moved.get(p, {})
                 if not blobs and not offsets:
                     continue
-                items = list(blobs.items())
-                for i in range(0, max(len(items), 1), SCRIPT_ITEMS):
-                    sizes: list[str | int] = []
-                    for (room, viewer), blob in items[i:i + SCRIPT_ITEMS]:
-                        sizes += [f"{room}|{viewer}", len(blob)]
-                    args: list[object] = [_pack(sizes),
-                                          b"".join(b for _, b in items[i:i + SCRIPT_ITEMS])]
-                    if i + SCRIPT_ITEMS >= len(items):  # the fences go with the last states
-                        for topic, offset in offsets.items():
-                            args += [topic, offset]
-                    await self._save(keys=[keys.viewer_states(p), keys.viewer_offsets(p)],
-                                     args=args, client=pipe)
+                await self._states.save(pipe, p, blobs, offsets)
                 for topic, offset in offsets.items():
                     self._fences[p][topic] = offset
                 queued.append(p)
@@ -398,7 +307,7 @@ class Engagement:
             return
         by_room: dict[str, list[tuple[int, Effect, str]]] = {}
         for p, effect in effects:
-            by_room.setdefault(effect.room_id, []).append((p, effect, _once_id(effect)))
+            by_room.setdefault(effect.room_id, []).append((p, effect, once_id(effect)))
         self._round += 1
         mark = f"p:{int(self._clock() * 1000)}:{self._worker}:{self._round}"
         self._claimed.update(by_room)
@@ -406,11 +315,8 @@ class Engagement:
             slices = [group[i:i + SCRIPT_ITEMS] for group in by_room.values()
                       for i in range(0, len(group), SCRIPT_ITEMS)]
             for group in slices:
-                room = group[0][1].room_id
-                args = [keys.once(room, ""), ONCE_TTL_S, mark,
-                        _pack([_claim_item(e, once) for _, e, once in group])]
-                await self._claim(keys=[keys.stats(room), keys.nudged(room), keys.acked(room)],
-                                  args=args, client=pipe)
+                await self._claims.claim(pipe, group[0][1].room_id, mark=mark,
+                                         items=[claim_item(e, once) for _, e, once in group])
             new_pairs = {(e.room_id, e.viewer_id) for _, e in effects if isinstance(e, TagChange)}
             new_pairs -= self._viewer_rooms
             for room, viewer in new_pairs:
@@ -475,9 +381,9 @@ class Engagement:
         present: set[str] = set()
         for (topic, p), since_ms in wanted.items():
             present |= await self._ids_in(topic, p, since_ms - 10_000)
-        out = []
+        out: list[tuple[int, Effect, str]] = []
         for p, effect, _ in pending:
-            once = _once_id(effect)
+            once = once_id(effect)
             if isinstance(effect, Suppressed) or once in present:
                 self._done_ids.setdefault(effect.room_id, []).append(once)
             else:
@@ -500,7 +406,7 @@ class Engagement:
             ids: set[str] = set()
             while await consumer.position(tp) < end:
                 for records in (await consumer.getmany(tp, timeout_ms=500)).values():
-                    ids |= {_once_id(msgspec.json.decode(r.value, type=kind)) for r in records}
+                    ids |= {once_id(msgspec.json.decode(r.value, type=kind)) for r in records}
             return ids
         finally:
             await consumer.stop()
@@ -526,41 +432,8 @@ _KIND: dict[str, type[Nudge | TagChange | FollowUp]] = {
     "nudges": Nudge, "tags": TagChange, "followups": FollowUp}
 
 
-def _once_id(effect: Effect) -> str:
-    """The effect's identity: everything in it is decided by event time, so a replay
-    builds the same id."""
-    if isinstance(effect, Nudge):
-        return f"n|{effect.viewer_id}|{effect.rule_id}|{effect.ts}"
-    if isinstance(effect, TagChange):
-        return f"t|{effect.viewer_id}|{effect.tag}|{effect.value}|{effect.op}|{effect.ts}"
-    if isinstance(effect, FollowUp):
-        return f"f|{effect.viewer_id}|{effect.due_at}"
-    return f"s|{effect.viewer_id}|{effect.rule_id}|{effect.ts}|{effect.reason}"
-
-
-_TAG_STATS = {"add": ("tags",), "remove": ("tags_removed",)}
-_FOLLOWUP_STATS = ("followups",)
-
-
-def _claim_item(effect: Effect, once: str) -> tuple[object, ...]:
-    """[id, stat fields, a, b] of one effect, for CLAIM."""
-    if isinstance(effect, TagChange):
-        return (once, _TAG_STATS[effect.op])
-    if isinstance(effect, Nudge):
-        return (once, ("nudges", f"nudges:{effect.rule_id}:{effect.variant}"),
-                f"{effect.rule_id}|{effect.viewer_id}", f"{effect.variant}|{effect.ts}")
-    if isinstance(effect, FollowUp):
-        return (once, _FOLLOWUP_STATS)
-    return (once, (f"suppressed:{effect.reason}",))
-
-
 def _with_remaining(nudge: Nudge, remaining: str) -> Nudge:
     return msgspec.structs.replace(nudge, message=nudge.message.replace("{remaining}", remaining))
 
 
 _ts = attrgetter("ts")
-
-
-def _split(field: bytes) -> tuple[str, str]:
-    room, _, viewer = field.decode().partition("|")
-    return room, viewer

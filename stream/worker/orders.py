@@ -12,13 +12,14 @@ from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
 
+from stream.core.batch import Part, Record, Send, newest_by_room
 from stream.core.codec import encode
 from stream.core.models import OrderEvent, OrderResult, StockSet
 from stream.core.topics import Topics
 from stream.store import keys, scripts
 from stream.store.clocks import RoomClocks
 from stream.store.inventory import Inventory, Outcome, parse
-from stream.worker.pipeline import Part, Record, Send, newest_by_room
+from stream.store.replies import text
 from stream.worker.stockfeed import StockFeed
 
 
@@ -75,7 +76,7 @@ class Orders:
         wall_ms = int(self._clock() * 1000)
         released = 0
         for raw in await self._redis.smembers(keys.ROOMS):
-            room = raw.decode()
+            room = text(raw)
             now = await self._clocks.now(room, wall_now_ms=wall_ms)
             if now is None:
                 continue

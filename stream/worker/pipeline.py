@@ -13,13 +13,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from operator import attrgetter
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stream.core.batch import Handler, Part, Record, Send
 from stream.core.codec import BodyError, decode_events, encode
 from stream.core.deadletters import dead_letter, room_of
 from stream.core.models import Event, Origin
@@ -33,62 +32,6 @@ T = TypeVar("T")
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, TimeoutError)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes
-    generation: int = 0  # the consumer group generation it was fetched in
-    taken: float = 0.0  # when the worker took it (time.monotonic): it was fetched before
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    """One record's decoded events, in record order (an envelope holds hundreds)."""
-
-    record: Record
-    events: list[Event]
-    rooms: frozenset[str]  # of the events
-
-
-class Send(Protocol):
-    def __call__(self, topic: str, value: bytes, key: bytes | None = None,
-                 partition: int | None = None) -> Awaitable[object]: ...
-
-
-_ts = attrgetter("ts")
-
-
-def newest_by_room(parts: Sequence[Part]) -> dict[str, int]:
-    """The newest event time per room in these parts."""
-    newest: dict[str, int] = {}
-    for part in parts:
-        if len(part.rooms) == 1:  # the usual envelope: one pass in C
-            (room,) = part.rooms
-            ts = max(map(_ts, part.events))
-            if newest.get(room, 0) < ts:
-                newest[room] = ts
-        else:
-            for e in part.events:
-                if newest.get(e.room_id, 0) < e.ts:
-                    newest[e.room_id] = e.ts
-    return newest
-
-
-class SendMany(Protocol):
-    """Records (key, value) to one partition, in order; returns the last one's ack."""
-
-    def __call__(self, topic: str, partition: int,
-                 records: Sequence[tuple[bytes | None, bytes]]) -> Awaitable[object]: ...
-
-
-class Handler(Protocol):
-    """A capability (inventory, viewer engine, metrics): takes a batch, must be idempotent."""
-
-    async def handle(self, parts: Sequence[Part]) -> None: ...
-
-
 class Pipeline:
     def __init__(self, *, topics: Topics, ledger: Ledger, send: Send,
                  handlers: Sequence[Handler] = (),
@@ -99,7 +42,7 @@ class Pipeline:
         self._ledger = ledger
         self._send = send
         self._handlers = list(handlers)
-        # More once-per-record counts of events: the host's metrics (`metrics.count`).
+        # More once-per-record counts of events: the host's metrics (`counters.count`).
         self._count = count
         self._homes: dict[type[Event], str] = {}  # event type -> the topic it belongs on
         self._tags: dict[type[Event], str] = {}  # event type -> its `ev:` counter

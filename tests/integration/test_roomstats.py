@@ -7,15 +7,16 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
+from stream.core import counters
+from stream.core.batch import Record
 from stream.core.codec import encode
+from stream.core.counters import minute_of
 from stream.core.models import Event, Like, ViewerJoined, ViewerLeft
 from stream.core.topics import Topics
-from stream.hostview import metrics
-from stream.hostview.metrics import minute_of
 from stream.store import keys
 from stream.store.ledger import Ledger, read_stats
 from stream.store.presence import Presence, RoomReader
-from stream.worker.pipeline import Pipeline, Record
+from stream.worker.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ async def _send(topic: str, value: bytes, key: bytes | None = None,
 
 def pipeline(redis: Redis) -> Pipeline:
     return Pipeline(topics=TOPICS, ledger=Ledger(redis), send=_send, handlers=[Presence(redis)],
-                    count=metrics.count)
+                    count=counters.count)
 
 
 def records(events: list[Event], *, partition: int = 0, first: int = 0) -> list[Record]:

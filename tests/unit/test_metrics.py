@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from stream.core.counters import MINUTE_MS, count, minute_of
 from stream.core.models import (
     CartClicked,
     Event,
@@ -16,12 +17,9 @@ from stream.core.models import (
 )
 from stream.engine.viewers import RoomTimeline
 from stream.hostview.metrics import (
-    MINUTE_MS,
     RoomRaw,
     SkuRow,
     compute,
-    count,
-    minute_of,
     segments_of,
 )
 from stream.hostview.report import UNCONVERTED, build, render_html, unconverted_reason
