@@ -79,4 +79,4 @@ def partition_for(key: str, partitions: int) -> int:
 
     Records sent with a plain key by any standard client land where our envelopes do.
     """
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions

@@ -31,19 +31,19 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     pass
 
 
-class DwellTrigger(_Strict, tag="dwell", tag_field="kind", kw_only=True):
+class DwellTrigger(_Strict, tag="dwell", tag_field="kind", frozen=True, kw_only=True):
     """The viewer kept one product open for `seconds` (product.viewed, no other since)."""
 
     seconds: Annotated[int, Meta(ge=1, le=24 * 3600)]
 
 
-class CartUnpaidTrigger(_Strict, tag="cart_unpaid", tag_field="kind", kw_only=True):
+class CartUnpaidTrigger(_Strict, tag="cart_unpaid", tag_field="kind", frozen=True, kw_only=True):
     """A cart.added (or an order.placed) for a SKU not paid after `seconds`."""
 
     seconds: Annotated[int, Meta(ge=1, le=24 * 3600)]
 
 
-class EventCountTrigger(_Strict, tag="event_count", tag_field="kind", kw_only=True):
+class EventCountTrigger(_Strict, tag="event_count", tag_field="kind", frozen=True, kw_only=True):
     """`count` events of type `event` within `window_s` (e.g. 5 likes in a minute)."""
 
     event: str
@@ -59,7 +59,7 @@ class EventCountTrigger(_Strict, tag="event_count", tag_field="kind", kw_only=Tr
 Trigger = DwellTrigger | CartUnpaidTrigger | EventCountTrigger
 
 
-class Exit(_Strict, kw_only=True):
+class Exit(_Strict, frozen=True, kw_only=True):
     """Re-checked at fire time: any true condition that holds cancels the nudge."""
 
     ordered_sku: bool = True
@@ -67,7 +67,7 @@ class Exit(_Strict, kw_only=True):
     broadcast_ended: bool = True
 
 
-class QuietHours(_Strict, kw_only=True):
+class QuietHours(_Strict, frozen=True, kw_only=True):
     """Local time window (the viewer's `tz`) with no off-air nudges; may wrap midnight."""
 
     start: Clock
@@ -79,7 +79,7 @@ class QuietHours(_Strict, kw_only=True):
             raise ValueError("end: equal to start (an empty or all-day window is ambiguous)")
 
 
-class NudgeRule(_Strict, kw_only=True):
+class NudgeRule(_Strict, frozen=True, kw_only=True):
     id: Name
     version: Annotated[int, Meta(ge=1)] = 1
     enabled: bool = True
@@ -104,21 +104,21 @@ class NudgeRule(_Strict, kw_only=True):
             raise ValueError("message: a brace that is not part of a {placeholder}")
 
 
-class Limits(_Strict, kw_only=True):
+class Limits(_Strict, frozen=True, kw_only=True):
     per_viewer_per_hour: Annotated[int, Meta(ge=1, le=1000)] = 3
 
 
-class NudgeFile(_Strict, kw_only=True):
+class NudgeFile(_Strict, frozen=True, kw_only=True):
     limits: Limits = Limits()
     nudge: list[NudgeRule] = []
 
 
-class Bucket(_Strict, kw_only=True):
+class Bucket(_Strict, frozen=True, kw_only=True):
     value: Annotated[str, Meta(min_length=1, max_length=32)]
     below_s: Seconds | None = None  # the last bucket has none
 
 
-class KeywordRule(_Strict, kw_only=True):
+class KeywordRule(_Strict, frozen=True, kw_only=True):
     id: Name
     tag: Annotated[str, Meta(min_length=1, max_length=64)]
     value: Annotated[str, Meta(min_length=1, max_length=64)] = "true"
@@ -126,12 +126,12 @@ class KeywordRule(_Strict, kw_only=True):
                        Meta(min_length=1)]
 
 
-class HighPotential(_Strict, kw_only=True):
+class HighPotential(_Strict, frozen=True, kw_only=True):
     min_watch_s: Seconds = 900
     min_visits: Annotated[int, Meta(ge=1)] = 2
 
 
-class TagFile(_Strict, kw_only=True):
+class TagFile(_Strict, frozen=True, kw_only=True):
     watch_depth: list[Bucket] = msgspec.field(default_factory=lambda: [
         Bucket(value="<5min", below_s=300), Bucket(value="5-15min", below_s=900),
         Bucket(value=">15min")])
@@ -142,13 +142,13 @@ class TagFile(_Strict, kw_only=True):
     keyword: list[KeywordRule] = []
 
 
-class FollowUpRule(_Strict, kw_only=True):
+class FollowUpRule(_Strict, frozen=True, kw_only=True):
     segment: Literal["ordered", "cart_unpaid", "watched_only"]
     action: Annotated[str, Meta(min_length=1, max_length=200)]
     after_s: Seconds = 0
 
 
-class FollowUpFile(_Strict, kw_only=True):
+class FollowUpFile(_Strict, frozen=True, kw_only=True):
     followup: list[FollowUpRule] = []
 
 

@@ -61,10 +61,10 @@ def _room_families(rooms: Sequence[RoomMetrics]) -> Iterator[Metric]:
             fam.add_metric([r.room_id], float(getattr(r.totals, field)))
         yield fam
     for name, field, doc in _ROOM_GAUGES:
-        fam = GaugeMetricFamily(f"lc_room_{name}", doc, labels=["room"])
+        gauge = GaugeMetricFamily(f"lc_room_{name}", doc, labels=["room"])
         for r in rooms:
-            fam.add_metric([r.room_id], float(getattr(r.totals, field)))
-        yield fam
+            gauge.add_metric([r.room_id], float(getattr(r.totals, field)))
+        yield gauge
     live = GaugeMetricFamily("lc_room_live", "1 while the broadcast is on air", labels=["room"])
     alerts = GaugeMetricFamily("lc_room_alerts", "Active alerts by kind", labels=["room", "kind"])
     for r in rooms:
@@ -121,14 +121,14 @@ def _breakdowns(rooms: Sequence[RoomMetrics]) -> Iterator[Metric]:
             src.add_metric([r.room_id, "other"], float(sum(n for _, n in ranked[MAX_SOURCES:])))
         lay.add_metric([r.room_id, "new"], float(r.totals.new_viewers))
         lay.add_metric([r.room_id, "returning"], float(r.totals.returning_viewers))
-        for n in r.nudges:
-            fired.add_metric([r.room_id, n.rule_id, "treatment"], float(n.fired))
-            fired.add_metric([r.room_id, n.rule_id, "holdout"], float(n.held_out))
-            if n.treatment_rate is not None:
-                conv.add_metric([r.room_id, n.rule_id, "treatment"], n.treatment_rate)
-            if n.holdout_rate is not None:
-                conv.add_metric([r.room_id, n.rule_id, "holdout"], n.holdout_rate)
-            if n.uplift is not None:
-                uplift.add_metric([r.room_id, n.rule_id], n.uplift)
+        for rule in r.nudges:
+            fired.add_metric([r.room_id, rule.rule_id, "treatment"], float(rule.fired))
+            fired.add_metric([r.room_id, rule.rule_id, "holdout"], float(rule.held_out))
+            if rule.treatment_rate is not None:
+                conv.add_metric([r.room_id, rule.rule_id, "treatment"], rule.treatment_rate)
+            if rule.holdout_rate is not None:
+                conv.add_metric([r.room_id, rule.rule_id, "holdout"], rule.holdout_rate)
+            if rule.uplift is not None:
+                uplift.add_metric([r.room_id, rule.rule_id], rule.uplift)
     yield from seg.values()
     yield from (src, lay, fired, conv, uplift)
