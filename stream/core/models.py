@@ -3,6 +3,20 @@
 Inputs are one tagged union on `type`, decoded strictly (unknown fields refused) so
 a bad event fails at the boundary with an error that names the field, e.g.
 ``Expected `int`, got `str` - at `$[3].ts```.
+
+Adding an event type, end to end:
+1. A Struct here with its `tag` and its base (`ViewerEvent`, `OrderEvent` or
+   `HostEvent`: the base's `role` says which token may send it and which topic holds
+   it), added to `AnyEvent`.
+2. The engine: a handler in `ViewerEngine._handlers` (viewer and order events), or a
+   case in the room timeline's fold (host events).
+3. The host's counters: `_COUNTERS` in `stream/core/counters.py`, if it is counted per
+   minute; presence (`_OPS` in `stream/store/presence.py`), if it says something about
+   a visit; the inventory's operations, if it moves stock.
+4. The simulator's show, so the demo and the oracle tests exercise it.
+5. The rule files, if a rule may trigger on it (`event_count` takes these tags).
+`tests/unit/test_event_types.py` fails until each registry handles the new type or
+names it as ignored on purpose.
 """
 
 from __future__ import annotations
