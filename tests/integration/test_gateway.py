@@ -18,7 +18,7 @@ from stream.core.codec import decode_events
 from stream.core.config import Settings
 from stream.core.models import DeadLetter
 from stream.core.topics import Topics, key_of, partition_for
-from stream.gateway.app import PENDING_WAIT_S, PENDING_WAITS
+from stream.gateway.ingest import PENDING_WAIT_S, PENDING_WAITS
 from stream.store import keys
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,21 @@
+"""What the gateway's handlers find on their `web.Application` (typed app keys)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from stream.core.auth import Tokens
+from stream.core.config import Settings
+from stream.core.topics import Topics
+from stream.gateway.live import StockHub
+from stream.gateway.producer import EnvelopeProducer
+from stream.store.roomlog import HostLog
+
+SETTINGS = web.AppKey("settings", Settings)
+TOKENS = web.AppKey("tokens", Tokens)
+REDIS = web.AppKey("redis", Redis)
+PRODUCER = web.AppKey("producer", EnvelopeProducer)
+TOPICS = web.AppKey("topics", Topics)
+STOCK_HUB = web.AppKey("stock_hub", StockHub)
+HOST_LOG = web.AppKey("host_log", HostLog)

@@ -1,0 +1,24 @@
+"""A viewer's current tags, read from the viewer engine's saved state in Redis."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from stream.core.topics import partition_for
+from stream.engine.viewers import tags_in
+from stream.store import keys
+
+
+async def held_tags(redis: Redis, viewer: str, *,
+                    partitions: int) -> list[tuple[str, str, str]]:
+    """(room, tag, value) the viewer holds now, sorted: read from the engine's saved state
+    (saved every second), so they are what the tag records on Kafka add up to."""
+    rooms = sorted(r.decode() for r in await redis.smembers(keys.viewer_rooms(viewer)))
+    if not rooms:
+        return []
+    states = keys.viewer_states(partition_for(viewer, partitions))
+    blobs = await redis.hmget(states, [f"{room}|{viewer}" for room in rooms])
+    return sorted((room, tag, value) for room, blob in zip(rooms, blobs, strict=True) if blob
+                  for tag, values in tags_in(blob).items() for value in values)
+
+

@@ -1,0 +1,78 @@
+"""Event-id claims in Redis: how the gateway refuses a duplicate only once the first
+copy really is in Kafka (README "Decisions / Duplicates").
+
+Each `event_id` is claimed for one request (`SET NX`, `dedupe_ttl_s`); the request is
+*live* while it works and *written* once Kafka acked its events.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from stream.core.models import Event
+from stream.store import keys
+
+# A retry is refused as a duplicate only when the first copy really is in Kafka; a
+# request still writing the same ids is waited for, briefly (see claim_ids).
+LIVE_TTL_S = 15
+_LEGACY = {"1"}  # claims from before requests were named: written
+
+Pairs = list[tuple[int, Event]]
+
+
+async def claim_ids(redis: Redis, events: Pairs, *, request: str,
+                    ttl_s: int) -> tuple[Pairs, Pairs, Pairs]:
+    """Claim each event_id for `request` (SET NX): (fresh, written before, pending).
+
+    A claimed id names its request. That request is *written* once Kafka acked its
+    events, *live* while it works (a short TTL), neither if it died half-way (Redis went
+    away): then its ids are taken over, as they cannot be in Kafka. One command per
+    event, two per request.
+    """
+    if not events:
+        return [], [], []
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(keys.request_live(request), 1, ex=LIVE_TTL_S)
+        for _, event in events:
+            pipe.set(keys.seen_event(event.event_id), request, nx=True, ex=ttl_s, get=True)
+        before = (await pipe.execute())[1:]
+    fresh = [pair for pair, old in zip(events, before, strict=True) if old is None]
+    taken = [(pair, old.decode()) for pair, old in zip(events, before, strict=True)
+             if old is not None and old.decode() != request]
+    if not taken:
+        return fresh, [], []
+    owners = sorted({owner for _, owner in taken})
+    async with redis.pipeline(transaction=False) as pipe:
+        for owner in owners:
+            pipe.exists(keys.request_written(owner))
+            pipe.exists(keys.request_live(owner))
+        found = await pipe.execute()
+    written_by = {o for o, w in zip(owners, found[::2], strict=True) if w}
+    live = {o for o, x in zip(owners, found[1::2], strict=True) if x}
+    written = [pair for pair, owner in taken if owner in written_by or owner in _LEGACY]
+    pending = [pair for pair, owner in taken if owner in live and owner not in written_by]
+    dead = [(pair, owner) for pair, owner in taken
+            if owner not in written_by and owner not in live and owner not in _LEGACY]
+    if dead:  # take over, unless another request just did (GET says who had it)
+        async with redis.pipeline(transaction=False) as pipe:
+            for (_, event), _ in dead:
+                pipe.set(keys.seen_event(event.event_id), request, xx=True, ex=ttl_s, get=True)
+            swapped = await pipe.execute()
+        for (pair, owner), old in zip(dead, swapped, strict=True):
+            mine = old is not None and old.decode() == owner
+            (fresh if mine else pending).append(pair)  # not mine: settled on the next look
+    return fresh, written, pending
+
+
+async def mark_written(redis: Redis, request: str, ttl_s: int) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(keys.request_written(request), 1, ex=ttl_s)
+        pipe.delete(keys.request_live(request))
+        await pipe.execute()
+
+
+async def release_ids(redis: Redis, events: Pairs) -> None:
+    if events:
+        await redis.delete(*(keys.seen_event(e.event_id) for _, e in events))
+
+
