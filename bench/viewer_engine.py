@@ -31,7 +31,8 @@ from stream.core.config import from_env
 from stream.core.models import Event, HostEvent, Nudge, TagChange, ViewerEvent
 from stream.core.topics import Topics, key_of, partition_for
 from stream.engine.rules import load_dir
-from stream.engine.viewers import RoomTimeline, ViewerEngine
+from stream.engine.timeline import RoomTimeline
+from stream.engine.viewers import ViewerEngine
 from stream.local import simulator
 from stream.local.embedded import EmbeddedStack
 from stream.local.runner import spawn, stop_processes

@@ -25,7 +25,7 @@ from stream.engine.rules import (
 )
 
 if TYPE_CHECKING:
-    from stream.engine.viewers import Product
+    from stream.engine.timeline import Product
 
 Variant = Literal["treatment", "holdout"]
 Reason = Literal["capped", "cooldown", "quiet_hours", "exited", "holdout", "lost_priority"]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 from stream.engine.rules import TagFile
 
 if TYPE_CHECKING:
-    from stream.engine.viewers import RoomTimeline
+    from stream.engine.timeline import RoomTimeline
 
 WATCH_DEPTH = "watch_depth"
 INTERACTION = "interaction"

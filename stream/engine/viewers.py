@@ -13,43 +13,33 @@ with a ts at or below a time already advanced past. `grace_ms` holds every timer
 long after its due time, to absorb that much lateness (an order from the commerce
 backend landing after the platform's heartbeats) without changing any result.
 
-State per (room, viewer) is one `ViewerState`, msgpack-encoded as an array (no field
-names) with empty containers omitted: ~200 bytes for a typical viewer, well under a KB
-for a busy one. Timers live in the state as (due, rule, sku, kind); the engine's heap
-is only an index over them, rebuilt by `restore`, and a heap entry counts only while
-its twin is still in the state (disarming is a list removal; stale entries are skipped).
+State per (room, viewer) is one `ViewerState` (stream/engine/state.py). Timers live in
+the state as (due, rule, sku, kind); the engine's heap is only an index over them,
+rebuilt by `restore`, and a heap entry counts only while its twin is still in the state
+(disarming is a list removal; stale entries are skipped).
 """
 
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right, insort
 from collections.abc import Callable, Iterable, Mapping
-from itertools import accumulate, pairwise
-from typing import Any
 
 import msgspec
 
 from stream.core.models import (
-    BroadcastEnded,
-    BroadcastStarted,
     CartAdded,
     CartClicked,
     Comment,
     FanJoined,
     FollowUp,
-    HostEvent,
     Like,
     Nudge,
     OrderCancelled,
     OrderPaid,
     OrderPaymentFailed,
     OrderPlaced,
-    ProductPinned,
     ProductViewed,
-    SegmentStarted,
     Share,
-    StockSet,
     TagChange,
     ViewerEvent,
     ViewerHeartbeat,
@@ -72,64 +62,21 @@ from stream.engine.nudges import (
     render,
 )
 from stream.engine.rules import FollowUpRule, Rules
+from stream.engine.state import (
+    NEVER,
+    Timer,
+    ViewerState,
+    any_by,
+    decode_state,
+    earliest,
+    encode_state,
+    in_room,
+    pack_times,
+    present_at,
+    unpack_times,
+)
 from stream.engine.tags import TagPlan
-
-# --- the room, as host events describe it ------------------------------------------------
-
-
-class Product(msgspec.Struct, frozen=True):
-    name: str
-    price: float | None
-
-
-def _ts(entry: tuple[Any, ...]) -> int:
-    return entry[0]  # type: ignore[no-any-return]
-
-
-class RoomTimeline(msgspec.Struct, kw_only=True):
-    """What host events said about one room, built by the worker from host events."""
-
-    room_id: str
-    started_at: int | None = None
-    ended_at: int | None = None
-    segments: list[tuple[int, str, str | None]] = []  # (ts, segment, sku), sorted by ts
-    pins: list[tuple[int, str]] = []  # (ts, sku), sorted by ts
-    products: dict[str, Product] = {}
-
-    def segment_at(self, ts: int) -> tuple[str, str | None] | None:
-        """The segment on air at `ts` (the last one started at or before it) and its sku."""
-        i = bisect_right(self.segments, ts, key=_ts)
-        return self.segments[i - 1][1:] if i else None
-
-    def pinned_at(self, ts: int) -> str | None:
-        """The product pinned at `ts`, if any."""
-        i = bisect_right(self.pins, ts, key=_ts)
-        return self.pins[i - 1][1] if i else None
-
-    @property
-    def broadcast_id(self) -> str:
-        return f"{self.room_id}@{self.started_at or 0}"
-
-    def observe(self, event: HostEvent) -> None:
-        """Fold one host event in; host events may arrive out of ts order."""
-        if isinstance(event, SegmentStarted):
-            insort(self.segments, (event.ts, event.segment, event.sku), key=_ts)
-        elif isinstance(event, ProductPinned):
-            insort(self.pins, (event.ts, event.sku), key=_ts)
-        elif isinstance(event, StockSet):
-            old = self.products.get(event.sku)
-            name = event.name or (old.name if old else event.sku)
-            price = event.price if event.price is not None else (old.price if old else None)
-            self.products[event.sku] = Product(name, price)
-        elif isinstance(event, BroadcastStarted):
-            if self.started_at is None:
-                self.started_at = event.ts
-            elif self.ended_at is not None and event.ts > self.ended_at:
-                # The same room goes live again: a new broadcast, a fresh running order.
-                self.started_at, self.ended_at, self.segments, self.pins = event.ts, None, [], []
-        elif isinstance(event, BroadcastEnded):
-            self.ended_at = event.ts
-
+from stream.engine.timeline import RoomTimeline
 
 # --- outputs -----------------------------------------------------------------------------
 
@@ -148,85 +95,7 @@ class Suppressed(msgspec.Struct, frozen=True, kw_only=True):
 Effect = Nudge | TagChange | FollowUp | Suppressed
 
 
-# --- per-viewer state ----------------------------------------------------------------------
-
-Timer = tuple[int, str, str, Kind]  # (due, rule id, sku or "", kind)
-
-
-class ViewerState(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
-    """One viewer in one room's broadcast. All times are event-time epoch ms.
-
-    Field order matters for size: array_like drops names, omit_defaults drops the
-    trailing defaults, so the rarely used containers come last and default to None.
-    """
-
-    broadcast: int = 0  # the room's started_at this state belongs to; 0: not known yet
-    joined: int = -1  # last viewer.joined (-1: never)
-    left: int = -1  # last viewer.left; in the room iff joined >= 0 and left < joined
-    seen: int = -1  # last proof of presence in the current visit
-    watched: int = 0  # ms of closed visits
-    visits: int = 0
-    focus: str = ""  # sku of the last product.viewed ("": none)
-    focus_since: int = 0
-    tags: dict[str, list[str]] = {}  # held tags: tag -> values
-    followup_done: bool = False
-    source: str = ""
-    leader: str = ""
-    region: str = ""
-    tz: str = ""
-    returning: int = -1  # -1 unknown, 0 new, 1 returning
-    timers: list[Timer] | None = None
-    cart: dict[str, int] | None = None  # sku -> first cart.added ts
-    placed: dict[str, int] | None = None  # sku -> first order.placed ts
-    paid: dict[str, int] | None = None  # sku -> first order.paid ts
-    orders: dict[str, list[str]] | None = None  # unsettled order id -> skus
-    fired: dict[str, tuple[int, int]] | None = None  # rule id -> (count, last ts)
-    hour: list[int] | None = None  # fire times within the last hour, all rules
-    counts: dict[str, list[int]] | None = None  # event_count rule -> recent ts, _pack'ed
-
-
-def _in_room(s: ViewerState) -> bool:
-    return s.joined >= 0 and s.left < s.joined
-
-
-def _present_at(s: ViewerState, ts: int) -> bool:
-    """Was the viewer in the room at `ts`? Looks back across one leave/rejoin."""
-    if s.joined < 0:
-        return False
-    if s.joined <= ts:
-        return s.left < s.joined or s.left > ts
-    return s.left > ts  # rejoined after ts: the previous visit covered ts iff it ended later
-
-
-def _earliest(book: dict[str, int], sku: str, ts: int) -> None:
-    if book.get(sku, _NEVER) > ts:
-        book[sku] = ts
-
-
-def _any_by(book: dict[str, int] | None, ts: int) -> bool:
-    """Does `book` (sku -> first ts) have an entry at or before `ts`?"""
-    return bool(book) and min(book.values()) <= ts  # type: ignore[union-attr]
-
-
-def _pack(times: list[int]) -> list[int]:
-    """Event times as the first one and then gaps: 3 bytes a like instead of 9."""
-    return [times[0], *(b - a for a, b in pairwise(times))]
-
-
-def _unpack(packed: Iterable[int]) -> list[int]:
-    return list(accumulate(packed))
-
-
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(ViewerState).decode
-
-_NEVER = 1 << 62
 HeapEntry = tuple[int, str, str, str, str, Kind]  # (due, room, viewer, rule, sku, kind)
-
-
-def tags_in(blob: bytes) -> dict[str, list[str]]:
-    """The tags held in a state saved by `ViewerEngine.export_dirty`."""
-    return _decode(blob).tags
 
 
 # --- the engine -------------------------------------------------------------------------
@@ -337,21 +206,21 @@ class ViewerEngine:
         for room_id, viewer_id in self._dirty:
             s = self._states.get(room_id, {}).get(viewer_id)
             if s is not None:
-                blobs[room_id, viewer_id] = _encode(s)
+                blobs[room_id, viewer_id] = encode_state(s)
         self._dirty.clear()
         return blobs
 
     def restore(self, blobs: Mapping[tuple[str, str], bytes]) -> None:
         """Load states saved by `export_dirty` (after a restart); timers are rebuilt from them."""
         for (room_id, viewer_id), blob in blobs.items():
-            s = _decode(blob)
+            s = decode_state(blob)
             self._states.setdefault(room_id, {})[viewer_id] = s
             for due, rule_id, sku, kind in s.timers or ():
                 heapq.heappush(self._heap, (due, room_id, viewer_id, rule_id, sku, kind))
 
     def state_bytes(self, room_id: str, viewer_id: str) -> int:
         s = self._states.get(room_id, {}).get(viewer_id)
-        return 0 if s is None else len(_encode(s))
+        return 0 if s is None else len(encode_state(s))
 
     def tags_of(self, room_id: str, viewer_id: str) -> dict[str, list[str]]:
         """The tags a viewer holds now (a copy)."""
@@ -389,8 +258,8 @@ class ViewerEngine:
         """Fire timers and room ends due at or before `limit`, earliest first."""
         heap, deferred = self._heap, []
         while True:
-            t_timer = heap[0][0] if heap else _NEVER
-            t_end = self._ends[0][0] if self._ends else _NEVER
+            t_timer = heap[0][0] if heap else NEVER
+            t_end = self._ends[0][0] if self._ends else NEVER
             if min(t_timer, t_end) > limit:
                 break
             if t_end < t_timer:  # at a tie timers go first: they are judged as of their due
@@ -497,7 +366,7 @@ class ViewerEngine:
         Keeping the earliest start makes the due time independent of whether the cart
         event (platform) or the order event (commerce backend) happens to arrive first.
         """
-        paid_at = s.paid.get(sku, _NEVER) if s.paid else _NEVER
+        paid_at = s.paid.get(sku, NEVER) if s.paid else NEVER
         for rule in self._plan.cart:
             due = ts + rule.delay_ms
             if paid_at <= due:
@@ -515,13 +384,13 @@ class ViewerEngine:
         if s.counts is None:
             s.counts = {}
         for rule in rules:
-            recent = [t for t in _unpack(s.counts.get(rule.id, ())) if t > ts - rule.window_ms]
+            recent = [t for t in unpack_times(s.counts.get(rule.id, ())) if t > ts - rule.window_ms]
             recent.append(ts)
             if len(recent) >= rule.count:
                 recent = []  # start over: the next fire needs `count` more events
                 self._arm(s, room_id, viewer_id, rule, s.focus, ts)
             if recent:
-                s.counts[rule.id] = _pack(recent)
+                s.counts[rule.id] = pack_times(recent)
             else:
                 s.counts.pop(rule.id, None)
         if not s.counts:
@@ -567,7 +436,7 @@ class ViewerEngine:
         """Why this rule may not fire at `ts`, judged as of `ts`; None if it may."""
         ended = room.ended_at is not None and room.ended_at <= ts
         if exit_holds(rule.rule.exit, ordered=self._ordered(s, rule, sku, ts),
-                      present=_present_at(s, ts), ended=ended):
+                      present=present_at(s, ts), ended=ended):
             return "exited"
         if rule.quiet is not None and in_quiet_hours(rule.quiet, ts, s.tz):
             return "quiet_hours"
@@ -586,7 +455,7 @@ class ViewerEngine:
         if not book:
             return False
         if sku:
-            return book.get(sku, _NEVER) <= ts
+            return book.get(sku, NEVER) <= ts
         return min(book.values()) <= ts
 
     def _emit(self, s: ViewerState, rule: CompiledRule, sku: str, ts: int, room: RoomTimeline,
@@ -629,8 +498,8 @@ class ViewerEngine:
         self._watch_tags(s, room_id, viewer_id, ts, out)
         # As of the end, so a payment just after it (applied early within grace_ms) does
         # not change the segment. SCRM should still check drop_off before the coupon.
-        carted = _any_by(s.cart, ts) or _any_by(s.placed, ts)
-        paid = _any_by(s.paid, ts)
+        carted = any_by(s.cart, ts) or any_by(s.placed, ts)
+        paid = any_by(s.paid, ts)
         if T.drop_off_at_end(carted=carted, paid=bool(s.paid)):
             self._add_tag(s, room_id, viewer_id, T.DROP_OFF, T.CART_UNPAID, ts, out)
         rule = self._followups.get(T.followup_segment(carted=carted, paid=paid))
@@ -658,7 +527,7 @@ class ViewerEngine:
 
     def _on_joined(self, s: ViewerState, e: ViewerJoined, room: RoomTimeline,
                    out: list[Effect]) -> None:
-        if _in_room(s):  # joined again without leaving (app restarted): close at last proof
+        if in_room(s):  # joined again without leaving (app restarted): close at last proof
             s.watched += s.seen - s.joined
         self._open_visit(s, e.ts)
         s.source = e.source
@@ -677,7 +546,7 @@ class ViewerEngine:
 
     def _on_left(self, s: ViewerState, e: ViewerEvent, room: RoomTimeline,
                  out: list[Effect]) -> None:
-        if not _in_room(s):
+        if not in_room(s):
             return
         ts = e.ts
         s.watched += max(0, ts - s.joined)
@@ -717,7 +586,7 @@ class ViewerEngine:
         self._presence(s, e.ts)
         if s.cart is None:
             s.cart = {}
-        _earliest(s.cart, e.sku, e.ts)
+        earliest(s.cart, e.sku, e.ts)
         self._arm_cart(s, e.room_id, e.viewer_id, e.sku, e.ts)
         self._watch_tags(s, e.room_id, e.viewer_id, e.ts, out)
 
@@ -731,7 +600,7 @@ class ViewerEngine:
         if s.placed is None:
             s.placed = {}
         for sku in skus:
-            _earliest(s.placed, sku, ts)
+            earliest(s.placed, sku, ts)
             self._arm_cart(s, room_id, viewer_id, sku, ts)
         self._add_tag(s, room_id, viewer_id, T.CONVERSION_NODE, T.conversion_node(room, ts),
                       ts, out)
@@ -747,7 +616,7 @@ class ViewerEngine:
         if s.paid is None:
             s.paid = {}
         for sku in skus:
-            _earliest(s.paid, sku, e.ts)
+            earliest(s.paid, sku, e.ts)
             self._disarm(s, CART, sku, e.ts)
         for value in (T.CART_UNPAID, T.PAYMENT_FAILED):
             self._remove_tag(s, e.room_id, e.viewer_id, T.DROP_OFF, value, e.ts, out)
@@ -766,5 +635,4 @@ class ViewerEngine:
         self._add_tag(s, e.room_id, e.viewer_id, T.DROP_OFF, T.PAYMENT_FAILED, e.ts, out)
 
 
-__all__ = ["Effect", "Product", "RoomTimeline", "Suppressed", "ViewerEngine",
-           "ViewerState"]
+__all__ = ["Effect", "Suppressed", "ViewerEngine"]

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from stream.hostview.metrics import RoomMetrics, compute
 from stream.hostview.prom import RoomCollector
-from stream.store.presence import RoomReader
+from stream.hostview.reader import RoomReader
 
 log = logging.getLogger(__name__)
 

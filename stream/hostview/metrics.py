@@ -4,7 +4,7 @@ Counting happens on the once-per-record paths (the ledger's offset fences, the
 inventory script's order ids, the presence script's per-viewer event times), always
 into the room's Redis hashes, so every worker's share lands in one place. This module
 names those counters (`counters`) and turns a snapshot of them (`RoomRaw`, read by
-`roomstats`) into the metrics a host reads (`compute`). No I/O here.
+`hostview.reader`) into the metrics a host reads (`compute`). No I/O here.
 
 Counter names in the room's stats hash (besides the pipeline's `events`, `ev:<type>`
 and the inventory's `orders_*`, `gmv`):
@@ -29,7 +29,7 @@ from bisect import bisect_right
 import msgspec
 
 from stream.core.counters import MINUTE_MS, minute_of
-from stream.engine.viewers import RoomTimeline
+from stream.engine.timeline import RoomTimeline
 
 # Rates (per minute) and the sell-out projection look at this many trailing minutes.
 RATE_WINDOW_MIN = 5

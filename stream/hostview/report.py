@@ -16,7 +16,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from stream.hostview.metrics import RoomMetrics, SegmentMetrics, Totals, compute
-from stream.store.presence import RoomReader, Viewer
+from stream.hostview.reader import RoomReader, Viewer
 
 UNCONVERTED = ("payment_failed", "cart_unpaid", "watched_only")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from stream.core.topics import partition_for
-from stream.engine.viewers import tags_in
+from stream.engine.state import tags_in
 from stream.store import keys
 
 

@@ -25,7 +25,7 @@ from stream.core.models import (
     SegmentStarted,
     StockSet,
 )
-from stream.engine.viewers import Product, RoomTimeline
+from stream.engine.timeline import Product, RoomTimeline
 from stream.store import keys, scripts
 
 # KEYS: log list, ids set.  ARGV: event id, encoded event.  Appends once per event id.

@@ -16,7 +16,7 @@ from stream.core.codec import encode
 from stream.core.config import Settings
 from stream.core.models import Nudge
 from stream.core.topics import partition_for
-from stream.engine.viewers import ViewerState
+from stream.engine.state import ViewerState
 from stream.store import keys
 
 pytestmark = pytest.mark.integration

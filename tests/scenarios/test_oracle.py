@@ -41,7 +41,8 @@ from stream.core.models import (
 )
 from stream.core.topics import Topics
 from stream.engine.rules import load_dir
-from stream.engine.viewers import RoomTimeline, ViewerEngine
+from stream.engine.timeline import RoomTimeline
+from stream.engine.viewers import ViewerEngine
 from stream.local import simulator
 from stream.local.runner import spawn, stop_processes
 from stream.store import keys

@@ -15,15 +15,15 @@ from stream.core.models import (
     SegmentStarted,
     ViewerJoined,
 )
-from stream.engine.viewers import RoomTimeline
+from stream.engine.timeline import RoomTimeline
 from stream.hostview.metrics import (
     RoomRaw,
     SkuRow,
     compute,
     segments_of,
 )
+from stream.hostview.reader import Viewer
 from stream.hostview.report import UNCONVERTED, build, render_html, unconverted_reason
-from stream.store.presence import Viewer
 from stream.store.roomlog import fold
 
 T0 = 1_767_225_600_000  # a minute boundary

@@ -21,7 +21,8 @@ from stream.engine.nudges import (
     render,
 )
 from stream.engine.rules import Exit
-from stream.engine.viewers import Product, Suppressed
+from stream.engine.timeline import Product
+from stream.engine.viewers import Suppressed
 
 DUE = 3 * MIN  # the 3-minute popup of seed 000, viewed at 0
 

@@ -7,7 +7,7 @@ from test_viewers import DAY, HOUR, MIN, T0, TAGS, S, Show
 from stream.core.models import FollowUp, TagChange
 from stream.engine.rules import Bucket, HighPotential, TagFile
 from stream.engine.tags import TagPlan, conversion_node, followup_segment
-from stream.engine.viewers import RoomTimeline
+from stream.engine.timeline import RoomTimeline
 
 
 def ops(effects: list[object], tag: str | None = None) -> list[tuple[str, str, str]]:

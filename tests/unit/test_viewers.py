@@ -39,7 +39,8 @@ from stream.engine.rules import (
     TagFile,
     load_dir,
 )
-from stream.engine.viewers import Effect, Product, RoomTimeline, Suppressed, ViewerEngine
+from stream.engine.timeline import Product, RoomTimeline
+from stream.engine.viewers import Effect, Suppressed, ViewerEngine
 from stream.local import simulator
 
 S = 1000

@@ -13,9 +13,10 @@ from stream.core.codec import encode
 from stream.core.counters import minute_of
 from stream.core.models import Event, Like, ViewerJoined, ViewerLeft
 from stream.core.topics import Topics
+from stream.hostview.reader import RoomReader
 from stream.store import keys
 from stream.store.ledger import Ledger, read_stats
-from stream.store.presence import Presence, RoomReader
+from stream.store.presence import Presence
 from stream.worker.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration

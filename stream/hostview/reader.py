@@ -1,0 +1,95 @@
+"""Reading a room's host view back from Redis: its counters for the live metrics, and
+every viewer for the post-live review (written by stream/store/presence.py)."""
+
+from __future__ import annotations
+
+import msgspec
+from redis.asyncio import Redis
+
+from stream.hostview.metrics import RoomRaw, SkuRow
+from stream.store import keys
+from stream.store.clocks import RoomClocks
+from stream.store.ledger import read_stats
+from stream.store.roomlog import RoomLog
+
+
+class Viewer(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One viewer of the room, for the post-live review."""
+
+    viewer_id: str
+    source: str
+    leader: str
+    layer: str
+    region: str
+    watched_ms: int  # closed visits, plus the open one up to the end
+    carted: bool
+    payment_failed: bool
+    paid_at: int | None
+    spend: float
+
+
+class RoomReader:
+    """Reads a room's counters (and its host log, cached) for metrics and the review."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._rooms = RoomLog(redis)
+        self._clocks = RoomClocks(redis)
+
+    async def raw(self, room_id: str, *, wall_now_ms: int) -> RoomRaw:
+        redis = self._redis
+        await self._rooms.refresh([room_id])
+        skus = sorted(s.decode() for s in await redis.smembers(keys.skus(room_id)))
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.seconds(room_id))
+            pipe.hgetall(keys.nudged(room_id))
+            pipe.hgetall(keys.buyers(room_id))
+            for sku in skus:
+                pipe.hmget(keys.stock_prefix(room_id) + sku, "name", "price", "loaded",
+                           "available", "reserved", "sold")
+            seconds, nudged, buyers, *rows = await pipe.execute()
+        stats = await read_stats(redis, room_id)
+        now = await self._clocks.now(room_id, wall_now_ms=wall_now_ms)
+        return RoomRaw(
+            room_id=room_id, now_ms=now if now is not None else wall_now_ms,
+            stats={k: float(v) for k, v in stats.items()},
+            skus=[SkuRow(sku=sku, name=(r[0] or sku.encode()).decode(),
+                         price=float(r[1]) if r[1] else None, loaded=int(r[2] or 0),
+                         available=int(r[3] or 0), reserved=int(r[4] or 0),
+                         sold=int(r[5] or 0))
+                  for sku, r in zip(skus, rows, strict=True)],
+            timeline=self._rooms.get(room_id),
+            seconds={k.decode(): float(v) for k, v in seconds.items()},
+            nudged={k.decode(): v.decode() for k, v in nudged.items()},
+            buyers={k.decode(): int(v) for k, v in buyers.items()},
+        )
+
+    async def viewers(self, room_id: str, *, end_ms: int) -> list[Viewer]:
+        """Every viewer who joined, with what the review groups them by."""
+        redis = self._redis
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in (keys.profiles, keys.presence, keys.watched, keys.buyers, keys.spend):
+                pipe.hgetall(key(room_id))
+            pipe.smembers(keys.carted(room_id))
+            pipe.smembers(keys.pay_failed(room_id))
+            profiles, presence, watched, buyers, spend, carted, failed = await pipe.execute()
+        # A buyer whose join never came (orders only) still counts, under no source.
+        for raw_id in buyers.keys() - profiles.keys():
+            profiles[raw_id] = b"(none)||unknown|"
+        out = []
+        for raw_id, raw_profile in sorted(profiles.items()):
+            source, leader, layer_, region = raw_profile.decode().split("|", 3)
+            joined = int(presence.get(raw_id, b"0"))
+            ms = int(watched.get(raw_id, b"0")) + (max(0, end_ms - joined) if joined > 0 else 0)
+            paid = buyers.get(raw_id)
+            out.append(Viewer(viewer_id=raw_id.decode(), source=source, leader=leader,
+                              layer=layer_, region=region, watched_ms=ms,
+                              carted=raw_id in carted, payment_failed=raw_id in failed,
+                              paid_at=int(paid) if paid is not None else None,
+                              spend=float(spend.get(raw_id, b"0"))))
+        return out
+
+    async def recent_rooms(self, *, since_ms: int) -> list[str]:
+        """Rooms with an event since `since_ms` (what Prometheus exports)."""
+        return [r.decode() for r in await self._redis.zrangebyscore(
+            keys.METRIC_ROOMS, since_ms, "+inf")]
