@@ -33,7 +33,7 @@ from stream.core.topics import Topics, key_of, partition_for
 from stream.engine.rules import load_dir
 from stream.engine.timeline import RoomTimeline
 from stream.engine.viewers import ViewerEngine
-from stream.local import simulator
+from stream.local import showplan
 from stream.local.embedded import EmbeddedStack
 from stream.local.runner import spawn, stop_processes
 from stream.store import keys
@@ -115,9 +115,9 @@ async def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     room = "bench-room"
-    plan = simulator.plan_for(room_id=room, viewers=args.viewers, duration_s=args.minutes * 60,
+    plan = showplan.plan_for(room_id=room, viewers=args.viewers, duration_s=args.minutes * 60,
                               speed=1, seed=7)
-    events = [e for _, e in simulator.broadcast(plan)]
+    events = [e for _, e in showplan.broadcast(plan)]
     raw_topics, lc_topics = Topics("raw."), Topics("lc.")
     async with EmbeddedStack() as stack:
         for t in (raw_topics, lc_topics):

@@ -150,14 +150,14 @@ def simulate(gateway_url: str, room: str, viewers: int, duration: float, speed: 
              seed: int) -> None:
     """Drive a realistic broadcast into a running system."""
     from stream.core.auth import Tokens
-    from stream.local import simulator
+    from stream.local import sender, showplan
 
     settings = _settings()
     if settings.tokens_file is None:
         raise click.UsageError("set LIVECOMMERCE_TOKENS_FILE (printed by `livecommerce up`)")
-    plan = simulator.plan_for(room_id=room, viewers=viewers, duration_s=duration, speed=speed,
+    plan = showplan.plan_for(room_id=room, viewers=viewers, duration_s=duration, speed=speed,
                               seed=seed)
-    stats = asyncio.run(simulator.run(plan, gateway=gateway_url.rstrip("/"),
+    stats = asyncio.run(sender.run(plan, gateway=gateway_url.rstrip("/"),
                                       tokens=Tokens.load(settings.tokens_file)))
     click.echo(msgspec.json.encode(stats).decode())
     if stats.rejected:

@@ -7,7 +7,7 @@ import time
 import msgspec
 
 from stream.core.config import Settings
-from stream.local import simulator
+from stream.local import sender, showplan
 from stream.local.runner import running, wait_drained
 from stream.store.inventory import Inventory
 
@@ -37,9 +37,9 @@ async def run_demo(settings: Settings, *, viewers: int, duration_s: float, speed
             print(f"gateway {run.gateway_url}  (viewers={viewers}, "
                   f"{duration_s:g}s at {speed:g}x = {duration_s * speed / 60:.1f} min of show)",
                   flush=True)
-        plan = simulator.plan_for(room_id=room_id, viewers=viewers, duration_s=duration_s,
+        plan = showplan.plan_for(room_id=room_id, viewers=viewers, duration_s=duration_s,
                                   speed=speed, seed=seed)
-        sent = await simulator.run(plan, gateway=run.gateway_url, tokens=run.tokens,
+        sent = await sender.run(plan, gateway=run.gateway_url, tokens=run.tokens,
                                    progress=progress)
         stats = await wait_drained(run.redis, room_id, expected=sent.events_sent)
         audit = await Inventory(run.redis).audit(room_id)

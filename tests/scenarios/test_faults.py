@@ -27,7 +27,7 @@ from stream.core.codec import decode_events
 from stream.core.config import Settings
 from stream.core.models import FollowUp, Nudge, OrderPlaced, OrderResult, TagChange
 from stream.core.topics import Topics
-from stream.local import simulator
+from stream.local import sender, showplan
 from stream.local.embedded import EmbeddedStack
 from stream.local.runner import spawn, stop_processes
 from stream.store import keys
@@ -61,9 +61,9 @@ async def test_kill_add_and_redis_outage_mid_show(durable: EmbeddedStack,
         logs = [tmp_path / f"w{i}.log" for i in range(4)]
         workers = [spawn(["worker"], settings, logs[i]) for i in range(3)]
         redis = Redis.from_url(settings.redis_url)
-        plan = simulator.plan_for(room_id=ROOM, viewers=800, duration_s=40, speed=10, seed=5)
+        plan = showplan.plan_for(room_id=ROOM, viewers=800, duration_s=40, speed=10, seed=5)
         try:
-            show = asyncio.create_task(simulator.run(plan, gateway=url,
+            show = asyncio.create_task(sender.run(plan, gateway=url,
                                                      tokens=tokens, progress=False))
             await asyncio.sleep(12)
             workers[0].send_signal(signal.SIGKILL)

@@ -38,7 +38,7 @@ from stream.core.models import (
     ViewerJoined,
     ViewerLeft,
 )
-from stream.local import simulator
+from stream.local import sender, showplan
 from stream.local.embedded import EmbeddedStack
 from stream.local.runner import Running, running, unrouted_dead_letters, wait_drained
 
@@ -50,7 +50,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 SHOW_S = 20.0  # wall seconds; at 30x a 10-minute show
-LOW_STOCK = simulator.Product("sesame-oil-250ml", "小磨香油 250ml", 19.9, 10)
+LOW_STOCK = showplan.Product("sesame-oil-250ml", "小磨香油 250ml", 19.9, 10)
 
 
 def screenshots_dir(factory: pytest.TempPathFactory) -> Path:
@@ -82,7 +82,7 @@ class Seen:
 @dataclass
 class Show:
     run: Running
-    plan: simulator.Plan
+    plan: showplan.Plan
     events: list[Event]
     seen: Seen | None
 
@@ -124,14 +124,14 @@ async def show(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory,
                         topic_prefix=f"t{uuid.uuid4().hex[:8]}.", partitions=4)
     room = f"hv-{uuid.uuid4().hex[:6]}"
     # A sixth product loaded short, so the dashboard has a low-stock alert to show.
-    products = [*simulator.DEFAULT_PRODUCTS, LOW_STOCK]
-    plan = simulator.plan_for(room_id=room, viewers=300, duration_s=SHOW_S, speed=30, seed=5,
+    products = [*showplan.DEFAULT_PRODUCTS, LOW_STOCK]
+    plan = showplan.plan_for(room_id=room, viewers=300, duration_s=SHOW_S, speed=30, seed=5,
                               products=products)
-    events = [e for _, e in simulator.broadcast(plan)]
+    events = [e for _, e in showplan.broadcast(plan)]
     shots = screenshots_dir(tmp_path_factory)
     async with running(settings, workers=2) as run:
         unrouted = await unrouted_dead_letters(run.redis)  # earlier tests' garbage
-        sim = asyncio.create_task(simulator.run(plan, gateway=run.gateway_url,
+        sim = asyncio.create_task(sender.run(plan, gateway=run.gateway_url,
                                                 tokens=run.tokens, progress=False))
         seen = None
         if browser_missing() is None:
@@ -355,7 +355,7 @@ async def test_review_adds_up_to_the_live_totals(show: Show, tmp_path: Path,
     assert {g["key"]: g["viewers"] for g in r["sources"]} == m["sources"]
     assert sum(g["viewers"] for g in r["unconverted"]) == t["viewers"] - t["buyers"]
     assert all(g["viewers"] > 0 for g in r["unconverted"])  # the show has all three kinds
-    assert {g["key"] for g in r["leaders"]} <= {name for name, _ in simulator._LEADERS}
+    assert {g["key"] for g in r["leaders"]} <= {name for name, _ in showplan._LEADERS}
     assert r["leaders"] and all(g["region"] for g in r["leaders"])
     assert sum(s["orders"] for s in r["segments"]) == t["orders"]
 

@@ -43,7 +43,7 @@ from stream.core.topics import Topics
 from stream.engine.rules import load_dir
 from stream.engine.timeline import RoomTimeline
 from stream.engine.viewers import ViewerEngine
-from stream.local import simulator
+from stream.local import sender, showplan
 from stream.local.runner import spawn, stop_processes
 from stream.store import keys
 from stream.store.currenttags import held_tags
@@ -66,10 +66,10 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
     async with running_gateway(settings) as (_, url, tokens):
         redis = Redis.from_url(settings.redis_url)
         workers = [spawn(["worker"], settings, tmp_path / f"w{i}.log") for i in range(2)]
-        plan = simulator.plan_for(room_id=room_id, viewers=2000, duration_s=30, speed=SPEED,
+        plan = showplan.plan_for(room_id=room_id, viewers=2000, duration_s=30, speed=SPEED,
                                   seed=seed)
         try:
-            show = asyncio.create_task(simulator.run(plan, gateway=url,
+            show = asyncio.create_task(sender.run(plan, gateway=url,
                                                      tokens=tokens, progress=False))
             if kill:
                 await asyncio.sleep(20)  # well into the show

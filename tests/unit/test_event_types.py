@@ -15,7 +15,7 @@ from stream.core import counters
 from stream.core.models import EVENT_TYPES, Event, HostEvent
 from stream.engine.rules import load_dir
 from stream.engine.viewers import RoomTimeline, ViewerEngine
-from stream.local import simulator
+from stream.local import showplan
 from stream.store import presence
 
 ALL = set(EVENT_TYPES)
@@ -29,8 +29,8 @@ def _tags(classes: object) -> set[str]:
 
 def _simulated() -> dict[str, Event]:
     """One event of each type the simulator's default show sends."""
-    plan = simulator.plan_for(room_id="r", viewers=300, duration_s=600, speed=20, seed=1)
-    return {e.__struct_config__.tag: e for _, e in simulator.broadcast(plan)}
+    plan = showplan.plan_for(room_id="r", viewers=300, duration_s=600, speed=20, seed=1)
+    return {e.__struct_config__.tag: e for _, e in showplan.broadcast(plan)}
 
 
 def _folded() -> set[str]:

@@ -31,7 +31,8 @@ from stream.core.models import (
     ViewerJoined,
     ViewerLeft,
 )
-from stream.local.simulator import DEFAULT_PRODUCTS, Plan, broadcast, plan_for, run
+from stream.local.sender import run
+from stream.local.showplan import DEFAULT_PRODUCTS, Plan, broadcast, plan_for
 
 NOW = 1_767_225_600_000  # 2026-01-01, fixed so plans are reproducible
 ID = re.compile(r"^[A-Za-z0-9._:@\-]+$")

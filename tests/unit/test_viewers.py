@@ -41,7 +41,7 @@ from stream.engine.rules import (
 )
 from stream.engine.timeline import Product, RoomTimeline
 from stream.engine.viewers import Effect, Suppressed, ViewerEngine
-from stream.local import simulator
+from stream.local import showplan
 
 S = 1000
 MIN = 60 * S
@@ -200,9 +200,9 @@ def test_advance_never_depends_on_how_often_it_is_called() -> None:
 # --- replay at another speed gives the same effects ------------------------------------------
 
 def sim_events(viewers: int, duration_s: float, speed: float, seed: int) -> list[Event]:
-    plan = simulator.plan_for(viewers=viewers, duration_s=duration_s, speed=speed, seed=seed,
+    plan = showplan.plan_for(viewers=viewers, duration_s=duration_s, speed=speed, seed=seed,
                               now_ms=T0 + 4 * HOUR)
-    return [e for _, e in simulator.broadcast(plan)]
+    return [e for _, e in showplan.broadcast(plan)]
 
 
 def replay(events: list[Event], schedule: str, *, rules: Rules, grace_ms: int = 0,

@@ -1,9 +1,9 @@
-"""The broadcast simulator: a realistic live-commerce show driven into a gateway over HTTP.
+"""The show plan: a realistic live-commerce broadcast, planned event by event.
 
-Two halves. `broadcast(plan)` is pure: from a seed it plans every event of the show
-(host segments, viewers arriving and leaving, likes, comments, product dwell, carts,
-orders and their outcomes) with the wall-clock offset at which to send it. `run(plan)`
-sends that schedule to `POST /v1/events`, one request per role and batch window.
+`broadcast(plan)` is pure: from a seed it plans every event of the show (host segments,
+viewers arriving and leaving, likes, comments, product dwell, carts, orders and their
+outcomes) with the wall-clock offset at which to send it. `stream.local.sender.run`
+sends that schedule to a gateway over HTTP.
 
 Time: the show lasts `duration_s * speed` simulated seconds and is sent in `duration_s`
 wall seconds. Event `ts` is `start_ms + sim_ms`; `plan_for` puts `start_ms` that far in
@@ -13,23 +13,16 @@ while the gaps between events stay true to the simulated show.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import random
-import sys
 import time
 from bisect import bisect_right
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import msgspec
-from tqdm import tqdm
 
-from stream.core.auth import ROLES, Tokens
-from stream.core.codec import encode
 from stream.core.models import (
     BroadcastEnded,
     BroadcastStarted,
@@ -46,7 +39,6 @@ from stream.core.models import (
     OrderPlaced,
     ProductPinned,
     ProductViewed,
-    Role,
     SegmentStarted,
     Share,
     StockSet,
@@ -395,237 +387,3 @@ def broadcast(plan: Plan) -> list[tuple[float, Event]]:
     for i in range(plan.viewers):
         _Viewer(show, i).simulate()
     return show.events()
-
-
-# --- sending ----------------------------------------------------------------------------
-
-
-class SimStats(msgspec.Struct):
-    """What `run` sent and what the gateway said about it."""
-
-    events_sent: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    retries: int = 0  # requests sent again after a 5xx, a 429 or a broken connection
-    by_type: dict[str, int] = {}
-    errors: list[str] = []
-
-
-class _Rejected(msgspec.Struct):
-    index: int = -1
-    error: str = ""
-
-
-class _Reply(msgspec.Struct):
-    accepted: int = 0
-    rejected: list[_Rejected] = []
-
-
-_MAX_IN_FLIGHT = 8
-_MAX_BATCH = 500  # ~100 KB a request, far under the gateway's body limit
-# A gateway answering 5xx or 429 (Kafka or Redis away, rate limit) is retried with
-# backoff for this long: long enough to ride out a restart of either.
-_RETRY_FOR_S = 60.0
-_RETRY_MAX_DELAY_S = 2.0
-_MAX_ERRORS = 20
-_reply = msgspec.json.Decoder(_Reply)
-
-
-class _Retryable(Exception):
-    """A 5xx or 429 answer: the gateway may take it next time (after Retry-After)."""
-
-    def __init__(self, message: str, retry_after: str | None = None) -> None:
-        super().__init__(message)
-        try:
-            self.retry_after = float(retry_after) if retry_after else 0.0
-        except ValueError:  # an HTTP date: fall back to our own backoff
-            self.retry_after = 0.0
-
-
-def _tag(event: Event) -> str:
-    return type(event).__struct_config__.tag  # type: ignore[return-value]
-
-
-class _Sender:
-    """Posts batches, in order per role; counts the gateway's verdicts."""
-
-    def __init__(self, session: aiohttp.ClientSession, url: str, tokens: Tokens,
-                 stats: SimStats) -> None:
-        self.session = session
-        self.url = url
-        self.headers = {role: {"Authorization": f"Bearer {tokens.for_role(role)}",
-                               "Content-Type": "application/json"} for role in ROLES}
-        self.stats = stats
-        self.slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
-        # One request in flight per role: a viewer's order.paid must not overtake its
-        # order.placed (asyncio.Lock wakes waiters first come, first served).
-        self.in_order = {role: asyncio.Lock() for role in ROLES}
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def send(self, events: list[Event]) -> None:
-        """Queue `events`: one request per role (and per _MAX_BATCH), order kept."""
-        by_role: dict[Role, list[Event]] = {}
-        for event in events:
-            by_role.setdefault(type(event).role, []).append(event)
-        for role, group in by_role.items():
-            for i in range(0, len(group), _MAX_BATCH):
-                await self._submit(role, group[i:i + _MAX_BATCH])
-
-    async def _submit(self, role: Role, events: list[Event]) -> None:
-        # Waiting for a slot is the back-pressure: when behind, batches just grow.
-        await self.slots.acquire()
-        self.stats.events_sent += len(events)
-        counts = Counter(_tag(e) for e in events)
-        for tag, n in counts.items():
-            self.stats.by_type[tag] = self.stats.by_type.get(tag, 0) + n
-        task = asyncio.create_task(self._post(role, events))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def drain(self) -> None:
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks))
-
-    def cancel(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-
-    async def _post(self, role: Role, events: list[Event]) -> None:
-        try:
-            async with self.in_order[role]:
-                await self._post_with_retries(role, events)
-        except Exception as exc:  # a bug here must not kill the run; report it instead
-            self._fail(events, f"{type(exc).__name__}: {exc}")
-        finally:
-            self.slots.release()
-
-    async def _post_with_retries(self, role: Role, events: list[Event]) -> None:
-        body = encode(events)
-        last, attempt = "", 0
-        give_up = time.monotonic() + _RETRY_FOR_S
-        while True:
-            try:
-                async with self.session.post(self.url, data=body,
-                                             headers=self.headers[role]) as resp:
-                    if resp.status >= 500 or resp.status == 429:
-                        raise _Retryable(f"HTTP {resp.status}", resp.headers.get("Retry-After"))
-                    data = await resp.read()
-                    if resp.status >= 300:
-                        text = data.decode(errors="replace")[:200]
-                        self._fail(events, f"HTTP {resp.status}: {text}")
-                        return
-            except (aiohttp.ClientError, TimeoutError, _Retryable) as exc:
-                last = f"{type(exc).__name__}: {exc.args[0] if exc.args else exc}"
-                delay = min(_RETRY_MAX_DELAY_S, 0.1 * 2 ** attempt)
-                if isinstance(exc, _Retryable) and exc.retry_after:
-                    delay = max(delay, exc.retry_after)
-                attempt += 1
-                if time.monotonic() + delay > give_up:
-                    self._fail(events, f"gave up after {attempt} attempts: {last}")
-                    return
-                self.stats.retries += 1
-                await asyncio.sleep(delay)
-                continue
-            self._count(events, data, retried=attempt > 0)
-            return
-
-    def _count(self, events: list[Event], data: bytes, *, retried: bool) -> None:
-        try:
-            reply = _reply.decode(data)
-        except msgspec.DecodeError as exc:
-            self._fail(events, f"unreadable gateway reply: {exc}")
-            return
-        self.stats.accepted += reply.accepted
-        for r in reply.rejected:
-            # A retried batch the gateway already took the first time comes back "duplicate".
-            if retried and "duplicate" in r.error.lower():
-                self.stats.accepted += 1
-                continue
-            self.stats.rejected += 1
-            where = (f"{_tag(events[r.index])} {events[r.index].event_id}"
-                     if 0 <= r.index < len(events) else f"#{r.index}")
-            self._note(f"{where}: {r.error}")
-
-    def _fail(self, events: list[Event], error: str) -> None:
-        self.stats.rejected += len(events)
-        self._note(f"{len(events)} events: {error}")
-
-    def _note(self, error: str) -> None:
-        if len(self.stats.errors) < _MAX_ERRORS:
-            self.stats.errors.append(error)
-
-
-async def _pace(schedule: list[tuple[float, Event]], plan: Plan, sender: _Sender,
-                bar: tqdm[Any], window_s: float) -> None:
-    """Hand each event to the sender once its offset is due, a window's worth at a time."""
-    offsets = [o for o, _ in schedule]
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    i = 0
-    while i < len(schedule):
-        now = loop.time() - t0
-        j = bisect_right(offsets, now, lo=i)
-        if j > i:
-            await sender.send([e for _, e in schedule[i:j]])
-            i = j
-        _advance(bar, (loop.time() - t0) * plan.speed, plan, sender.stats)
-        if i < len(schedule):
-            wait = offsets[i] - (loop.time() - t0)
-            if wait > 0:  # behind schedule: no sleep, take everything due right away
-                await asyncio.sleep(min(max(wait, window_s), 0.5))
-
-
-def _advance(bar: tqdm[Any], sim_s: float, plan: Plan, stats: SimStats) -> None:
-    target = min(round(sim_s), round(plan.sim_s))
-    if target > bar.n:
-        bar.set_postfix(ok=stats.accepted, rejected=stats.rejected, refresh=False)
-        bar.update(target - bar.n)
-
-
-async def _wait_for_stock(session: aiohttp.ClientSession, gateway: str, room_id: str,
-                          skus: set[str], *, timeout_s: float = 60.0) -> None:
-    """Poll the room's stock until every SKU is loaded (the worker is consuming)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        try:
-            async with session.get(f"{gateway}/v1/rooms/{room_id}/stock") as resp:
-                if resp.status == 200:
-                    loaded = {s["sku"] for s in (await resp.json())["skus"]}
-                    if skus <= loaded:
-                        return
-        except aiohttp.ClientError:
-            pass
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"stock for {sorted(skus)} not visible in {timeout_s:.0f} s: "
-                               "is a worker running?")
-        await asyncio.sleep(0.2)
-
-
-async def run(plan: Plan, *, gateway: str, tokens: Tokens, progress: bool = True,
-              batch_window_s: float = 0.05) -> SimStats:
-    """Send the show to `{gateway}/v1/events` on its schedule; return what happened."""
-    schedule = broadcast(plan)
-    stats = SimStats()
-    url = gateway.rstrip("/") + "/v1/events"
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        sender = _Sender(session, url, tokens, stats)
-        # Like an operator: load the stock and see it on the gateway before going live.
-        # Topics are not ordered against each other, so without this a worker that is
-        # still joining may see the first orders before the stock they are for.
-        opening = [e for o, e in schedule if o == 0 and isinstance(e, StockSet)]
-        await sender.send(opening)
-        await sender.drain()
-        if not stats.rejected:  # refused stock will never show; the stats say why
-            await _wait_for_stock(session, gateway.rstrip("/"), plan.room_id,
-                                  {e.sku for e in opening})
-        schedule = [(o, e) for o, e in schedule if not (o == 0 and isinstance(e, StockSet))]
-        with tqdm(total=round(plan.sim_s), unit="s", desc=f"broadcast {plan.room_id}",
-                  file=sys.stderr, disable=not progress, leave=False) as bar:
-            try:
-                await _pace(schedule, plan, sender, bar, batch_window_s)
-                await sender.drain()
-            finally:
-                sender.cancel()  # only does anything when interrupted
-            _advance(bar, plan.sim_s, plan, stats)
-    return stats
