@@ -1,6 +1,7 @@
-"""The gateway, an edge: the aiohttp app and its POST path (`app`), envelopes to Kafka
-(`producer`), live stock and nudges to the screens over SSE and WebSocket (`live`,
-`nudgefeed`), per-token rate limits (`ratelimit`) and the open-file limit (`fdlimit`).
+"""The gateway, an edge: the aiohttp app and its wiring (`app`), the POST path
+(`ingest`), envelopes to Kafka (`producer`), live stock and nudges to the screens: one
+pub/sub hub (`hub`), its SSE and WebSocket routes (`routes`) and per-viewer nudges
+(`nudgefeed`); per-token rate limits (`ratelimit`) and the open-file limit (`fdlimit`).
 
 Imports: core, engine, store, hostview (its routes), aiohttp and the Kafka producer.
 """

@@ -30,11 +30,12 @@ from stream.gateway.appkeys import (
     TOPICS,
 )
 from stream.gateway.fdlimit import raise_open_files
+from stream.gateway.hub import LiveHub
 from stream.gateway.ingest import post_events
-from stream.gateway.live import StockHub, live_routes
 from stream.gateway.nudgefeed import NudgeRelay
 from stream.gateway.producer import EnvelopeProducer
 from stream.gateway.ratelimit import RateLimiter, middleware
+from stream.gateway.routes import live_routes
 from stream.hostview.dashboard import add_host_view, host_exposition
 from stream.store import keys
 from stream.store.currenttags import held_tags
@@ -46,7 +47,7 @@ REDIS_CONNECTIONS = 100
 
 
 def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
-               producer: EnvelopeProducer, hub: StockHub | None = None,
+               producer: EnvelopeProducer, hub: LiveHub | None = None,
                relay: NudgeRelay | None = None) -> web.Application:
     limiter = RateLimiter(tokens, rate=settings.rate_limit,
                           viewer_rate=settings.viewer_rate_limit)
@@ -64,7 +65,7 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
     app.router.add_get("/v1/viewers/{viewer}/tags", viewer_tags)
     # Live stock and nudges; the hub runs only while Gateway.start/stop (or the caller)
     # runs it, and carries the nudge channel on the same Redis connection.
-    app[STOCK_HUB] = hub if hub is not None else StockHub(redis)
+    app[STOCK_HUB] = hub if hub is not None else LiveHub(redis)
     relay = relay if relay is not None else NudgeRelay()
     app[STOCK_HUB].add_channel(keys.NUDGE_CHANNEL, relay.on_payload)
     app.add_routes(live_routes(app[STOCK_HUB], tokens, viewer_feeds=[relay.feed]))
@@ -123,7 +124,7 @@ class Gateway:
         self.redis = Redis.from_pool(BlockingConnectionPool.from_url(
             settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=10))
         self.producer = EnvelopeProducer(bootstrap=settings.kafka_bootstrap)
-        self.hub = StockHub(self.redis)
+        self.hub = LiveHub(self.redis)
         self._runner: web.AppRunner | None = None
 
     async def start(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:

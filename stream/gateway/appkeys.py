@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 from stream.core.auth import Tokens
 from stream.core.config import Settings
 from stream.core.topics import Topics
-from stream.gateway.live import StockHub
+from stream.gateway.hub import LiveHub
 from stream.gateway.producer import EnvelopeProducer
 from stream.store.roomlog import HostLog
 
@@ -17,5 +17,5 @@ TOKENS = web.AppKey("tokens", Tokens)
 REDIS = web.AppKey("redis", Redis)
 PRODUCER = web.AppKey("producer", EnvelopeProducer)
 TOPICS = web.AppKey("topics", Topics)
-STOCK_HUB = web.AppKey("stock_hub", StockHub)
+STOCK_HUB = web.AppKey("stock_hub", LiveHub)
 HOST_LOG = web.AppKey("host_log", HostLog)

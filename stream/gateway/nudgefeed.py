@@ -11,7 +11,7 @@ import msgspec
 import orjson
 
 from stream.core.models import Nudge
-from stream.gateway.live import Send
+from stream.gateway.routes import Send
 
 log = logging.getLogger(__name__)
 _decode = msgspec.json.Decoder(Nudge).decode

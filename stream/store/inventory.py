@@ -27,8 +27,9 @@ from stream.core.models import (
     StockSet,
     StockUpdate,
 )
-from stream.store import keys, scripts
+from stream.store import keys, scripts, stockread
 from stream.store.replies import text
+from stream.store.stockread import StockReader
 
 # Orders are kept this long after their last change, for late payments and the review.
 ORDER_RETENTION_S = 7 * 24 * 3600
@@ -327,28 +328,14 @@ class Inventory:
                                             for oid in due], ts=now_ms)
         return list(zip(due, outcomes, strict=True))
 
-    async def _rows(self, room_id: str, *fields: str,
-                    consistent: bool = False) -> list[tuple[str, list[bytes | None]]]:
-        """(sku, values of `fields`) for each of the room's SKUs, sorted by SKU."""
-        skus = sorted(text(s) for s in await self.redis.smembers(keys.skus(room_id)))
-        async with self.redis.pipeline(transaction=consistent) as pipe:
-            for sku in skus:
-                pipe.hmget(keys.stock_prefix(room_id) + sku, *fields)
-            rows = await pipe.execute()
-        return list(zip(skus, rows, strict=True))
-
     async def levels(self, room_id: str) -> list[StockUpdate]:
         """The room's current stock, one record per SKU."""
-        return [StockUpdate(room_id=room_id, sku=sku, available=int(r[0] or 0),
-                            reserved=int(r[1] or 0), sold=int(r[2] or 0), version=int(r[3] or 0),
-                            ts=0)
-                for sku, r in await self._rows(room_id, "available", "reserved", "sold",
-                                               "version")]
+        return await StockReader(self.redis).levels(room_id)
 
     async def audit(self, room_id: str) -> Audit:
         """One consistent read of the room's books: oversold units and broken invariants."""
-        rows = await self._rows(room_id, "available", "reserved", "sold", "loaded",
-                                consistent=True)
+        rows = await stockread.rows(self.redis, room_id, "available", "reserved", "sold",
+                                    "loaded", consistent=True)
         audit = Audit(room_id=room_id, skus=len(rows))
         for sku, row in rows:
             a, r, s, loaded = (int(x or 0) for x in row)

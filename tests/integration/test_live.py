@@ -22,7 +22,7 @@ from stream.core.auth import Tokens
 from stream.core.config import Settings
 from stream.core.models import StockUpdate
 from stream.gateway.app import Gateway
-from stream.gateway.live import StockHub, Subscription
+from stream.gateway.hub import LiveHub, Subscription
 from stream.local.embedded import free_port
 from stream.store import keys
 
@@ -368,7 +368,7 @@ async def test_resync_after_pubsub_connection_lost(live: Live) -> None:
 
 async def test_hub_starts_without_redis() -> None:
     redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}")
-    hub = StockHub(redis, connect_timeout_s=0.3)
+    hub = LiveHub(redis, connect_timeout_s=0.3)
     await hub.start()  # must not raise: the gateway keeps serving and retries
     assert not hub.connected
     await hub.stop()

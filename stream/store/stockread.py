@@ -1,0 +1,39 @@
+"""Reading a room's stock without the scripts that change it.
+
+The gateway only reads stock (snapshots, resyncs); building an `Inventory` for that
+would register the APPLY script on its connection pool for nothing.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from stream.core.models import StockUpdate
+from stream.store import keys
+
+
+async def rows(redis: Redis, room_id: str, *fields: str,
+               consistent: bool = False) -> list[tuple[str, list[bytes | None]]]:
+    """(sku, values of `fields`) for each of the room's SKUs, sorted by SKU."""
+    skus = sorted(s.decode() for s in await redis.smembers(keys.skus(room_id)))
+    async with redis.pipeline(transaction=consistent) as pipe:
+        for sku in skus:
+            pipe.hmget(keys.stock_prefix(room_id) + sku, *fields)
+        found = await pipe.execute()
+    return list(zip(skus, found, strict=True))
+
+
+class StockReader:
+    """The room's current stock, one record per SKU, read-only."""
+
+    __slots__ = ("redis",)
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def levels(self, room_id: str) -> list[StockUpdate]:
+        return [StockUpdate(room_id=room_id, sku=sku, available=int(r[0] or 0),
+                            reserved=int(r[1] or 0), sold=int(r[2] or 0),
+                            version=int(r[3] or 0), ts=0)
+                for sku, r in await rows(self.redis, room_id, "available", "reserved",
+                                         "sold", "version")]
