@@ -10,7 +10,8 @@ later under one of these paths gets CORS without touching this module:
   origins only: `*` would let any page spend a brand's token.
 
 The WebSocket is not CORS (browsers do not preflight it, and send `Origin` instead), so
-`websocket_origin` checks it: no `Origin` (a native app) or the gateway's own origin
+`websocket_origin` checks it (and answers a plain GET, with no `Upgrade: websocket`,
+`400` naming the header): no `Origin` (a native app) or the gateway's own origin
 passes, a listed origin passes, any other origin gets `403` (it carries a viewer's
 nudges, so `*` does not open it).
 """
@@ -65,17 +66,26 @@ def websocket_origin(*, origins: tuple[str, ...]) -> Callable[[web.Request, Hand
 
     @web.middleware
     async def check_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not _is_websocket(request):
+            return await handler(request)
+        if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
+            # Said here, naming the header, before the handler reads the room's stock.
+            return _refuse(400, "Upgrade: expected `websocket`; this path is a WebSocket "
+                                "(for plain HTTP read /v1/rooms/{room}/stock or its stream)")
         origin = request.headers.get(hdrs.ORIGIN)
-        if origin is None or origin in listed or not _is_websocket(request):
+        if origin is None or origin in listed:
             return await handler(request)
         if origin == f"{request.scheme}://{request.host}":
             return await handler(request)
-        body = {"error": f"Origin {origin!r} may not open this WebSocket: not this "
-                         "gateway's origin nor in LIVECOMMERCE_CORS_ORIGINS"}
-        return web.Response(body=orjson.dumps(body), status=403,
-                            content_type="application/json")
+        return _refuse(403, f"Origin: {origin!r} may not open this WebSocket: not this "
+                            "gateway's origin nor in LIVECOMMERCE_CORS_ORIGINS")
 
     return check_origin
+
+
+def _refuse(status: int, message: str) -> web.Response:
+    return web.Response(body=orjson.dumps({"error": message}), status=status,
+                        content_type="application/json")
 
 
 def _is_websocket(request: web.Request) -> bool:

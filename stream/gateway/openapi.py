@@ -97,6 +97,10 @@ def _path(name: str, description: str) -> dict[str, Any]:
 
 
 ROOM = _path("room", "the room id")
+# One Server-Sent Event as schemathesis and OpenAPI 3.2's `itemSchema` read it.
+SSE_EVENT = {"type": "object", "required": ["event", "data"],
+             "properties": {"event": {"enum": ["snapshot", "stock"]},
+                            "data": {"type": "string", "contentMediaType": "application/json"}}}
 BEARER = [{"bearer": []}]
 HOST_DATA = {"401": _error("no token, or an unknown one"),
              "403": _error("a token of another role than host or monitor")}
@@ -109,11 +113,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "description": "A platform token sends viewer and interaction events, a commerce "
                        "token `order.*`, a host token `segment.*`, `product.pinned`, "
                        "`broadcast.*`, `stock.set`. Valid items are accepted even when "
-                       "their neighbours are refused.",
+                       "their neighbours are refused. NDJSON (one event per line) "
+                       "is accepted as well.",
         "security": BEARER,
+        # NDJSON (one event per line) is accepted too; JSON Schema cannot describe lines,
+        # so the document names the JSON form only.
         "requestBody": {"required": True, "content": {
-            "application/json": {"schema": {"$ref": REF.format(name="Events")}},
-            "application/x-ndjson": {"schema": {"type": "string"}}}},
+            "application/json": {"schema": {"$ref": REF.format(name="Events")}}}},
         "responses": {
             "202": _json("Accepted", "written to Kafka; refused items with their errors"),
             "400": _error("the body is not JSON (nor NDJSON), or nests too deeply"),
@@ -131,7 +137,9 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/v1/rooms/{room}/stock/stream"): {
         "summary": "Live stock as Server-Sent Events: `snapshot`, then `stock` events",
         "parameters": [ROOM],
-        "responses": {"200": _text("text/event-stream", "the stream (never ends)"),
+        "responses": {"200": {"description": "the stream (never ends); each event's data "
+                                             "is JSON: StockSnapshot, then StockUpdate",
+                              "content": {"text/event-stream": {"schema": SSE_EVENT}}},
                       **BAD_ROOM,
                       "503": _error("past LIVECOMMERCE_MAX_SUBSCRIBERS (see Retry-After), "
                                     "Redis unavailable, or the gateway is stopping")}},
