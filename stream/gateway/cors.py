@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp_cors
 import orjson
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 PUBLIC_PATHS = frozenset({"/v1/rooms/{room}/stock", "/v1/rooms/{room}/stock/stream"})
 PUBLIC_PREFIXES = ("/client/",)
@@ -47,6 +48,8 @@ def apply_cors(app: web.Application, *, origins: tuple[str, ...]) -> None:
     listed = tuple(o for o in origins if o != "*")
     for resource in list(app.router.resources()):
         canonical = resource.canonical
+        allowed: tuple[str, ...]
+        methods: tuple[str, ...]
         if _public(canonical):
             allowed, methods = origins, ("GET", "HEAD")
         elif canonical in POST_PATHS:
@@ -55,12 +58,12 @@ def apply_cors(app: web.Application, *, origins: tuple[str, ...]) -> None:
             continue
         # Added even with no origin allowed: a preflight then gets the library's 403
         # ("origin not allowed") instead of a 405 that hides why.
-        options = aiohttp_cors.ResourceOptions(allow_methods=methods, **_OPTIONS)
+        options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+            allow_methods=methods, **_OPTIONS)
         cors.add(resource, {origin: options for origin in allowed})
 
 
-def websocket_origin(*, origins: tuple[str, ...]) -> Callable[[web.Request, Handler],
-                                                             Awaitable[web.StreamResponse]]:
+def websocket_origin(*, origins: tuple[str, ...]) -> Middleware:
     """Middleware: the viewer WebSocket only from no Origin, the same or a listed origin."""
     listed = frozenset(o for o in origins if o != "*")
 

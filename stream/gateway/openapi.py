@@ -70,7 +70,7 @@ class Health(msgspec.Struct, kw_only=True):
     redis: str | None = None
 
 
-EventList = list[AnyEvent]  # type: ignore[valid-type]
+EventList = list[AnyEvent]
 
 _NAMED: dict[str, Any] = {"Events": EventList, "ErrorAnswer": ErrorAnswer,
                           "Accepted": Accepted, "StockSnapshot": StockSnapshot,
@@ -101,7 +101,7 @@ ROOM = _path("room", "the room id")
 SSE_EVENT = {"type": "object", "required": ["event", "data"],
              "properties": {"event": {"enum": ["snapshot", "stock"]},
                             "data": {"type": "string", "contentMediaType": "application/json"}}}
-BEARER = [{"bearer": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 HOST_DATA = {"401": _error("no token, or an unknown one"),
              "403": _error("a token of another role than host or monitor")}
 BAD_ROOM = {"400": _error("the room id does not match [A-Za-z0-9._:@-]{1,64}")}
@@ -193,7 +193,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                               "content": {"application/json": {"schema": {"type": "object"}}}}}},
 }
 
-_GENERIC = {"summary": "(not described yet)",
+_GENERIC: dict[str, Any] = {"summary": "(not described yet)",
             "responses": {"default": {"description": "see the README"}}}
 
 
@@ -232,7 +232,7 @@ def document(app: web.Application) -> dict[str, Any]:
                 op["parameters"] = [{"name": p, "in": "path", "required": True,
                                      "schema": {"type": "string"}} for p in params]
         paths.setdefault(path, {})[method.lower()] = copy.deepcopy(op)
-    return _portable({
+    doc: dict[str, Any] = _portable({
         "openapi": "3.1.0",
         "info": {"title": "livecommerce gateway", "version": "1",
                  "description": "Events in, live stock, nudges, tags and the host's "
@@ -241,6 +241,7 @@ def document(app: web.Application) -> dict[str, Any]:
         "components": {"schemas": components,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     })
+    return doc
 
 
 OPENAPI = web.AppKey("openapi", bytes)
