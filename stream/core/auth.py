@@ -72,7 +72,10 @@ class Tokens:
     def is_viewer(self, viewer_id: str, token: str) -> bool:
         if not self._secret:
             return False
-        return hmac.compare_digest(self.viewer_token(viewer_id), token)
+        # As bytes: compare_digest refuses a str with non-ASCII characters (TypeError), and
+        # a query string may hold anything (schemathesis sent one).
+        return hmac.compare_digest(self.viewer_token(viewer_id).encode(),
+                                   token.encode("utf-8", "replace"))
 
 
 def bearer(header: str | None) -> str | None:

@@ -71,19 +71,26 @@ def websocket_origin(*, origins: tuple[str, ...]) -> Middleware:
     async def check_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not _is_websocket(request):
             return await handler(request)
-        if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
-            # Said here, naming the header, before the handler reads the room's stock.
-            return _refuse(400, "Upgrade: expected `websocket`; this path is a WebSocket "
-                                "(for plain HTTP read /v1/rooms/{room}/stock or its stream)")
         origin = request.headers.get(hdrs.ORIGIN)
-        if origin is None or origin in listed:
-            return await handler(request)
-        if origin == f"{request.scheme}://{request.host}":
-            return await handler(request)
+        if origin is None or origin in listed or origin == f"{request.scheme}://{request.host}":
+            return await _upgraded(request, handler)
         return _refuse(403, f"Origin: {origin!r} may not open this WebSocket: not this "
                             "gateway's origin nor in LIVECOMMERCE_CORS_ORIGINS")
 
     return check_origin
+
+
+async def _upgraded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer; its own refusals (room, token) stand, but aiohttp's plain-text
+    400 for a GET without `Upgrade: websocket` becomes one that names the header."""
+    try:
+        return await handler(request)
+    except web.HTTPBadRequest as exc:
+        if exc.content_type == "application/json" or \
+                request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
+            raise
+        return _refuse(400, "Upgrade: expected `websocket`; this path is a WebSocket "
+                            "(for plain HTTP read /v1/rooms/{room}/stock or its stream)")
 
 
 def _refuse(status: int, message: str) -> web.Response:
