@@ -40,8 +40,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # browser client) and post events: comma-separated `scheme://host[:port]`; `*` opens
     # the public stock endpoints only. Empty: same origin only.
     cors_origins: str = ""
-    # A connection whose request headers (or POST body) have not arrived in this time is
-    # closed: half-open connections must not hold a gateway's file descriptors forever.
+    # A new connection whose first request header (or a POST body) has not arrived in
+    # this time is closed (the body: 408): half-open connections must not hold a
+    # gateway's file descriptors. Idle keep-alive is separate (gateway.halfopen).
     read_timeout_s: int = 30
     # Concurrent SSE + WebSocket subscribers per gateway process; past it `503` +
     # `Retry-After`. 60,000 = the fan-out benchmark's 50,000 screens plus 20% headroom

@@ -32,6 +32,7 @@ from stream.gateway.appkeys import (
 from stream.gateway.cors import apply_cors, websocket_origin
 from stream.gateway.errors import json_errors
 from stream.gateway.fdlimit import open_files, raise_open_files
+from stream.gateway.halfopen import KEEPALIVE_S, guard_headers
 from stream.gateway.hub import LiveHub
 from stream.gateway.ingest import post_events
 from stream.gateway.nudgefeed import NudgeRelay
@@ -155,11 +156,10 @@ class Gateway:
         app = create_app(settings=self.settings, tokens=self.tokens, redis=self.redis,
                          producer=self.producer, hub=self.hub)
         await self.hub.start()
-        # aiohttp's keep-alive timer runs from a connection's start and closes it while no
-        # complete request header has arrived: half-open connections go after this time.
-        self._runner = web.AppRunner(app, access_log=None,
-                                     keepalive_timeout=self.settings.read_timeout_s)
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_S)
         await self._runner.setup()
+        assert self._runner.server is not None  # set up just now
+        guard_headers(self._runner.server, timeout_s=self.settings.read_timeout_s)
         port = self.settings.http_port if port is None else port
         await web.TCPSite(self._runner, host, port).start()
 

@@ -273,6 +273,26 @@ async def test_half_open_connections_are_closed_within_the_read_timeout(
             writer.close()
 
 
+async def test_an_idle_keep_alive_connection_outlives_the_read_timeout(
+        settings: Settings) -> None:
+    """The timeout is for a request under way, not for a kept-alive connection between
+    requests: closing those makes a client's next POST race the close."""
+    settings = msgspec.structs.replace(settings, read_timeout_s=1)
+    async with running_gateway(settings) as (_, url, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        for _ in range(2):
+            writer.write(request)
+            await writer.drain()
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+                await reader.readexactly(length)
+            assert head.startswith(b"HTTP/1.1 200")
+            await asyncio.sleep(2.5)  # idle, past the timeout, on the same connection
+        writer.close()
+
+
 async def test_a_subscriber_outlives_the_read_timeout(settings: Settings,
                                                       redis: Redis) -> None:
     settings = msgspec.structs.replace(settings, read_timeout_s=1)
