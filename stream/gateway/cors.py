@@ -39,7 +39,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _public(canonical: str) -> bool:
-    return canonical in PUBLIC_PATHS or canonical.startswith(PUBLIC_PREFIXES)
+    # A static resource's canonical is its prefix without the slash ("/client").
+    return (canonical in PUBLIC_PATHS or canonical.startswith(PUBLIC_PREFIXES)
+            or canonical + "/" in PUBLIC_PREFIXES)
 
 
 def apply_cors(app: web.Application, *, origins: tuple[str, ...]) -> None:

@@ -10,6 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 import orjson
@@ -22,6 +23,8 @@ from stream.core.auth import Tokens
 from stream.core.config import Settings
 from stream.core.models import StockUpdate
 from stream.gateway.app import SUBSCRIBERS, Gateway
+from stream.gateway.cors import apply_cors
+from stream.local.embedded import free_port
 from stream.store import keys
 
 pytestmark = pytest.mark.integration
@@ -338,3 +341,29 @@ async def test_past_the_subscriber_cap_503_and_retry_after(settings: Settings) -
             assert resp.status == 200
         for r in held:
             r.close()
+
+
+async def test_cors_reaches_routes_added_later_under_client(tmp_path: Path) -> None:
+    """The browser client's files (another branch adds them) get CORS by their path,
+    whether a static directory or one route."""
+    (tmp_path / "livecommerce.js").write_text("export function connect() {}")
+    app = web.Application()
+    app.router.add_static("/client", tmp_path)
+    app.router.add_get("/v1/rooms/{room}/stock", lambda r: web.json_response({}))
+    app.router.add_get("/v1/private", lambda r: web.json_response({}))
+    apply_cors(app, origins=("*",))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    anyone = {"Origin": "http://anyone.example"}
+    try:
+        async with ClientSession() as http:
+            for path, opened in [("/client/livecommerce.js", True), ("/v1/rooms/r/stock", True),
+                                 ("/v1/private", False)]:
+                async with http.get(f"http://127.0.0.1:{port}{path}", headers=anyone) as resp:
+                    assert resp.status == 200
+                    got = resp.headers.get("Access-Control-Allow-Origin")
+                    assert got == (anyone["Origin"] if opened else None), path
+    finally:
+        await runner.cleanup()
