@@ -347,10 +347,14 @@ async def test_cors_reaches_routes_added_later_under_client(tmp_path: Path) -> N
     """The browser client's files (another branch adds them) get CORS by their path,
     whether a static directory or one route."""
     (tmp_path / "livecommerce.js").write_text("export function connect() {}")
+
+    async def empty(request: web.Request) -> web.Response:
+        return web.json_response({})
+
     app = web.Application()
     app.router.add_static("/client", tmp_path)
-    app.router.add_get("/v1/rooms/{room}/stock", lambda r: web.json_response({}))
-    app.router.add_get("/v1/private", lambda r: web.json_response({}))
+    app.router.add_get("/v1/rooms/{room}/stock", empty)
+    app.router.add_get("/v1/private", empty)
     apply_cors(app, origins=("*",))
     runner = web.AppRunner(app)
     await runner.setup()
