@@ -12,6 +12,7 @@ import click
 import msgspec
 
 from stream.core import config
+from stream.core.auth import ROLES
 
 
 def _settings() -> config.Settings:
@@ -60,11 +61,13 @@ def up(http_port: int | None, workers: int) -> None:
             click.echo(f"kafka     {s.kafka_url}")
             click.echo(f"redis     {s.redis_url}")
             click.echo(f"tokens    {s.tokens_file}")
-            for role in ("platform", "commerce", "host"):
-                click.echo(f"  {role:<9} {run.tokens.for_role(role)}")
+            for role in ROLES:
+                if run.tokens.has_role(role):  # a tokens file may hold no monitor token
+                    click.echo(f"  {role:<9} {run.tokens.for_role(role)}")
             click.echo(f"simulate  LIVECOMMERCE_TOKENS_FILE={s.tokens_file} "
                        f"livecommerce simulate --gateway {run.gateway_url}")
-            click.echo(f"dashboard {run.gateway_url}/dashboard/demo-room  "
+            click.echo(f"dashboard {run.gateway_url}/dashboard/demo-room"
+                       f"#token={run.tokens.for_role('host')}  "
                        f"(report: LIVECOMMERCE_REDIS_URL={s.redis_url} "
                        f"livecommerce report demo-room --out report.html)")
             click.echo("Ctrl-C stops everything.", err=True)

@@ -6,23 +6,31 @@ import hashlib
 import hmac
 import secrets
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
 from stream.core.models import Role
 
-ROLES: tuple[Role, ...] = ("platform", "commerce", "host")
+# A token's role: one of the roles that send events (models.Role), or `monitor`, which
+# reads the host's data (metrics, broadcasts, dashboard, room series on /metrics) for
+# Grafana, Prometheus and analysts, and sends nothing.
+TokenRole = Role | Literal["monitor"]
+SENDERS: tuple[Role, ...] = ("platform", "commerce", "host")
+ROLES: tuple[TokenRole, ...] = (*SENDERS, "monitor")
+# Who may read a room's host data: the host, and the read-only monitor.
+HOST_DATA_READERS: frozenset[TokenRole] = frozenset({"host", "monitor"})
 
 
 class TokensFile(msgspec.Struct, forbid_unknown_fields=True):
-    tokens: dict[str, Role]
+    tokens: dict[str, TokenRole]
     viewer_secret: str = ""
 
 
 class Tokens:
     """Who a bearer token is; and whether a viewer token belongs to a viewer."""
 
-    def __init__(self, tokens: dict[str, Role], viewer_secret: str) -> None:
+    def __init__(self, tokens: dict[str, TokenRole], viewer_secret: str) -> None:
         self._roles = dict(tokens)
         self._secret = viewer_secret.encode()
 
@@ -45,10 +53,13 @@ class Tokens:
             TokensFile(tokens=self._roles, viewer_secret=self._secret.decode())))
         path.chmod(0o600)
 
-    def role(self, token: str) -> Role | None:
+    def role(self, token: str) -> TokenRole | None:
         return self._roles.get(token)
 
-    def for_role(self, role: Role) -> str:
+    def has_role(self, role: TokenRole) -> bool:
+        return role in self._roles.values()
+
+    def for_role(self, role: TokenRole) -> str:
         """Some token of `role` (for the simulator and demo clients)."""
         for token, r in self._roles.items():
             if r == role:
@@ -61,7 +72,10 @@ class Tokens:
     def is_viewer(self, viewer_id: str, token: str) -> bool:
         if not self._secret:
             return False
-        return hmac.compare_digest(self.viewer_token(viewer_id), token)
+        # As bytes: compare_digest refuses a str with non-ASCII characters (TypeError), and
+        # a query string may hold anything (schemathesis sent one).
+        return hmac.compare_digest(self.viewer_token(viewer_id).encode(),
+                                   token.encode("utf-8", "replace"))
 
 
 def bearer(header: str | None) -> str | None:

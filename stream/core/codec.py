@@ -39,12 +39,25 @@ class Decoded:
     rejected: list[Rejection] = field(default_factory=list)
 
 
+# No event nests deeper than 4 (envelope array > event > items > item); msgspec stops at
+# Python's recursion limit (~1,000 levels) with a RecursionError, which must not escape.
+NESTING_ERROR = ("body nests arrays or objects too deeply (past ~1,000 levels; an event "
+                 "nests at most 4) - at `$`")
+
+
 def decode_events(data: bytes) -> Decoded:
     """Decode one event, an array of events, or NDJSON into events and rejections.
 
     Raises BodyError when `data` is not JSON at all (an array that does not parse,
-    or a payload with no JSON value in it).
+    or a payload with no JSON value in it), or nests too deeply to decode.
     """
+    try:
+        return _decode_events(data)
+    except RecursionError:
+        raise BodyError(NESTING_ERROR) from None
+
+
+def _decode_events(data: bytes) -> Decoded:
     body = data.strip()
     if not body:
         raise BodyError("empty body: expected a JSON array of events or NDJSON")

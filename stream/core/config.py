@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import msgspec
@@ -35,6 +36,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     rate_limit: str = "2000/second"
     # Per viewer token (WebSocket connects with `token=`): stops reconnect storms.
     viewer_rate_limit: str = "20/second"
+    # Browser pages on other origins that may read the public stock (JSON, SSE, the
+    # browser client) and post events: comma-separated `scheme://host[:port]`; `*` opens
+    # the public stock endpoints only. Empty: same origin only.
+    cors_origins: str = ""
+    # A new connection whose first request header (or a POST body) has not arrived in
+    # this time is closed (the body: 408): half-open connections must not hold a
+    # gateway's file descriptors. Idle keep-alive is separate (gateway.halfopen).
+    read_timeout_s: int = 30
+    # Concurrent SSE + WebSocket subscribers per gateway process; past it `503` +
+    # `Retry-After`. 60,000 = the fan-out benchmark's 50,000 screens plus 20% headroom
+    # (the gateway also lowers it below the open-file limit, see gateway.subscribers).
+    max_subscribers: int = 60_000
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -43,7 +56,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
 
 _INTS = {"http_port", "partitions", "max_future_ms", "dedupe_ttl_s", "max_body_bytes",
-         "stock_interval_ms"}
+         "stock_interval_ms", "read_timeout_s", "max_subscribers"}
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+\Z")
+
+
+def parse_origins(raw: str) -> tuple[str, ...]:
+    """`LIVECOMMERCE_CORS_ORIGINS` -> origins; each `scheme://host[:port]` (no path, no
+    trailing slash: a browser's `Origin` never has one) or `*`."""
+    origins = tuple(o.strip() for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ValueError(f"{ENV_PREFIX}CORS_ORIGINS: {origin!r} is not an origin "
+                             "(expected scheme://host[:port] without a path, or *)")
+    return origins
 
 
 def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -65,6 +90,7 @@ def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Sett
         else:
             values[field] = raw
     values.update({k: v for k, v in overrides.items() if v is not None})
+    parse_origins(str(values.get("cors_origins", "")))  # refused at start, naming it
     return Settings(**values)  # type: ignore[arg-type]
 
 

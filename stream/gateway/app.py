@@ -17,9 +17,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream.core.auth import Tokens, bearer
-from stream.core.config import Settings
+from stream.core.config import Settings, parse_origins
 from stream.core.topics import Topics
-from stream.gateway import replies
+from stream.gateway import errors, openapi, replies
 from stream.gateway.appkeys import (
     HOST_LOG,
     PRODUCER,
@@ -29,13 +29,18 @@ from stream.gateway.appkeys import (
     TOKENS,
     TOPICS,
 )
-from stream.gateway.fdlimit import raise_open_files
+from stream.gateway.cors import apply_cors, websocket_origin
+from stream.gateway.errors import json_errors
+from stream.gateway.fdlimit import open_files, raise_open_files
+from stream.gateway.halfopen import KEEPALIVE_S, guard_headers
 from stream.gateway.hub import LiveHub
 from stream.gateway.ingest import post_events
 from stream.gateway.nudgefeed import NudgeRelay
 from stream.gateway.producer import EnvelopeProducer
 from stream.gateway.ratelimit import RateLimiter, middleware
 from stream.gateway.routes import live_routes
+from stream.gateway.subscribers import SubscriberCap, effective_cap
+from stream.hostview.access import reads_host_data
 from stream.hostview.dashboard import add_host_view, host_exposition
 from stream.store import keys
 from stream.store.currenttags import held_tags
@@ -44,6 +49,7 @@ from stream.store.roomlog import HostLog
 log = logging.getLogger(__name__)
 
 REDIS_CONNECTIONS = 100
+SUBSCRIBERS = web.AppKey("subscribers", SubscriberCap)
 
 
 def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
@@ -51,14 +57,23 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
                relay: NudgeRelay | None = None) -> web.Application:
     limiter = RateLimiter(tokens, rate=settings.rate_limit,
                           viewer_rate=settings.viewer_rate_limit)
+    origins = parse_origins(settings.cors_origins)
+    cap = SubscriberCap(limit=effective_cap(configured=settings.max_subscribers,
+                                            open_files=open_files()))
+    # Outermost first: every error is JSON; Redis away is a 503; a foreign page may not
+    # open the WebSocket; past the cap no new subscriber; then the per-token rate limit.
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[redis_unavailable, middleware(limiter)])
+                          middlewares=[json_errors, redis_unavailable,
+                                       websocket_origin(origins=origins), cap.middleware,
+                                       middleware(limiter)])
+    errors.install(app)
     app[SETTINGS] = settings
     app[TOKENS] = tokens
     app[REDIS] = redis
     app[PRODUCER] = producer
     app[TOPICS] = Topics(settings.topic_prefix)
     app[HOST_LOG] = HostLog(redis)
+    app[SUBSCRIBERS] = cap
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -70,6 +85,9 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
     app[STOCK_HUB].add_channel(keys.NUDGE_CHANNEL, relay.on_payload)
     app.add_routes(live_routes(app[STOCK_HUB], tokens, viewer_feeds=[relay.feed]))
     add_host_view(app, redis)
+    # Last: both read the finished route table (CORS by path; the document of every route).
+    apply_cors(app, origins=origins)
+    openapi.publish(app)
     return app
 
 
@@ -109,7 +127,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest() + await host_exposition(request.app)
+    """The process's own series for anyone; the rooms' series (GMV, buyers, conversion)
+    only for a host or monitor token, as Prometheus sends with `authorization`."""
+    body = generate_latest()
+    if reads_host_data(request):
+        body += await host_exposition(request.app)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -134,8 +156,10 @@ class Gateway:
         app = create_app(settings=self.settings, tokens=self.tokens, redis=self.redis,
                          producer=self.producer, hub=self.hub)
         await self.hub.start()
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_S)
         await self._runner.setup()
+        assert self._runner.server is not None  # set up just now
+        guard_headers(self._runner.server, timeout_s=self.settings.read_timeout_s)
         port = self.settings.http_port if port is None else port
         await web.TCPSite(self._runner, host, port).start()
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
-from stream.core.auth import Tokens
 from stream.core.config import Settings
 from stream.core.topics import Topics
 from stream.gateway.hub import LiveHub
 from stream.gateway.producer import EnvelopeProducer
+from stream.hostview.access import TOKENS
 from stream.store.roomlog import HostLog
 
 SETTINGS = web.AppKey("settings", Settings)
-TOKENS = web.AppKey("tokens", Tokens)
 REDIS = web.AppKey("redis", Redis)
 PRODUCER = web.AppKey("producer", EnvelopeProducer)
 TOPICS = web.AppKey("topics", Topics)
 STOCK_HUB = web.AppKey("stock_hub", LiveHub)
 HOST_LOG = web.AppKey("host_log", HostLog)
+
+__all__ = ["HOST_LOG", "PRODUCER", "REDIS", "SETTINGS", "STOCK_HUB", "TOKENS", "TOPICS"]

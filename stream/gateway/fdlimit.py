@@ -22,3 +22,9 @@ def raise_open_files(want: int | None = None) -> int:
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open-file limit to %d: %s", target, exc)
     return soft
+
+
+def open_files() -> int:
+    """This process's soft RLIMIT_NOFILE (what it may open now)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20

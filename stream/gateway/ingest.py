@@ -46,7 +46,12 @@ async def post_events(request: web.Request) -> web.Response:
     if role is None:
         return replies.error(401, "unknown token")
     try:
-        body = await request.read()
+        # A body that trickles in (or never comes) must not hold the connection open.
+        async with asyncio.timeout(settings.read_timeout_s):
+            body = await request.read()
+    except TimeoutError:
+        return replies.error(408, f"body did not arrive within {settings.read_timeout_s} s "
+                                  "(LIVECOMMERCE_READ_TIMEOUT_S)")
     except web.HTTPRequestEntityTooLarge:
         return replies.error(413, f"body over {settings.max_body_bytes} bytes; "
                                   "send smaller batches")
@@ -76,8 +81,8 @@ async def post_events(request: web.Request) -> web.Response:
             seen_here.add(event.event_id)
             candidates.append((index, event))
 
-    request = uuid.uuid4().hex
-    claim = functools.partial(eventids.claim_ids, app[REDIS], request=request,
+    request_id = uuid.uuid4().hex
+    claim = functools.partial(eventids.claim_ids, app[REDIS], request=request_id,
                               ttl_s=settings.dedupe_ttl_s)
     fresh, duplicates, pending = await claim(candidates)
     for _ in range(PENDING_WAITS):
@@ -103,7 +108,7 @@ async def post_events(request: web.Request) -> web.Response:
     # In Kafka now: from here a 503 would make the client send them again, so Redis being
     # away only costs what Redis adds (the worker's host path fills the room log too).
     try:
-        await eventids.mark_written(app[REDIS], request, settings.dedupe_ttl_s)
+        await eventids.mark_written(app[REDIS], request_id, settings.dedupe_ttl_s)
         # Host events reach the room log before the 202: an order accepted after a segment
         # starts then sees that segment, even if the host topic is read later.
         await app[HOST_LOG].append([e for _, e in fresh if isinstance(e, HostEvent)])

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
@@ -74,8 +75,7 @@ class RateLimiter:
         return None
 
 
-def middleware(limiter: RateLimiter) -> Callable[[web.Request, Handler],
-                                                 Awaitable[web.StreamResponse]]:
+def middleware(limiter: RateLimiter) -> Middleware:
     """An aiohttp middleware answering `429` with `Retry-After` past the limit."""
 
     @web.middleware

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from stream.hostview.access import host_data
 from stream.hostview.metrics import RoomMetrics, compute
 from stream.hostview.prom import RoomCollector
 from stream.hostview.reader import RoomReader
@@ -88,6 +89,7 @@ def _room(request: web.Request) -> str:
     return room
 
 
+@host_data
 async def room_metrics(request: web.Request) -> web.Response:
     metrics = await request.app[HOST_VIEW].metrics(_room(request))
     return web.Response(body=msgspec.json.encode(metrics), content_type="application/json",

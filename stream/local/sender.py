@@ -17,7 +17,7 @@ import aiohttp
 import msgspec
 from tqdm import tqdm
 
-from stream.core.auth import ROLES, Tokens
+from stream.core.auth import SENDERS, Tokens
 from stream.core.codec import encode
 from stream.core.models import Event, Role, StockSet
 from stream.local.showplan import Plan, broadcast
@@ -77,12 +77,12 @@ class _Sender:
         self.session = session
         self.url = url
         self.headers = {role: {"Authorization": f"Bearer {tokens.for_role(role)}",
-                               "Content-Type": "application/json"} for role in ROLES}
+                               "Content-Type": "application/json"} for role in SENDERS}
         self.stats = stats
         self.slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
         # One request in flight per role: a viewer's order.paid must not overtake its
         # order.placed (asyncio.Lock wakes waiters first come, first served).
-        self.in_order = {role: asyncio.Lock() for role in ROLES}
+        self.in_order = {role: asyncio.Lock() for role in SENDERS}
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def send(self, events: list[Event]) -> None:

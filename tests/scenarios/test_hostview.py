@@ -138,7 +138,8 @@ async def show(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory,
             seen = Seen()
             try:
                 await watch_dashboard(
-                    f"{run.gateway_url}/dashboard/{room}", seen,
+                    f"{run.gateway_url}/dashboard/{room}#token={run.tokens.for_role('host')}",
+                    seen,
                     screenshot=shots / "dashboard.png")
             except Exception as exc:  # reported by the browser test, not here
                 seen.error = repr(exc)
@@ -153,8 +154,9 @@ async def show(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory,
         yield Show(run, plan, events, seen)
 
 
-async def get_json(url: str) -> Any:
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+async def get_json(url: str, *, token: str) -> Any:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
         assert resp.status == 200, await resp.text()
         return await resp.json()
 
@@ -247,7 +249,8 @@ def recount(events: list[Event]) -> dict[str, Any]:
 
 
 async def test_metrics_equal_a_recount_of_the_event_log(show: Show) -> None:
-    m = await get_json(f"{show.run.gateway_url}/v1/rooms/{show.plan.room_id}/metrics")
+    m = await get_json(f"{show.run.gateway_url}/v1/rooms/{show.plan.room_id}/metrics",
+                       token=show.run.tokens.for_role("monitor"))
     want = recount(show.events)
     t = m["totals"]
     assert t["orders"] > 20 and t["paid"] > 10 and t["viewers"] > 200  # a real show ran
@@ -289,9 +292,11 @@ async def test_metrics_equal_a_recount_of_the_event_log(show: Show) -> None:
 
 async def test_prometheus_agrees_with_the_json(show: Show) -> None:
     room = show.plan.room_id
-    m = await get_json(f"{show.run.gateway_url}/v1/rooms/{room}/metrics")
+    monitor = {"Authorization": f"Bearer {show.run.tokens.for_role('monitor')}"}
+    m = await get_json(f"{show.run.gateway_url}/v1/rooms/{room}/metrics",
+                       token=show.run.tokens.for_role("monitor"))
     async with aiohttp.ClientSession() as session, session.get(
-            f"{show.run.gateway_url}/metrics") as resp:
+            f"{show.run.gateway_url}/metrics", headers=monitor) as resp:
         text = await resp.text()
 
     def value(name: str, **labels: str) -> float:
@@ -337,7 +342,8 @@ async def test_review_adds_up_to_the_live_totals(show: Show, tmp_path: Path,
                                                   tmp_path_factory: pytest.TempPathFactory,
                                                   ) -> None:
     room = show.plan.room_id
-    m = await get_json(f"{show.run.gateway_url}/v1/rooms/{room}/metrics")
+    m = await get_json(f"{show.run.gateway_url}/v1/rooms/{room}/metrics",
+                       token=show.run.tokens.for_role("host"))
     env = {**os.environ, **to_env(show.run.settings)}
     out = tmp_path / "report.html"
     done = subprocess.run([sys.executable, "-m", "stream", "report", room, "--out", str(out),

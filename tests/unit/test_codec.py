@@ -415,3 +415,10 @@ def test_property_ndjson_keeps_exactly_the_valid_events(items: list[tuple[bool, 
     good, bad = _expected(items)
     assert decoded.events == good
     assert [r.index for r in decoded.rejected] == bad
+
+
+
+def test_nesting_too_deep_is_a_body_error_naming_the_problem() -> None:
+    for body in (b"[" * 100_000, b'{"a":' * 100_000, b"[" * 5_000 + b"]" * 5_000):
+        with pytest.raises(BodyError, match=r"nests .* too deeply"):
+            decode_events(body)

@@ -7,6 +7,7 @@ drift silently when the code changes.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from stream.cli import main as cli
+from stream.core.auth import Tokens
 from stream.core.config import ENV_PREFIX, Settings, from_env
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -131,3 +133,39 @@ def test_kubernetes_manifests(manifests: list[dict[str, Any]]) -> None:
     assert {v["secret"]["secretName"] for v in volumes if "secret" in v} <= secret_names
     kustomization = yaml.safe_load((DEPLOY / "k8s/kustomization.yaml").read_text())
     assert all((DEPLOY / "k8s" / r).is_file() for r in kustomization["resources"])
+
+
+def _scrape_job(config: dict[str, Any]) -> dict[str, Any]:
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "livecommerce-gateway"]
+    return job
+
+
+def test_prometheus_scrapes_with_a_monitor_token(compose: dict[str, Any]) -> None:
+    """The room series need a monitor token: Prometheus sends one the gateway knows."""
+    job = _scrape_job(yaml.safe_load((DEPLOY / "grafana/prometheus.yml").read_text()))
+    assert job["authorization"]["type"] == "Bearer"
+    mounts = dict(reversed(v.split(":")[:2]) for v in compose["services"]["prometheus"]["volumes"])
+    token_file = DEPLOY / mounts[job["authorization"]["credentials_file"]]
+    gateway_mounts = dict(reversed(v.split(":")[:2])
+                          for v in compose["services"]["gateway"]["volumes"])
+    tokens_path = compose["services"]["gateway"]["environment"]["LIVECOMMERCE_TOKENS_FILE"]
+    tokens = Tokens.load(DEPLOY / gateway_mounts[tokens_path])
+    assert tokens.role(token_file.read_text().strip()) == "monitor"
+
+
+def test_kubernetes_prometheus_job_uses_the_secrets_monitor_token(
+        manifests: list[dict[str, Any]]) -> None:
+    (scrape,) = [d for d in manifests if d["kind"] == "ConfigMap"
+                 and d["metadata"]["name"] == "livecommerce-prometheus"]
+    job = _scrape_job(yaml.safe_load(scrape["data"]["scrape.yml"]))
+    assert job["authorization"]["type"] == "Bearer"
+    assert job["authorization"]["credentials_file"].endswith("/monitor-token")
+    (secret,) = [d for d in manifests if d["kind"] == "Secret"]
+    data = secret["stringData"]
+    roles = json.loads(data["tokens.json"])["tokens"]
+    assert roles[data["monitor-token"]] == "monitor"
+    gateway = next(d for d in manifests if d["metadata"]["name"] == "livecommerce-gateway"
+                   and d["kind"] == "Deployment")
+    # Annotation-based scraping cannot send the token: it must not be offered.
+    assert "prometheus.io/scrape" not in gateway["spec"]["template"]["metadata"].get(
+        "annotations", {})

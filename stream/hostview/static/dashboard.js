@@ -103,17 +103,59 @@ function render(m) {
   $("alerts").innerHTML = m.alerts.map((a) => `<div class="alert ${a.kind}">⚠ ${esc(a.message)}</div>`).join("");
 }
 
+// The room's data needs a host or monitor token. It comes from the URL fragment
+// (`#token=…`: browsers never send the fragment, so it stays out of server logs) or
+// from the sign-in form, and is kept in sessionStorage (this tab only, gone on close).
+const TOKEN_KEY = "livecommerce.token";
+const fragment = new URLSearchParams(location.hash.slice(1)).get("token");
+if (fragment) {
+  sessionStorage.setItem(TOKEN_KEY, fragment);
+  history.replaceState(null, "", location.pathname + location.search);  // not left in the bar
+}
+let polling = false;
+
+function signIn(message) {
+  polling = false;
+  $("signin").hidden = false;
+  $("signin-error").textContent = message || "";
+  $("status").textContent = "signed out";
+  $("status").className = "badge";
+}
+
+$("signin").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const token = $("signin-token").value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("signin").hidden = true;
+  start();
+});
+
 async function tick() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) { signIn(""); return; }
   try {
-    const resp = await fetch(url, { cache: "no-store" });
+    const resp = await fetch(url, { cache: "no-store", headers: { Authorization: `Bearer ${token}` } });
+    if (resp.status === 401 || resp.status === 403) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      const body = await resp.json().catch(() => ({}));
+      signIn(body.error || `refused (${resp.status})`);
+      return;
+    }
     if (resp.ok) {
       render(await resp.json());
       document.body.dataset.updates = Number(document.body.dataset.updates) + 1;
     }
   } catch (err) {
     $("status").textContent = "offline";
-  } finally {
-    setTimeout(tick, 1000);
   }
+  if (polling) setTimeout(tick, 1000);
 }
-tick();
+
+function start() {
+  if (polling) return;
+  polling = true;
+  tick();
+}
+
+if (sessionStorage.getItem(TOKEN_KEY)) start(); else signIn("");
