@@ -35,6 +35,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     rate_limit: str = "2000/second"
     # Per viewer token (WebSocket connects with `token=`): stops reconnect storms.
     viewer_rate_limit: str = "20/second"
+    # A nudge fired while its viewer has no open socket is held this long for their
+    # reconnect (mobile sockets drop for seconds to a minute: a tunnel, a backgrounded
+    # app), then dropped and counted as `suppressed:expired`.
+    nudge_hold_s: int = 60
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -43,7 +47,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
 
 _INTS = {"http_port", "partitions", "max_future_ms", "dedupe_ttl_s", "max_body_bytes",
-         "stock_interval_ms"}
+         "stock_interval_ms", "nudge_hold_s"}
 
 
 def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -22,6 +22,7 @@ from stream.core.topics import Topics
 from stream.gateway import replies
 from stream.gateway.appkeys import (
     HOST_LOG,
+    NUDGE_RELAY,
     PRODUCER,
     REDIS,
     SETTINGS,
@@ -39,6 +40,7 @@ from stream.gateway.routes import live_routes
 from stream.hostview.dashboard import add_host_view, host_exposition
 from stream.store import keys
 from stream.store.currenttags import held_tags
+from stream.store.nudgebox import NudgeBox
 from stream.store.roomlog import HostLog
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,12 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
     # Live stock and nudges; the hub runs only while Gateway.start/stop (or the caller)
     # runs it, and carries the nudge channel on the same Redis connection.
     app[STOCK_HUB] = hub if hub is not None else LiveHub(redis)
-    relay = relay if relay is not None else NudgeRelay()
+    relay = relay if relay is not None else NudgeRelay(
+        NudgeBox(redis, hold_s=settings.nudge_hold_s))
     app[STOCK_HUB].add_channel(keys.NUDGE_CHANNEL, relay.on_payload)
+    app[NUDGE_RELAY] = relay
+    app.on_startup.append(lambda _: relay.start())
+    app.on_cleanup.append(lambda _: relay.stop())
     app.add_routes(live_routes(app[STOCK_HUB], tokens, viewer_feeds=[relay.feed]))
     add_host_view(app, redis)
     return app
@@ -125,6 +131,7 @@ class Gateway:
             settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=10))
         self.producer = EnvelopeProducer(bootstrap=settings.kafka_bootstrap)
         self.hub = LiveHub(self.redis)
+        self.relay: NudgeRelay | None = None  # the app's, once started
         self._runner: web.AppRunner | None = None
 
     async def start(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
@@ -133,6 +140,7 @@ class Gateway:
         # The app registers its channels (nudges) on the hub: build it before starting it.
         app = create_app(settings=self.settings, tokens=self.tokens, redis=self.redis,
                          producer=self.producer, hub=self.hub)
+        self.relay = app[NUDGE_RELAY]
         await self.hub.start()
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

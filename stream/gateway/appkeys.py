@@ -9,6 +9,7 @@ from stream.core.auth import Tokens
 from stream.core.config import Settings
 from stream.core.topics import Topics
 from stream.gateway.hub import LiveHub
+from stream.gateway.nudgefeed import NudgeRelay
 from stream.gateway.producer import EnvelopeProducer
 from stream.store.roomlog import HostLog
 
@@ -19,3 +20,4 @@ PRODUCER = web.AppKey("producer", EnvelopeProducer)
 TOPICS = web.AppKey("topics", Topics)
 STOCK_HUB = web.AppKey("stock_hub", LiveHub)
 HOST_LOG = web.AppKey("host_log", HostLog)
+NUDGE_RELAY = web.AppKey("nudge_relay", NudgeRelay)

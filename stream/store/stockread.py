@@ -15,7 +15,8 @@ from stream.store import keys
 async def rows(redis: Redis, room_id: str, *fields: str,
                consistent: bool = False) -> list[tuple[str, list[bytes | None]]]:
     """(sku, values of `fields`) for each of the room's SKUs, sorted by SKU."""
-    skus = sorted(s.decode() for s in await redis.smembers(keys.skus(room_id)))
+    skus = sorted(s.decode() if isinstance(s, bytes) else s
+                  for s in await redis.smembers(keys.skus(room_id)))
     async with redis.pipeline(transaction=consistent) as pipe:
         for sku in skus:
             pipe.hmget(keys.stock_prefix(room_id) + sku, *fields)
