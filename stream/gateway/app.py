@@ -37,6 +37,7 @@ from stream.gateway.nudgefeed import NudgeRelay
 from stream.gateway.producer import EnvelopeProducer
 from stream.gateway.ratelimit import RateLimiter, middleware
 from stream.gateway.routes import live_routes
+from stream.gateway.screen import add_screen
 from stream.hostview.dashboard import add_host_view, host_exposition
 from stream.store import keys
 from stream.store.currenttags import held_tags
@@ -76,6 +77,7 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
     app.on_cleanup.append(lambda _: relay.stop())
     app.add_routes(live_routes(app[STOCK_HUB], tokens, viewer_feeds=[relay.feed]))
     add_host_view(app, redis)
+    add_screen(app, redis)
     return app
 
 

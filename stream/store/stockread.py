@@ -38,3 +38,10 @@ class StockReader:
                             version=int(r[3] or 0), ts=0)
                 for sku, r in await rows(self.redis, room_id, "available", "reserved",
                                          "sold", "version")]
+
+
+async def products(redis: Redis, room_id: str) -> list[tuple[str, str | None, float | None]]:
+    """(sku, name, price) of the room's SKUs, as the last `stock.set` gave them."""
+    return [(sku, None if name is None else name.decode(),
+             None if price is None else float(price))
+            for sku, (name, price) in await rows(redis, room_id, "name", "price")]
