@@ -47,6 +47,7 @@ from stream.store.roomlog import HostLog
 log = logging.getLogger(__name__)
 
 REDIS_CONNECTIONS = 100
+BACKLOG = 4096
 
 
 def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
@@ -147,7 +148,10 @@ class Gateway:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         port = self.settings.http_port if port is None else port
-        await web.TCPSite(self._runner, host, port).start()
+        # A deep accept queue: aiohttp's default of 128 drops SYNs in a connect storm
+        # (5,000 viewers a second when the host says "link is up"), and each dropped SYN
+        # costs its viewer a 1 s retransmit. The kernel caps it at net.core.somaxconn.
+        await web.TCPSite(self._runner, host, port, backlog=BACKLOG).start()
 
     async def stop(self) -> None:
         # First: ends the streaming handlers, which the runner would wait 60 s for.
