@@ -384,7 +384,7 @@ async def raw_fanout(n_clients: int, n_rounds: int) -> dict:
         clients = ClientProcesses(port, n_ws=0, n_sse=n_clients, first_source=20)
         await clients.start()
         try:
-            await clients.connect()
+            connect_s = await clients.connect()
 
             async def publish(version: int) -> None:
                 control.write(b"%d\n" % version)
@@ -398,7 +398,7 @@ async def raw_fanout(n_clients: int, n_rounds: int) -> dict:
     finally:
         proc.stdin.close()
         await asyncio.wait_for(proc.wait(), 10)
-    return {"lat": lat, "missing": missing}
+    return {"lat": lat, "missing": missing, "connect_s": connect_s}
 
 
 async def main() -> None:
@@ -443,6 +443,9 @@ async def main() -> None:
         "max_ms": round(max(lat), 1) if lat else None,
         "raw_p99_ms": round(pct(raw["lat"], 99), 1) if raw["lat"] else None,
         "raw_received": len(raw["lat"]),
+        # The same clients connecting to the bare server: what this machine's loopback,
+        # kernel and client processes allow at all (the storm's baseline).
+        "raw_connects_per_s": round(clients / raw["connect_s"]) if raw["connect_s"] else None,
         "storm": gw["storm"], "asked_storm": args.storm,
         "storm_s": round(gw["storm_s"], 2) if gw["storm_s"] else None,
         "connects_per_s": round(gw["storm"] / gw["storm_s"]) if gw["storm_s"] else None,
@@ -460,7 +463,8 @@ async def main() -> None:
     if storm:
         print(f"connect storm: {storm:,} new WebSocket subscribers in {figures['storm_s']} s = "
               f"{figures['connects_per_s']:,}/s (target >= 5,000/s); snapshots read from "
-              f"Redis meanwhile: {figures['storm_redis_reads']:.0f}")
+              f"Redis meanwhile: {figures['storm_redis_reads']:.0f}; the bare server took "
+              f"{figures['raw_connects_per_s']:,} connects/s (its {clients:,} clients)")
     emit(figures, args.json)
 
 

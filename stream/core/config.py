@@ -37,7 +37,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     viewer_rate_limit: str = "20/second"
     # A nudge fired while its viewer has no open socket is held this long for their
     # reconnect (mobile sockets drop for seconds to a minute: a tunnel, a backgrounded
-    # app), then dropped and counted as `suppressed:expired`.
+    # app), then dropped and counted as `suppressed:<rule>:expired`.
     nudge_hold_s: int = 60
 
     @property

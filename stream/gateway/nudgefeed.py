@@ -69,23 +69,25 @@ class NudgeRelay:
 
     async def _claim(self, nudge: Nudge) -> None:
         assert self._box is not None
+        now = _now_ms()
         try:
-            answer = await self._box.claim(nudge, now_ms=_now_ms())
+            answer = await self._box.claim(nudge, now_ms=now)
+            if answer == 1 and not self._put(nudge):
+                # The viewer's socket closed while we claimed: theirs again next time.
+                await self._box.release(nudge, held_at_ms=now)
         except RedisError as exc:
             # Still held in Redis: the viewer's next connect drains it.
             log.warning("nudge relay: could not claim a nudge (%r); left held", exc)
-            return
-        if answer == 1:
-            self._put(nudge)
 
-    def _put(self, nudge: Nudge) -> None:
+    def _put(self, nudge: Nudge) -> bool:
         queues = self._viewers.get((nudge.room_id, nudge.viewer_id))
         if not queues:
-            return  # the socket closed while we claimed: a rare loss, logged
+            return False
         queue = next(reversed(queues))
         if queue.full():
             queue.get_nowait()
         queue.put_nowait(message(nudge))
+        return True
 
     async def feed(self, room_id: str, viewer_id: str, send: Send) -> None:
         """The WebSocket hook: what was held for this viewer, then their nudges as they

@@ -6,8 +6,8 @@ publishing it, and whichever gateway puts it on one of the viewer's screens firs
 its id *shown* in the same script that drops the held copy: a second tab, a second
 gateway, a reconnect, a restarted gateway or a republished nudge (the worker's delivery
 is at-least-once) all find the id shown and send nothing. A held nudge older than the
-hold time is dropped and counted once as `suppressed:expired` in the room's stats (the
-same hash, and the same prefix, as the engine's other suppression reasons).
+hold time is dropped and counted once as `suppressed:<rule>:expired` in the room's stats
+(the same hash and field shape as the engine's other suppression reasons).
 
 All keys of a room carry its `{room}` hash tag, so each script touches one slot.
 """
@@ -32,7 +32,14 @@ HELD_SLACK_S = 3600
 # Held nudges expired per script call: bounded so one call never stalls Redis.
 SWEEP_LIMIT = 500
 
-EXPIRED_FIELD = "suppressed:expired"
+# Counted per rule as `suppressed:<rule>:expired`, the field the engine's suppression
+# reasons use, so the dashboard and the review list it beside the others.
+EXPIRED_PREFIX, EXPIRED_SUFFIX = "suppressed:", ":expired"
+
+
+def expired_field(rule_id: str) -> str:
+    """The room stats field counting `rule_id`'s nudges that expired while held."""
+    return f"{EXPIRED_PREFIX}{rule_id}{EXPIRED_SUFFIX}"
 
 # KEYS: held (viewer), shown (viewer), due (room), stats (room)
 # ARGV: nudge id, due member, now ms, hold ms, shown ttl s, expired field
@@ -58,7 +65,8 @@ return 1
 """
 
 # KEYS: held (viewer), shown (viewer), due (room), stats (room)
-# ARGV: viewer, now ms, hold ms, shown ttl s, expired field
+# ARGV: viewer, now ms, hold ms, shown ttl s, expired field prefix, suffix (the rule
+#       between: a nudge id is `rule|ts`)
 # Returns the JSON of every held nudge to send now (each now marked shown), oldest first.
 DRAIN = """
 local held, shown, due, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -73,7 +81,7 @@ for i = 1, #all, 2 do
   redis.call('ZREM', due, viewer .. ' ' .. id)
   if redis.call('SISMEMBER', shown, id) == 0 then
     if now - at > hold then
-      redis.call('HINCRBY', stats, ARGV[5], 1)
+      redis.call('HINCRBY', stats, ARGV[5] .. string.match(id, '^(.*)|') .. ARGV[6], 1)
     else
       redis.call('SADD', shown, id)
       out[#out + 1] = {at, string.sub(entry, sep + 1)}
@@ -89,7 +97,7 @@ return texts
 
 # KEYS: due (room), stats (room)
 # ARGV: held key prefix, shown key prefix, cutoff ms (held before it: expired), limit,
-#       expired field
+#       expired field prefix, suffix
 # Returns how many held nudges it counted as expired.
 SWEEP = """
 local due, stats = KEYS[1], KEYS[2]
@@ -102,10 +110,10 @@ for _, member in ipairs(old) do
   if redis.call('HDEL', held .. viewer, id) == 1
       and redis.call('SISMEMBER', shown .. viewer, id) == 0 then
     expired = expired + 1
+    redis.call('HINCRBY', stats, ARGV[5] .. string.match(id, '^(.*)|') .. ARGV[6], 1)
   end
   redis.call('ZREM', due, member)
 end
-if expired > 0 then redis.call('HINCRBY', stats, ARGV[5], expired) end
 return expired
 """
 
@@ -153,15 +161,23 @@ class NudgeBox:
         answer = await self._claim(
             keys=self._keys(nudge.room_id, nudge.viewer_id),
             args=[nid, f"{nudge.viewer_id} {nid}", now_ms, self.hold_ms, SHOWN_TTL_S,
-                  EXPIRED_FIELD])
+                  expired_field(nudge.rule_id)])
         return int(answer)
+
+    async def release(self, nudge: Nudge, *, held_at_ms: int) -> None:
+        """Undo a claim whose socket closed before the nudge was sent: held again, from
+        `held_at_ms` (the claim), for the viewer's next socket."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.srem(keys.shown_nudges(nudge.room_id, nudge.viewer_id), nudge_id(nudge))
+            hold(pipe, [nudge], now_ms=held_at_ms, hold_s=self.hold_ms // 1000)
+            await pipe.execute()
 
     async def drain(self, room_id: str, viewer_id: str, *, now_ms: int) -> list[bytes]:
         """The viewer's held nudges still within the hold (JSON, oldest first), each now
         marked shown; older ones are dropped and counted as expired."""
         answer = await self._drain(keys=self._keys(room_id, viewer_id),
                                    args=[viewer_id, now_ms, self.hold_ms, SHOWN_TTL_S,
-                                         EXPIRED_FIELD])
+                                         EXPIRED_PREFIX, EXPIRED_SUFFIX])
         return list(answer)
 
     async def sweep(self, *, now_ms: int) -> int:
@@ -177,5 +193,5 @@ class NudgeBox:
             expired += int(await self._sweep(
                 keys=[keys.held_due(room), keys.stats(room)],
                 args=[keys.held_prefix(room), keys.shown_prefix(room), cutoff, SWEEP_LIMIT,
-                      EXPIRED_FIELD]))
+                      EXPIRED_PREFIX, EXPIRED_SUFFIX]))
         return expired

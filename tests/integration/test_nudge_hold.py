@@ -135,15 +135,28 @@ async def test_a_nudge_held_past_the_hold_is_dropped_and_counted_expired(
         async with session.ws_connect(ws_url(url, room, "v-late", tokens)) as ws:
             assert await nudges_within(ws, 1.0) == []
         stats = keys.stats(room)
-        assert await redis.hget(stats, nudgebox.EXPIRED_FIELD) == b"1"
+        assert await redis.hget(stats, nudgebox.expired_field("dwell-3min")) == b"1"
         # ... and one whose viewer never comes back by the gateway's sweep, once.
         await fire(redis, a_nudge(room, "v-gone"), hold_s=2)
         await wait_until(lambda: _expired_is(redis, stats, b"2"))
         await asyncio.sleep(1.5)  # more sweeps (every second) must not count it again
-        assert await redis.hget(stats, nudgebox.EXPIRED_FIELD) == b"2"
+        assert await redis.hget(stats, nudgebox.expired_field("dwell-3min")) == b"2"
         async with session.ws_connect(ws_url(url, room, "v-gone", tokens)) as ws:
             assert await nudges_within(ws, 1.0) == []
 
 
 async def _expired_is(redis: Redis, stats: str, value: bytes) -> bool:
-    return bool(await redis.hget(stats, nudgebox.EXPIRED_FIELD) == value)
+    return bool(await redis.hget(stats, nudgebox.expired_field("dwell-3min")) == value)
+
+
+async def test_a_claim_released_goes_to_the_next_socket(redis: Redis) -> None:
+    room = f"r-{uuid.uuid4().hex[:8]}"
+    box = nudgebox.NudgeBox(redis, hold_s=60)
+    nudge = a_nudge(room, "v-flaky")
+    await fire(redis, nudge)
+    assert await box.claim(nudge, now_ms=now_ms()) == 1
+    assert await box.claim(nudge, now_ms=now_ms()) == 0  # shown: never twice
+    await box.release(nudge, held_at_ms=now_ms())  # its socket closed before the send
+    held = await box.drain(room, "v-flaky", now_ms=now_ms())
+    assert [msgspec.json.decode(h, type=Nudge) for h in held] == [nudge]
+    assert await box.drain(room, "v-flaky", now_ms=now_ms()) == []
