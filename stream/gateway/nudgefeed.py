@@ -138,7 +138,9 @@ class NudgeRelay:
         while True:
             await asyncio.sleep(SWEEP_EVERY_S)
             try:
-                await self._box.sweep(now_ms=_now_ms())
+                # Shielded: redis-py can swallow a cancel that lands mid-command, and
+                # this loop would then outlive `stop` (and hang the gateway's shutdown).
+                await asyncio.shield(self._box.sweep(now_ms=_now_ms()))
             except RedisError as exc:
                 log.warning("nudge relay: expiry sweep failed (%r); next in %.0f s", exc,
                             SWEEP_EVERY_S)
