@@ -17,7 +17,9 @@ Where to start reading, following one event from the door to its effects:
    in Redis (`store/viewerstate.py`) and claims every effect once (`store/claims.py`).
 4. Its effects leave: order results, nudges, tags and follow-ups to Kafka; stock levels
    coalesced (`worker/stockfeed.py`) to Redis pub/sub, from which every gateway pushes
-   them to the screens (`gateway/hub.py`, `gateway/routes.py`); the host's counters
+   them to the screens (`gateway/hub.py`, `gateway/routes.py`; nudges held for a
+   viewer's next socket in `store/nudgebox.py`, the browser client and viewer page in
+   `gateway/screen.py`); the host's counters
    to Redis hashes that `hostview/` reads back as metrics, the dashboard, Prometheus
    and the post-live review.
 

@@ -63,12 +63,13 @@ def assert_nothing_twice(*streams: Sequence[msgspec.Struct]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(settings: Settings) -> AsyncIterator[tuple[Gateway, str, Tokens]]:
-    """A gateway in this process on a free port, the test's topics created, fresh tokens:
-    (gateway, base url, tokens)."""
+async def running_gateway(settings: Settings, *, tokens: Tokens | None = None,
+                          ) -> AsyncIterator[tuple[Gateway, str, Tokens]]:
+    """A gateway in this process on a free port, the test's topics created, fresh tokens
+    (or `tokens`, to run several gateways of one deployment): (gateway, base url, tokens)."""
     await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),
                         partitions=settings.partitions)
-    tokens = Tokens.generate()
+    tokens = Tokens.generate() if tokens is None else tokens
     gateway = Gateway(settings, tokens)
     port = free_port()
     await gateway.start(port=port)

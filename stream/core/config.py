@@ -48,6 +48,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # `Retry-After`. 60,000 = the fan-out benchmark's 50,000 screens plus 20% headroom
     # (the gateway also lowers it below the open-file limit, see gateway.subscribers).
     max_subscribers: int = 60_000
+    # A nudge fired while its viewer has no open socket is held this long for their
+    # reconnect (mobile sockets drop for seconds to a minute: a tunnel, a backgrounded
+    # app), then dropped and counted as `suppressed:<rule>:expired`.
+    nudge_hold_s: int = 60
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -56,7 +60,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
 
 _INTS = {"http_port", "partitions", "max_future_ms", "dedupe_ttl_s", "max_body_bytes",
-         "stock_interval_ms", "read_timeout_s", "max_subscribers"}
+         "stock_interval_ms", "read_timeout_s", "max_subscribers",
+         "nudge_hold_s"}
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+\Z")
 
 

@@ -22,6 +22,7 @@ from stream.core.topics import Topics
 from stream.gateway import errors, openapi, replies
 from stream.gateway.appkeys import (
     HOST_LOG,
+    NUDGE_RELAY,
     PRODUCER,
     REDIS,
     SETTINGS,
@@ -39,17 +40,20 @@ from stream.gateway.nudgefeed import NudgeRelay
 from stream.gateway.producer import EnvelopeProducer
 from stream.gateway.ratelimit import RateLimiter, middleware
 from stream.gateway.routes import live_routes
+from stream.gateway.screen import add_screen
 from stream.gateway.subscribers import SubscriberCap, effective_cap
 from stream.hostview.access import reads_host_data
 from stream.hostview.dashboard import add_host_view, host_exposition
 from stream.store import keys
 from stream.store.currenttags import held_tags
+from stream.store.nudgebox import NudgeBox
 from stream.store.roomlog import HostLog
 
 log = logging.getLogger(__name__)
 
 REDIS_CONNECTIONS = 100
 SUBSCRIBERS = web.AppKey("subscribers", SubscriberCap)
+BACKLOG = 4096
 
 
 def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
@@ -81,10 +85,15 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
     # Live stock and nudges; the hub runs only while Gateway.start/stop (or the caller)
     # runs it, and carries the nudge channel on the same Redis connection.
     app[STOCK_HUB] = hub if hub is not None else LiveHub(redis)
-    relay = relay if relay is not None else NudgeRelay()
+    relay = relay if relay is not None else NudgeRelay(
+        NudgeBox(redis, hold_s=settings.nudge_hold_s))
     app[STOCK_HUB].add_channel(keys.NUDGE_CHANNEL, relay.on_payload)
+    app[NUDGE_RELAY] = relay
+    app.on_startup.append(lambda _: relay.start())
+    app.on_cleanup.append(lambda _: relay.stop())
     app.add_routes(live_routes(app[STOCK_HUB], tokens, viewer_feeds=[relay.feed]))
     add_host_view(app, redis)
+    add_screen(app, redis)
     # Last: both read the finished route table (CORS by path; the document of every route).
     apply_cors(app, origins=origins)
     openapi.publish(app)
@@ -147,6 +156,7 @@ class Gateway:
             settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=10))
         self.producer = EnvelopeProducer(bootstrap=settings.kafka_bootstrap)
         self.hub = LiveHub(self.redis)
+        self.relay: NudgeRelay | None = None  # the app's, once started
         self._runner: web.AppRunner | None = None
 
     async def start(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
@@ -155,13 +165,17 @@ class Gateway:
         # The app registers its channels (nudges) on the hub: build it before starting it.
         app = create_app(settings=self.settings, tokens=self.tokens, redis=self.redis,
                          producer=self.producer, hub=self.hub)
+        self.relay = app[NUDGE_RELAY]
         await self.hub.start()
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_S)
         await self._runner.setup()
         assert self._runner.server is not None  # set up just now
         guard_headers(self._runner.server, timeout_s=self.settings.read_timeout_s)
         port = self.settings.http_port if port is None else port
-        await web.TCPSite(self._runner, host, port).start()
+        # A deep accept queue: aiohttp's default of 128 drops SYNs in a connect storm
+        # (5,000 viewers a second when the host says "link is up"), and each dropped SYN
+        # costs its viewer a 1 s retransmit. The kernel caps it at net.core.somaxconn.
+        await web.TCPSite(self._runner, host, port, backlog=BACKLOG).start()
 
     async def stop(self) -> None:
         # First: ends the streaming handlers, which the runner would wait 60 s for.

@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 from stream.core.config import Settings
 from stream.core.topics import Topics
 from stream.gateway.hub import LiveHub
+from stream.gateway.nudgefeed import NudgeRelay
 from stream.gateway.producer import EnvelopeProducer
 from stream.hostview.access import TOKENS
 from stream.store.roomlog import HostLog
@@ -18,5 +19,7 @@ PRODUCER = web.AppKey("producer", EnvelopeProducer)
 TOPICS = web.AppKey("topics", Topics)
 STOCK_HUB = web.AppKey("stock_hub", LiveHub)
 HOST_LOG = web.AppKey("host_log", HostLog)
+NUDGE_RELAY = web.AppKey("nudge_relay", NudgeRelay)
 
-__all__ = ["HOST_LOG", "PRODUCER", "REDIS", "SETTINGS", "STOCK_HUB", "TOKENS", "TOPICS"]
+__all__ = ["HOST_LOG", "NUDGE_RELAY", "PRODUCER", "REDIS", "SETTINGS", "STOCK_HUB", "TOKENS",
+           "TOPICS"]

@@ -43,6 +43,10 @@ for _kind in ("sse", "ws"):
     SUBSCRIBERS.labels(_kind)
 RECONNECTS = Counter("lc_stock_hub_reconnects_total",
                      "Times the gateway lost its Redis pub/sub connection")
+SNAPSHOTS = Counter("lc_stock_snapshots_total",
+                    "Snapshots handed to connecting clients, by where they came from",
+                    ["source"])
+_SNAPSHOT_FROM = {source: SNAPSHOTS.labels(source) for source in ("cache", "redis")}
 
 _decode_batch = msgspec.json.Decoder(list[StockUpdate])
 
@@ -127,8 +131,13 @@ class Subscription:
 
 @dataclass(slots=True)
 class _Room:
+    """A room's subscribers and its stock as the hub knows it: `latest` is a complete
+    snapshot once `primed` (read from Redis once, kept current by every update since)."""
+
     latest: dict[str, StockUpdate] = field(default_factory=dict)
     subs: set[Subscription] = field(default_factory=set)
+    primed: bool = False
+    loading: asyncio.Future[None] | None = None
 
 
 class LiveHub:
@@ -230,8 +239,27 @@ class LiveHub:
             del self._rooms[sub.room_id]
 
     async def snapshot(self, sub: Subscription) -> list[StockUpdate]:
-        """Read the room's stock from Redis (after registering!) and prime `sub` with it."""
-        return sub.prime(await self.stock.levels(sub.room_id))
+        """The room's stock (call after registering!), and prime `sub` with it.
+
+        From the room's cache: a connect storm (5,000 viewers a second arriving when the
+        host says "link is up") costs one Redis read per room, not one per viewer. The
+        first subscriber's read fills it, concurrent ones wait for that same read.
+        """
+        room = self._rooms.get(sub.room_id)
+        if room is None or sub.closed:  # unsubscribed meanwhile: nothing to keep current
+            return sub.prime(await self.stock.levels(sub.room_id))
+        if not room.primed:
+            if room.loading is None or room.loading.done():
+                room.loading = asyncio.ensure_future(self._load(sub.room_id, room))
+            await asyncio.shield(room.loading)
+        else:
+            _SNAPSHOT_FROM["cache"].inc()
+        return sub.prime(room.latest.values())
+
+    async def _load(self, room_id: str, room: _Room) -> None:
+        _SNAPSHOT_FROM["redis"].inc()
+        self.dispatch(await self.stock.levels(room_id))
+        room.primed = True
 
     def subscribers(self, room_id: str | None = None) -> int:
         """How many clients are subscribed (to `room_id`, or in all)."""
@@ -272,12 +300,10 @@ class LiveHub:
 
     async def _resync(self) -> None:
         """Re-read the stock of every room with subscribers: fills what pub/sub lost."""
-        rooms = list(self._rooms)
+        rooms = list(self._rooms.items())
         if not rooms:
             return
-        levels = await asyncio.gather(*(self.stock.levels(r) for r in rooms))
-        for room_levels in levels:
-            self.dispatch(room_levels)
+        await asyncio.gather(*(self._load(room_id, room) for room_id, room in rooms))
 
     async def _listen(self) -> None:
         failures = 0
@@ -310,6 +336,10 @@ class LiveHub:
                         self._subscribed.set()
             except Exception as exc:
                 self._subscribed.clear()
+                # Updates published while we are away are lost: until the resync, a
+                # snapshot must come from Redis, not from a cache that may be behind.
+                for room in self._rooms.values():
+                    room.primed = False
                 failures += 1
                 RECONNECTS.inc()
                 delay = min(self.max_backoff_s, self.min_backoff_s * 2 ** min(failures - 1, 16))

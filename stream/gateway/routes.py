@@ -111,7 +111,8 @@ def _direct(request: web.Request, frame: Callable[[StockUpdate], bytes], kind: K
     return write
 
 
-def _room_id(request: web.Request) -> str:
+def room_id_of(request: web.Request) -> str:
+    """The `{room}` of the path, or a 400 naming the field."""
     room_id = request.match_info["room"]
     if not _ROOM_ID.match(room_id):
         raise web.HTTPBadRequest(
@@ -160,7 +161,7 @@ class LiveRoutes:
 
     async def stock(self, request: web.Request) -> web.Response:
         """`GET /v1/rooms/{room}/stock`: the room's current stock, straight from Redis."""
-        room_id = _room_id(request)
+        room_id = room_id_of(request)
         try:
             levels = await self.hub.stock.levels(room_id)
         except RedisError as exc:
@@ -169,7 +170,7 @@ class LiveRoutes:
 
     async def stock_stream(self, request: web.Request) -> web.StreamResponse:
         """`GET /v1/rooms/{room}/stock/stream`: a `snapshot` event, then `stock` events."""
-        room_id = _room_id(request)
+        room_id = room_id_of(request)
         if self.hub.closed:
             return _json({"error": "gateway is stopping"}, status=503)
         sub = self.hub.subscribe(room_id, kind="sse", alive=_alive(request))
@@ -205,7 +206,7 @@ class LiveRoutes:
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         """`GET /v1/rooms/{room}/ws?viewer=ID[&token=T]`: stock for all; with a valid
         viewer token also that viewer's own feeds (`viewer_feeds`)."""
-        room_id = _room_id(request)
+        room_id = room_id_of(request)
         viewer_id = request.query.get("viewer", "")
         token = request.query.get("token")
         if token is not None and not (viewer_id and self.tokens.is_viewer(viewer_id, token)):

@@ -118,6 +118,36 @@ NUDGE_CHANNEL = f"{PREFIX}:nudges"
 """Pub/sub channel carrying nudges from workers to gateways (for viewers' WebSockets)."""
 
 
+def held_nudges(room_id: str, viewer_id: str) -> str:
+    """Hash nudge id -> `held_at_ms|nudge JSON`: nudges not yet on one of the viewer's
+    screens (held so a viewer who reconnects within the hold time still gets them)."""
+    return f"{_room(room_id)}:held:{viewer_id}"
+
+
+def held_prefix(room_id: str) -> str:
+    """`+ viewer` gives `held_nudges(room, viewer)` (for scripts that sweep the room)."""
+    return f"{_room(room_id)}:held:"
+
+
+def held_due(room_id: str) -> str:
+    """Sorted set `viewer nudge_id` -> held_at_ms of the room's held nudges (to expire them)."""
+    return f"{_room(room_id)}:held-due"
+
+
+def shown_nudges(room_id: str, viewer_id: str) -> str:
+    """Set of the nudge ids already sent to one of the viewer's screens: each shown once."""
+    return f"{_room(room_id)}:shown:{viewer_id}"
+
+
+def shown_prefix(room_id: str) -> str:
+    """`+ viewer` gives `shown_nudges(room, viewer)`."""
+    return f"{_room(room_id)}:shown:"
+
+
+HELD_ROOMS = f"{PREFIX}:held-rooms"
+"""Sorted set room -> when it last held a nudge: the rooms the gateways' expiry sweep visits."""
+
+
 # --- the host's view (metrics and the post-live review) ----------------------------------
 
 def presence(room_id: str) -> str:

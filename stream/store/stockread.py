@@ -15,7 +15,8 @@ from stream.store import keys
 async def rows(redis: Redis, room_id: str, *fields: str,
                consistent: bool = False) -> list[tuple[str, list[bytes | None]]]:
     """(sku, values of `fields`) for each of the room's SKUs, sorted by SKU."""
-    skus = sorted(s.decode() for s in await redis.smembers(keys.skus(room_id)))
+    skus = sorted(s.decode() if isinstance(s, bytes) else s
+                  for s in await redis.smembers(keys.skus(room_id)))
     async with redis.pipeline(transaction=consistent) as pipe:
         for sku in skus:
             pipe.hmget(keys.stock_prefix(room_id) + sku, *fields)
@@ -37,3 +38,10 @@ class StockReader:
                             version=int(r[3] or 0), ts=0)
                 for sku, r in await rows(self.redis, room_id, "available", "reserved",
                                          "sold", "version")]
+
+
+async def products(redis: Redis, room_id: str) -> list[tuple[str, str | None, float | None]]:
+    """(sku, name, price) of the room's SKUs, as the last `stock.set` gave them."""
+    return [(sku, None if name is None else name.decode(),
+             None if price is None else float(price))
+            for sku, (name, price) in await rows(redis, room_id, "name", "price")]

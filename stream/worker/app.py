@@ -136,7 +136,8 @@ def create_app(settings: Settings) -> faust.App:
     engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms,
                             send=send_many,
                             topics=topics, bootstrap=settings.kafka_bootstrap,
-                            behind=behind, generation=lambda: app.consumer_generation_id)
+                            behind=behind, generation=lambda: app.consumer_generation_id,
+                            nudge_hold_s=settings.nudge_hold_s)
     # The handlers run side by side; each has a batch of its own agent's topics, so the
     # host log (its own agent) needs no order against the viewer engine. Those that
     # mostly wait on Redis come first: their requests are out before the engine computes.

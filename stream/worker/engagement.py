@@ -33,7 +33,7 @@ from stream.core.topics import Topics
 from stream.engine.reorder import Reorder
 from stream.engine.rules import Rules
 from stream.engine.viewers import Effect, Suppressed, ViewerEngine
-from stream.store import keys, scripts
+from stream.store import keys, nudgebox, scripts
 from stream.store.claims import Claims, claim_item, once_id
 from stream.store.clocks import now_of
 from stream.store.roomlog import RoomLog
@@ -58,8 +58,9 @@ class Engagement:
                  topics: Topics, bootstrap: str,
                  behind: Callable[[str, int], bool] = lambda topic, partition: False,
                  generation: Callable[[], int] = lambda: 0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, nudge_hold_s: int = 60) -> None:
         self._redis = redis
+        self._nudge_hold_s = nudge_hold_s
         self._bootstrap = bootstrap
         self._rules = rules
         self._rooms = rooms
@@ -344,6 +345,7 @@ class Engagement:
         # in order), a partition's records in one batch; nudges also go to the gateways.
         records: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
         shown: list[bytes] = []
+        screen: list[Nudge] = []
         for p, effect, _ in sends:
             if isinstance(effect, Nudge):
                 if effect.sku and "{remaining}" in effect.message:
@@ -352,12 +354,17 @@ class Engagement:
                 data = encode(effect)
                 if effect.variant == "treatment":
                     shown.append(data)
+                    screen.append(effect)
             else:
                 data = encode(effect)
             records.setdefault((self._topic_of(effect), p), []).append(
                 (effect.viewer_id.encode(), data))
         if shown:
             async with self._redis.pipeline(transaction=False) as pipe:
+                # Held before published: a gateway that hears of it finds the held copy
+                # (and drops it), one whose viewer is away leaves it for the reconnect.
+                nudgebox.hold(pipe, screen, now_ms=int(self._clock() * 1000),
+                              hold_s=self._nudge_hold_s)
                 for data in shown:
                     pipe.publish(keys.NUDGE_CHANNEL, data)
                 await pipe.execute()

@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 def test_bench_runner_collects_the_fanout_figures(tmp_path: Path) -> None:
     out = tmp_path / "results"
     run = subprocess.run([sys.executable, str(BENCH / "run.py"), "--quick", "--only", "fanout",
-                          "--out", str(out)], capture_output=True, text=True, timeout=120,
+                          "--out", str(out)], capture_output=True, text=True, timeout=240,
                          check=False)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     results = json.loads(out.with_suffix(".json").read_text())
@@ -27,6 +27,11 @@ def test_bench_runner_collects_the_fanout_figures(tmp_path: Path) -> None:
     assert figures["ws"] > 0 and figures["sse"] > 0
     assert figures["received"] == figures["expected"] == 200 * 2
     assert figures["raw_received"] == figures["expected"]
+    # The connect storm: all 200 served, their snapshots from the room cache (the first
+    # connect fills it: one read).
+    assert figures["storm"] == 200 and figures["connects_per_s"] > 0
+    assert figures["storm_redis_reads"] == 1
     assert results["machine"]["cores"] >= 1
     table = out.with_suffix(".md").read_text()
     assert "fan-out" in table and "200 subscribers" in table
+    assert "connect storm" in table and "connects_per_s" in table

@@ -331,6 +331,38 @@ async def test_late_joiner_gets_current_snapshot(live: Live) -> None:
         assert (await ws.receive_json(timeout=5))["skus"] == [sku_view(current)]
 
 
+def snapshots(source: str) -> float:
+    return REGISTRY.get_sample_value("lc_stock_snapshots_total", {"source": source}) or 0.0
+
+
+async def test_a_connect_storm_reads_redis_once_and_the_cache_stays_current(
+        live: Live) -> None:
+    room = new_room()
+    await store(live.redis, level(room, "rice", 1, 100), level(room, "oil", 1, 20))
+    redis0, cache0 = snapshots("redis"), snapshots("cache")
+    url = f"{live.url}/v1/rooms/{room}/ws"
+    first = await live.session.ws_connect(url)
+    assert (await first.receive_json(timeout=5))["type"] == "snapshot"
+    storm = await asyncio.gather(*(live.session.ws_connect(url) for _ in range(30)))
+    for ws in storm:
+        assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
+    assert snapshots("redis") - redis0 == 1
+    assert snapshots("cache") - cache0 == 30
+    # Changes reach the cache: a later connect's snapshot (from it) has them.
+    for version in (2, 3):
+        await put(live.redis, level(room, "rice", version, 100 - version, sold=version))
+    await put(live.redis, level(room, "mug", 1, 5))  # a SKU loaded after the cache filled
+    for _ in range(3):
+        await first.receive_json(timeout=5)
+    async with live.session.ws_connect(url) as late:
+        assert (await late.receive_json(timeout=5))["skus"] == [
+            sku_view(level(room, "mug", 1, 5)), sku_view(level(room, "oil", 1, 20)),
+            sku_view(level(room, "rice", 3, 97, sold=3))]
+    assert snapshots("redis") - redis0 == 1
+    for ws in [first, *storm]:
+        await ws.close()
+
+
 async def test_disconnect_unsubscribes(live: Live) -> None:
     room = new_room()
     sse0, ws0 = gauge("sse"), gauge("ws")
