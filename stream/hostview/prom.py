@@ -110,6 +110,14 @@ def _breakdowns(rooms: Sequence[RoomMetrics]) -> Iterator[Metric]:
                              labels=["room", "rule", "variant"])
     uplift = GaugeMetricFamily("lc_nudge_uplift", "Treatment minus holdout conversion",
                                labels=["room", "rule"])
+    # Reasons come from the one table in stream.core.reasons (unknown ones are `other`),
+    # so this family has at most rules x (reasons + 1) series per room.
+    suppressed = CounterMetricFamily("lc_nudges_suppressed",
+                                     "Nudges decided but not shown, by rule and reason",
+                                     labels=["room", "rule", "reason"])
+    bounds = GaugeMetricFamily("lc_nudge_uplift_ci",
+                               "95% interval of the uplift (Newcombe hybrid score), by bound",
+                               labels=["room", "rule", "bound"])
     for r in rooms:
         for s in r.segments:
             for f, fam in seg.items():
@@ -121,14 +129,19 @@ def _breakdowns(rooms: Sequence[RoomMetrics]) -> Iterator[Metric]:
             src.add_metric([r.room_id, "other"], float(sum(n for _, n in ranked[MAX_SOURCES:])))
         lay.add_metric([r.room_id, "new"], float(r.totals.new_viewers))
         lay.add_metric([r.room_id, "returning"], float(r.totals.returning_viewers))
-        for rule in r.nudges:
-            fired.add_metric([r.room_id, rule.rule_id, "treatment"], float(rule.fired))
-            fired.add_metric([r.room_id, rule.rule_id, "holdout"], float(rule.held_out))
-            if rule.treatment_rate is not None:
-                conv.add_metric([r.room_id, rule.rule_id, "treatment"], rule.treatment_rate)
-            if rule.holdout_rate is not None:
-                conv.add_metric([r.room_id, rule.rule_id, "holdout"], rule.holdout_rate)
-            if rule.uplift is not None:
-                uplift.add_metric([r.room_id, rule.rule_id], rule.uplift)
+        for n in r.nudges:
+            fired.add_metric([r.room_id, n.rule_id, "treatment"], float(n.fired))
+            fired.add_metric([r.room_id, n.rule_id, "holdout"], float(n.held_out))
+            if n.treatment_rate is not None:
+                conv.add_metric([r.room_id, n.rule_id, "treatment"], n.treatment_rate)
+            if n.holdout_rate is not None:
+                conv.add_metric([r.room_id, n.rule_id, "holdout"], n.holdout_rate)
+            if n.uplift is not None:
+                uplift.add_metric([r.room_id, n.rule_id], n.uplift)
+            if n.uplift_ci is not None:
+                bounds.add_metric([r.room_id, n.rule_id, "lower"], n.uplift_ci[0])
+                bounds.add_metric([r.room_id, n.rule_id, "upper"], n.uplift_ci[1])
+            for reason, count in n.suppressed.items():
+                suppressed.add_metric([r.room_id, n.rule_id, reason], float(count))
     yield from seg.values()
-    yield from (src, lay, fired, conv, uplift)
+    yield from (src, lay, fired, conv, uplift, bounds, suppressed)
