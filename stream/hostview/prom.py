@@ -129,19 +129,19 @@ def _breakdowns(rooms: Sequence[RoomMetrics]) -> Iterator[Metric]:
             src.add_metric([r.room_id, "other"], float(sum(n for _, n in ranked[MAX_SOURCES:])))
         lay.add_metric([r.room_id, "new"], float(r.totals.new_viewers))
         lay.add_metric([r.room_id, "returning"], float(r.totals.returning_viewers))
-        for n in r.nudges:
-            fired.add_metric([r.room_id, n.rule_id, "treatment"], float(n.fired))
-            fired.add_metric([r.room_id, n.rule_id, "holdout"], float(n.held_out))
-            if n.treatment_rate is not None:
-                conv.add_metric([r.room_id, n.rule_id, "treatment"], n.treatment_rate)
-            if n.holdout_rate is not None:
-                conv.add_metric([r.room_id, n.rule_id, "holdout"], n.holdout_rate)
-            if n.uplift is not None:
-                uplift.add_metric([r.room_id, n.rule_id], n.uplift)
-            if n.uplift_ci is not None:
-                bounds.add_metric([r.room_id, n.rule_id, "lower"], n.uplift_ci[0])
-                bounds.add_metric([r.room_id, n.rule_id, "upper"], n.uplift_ci[1])
-            for reason, count in n.suppressed.items():
-                suppressed.add_metric([r.room_id, n.rule_id, reason], float(count))
+        for rule in r.nudges:
+            fired.add_metric([r.room_id, rule.rule_id, "treatment"], float(rule.fired))
+            fired.add_metric([r.room_id, rule.rule_id, "holdout"], float(rule.held_out))
+            if rule.treatment_rate is not None:
+                conv.add_metric([r.room_id, rule.rule_id, "treatment"], rule.treatment_rate)
+            if rule.holdout_rate is not None:
+                conv.add_metric([r.room_id, rule.rule_id, "holdout"], rule.holdout_rate)
+            if rule.uplift is not None:
+                uplift.add_metric([r.room_id, rule.rule_id], rule.uplift)
+            if rule.uplift_ci is not None:
+                bounds.add_metric([r.room_id, rule.rule_id, "lower"], rule.uplift_ci[0])
+                bounds.add_metric([r.room_id, rule.rule_id, "upper"], rule.uplift_ci[1])
+            for reason, count in rule.suppressed.items():
+                suppressed.add_metric([r.room_id, rule.rule_id, reason], float(count))
     yield from seg.values()
     yield from (src, lay, fired, conv, uplift, bounds, suppressed)
