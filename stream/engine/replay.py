@@ -35,7 +35,8 @@ from stream.core.models import (
 from stream.engine.rules import Rules
 from stream.engine.stock import StockBook
 from stream.engine.stockmodel import StockModel
-from stream.engine.viewers import Effect, RoomTimeline, Suppressed, ViewerEngine
+from stream.engine.timeline import RoomTimeline
+from stream.engine.viewers import Effect, Suppressed, ViewerEngine
 
 
 class RuleOutcome(msgspec.Struct, frozen=True, kw_only=True):
