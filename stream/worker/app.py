@@ -124,10 +124,10 @@ def create_app(settings: Settings) -> faust.App:
     stock_log = StockLogWriter()
     feed = StockFeed(publish_stock, clock=time.monotonic,
                      interval_s=settings.stock_interval_ms / 1000)
-    orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
-                    topics=topics)
-    watcher = RuleWatcher(settings.rules_dir)
     rooms = RoomLog(redis)
+    orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
+                    topics=topics, stock=rooms.stock)
+    watcher = RuleWatcher(settings.rules_dir)
     processed: dict[TP, int] = {}  # the next offset handed to the pipeline, per partition
 
     def behind(topic: str, partition: int) -> bool:
