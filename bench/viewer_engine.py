@@ -66,8 +66,8 @@ def offline(events: list[Event], *, rules: Path) -> dict[str, int]:
     # this show, and the worker's engines suppress those nudges as sold_out.
     stock, model = StockBook(), StockModel()
     for e in sorted(events, key=lambda e: e.ts):
-        for sku, ts, available in model.apply(e):
-            stock.observe(room.room_id, sku, ts, available)
+        for sku, ts, available, version in model.apply(e):
+            stock.observe(room.room_id, sku, ts, available, version)
     engines: dict[int, ViewerEngine] = {}
     counts = {"nudges": 0, "tags": 0, "tags_removed": 0}
     for e in events:

@@ -120,8 +120,8 @@ def replay(events: Iterable[Event], *, room_id: str, rules: Rules, grace_ms: int
         before = since is not None and e.ts <= since
         if isinstance(e, HostEvent) and (not before or isinstance(e, StockSet)):
             room.observe(e)
-        for sku, ts, available in model.apply(e):
-            book.observe(room_id, sku, ts, available)
+        for sku, ts, available, version in model.apply(e):
+            book.observe(room_id, sku, ts, available, version)
     engine = ViewerEngine(rules, grace_ms=grace_ms, stock=book)
     out: list[Effect] = []
     shown = [e for e in ordered if isinstance(e, ViewerEvent)

@@ -31,7 +31,7 @@ from stream.core.models import (
 RESERVATION_TTL_MS = 15 * 60_000  # the inventory's default
 MAX_QTY = 10  # units per order line, as the inventory script enforces
 
-Point = tuple[str, int, int]  # (sku, ts, available after the change)
+Point = tuple[str, int, int, int]  # (sku, ts, available after the change, version)
 
 
 @dataclass
@@ -52,6 +52,7 @@ class StockModel:
     _orders: dict[str, _Order] = field(default_factory=dict)
     _sets: set[str] = field(default_factory=set)
     _deadlines: list[tuple[int, str]] = field(default_factory=list)  # a heap
+    _version: int = 0  # grows with every change, as the inventory's per-SKU version
 
     def apply(self, event: Event) -> list[Point]:
         """The changes one event makes: expiries due before it first, then its own."""
@@ -60,7 +61,8 @@ class StockModel:
             if event.event_id not in self._sets:
                 self._sets.add(event.event_id)
                 self.available[event.sku] = event.qty
-                out.append((event.sku, event.ts, event.qty))
+                self._version += 1
+                out.append((event.sku, event.ts, event.qty, self._version))
         elif isinstance(event, OrderPlaced):
             out += self._place(event)
         elif isinstance(event, OrderPaid):
@@ -109,4 +111,5 @@ class StockModel:
 
     def _move(self, sku: str, delta: int, ts: int) -> Point:
         self.available[sku] = self.available.get(sku, 0) + delta
-        return (sku, ts, self.available[sku])
+        self._version += 1
+        return (sku, ts, self.available[sku], self._version)

@@ -90,7 +90,7 @@ def host_log_ids(room_id: str) -> str:
 
 
 def stock_log(room_id: str) -> str:
-    """List of the room's stock changes `[sku, ts, available]` (JSON), as the workers'
+    """List of the room's stock changes `[sku, ts, available, version]` (JSON), as the workers'
     coalesced feed published them: what the viewer engines judge sold-out nudges by."""
     return f"{_room(room_id)}:stock-log"
 

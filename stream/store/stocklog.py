@@ -3,7 +3,7 @@
 A viewer's nudge is decided on the worker that owns the viewer's partition, but the
 orders that empty a SKU are applied by whichever worker owns *their* partitions. So the
 workers' coalesced stock feed (at most 10 updates per SKU a second) also appends each
-update, as `[sku, ts, available]`, to the room's stock log; every worker reads what is
+update, as `[sku, ts, available, version]`, to the room's stock log; every worker reads what is
 new with the host log (`RoomLog.refresh`) into a `StockBook`. A worker that starts
 reads the whole log, so a replay judges with every point the live decision had.
 """
@@ -22,7 +22,7 @@ from stream.store import keys
 # As long as the effects' once-keys: a replay within it still finds the points.
 STOCK_LOG_TTL_S = 3 * 24 * 3600
 
-Point = tuple[str, int, int]  # (sku, ts, available)
+Point = tuple[str, int, int, int]  # (sku, ts, available, version)
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Point).decode
 
@@ -43,7 +43,8 @@ class StockLogWriter:
             if last is not None and last > PLENTY and u.available > PLENTY:
                 continue
             self._last[key] = u.available
-            by_room.setdefault(u.room_id, []).append(_encode((u.sku, u.ts, u.available)))
+            by_room.setdefault(u.room_id, []).append(
+                _encode((u.sku, u.ts, u.available, u.version)))
         for room, entries in by_room.items():
             pipe.rpush(keys.stock_log(room), *entries)
             pipe.expire(keys.stock_log(room), STOCK_LOG_TTL_S)
@@ -53,5 +54,5 @@ class StockLogWriter:
 def fold_points(book: StockBook, room_id: str, entries: Iterable[bytes]) -> None:
     """Add raw stock-log entries of `room_id` to `book`."""
     for entry in entries:
-        sku, ts, available = _decode(entry)
-        book.observe(room_id, sku, ts, available)
+        sku, ts, available, version = _decode(entry)
+        book.observe(room_id, sku, ts, available, version)

@@ -100,7 +100,8 @@ class Orders:
     def _observe(self, outcome: Outcome) -> None:
         if self._stock is not None:
             for level in outcome.levels:
-                self._stock.observe(level.room_id, level.sku, level.ts, level.available)
+                self._stock.observe(level.room_id, level.sku, level.ts, level.available,
+                                   level.version)
 
     async def _publish(self, result: OrderResult, partition: int | None) -> None:
         # The input's partition number: a viewer's results stay in order, no hashing.

@@ -400,8 +400,12 @@ def test_plan_skips_disabled_rules_and_quiet_hours_on_air() -> None:
 
 # --- stock at fire time -----------------------------------------------------------------
 
+_versions = iter(range(1, 1 << 30))
+
+
 def stock(show: Show, at: int, available: int, sku: str = "rice") -> None:
-    show.engine.stock.observe(show.room.room_id, sku, T0 + at, available)
+    """A stock change made by an event at `at`, applied after every earlier call."""
+    show.engine.stock.observe(show.room.room_id, sku, T0 + at, available, next(_versions))
 
 
 def test_a_nudge_for_a_sold_out_sku_is_suppressed_as_sold_out() -> None:

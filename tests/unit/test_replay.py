@@ -15,6 +15,7 @@ from stream.cli import main
 from stream.core.models import AnyEvent, Event
 from stream.engine.replay import broadcasts, outcomes, replay, select
 from stream.engine.rules import load_dir
+from stream.engine.stock import PLENTY, StockBook
 from stream.engine.stockmodel import StockModel
 
 SHIPPED = Path(__file__).resolve().parents[2] / "rules"
@@ -39,23 +40,53 @@ def order(at: int, order_id: str, viewer: str, sku: str, qty: int) -> Event:
 
 def test_stock_model_follows_the_inventory_rules() -> None:
     m = StockModel()
-    assert m.apply(ev("stock.set", 0, sku="rice", qty=3)) == [("rice", T0, 3)]
-    assert m.apply(order(1, "o1", "a", "rice", 2)) == [("rice", T0 + 1, 1)]
-    assert m.apply(order(2, "o2", "b", "rice", 2)) == []  # only 1 left: all or nothing
-    assert m.apply(order(3, "o3", "c", "rice", 11)) == []  # over the line limit
-    assert m.apply(order(4, "o4", "d", "oil", 1)) == []  # never loaded
-    assert m.apply(order(5, "o1", "a", "rice", 2)) == []  # a repeat changes nothing
-    assert m.apply(ev("order.cancelled", 6, viewer_id="a", order_id="o1")) == [
+
+    def levels(event: Event) -> list[tuple[str, int, int]]:
+        return [(sku, ts, available) for sku, ts, available, _ in m.apply(event)]
+
+    assert levels(ev("stock.set", 0, sku="rice", qty=3)) == [("rice", T0, 3)]
+    assert levels(order(1, "o1", "a", "rice", 2)) == [("rice", T0 + 1, 1)]
+    assert levels(order(2, "o2", "b", "rice", 2)) == []  # only 1 left: all or nothing
+    assert levels(order(3, "o3", "c", "rice", 11)) == []  # over the line limit
+    assert levels(order(4, "o4", "d", "oil", 1)) == []  # never loaded
+    assert levels(order(5, "o1", "a", "rice", 2)) == []  # a repeat changes nothing
+    assert levels(ev("order.cancelled", 6, viewer_id="a", order_id="o1")) == [
         ("rice", T0 + 6, 3)]
-    m.apply(order(7, "o5", "e", "rice", 3))
+    levels(order(7, "o5", "e", "rice", 3))
     assert m.available["rice"] == 0
     # Unpaid for 15 minutes: released at its deadline, before the next event applies.
-    assert m.apply(ev("viewer.heartbeat", 20 * MIN, viewer_id="e")) == [
+    assert levels(ev("viewer.heartbeat", 20 * MIN, viewer_id="e")) == [
         ("rice", T0 + 7 + 15 * MIN, 3)]
     # A late payment is re-reserved while the stock is there.
-    assert m.apply(ev("order.paid", 21 * MIN, viewer_id="e", order_id="o5")) == [
+    assert levels(ev("order.paid", 21 * MIN, viewer_id="e", order_id="o5")) == [
         ("rice", T0 + 21 * MIN, 0)]
-    assert m.apply(ev("order.paid", 22 * MIN, viewer_id="e", order_id="o5")) == []
+    assert levels(ev("order.paid", 22 * MIN, viewer_id="e", order_id="o5")) == []
+
+
+def test_stock_book_answers_with_the_newest_change_at_or_before_a_time() -> None:
+    """Orders are applied in processing order: a partition read late brings an order of
+    ts 550 after those of 600 and 1000, and its level (the lowest) holds them all."""
+    book = StockBook()
+    book.observe("r1", "rice", 600, 5, 1)
+    book.observe("r1", "rice", 1000, 3, 2)
+    book.observe("r1", "rice", 550, 0, 3)
+    assert book.available_at("r1", "rice", 500) is None  # nothing known yet
+    assert book.available_at("r1", "rice", 560) == 0
+    assert book.available_at("r1", "rice", 800) == 0  # v3, not v1's 5
+    book.observe("r1", "rice", 900, 40, 4)  # a restock
+    assert book.available_at("r1", "rice", 950) == 40
+    assert book.available_at("r1", "oil", 950) is None
+
+
+def test_stock_book_keeps_a_run_of_plenty_as_one_point() -> None:
+    book = StockBook()
+    for i in range(1000):  # a hot SKU's thousands of changes above PLENTY
+        book.observe("r1", "rice", i, PLENTY + 1000 - i, i + 1)
+    book.observe("r1", "rice", 1000, PLENTY, 1001)
+    levels = book._levels["r1", "rice"]
+    assert len(levels.points) == 2
+    assert book.available_at("r1", "rice", 500) > PLENTY
+    assert book.available_at("r1", "rice", 1000) == PLENTY
 
 
 # --- choosing a broadcast ---------------------------------------------------------------
