@@ -31,6 +31,8 @@ from stream.core.config import from_env
 from stream.core.models import Event, HostEvent, Nudge, TagChange, ViewerEvent
 from stream.core.topics import Topics, key_of, partition_for
 from stream.engine.rules import load_dir
+from stream.engine.stock import StockBook
+from stream.engine.stockmodel import StockModel
 from stream.engine.timeline import RoomTimeline
 from stream.engine.viewers import ViewerEngine
 from stream.local import showplan
@@ -60,13 +62,19 @@ def offline(events: list[Event], *, rules: Path) -> dict[str, int]:
     clock fires after the last event)."""
     room = fold(RoomTimeline(room_id=events[0].room_id),
                 [e for e in events if isinstance(e, HostEvent)])
+    # Stock levels by event time, as the backtest computes them: products sell out in
+    # this show, and the worker's engines suppress those nudges as sold_out.
+    stock, model = StockBook(), StockModel()
+    for e in sorted(events, key=lambda e: e.ts):
+        for sku, ts, available, version in model.apply(e):
+            stock.observe(room.room_id, sku, ts, available, version)
     engines: dict[int, ViewerEngine] = {}
     counts = {"nudges": 0, "tags": 0, "tags_removed": 0}
     for e in events:
         if isinstance(e, ViewerEvent):
             p = partition_for(key_of(e), PARTITIONS)
             engine = engines.get(p) or engines.setdefault(
-                p, ViewerEngine(load_dir(rules), grace_ms=GRACE_MS))
+                p, ViewerEngine(load_dir(rules), grace_ms=GRACE_MS, stock=stock))
             for effect in engine.apply(e, room):
                 if isinstance(effect, Nudge):
                     counts["nudges"] += 1

@@ -280,5 +280,32 @@ def rules_check(directory: str | None) -> None:
     click.echo(f"ok (digest {loaded.digest})")
 
 
+@rules.command("backtest")
+@click.option("--room", required=True, help="The room whose broadcast to replay.")
+@click.option("--broadcast", default=None, help="Its id (ROOM@START_MS); default the latest.")
+@click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None,
+              help="Candidate rules (default: the running LIVECOMMERCE_RULES_DIR).")
+@click.option("--events", "events_file", type=click.Path(dir_okay=False), default=None,
+              help="NDJSON of input events instead of the Kafka input topics.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line.")
+def rules_backtest(room: str, broadcast: str | None, rules_dir: str | None,
+                   events_file: str | None, as_json: bool) -> None:
+    """Replay a past broadcast under candidate rules beside the running ones (writes nothing)."""
+    from pathlib import Path
+
+    from stream.engine.rules import RuleError
+    from stream.local.backtest import backtest, format_text
+
+    try:
+        report = asyncio.run(backtest(
+            _settings(), room_id=room, broadcast=broadcast,
+            rules_dir=Path(rules_dir) if rules_dir else None,
+            events_file=Path(events_file) if events_file else None))
+    except (RuleError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(msgspec.json.encode(report).decode() if as_json else format_text(report))
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"

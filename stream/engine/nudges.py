@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from stream.engine.timeline import Product
 
 Variant = Literal["treatment", "holdout"]
-Reason = Literal["capped", "cooldown", "quiet_hours", "exited", "holdout", "lost_priority"]
+# A suppression reason: a key of `stream.core.reasons.REASONS` (one table, easy to extend).
+Reason = str
 Kind = Literal["d", "c", "e"]  # dwell, cart_unpaid, event_count: one byte in the state
 
 DWELL: Kind = "d"
@@ -134,12 +135,46 @@ def in_quiet_hours(window: tuple[int, int], ts_ms: int, tz: str | None) -> bool:
 
 def exit_holds(exit: Exit, *, ordered: bool, present: bool, ended: bool) -> bool:
     """Seed 002's 终止条件: any enabled exit condition that holds at the due time."""
-    return ((exit.ordered_sku and ordered) or (exit.left_room and not present)
-            or (exit.broadcast_ended and ended))
+    return exit_reason(exit, ordered=ordered, present=present, ended=ended) is not None
+
+
+def exit_reason(exit: Exit, *, ordered: bool, present: bool,
+                ended: bool) -> Literal["exit:ordered", "exit:left", "exit:ended"] | None:
+    """The first enabled exit condition that holds at the due time, as a reason."""
+    if exit.ordered_sku and ordered:
+        return "exit:ordered"
+    if exit.left_room and not present:
+        return "exit:left"
+    if exit.broadcast_ended and ended:
+        return "exit:ended"
+    return None
+
+
+def stock_reason(rule: NudgeRule, available: int | None,
+                 ) -> Literal["sold_out", "exit:low_stock"] | None:
+    """Why the product's stock at fire time stops this nudge; None if it does not (or the
+    stock is not known: no stock.set seen, so nothing to judge by)."""
+    if available is None:
+        return None
+    if available <= 0 and rule.exit.sold_out:
+        return "sold_out"
+    low = rule.low_stock
+    if low is not None and low.exit and 0 < available <= low.at_most:
+        return "exit:low_stock"
+    return None
+
+
+def message_for(rule: NudgeRule, available: int | None) -> str:
+    """The rule's message, or its low-stock variant when 1..at_most units remain."""
+    low = rule.low_stock
+    if (low is not None and low.message is not None and available is not None
+            and 0 < available <= low.at_most):
+        return low.message
+    return rule.message
 
 
 def cap_reason(rule: CompiledRule, fired: tuple[int, int] | None, hour: list[int] | None,
-               per_hour: int, ts: int) -> Literal["capped", "cooldown"] | None:
+               per_hour: int, ts: int) -> Literal["cap", "cooldown", "hourly_cap"] | None:
     """Why a rule may not fire again for this viewer at `ts`, or None if it may.
 
     `fired` is (times fired this broadcast, last fire ts) for this rule; `hour` the fire
@@ -148,11 +183,11 @@ def cap_reason(rule: CompiledRule, fired: tuple[int, int] | None, hour: list[int
     if fired is not None:
         count, last = fired
         if count >= rule.rule.cap_per_broadcast:
-            return "capped"
+            return "cap"
         if ts - last < rule.cooldown_ms:
             return "cooldown"
     if hour and sum(1 for t in hour if t > ts - HOUR_MS) >= per_hour:
-        return "capped"
+        return "hourly_cap"
     return None
 
 

@@ -65,6 +65,8 @@ class Exit(_Strict, frozen=True, kw_only=True):
     ordered_sku: bool = True
     left_room: bool = True
     broadcast_ended: bool = True
+    # No nudge about a product with nothing available at fire time (reason `sold_out`).
+    sold_out: bool = True
 
 
 class QuietHours(_Strict, frozen=True, kw_only=True):
@@ -77,6 +79,40 @@ class QuietHours(_Strict, frozen=True, kw_only=True):
         # Equal ends could mean "never quiet" or "always quiet"; make the operator say which.
         if self.start == self.end:
             raise ValueError("end: equal to start (an empty or all-day window is ambiguous)")
+
+
+def _check_message(message: str, field: str) -> None:
+    """Only known `{name}`s, and no other brace at all (checked without assuming how the
+    engine fills them in, str.format or replace)."""
+    for name in re.findall(r"\{([^{}]*)\}", message):
+        if name not in MESSAGE_FIELDS:
+            raise ValueError(f"{field}: unknown placeholder {{{name}}}; "
+                             f"known: {', '.join(sorted(MESSAGE_FIELDS))}")
+    if re.search(r"[{}]", re.sub(r"\{[^{}]*\}", "", message)):
+        raise ValueError(f"{field}: a brace that is not part of a {{placeholder}}")
+
+
+# A rule's low mark can be at most this: above it the engine keeps stock as "plenty"
+# (stream.engine.stock.PLENTY), so it could not tell the mark from more.
+LOW_STOCK_MAX = 100
+
+
+class LowStock(_Strict, frozen=True, kw_only=True):
+    """What a rule does when its product's remaining stock is low (1..at_most) at fire
+    time: send `message` instead of its own, or `exit` (suppressed, `exit:low_stock`)."""
+
+    at_most: Annotated[int, Meta(ge=1, le=LOW_STOCK_MAX)]
+    message: Annotated[str, Meta(min_length=1, max_length=500)] | None = None
+    exit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.exit and self.message is not None:
+            raise ValueError("exit: exit = true sends nothing, so a message "
+                             "is never used; keep one of the two")
+        if not self.exit and self.message is None:
+            raise ValueError("message: missing (or set exit = true)")
+        if self.message is not None:
+            _check_message(self.message, "message")
 
 
 class NudgeRule(_Strict, frozen=True, kw_only=True):
@@ -92,16 +128,10 @@ class NudgeRule(_Strict, frozen=True, kw_only=True):
     priority: Annotated[int, Meta(ge=0, le=1000)] = 100
     holdout: Share = 0.0
     quiet_hours: QuietHours | None = None
+    low_stock: LowStock | None = None
 
     def __post_init__(self) -> None:
-        # Checked without assuming how the engine fills them in (str.format or replace):
-        # only known `{name}`s, and no other brace at all.
-        for name in re.findall(r"\{([^{}]*)\}", self.message):
-            if name not in MESSAGE_FIELDS:
-                raise ValueError(f"message: unknown placeholder {{{name}}}; "
-                                 f"known: {', '.join(sorted(MESSAGE_FIELDS))}")
-        if re.search(r"[{}]", re.sub(r"\{[^{}]*\}", "", self.message)):
-            raise ValueError("message: a brace that is not part of a {placeholder}")
+        _check_message(self.message, "message")
 
 
 class Limits(_Strict, frozen=True, kw_only=True):

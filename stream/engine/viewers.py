@@ -56,10 +56,12 @@ from stream.engine.nudges import (
     NudgePlan,
     Reason,
     cap_reason,
-    exit_holds,
+    exit_reason,
     holdout_variant,
     in_quiet_hours,
+    message_for,
     render,
+    stock_reason,
 )
 from stream.engine.rules import FollowUpRule, Rules
 from stream.engine.state import (
@@ -75,6 +77,7 @@ from stream.engine.state import (
     present_at,
     unpack_times,
 )
+from stream.engine.stock import StockBook
 from stream.engine.tags import TagPlan
 from stream.engine.timeline import RoomTimeline
 
@@ -104,9 +107,12 @@ HeapEntry = tuple[int, str, str, str, str, Kind]  # (due, room, viewer, rule, sk
 class ViewerEngine:
     """All viewers of one partition: events and time in, effects out. Deterministic."""
 
-    def __init__(self, rules: Rules, *, grace_ms: int = 0) -> None:
+    def __init__(self, rules: Rules, *, grace_ms: int = 0,
+                 stock: StockBook | None = None) -> None:
         self.grace_ms = grace_ms
         self.rules = rules
+        # Stock levels by event time, shared by the worker's engines (read only here).
+        self.stock = stock if stock is not None else StockBook()
         self._states: dict[str, dict[str, ViewerState]] = {}  # room -> viewer -> state
         self._rooms: dict[str, RoomTimeline] = {}  # latest timeline seen per room
         self._heap: list[HeapEntry] = []
@@ -433,11 +439,19 @@ class ViewerEngine:
 
     def _blocked(self, s: ViewerState, rule: CompiledRule, sku: str, ts: int,
                  room: RoomTimeline) -> Reason | None:
-        """Why this rule may not fire at `ts`, judged as of `ts`; None if it may."""
+        """Why this rule may not fire at `ts`, judged as of `ts`; None if it may.
+
+        The first that holds, in this order: the viewer's exits, the product's stock,
+        quiet hours, then the caps (a nudge that could not be shown uses no cap)."""
         ended = room.ended_at is not None and room.ended_at <= ts
-        if exit_holds(rule.rule.exit, ordered=self._ordered(s, rule, sku, ts),
-                      present=present_at(s, ts), ended=ended):
-            return "exited"
+        exited = exit_reason(rule.rule.exit, ordered=self._ordered(s, rule, sku, ts),
+                             present=present_at(s, ts), ended=ended)
+        if exited is not None:
+            return exited
+        if sku:
+            stocked = stock_reason(rule.rule, self.stock.available_at(room.room_id, sku, ts))
+            if stocked is not None:
+                return stocked
         if rule.quiet is not None and in_quiet_hours(rule.quiet, ts, s.tz):
             return "quiet_hours"
         fired = s.fired.get(rule.id) if s.fired else None
@@ -468,8 +482,11 @@ class ViewerEngine:
         s.hour = [t for t in s.hour or () if t > ts - HOUR_MS] + [ts]
         variant = holdout_variant(viewer_id, rule.id, rule.rule.holdout)
         product = room.products.get(sku) if sku else None
+        message = rule.rule.message
+        if sku and rule.rule.low_stock is not None:
+            message = message_for(rule.rule, self.stock.available_at(room.room_id, sku, ts))
         out.append(Nudge(viewer_id=viewer_id, room_id=room.room_id, rule_id=rule.id,
-                         sku=sku or None, message=render(rule.rule.message, product),
+                         sku=sku or None, message=render(message, product),
                          variant=variant, channel=rule.rule.channel, ts=ts))
         if variant == "holdout":
             out.append(Suppressed(viewer_id=viewer_id, room_id=room.room_id, rule_id=rule.id,

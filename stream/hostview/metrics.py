@@ -29,7 +29,9 @@ from bisect import bisect_right
 import msgspec
 
 from stream.core.counters import MINUTE_MS, minute_of
+from stream.core.reasons import parse_stat_field
 from stream.engine.timeline import RoomTimeline
+from stream.hostview.uplift import Verdict, uplift_interval, verdict
 
 # Rates (per minute) and the sell-out projection look at this many trailing minutes.
 RATE_WINDOW_MIN = 5
@@ -115,6 +117,12 @@ class NudgeMetrics(msgspec.Struct, frozen=True, kw_only=True):
     treatment_rate: float | None
     holdout_rate: float | None
     uplift: float | None  # treatment_rate - holdout_rate
+    # Its 95% interval (Newcombe's hybrid score), None until both arms have viewers,
+    # and what it says: better, worse or not yet clear.
+    uplift_ci: tuple[float, float] | None = None
+    verdict: Verdict = "not yet clear"
+    # Decided but not shown, by reason (`stream.core.reasons`), holdout included.
+    suppressed: dict[str, int] = {}
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True):
@@ -210,8 +218,8 @@ def compute(raw: RoomRaw, *, low_stock_ratio: float = 0.1, low_stock_units: int 
         gpm=round(gmv / joins * 1000, 2) if joins else 0.0,
         payment_failed=n("ev:order.payment_failed"), cancelled=n("orders_released:cancelled"),
         expired=n("orders_released:expired"), nudges=n("nudges"),
-        nudges_suppressed=sum(int(v) for k, v in st.items()
-                              if k.startswith("suppressed:") and k != "suppressed:holdout"),
+        nudges_suppressed=sum(n for reasons in _suppressed(st).values()
+                              for reason, n in reasons.items() if reason != "holdout"),
     )
     series = _series(st, tl.started_at, now, max_points)
     window = _window(tl.started_at, now)
@@ -324,13 +332,15 @@ def _nudges(st: dict[str, float], nudged: dict[str, str],
         tally[0] += 1
         paid_at = buyers.get(viewer)
         tally[1] += paid_at is not None and paid_at >= int(ts)
-    rules = sorted({r for r, _ in seen} | {k.split(":")[1] for k in st
-                                            if k.startswith("nudges:")})
+    suppressed = _suppressed(st)
+    rules = sorted({r for r, _ in seen} | suppressed.keys()
+                   | {k.split(":")[1] for k in st if k.startswith("nudges:")})
     out = []
     for rule in rules:
         tv, tc = seen.get((rule, "treatment"), [0, 0])
         hv, hc = seen.get((rule, "holdout"), [0, 0])
         tr, hr = _ratio(tc, tv), _ratio(hc, hv)
+        ci = uplift_interval(tc, tv, hc, hv)
         out.append(NudgeMetrics(
             rule_id=rule, fired=int(st.get(f"nudges:{rule}:treatment", 0)),
             held_out=int(st.get(f"nudges:{rule}:holdout", 0)),
@@ -338,7 +348,20 @@ def _nudges(st: dict[str, float], nudged: dict[str, str],
             holdout_converted=hc,
             treatment_rate=None if tr is None else round(tr, 4),
             holdout_rate=None if hr is None else round(hr, 4),
-            uplift=None if tr is None or hr is None else round(tr - hr, 4)))
+            uplift=None if tr is None or hr is None else round(tr - hr, 4),
+            uplift_ci=None if ci is None else (round(ci[0], 4), round(ci[1], 4)),
+            verdict=verdict(ci), suppressed=suppressed.get(rule, {})))
+    return out
+
+
+def _suppressed(st: dict[str, float]) -> dict[str, dict[str, int]]:
+    """rule -> reason -> count, from the engagement claim's `suppressed:<rule>:<reason>`."""
+    out: dict[str, dict[str, int]] = {}
+    for field, value in st.items():
+        parsed = parse_stat_field(field)
+        if parsed is not None:
+            rule, reason = parsed
+            out.setdefault(rule, {})[reason] = int(value)
     return out
 
 

@@ -110,6 +110,14 @@ def _breakdowns(rooms: Sequence[RoomMetrics]) -> Iterator[Metric]:
                              labels=["room", "rule", "variant"])
     uplift = GaugeMetricFamily("lc_nudge_uplift", "Treatment minus holdout conversion",
                                labels=["room", "rule"])
+    # Reasons come from the one table in stream.core.reasons (unknown ones are `other`),
+    # so this family has at most rules x (reasons + 1) series per room.
+    suppressed = CounterMetricFamily("lc_nudges_suppressed",
+                                     "Nudges decided but not shown, by rule and reason",
+                                     labels=["room", "rule", "reason"])
+    bounds = GaugeMetricFamily("lc_nudge_uplift_ci",
+                               "95% interval of the uplift (Newcombe hybrid score), by bound",
+                               labels=["room", "rule", "bound"])
     for r in rooms:
         for s in r.segments:
             for f, fam in seg.items():
@@ -130,5 +138,10 @@ def _breakdowns(rooms: Sequence[RoomMetrics]) -> Iterator[Metric]:
                 conv.add_metric([r.room_id, rule.rule_id, "holdout"], rule.holdout_rate)
             if rule.uplift is not None:
                 uplift.add_metric([r.room_id, rule.rule_id], rule.uplift)
+            if rule.uplift_ci is not None:
+                bounds.add_metric([r.room_id, rule.rule_id, "lower"], rule.uplift_ci[0])
+                bounds.add_metric([r.room_id, rule.rule_id, "upper"], rule.uplift_ci[1])
+            for reason, count in rule.suppressed.items():
+                suppressed.add_metric([r.room_id, rule.rule_id, reason], float(count))
     yield from seg.values()
-    yield from (src, lay, fired, conv, uplift)
+    yield from (src, lay, fired, conv, uplift, bounds, suppressed)

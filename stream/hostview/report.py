@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 from redis.asyncio import Redis
 
-from stream.hostview.metrics import RoomMetrics, SegmentMetrics, Totals, compute
+from stream.hostview.metrics import NudgeMetrics, RoomMetrics, SegmentMetrics, Totals, compute
 from stream.hostview.reader import RoomReader, Viewer
 
 UNCONVERTED = ("payment_failed", "cart_unpaid", "watched_only")
@@ -44,6 +44,8 @@ class Review(msgspec.Struct, frozen=True, kw_only=True):
     unconverted: list[Group]  # keys from UNCONVERTED; buyers and GMV are 0 by definition
     leaders: list[Group]
     regions: list[Group]
+    # Per rule: uplift with its 95% interval and verdict, suppressions by reason.
+    nudges: list[NudgeMetrics] = []
 
 
 def _groups(viewers: Iterable[Viewer], key: Callable[[Viewer], str | None]) -> list[Group]:
@@ -87,6 +89,7 @@ def build(metrics: RoomMetrics, viewers: list[Viewer]) -> Review:
                      for k in UNCONVERTED],
         leaders=_groups(viewers, lambda v: v.leader or None),
         regions=_groups(viewers, lambda v: v.region or "(unknown)"),
+        nudges=metrics.nudges,
     )
 
 
@@ -157,6 +160,29 @@ def _when(ms: int | None) -> str:
     return "–" if ms is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ms / 1000))
 
 
+def _signed_pts(x: float) -> str:
+    return f"{x * 100:+.1f}"
+
+
+def _nudge_table(nudges: list[NudgeMetrics]) -> str:
+    if not nudges:
+        return '<p class="muted">no nudge decided</p>'
+    rows: list[list[object]] = []
+    for n in nudges:
+        ci = n.uplift_ci
+        rows.append([
+            n.rule_id, n.fired, f"{n.treatment_converted}/{n.treatment_viewers}",
+            f"{n.holdout_converted}/{n.holdout_viewers}",
+            "–" if n.uplift is None else f"{_signed_pts(n.uplift)} pts",
+            "–" if ci is None else f"[{_signed_pts(ci[0])}, {_signed_pts(ci[1])}]",
+            n.verdict,
+            ", ".join(f"{k} {v}" for k, v in n.suppressed.items()) or "–"])
+    return (_table(["rule", "shown", "paid / nudged", "paid / held out", "uplift",
+                    "95% interval (pts)", "verdict", "suppressed by reason"], rows)
+            + '<p class="muted">uplift: conversion of nudged viewers minus the holdout\'s; '
+              "interval: Newcombe's hybrid score; a verdict only once it excludes 0.</p>")
+
+
 def render_html(r: Review) -> str:
     t = r.totals
     kpis = [("GMV", f"¥{t.gmv:,.2f}"), ("orders / paid", f"{t.orders} / {t.paid}"),
@@ -192,6 +218,8 @@ def render_html(r: Review) -> str:
          + _group_table(r.leaders, "leader", region=True)
          + "<h3>by region</h3>" + _group_table(r.regions, "region")),
     ]
+    sections.append(("nudges", "6. 提醒效果 Nudges: uplift and why not shown",
+                     _nudge_table(r.nudges)))
     body = "".join(f'<section id="{sid}"><h2>{html.escape(title)}</h2>{content}</section>'
                    for sid, title, content in sections)
     kpi_html = "".join(f'<div class="kpi"><b>{html.escape(str(v))}</b>'

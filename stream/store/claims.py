@@ -12,6 +12,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from stream.core.models import FollowUp, Nudge, TagChange
+from stream.core.reasons import stat_field
 from stream.engine.viewers import Effect
 from stream.store import keys
 
@@ -109,4 +110,4 @@ def claim_item(effect: Effect, once: str) -> tuple[object, ...]:
                 f"{effect.rule_id}|{effect.viewer_id}", f"{effect.variant}|{effect.ts}")
     if isinstance(effect, FollowUp):
         return (once, _FOLLOWUP_STATS)
-    return (once, (f"suppressed:{effect.reason}",))
+    return (once, (stat_field(effect.rule_id, effect.reason),))

@@ -89,6 +89,12 @@ def host_log_ids(room_id: str) -> str:
     return f"{_room(room_id)}:host-log-ids"
 
 
+def stock_log(room_id: str) -> str:
+    """List of the room's stock changes `[sku, ts, available, version]` (JSON), as the workers'
+    coalesced feed published them: what the viewer engines judge sold-out nudges by."""
+    return f"{_room(room_id)}:stock-log"
+
+
 def viewer_states(partition: int) -> str:
     """Hash `room|viewer` -> msgpack state of the viewers of one input partition."""
     return f"{PREFIX}:{{vs:{partition}}}:states"

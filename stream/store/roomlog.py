@@ -25,8 +25,10 @@ from stream.core.models import (
     SegmentStarted,
     StockSet,
 )
+from stream.engine.stock import StockBook
 from stream.engine.timeline import Product, RoomTimeline
 from stream.store import keys, scripts
+from stream.store.stocklog import fold_points
 
 # KEYS: log list, ids set.  ARGV: event id, encoded event.  Appends once per event id.
 APPEND = """
@@ -92,6 +94,9 @@ class RoomLog:
         self._clock = clock
         self.rooms: dict[str, RoomTimeline] = {}
         self._read: dict[str, int] = {}  # entries of each room's log already folded in
+        # Each room's stock changes (its stock log), read alongside the host log.
+        self.stock = StockBook()
+        self._stock_read: dict[str, int] = {}
         self._checked: dict[str, float] = {}
 
     async def handle(self, parts: Sequence[Part]) -> None:
@@ -114,11 +119,17 @@ class RoomLog:
         if not due:
             return
         starts = {room: self._read.get(room, 0) for room in due}
+        stock_starts = {room: self._stock_read.get(room, 0) for room in due}
         async with self._redis.pipeline(transaction=False) as pipe:
             for room in due:
                 pipe.lrange(keys.host_log(room), starts[room], -1)
+                pipe.lrange(keys.stock_log(room), stock_starts[room], -1)
             answers = await pipe.execute()
-        for room, entries in zip(due, answers, strict=True):
+        for room, points in zip(due, answers[1::2], strict=True):
+            points = points[self._stock_read.get(room, 0) - stock_starts[room]:]
+            self._stock_read[room] = self._stock_read.get(room, 0) + len(points)
+            fold_points(self.stock, room, points)
+        for room, entries in zip(due, answers[::2], strict=True):
             self._checked[room] = now
             # The host agent and the viewer path refresh concurrently: fold in only what a
             # refresh that finished meanwhile did not, or entries are doubled and skipped.

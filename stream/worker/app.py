@@ -29,6 +29,7 @@ from stream.store.inventory import Inventory
 from stream.store.ledger import Ledger
 from stream.store.presence import Presence
 from stream.store.roomlog import RoomLog
+from stream.store.stocklog import StockLogWriter
 from stream.worker.admin import ensure_topics
 from stream.worker.engagement import Engagement
 from stream.worker.orders import Orders
@@ -111,17 +112,22 @@ def create_app(settings: Settings) -> faust.App:
         return ack
 
     async def publish_stock(updates: list[StockUpdate]) -> None:
-        # Gateways fan out from Redis pub/sub; Kafka keeps the record for other consumers.
-        await redis.publish(keys.STOCK_CHANNEL, encode(updates))
+        # Gateways fan out from Redis pub/sub; Kafka keeps the record for other consumers;
+        # the room's stock log tells every worker's viewer engines (sold-out nudges).
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.publish(keys.STOCK_CHANNEL, encode(updates))
+            stock_log.queue(pipe, updates)
+            await pipe.execute()
         for update in updates:
             await send(topics.stock_updates, encode(update), update.room_id.encode())
 
+    stock_log = StockLogWriter()
     feed = StockFeed(publish_stock, clock=time.monotonic,
                      interval_s=settings.stock_interval_ms / 1000)
-    orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
-                    topics=topics)
-    watcher = RuleWatcher(settings.rules_dir)
     rooms = RoomLog(redis)
+    orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
+                    topics=topics, stock=rooms.stock)
+    watcher = RuleWatcher(settings.rules_dir)
     processed: dict[TP, int] = {}  # the next offset handed to the pipeline, per partition
 
     def behind(topic: str, partition: int) -> bool:

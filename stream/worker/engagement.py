@@ -251,7 +251,7 @@ class Engagement:
         if epoch != self._epoch:
             return  # a rebalance meanwhile: these may not be ours, and get re-read if they are
         for p, (states, offsets) in zip(missing, saved, strict=True):
-            engine = ViewerEngine(self._rules(), grace_ms=GRACE_MS)
+            engine = ViewerEngine(self._rules(), grace_ms=GRACE_MS, stock=self._rooms.stock)
             engine.restore(states)
             self.engines[p] = engine
             self._waiting[p] = Reorder(self._inputs, ts=_ts)

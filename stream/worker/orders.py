@@ -16,6 +16,7 @@ from stream.core.batch import Part, Record, Send, newest_by_room
 from stream.core.codec import encode
 from stream.core.models import OrderEvent, OrderResult, StockSet
 from stream.core.topics import Topics
+from stream.engine.stock import StockBook
 from stream.store import keys, scripts
 from stream.store.clocks import RoomClocks
 from stream.store.inventory import Inventory, Outcome, parse
@@ -27,8 +28,13 @@ class Orders:
     """Handler for the pipeline: applies stock.set and order.* events, exactly once each."""
 
     def __init__(self, *, redis: Redis, inventory: Inventory, feed: StockFeed, send: Send,
-                 topics: Topics, clock: Callable[[], float] = time.time) -> None:
+                 topics: Topics, clock: Callable[[], float] = time.time,
+                 stock: StockBook | None = None) -> None:
         self._redis = redis
+        # This worker's engines learn its own orders' levels at once, uncoalesced; other
+        # workers' come through the room's stock log. Under a backlog the feed's 100 ms
+        # of wall time is many seconds of show, past the timers' 3 s grace.
+        self._stock = stock
         self._inventory = inventory
         self._feed = feed
         self._send = send
@@ -66,6 +72,7 @@ class Orders:
             for (record, e), answer in zip(group, flat, strict=True):
                 outcome = parse(answer, room_id=room, ts=e.ts)
                 self._feed.offer(outcome.levels)
+                self._observe(outcome)
                 if isinstance(e, OrderEvent):
                     await self._publish(_result(e.order_id, room, e.ts, outcome, e.viewer_id),
                                         record.partition)
@@ -82,12 +89,19 @@ class Orders:
                 continue
             for order_id, outcome in await self._inventory.expire_due(room, now_ms=now):
                 self._feed.offer(outcome.levels)
+                self._observe(outcome)
                 if outcome.fresh:  # else paid or cancelled in the meantime
                     await self._publish(_result(order_id, room, now, outcome,
                                                 outcome.viewer_id), None)
                     released += 1
         await self._feed.flush()
         return released
+
+    def _observe(self, outcome: Outcome) -> None:
+        if self._stock is not None:
+            for level in outcome.levels:
+                self._stock.observe(level.room_id, level.sku, level.ts, level.available,
+                                   level.version)
 
     async def _publish(self, result: OrderResult, partition: int | None) -> None:
         # The input's partition number: a viewer's results stay in order, no hashing.

@@ -5,6 +5,7 @@ Prometheus agrees, and the post-live review adds up to the same totals."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
@@ -38,6 +39,7 @@ from stream.core.models import (
     ViewerJoined,
     ViewerLeft,
 )
+from stream.core.reasons import REASONS
 from stream.local import sender, showplan
 from stream.local.embedded import EmbeddedStack
 from stream.local.runner import Running, running, unrouted_dead_letters, wait_drained
@@ -76,6 +78,7 @@ class Seen:
 
     first: dict[str, Any] = field(default_factory=dict)
     later: dict[str, Any] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)  # when the screenshot was taken
     error: str | None = None
 
 
@@ -93,7 +96,11 @@ _READ = """() => ({load: window.__lcLoad, updates: Number(document.body.dataset.
   gmv: document.getElementById('kpi-gmv').textContent,
   skus: document.querySelectorAll('#skus .row').length,
   alerts: [...document.querySelectorAll('#alerts .alert')].map((a) => a.textContent),
-  bars: document.querySelectorAll('#chart-orders rect').length})"""
+  bars: document.querySelectorAll('#chart-orders rect').length,
+  reasons: [...document.querySelectorAll('#nudges .chip[data-reason]')]
+    .map((c) => c.dataset.reason),
+  uplifts: [...document.querySelectorAll('#nudges .uplift-value')].map((u) => u.textContent),
+  verdicts: [...document.querySelectorAll('#nudges .verdict')].map((v) => v.textContent)})"""
 
 
 async def watch_dashboard(url: str, seen: Seen, *, screenshot: Path | None) -> None:
@@ -111,6 +118,15 @@ async def watch_dashboard(url: str, seen: Seen, *, screenshot: Path | None) -> N
             await asyncio.sleep(5)
             seen.later = await page.evaluate(_READ)
             await asyncio.sleep(SHOW_S * 0.35)
+            # Suppressions come once the first popups are due (3 minutes of show).
+            await page.wait_for_function(
+                "document.querySelectorAll('#nudges .chip[data-reason]').length > 0",
+                timeout=60_000)
+            with contextlib.suppress(Exception):  # an interval needs holdout viewers too
+                await page.wait_for_function(
+                    "[...document.querySelectorAll('#nudges .uplift-value')]"
+                    ".some((u) => u.textContent.includes('['))", timeout=30_000)
+            seen.last = await page.evaluate(_READ)
             if screenshot is not None:
                 await page.screenshot(path=str(screenshot), full_page=True)
         finally:
@@ -288,6 +304,16 @@ async def test_metrics_equal_a_recount_of_the_event_log(show: Show) -> None:
     assert sum(n["fired"] + n["held_out"] for n in m["nudges"]) == t["nudges"]
     for n in m["nudges"]:
         assert 0 <= n["treatment_converted"] <= n["treatment_viewers"] <= n["fired"]
+        # The interval holds the point estimate once both arms have viewers.
+        if n["treatment_viewers"] and n["holdout_viewers"]:
+            lo, hi = n["uplift_ci"]
+            assert lo <= n["uplift"] <= hi and n["verdict"] in ("better", "worse",
+                                                                "not yet clear")
+        else:
+            assert n["uplift_ci"] is None and n["verdict"] == "not yet clear"
+        assert n["suppressed"].get("holdout", 0) == n["held_out"]
+    assert t["nudges_suppressed"] == sum(c for n in m["nudges"]
+                                         for r, c in n["suppressed"].items() if r != "holdout")
 
 
 async def test_prometheus_agrees_with_the_json(show: Show) -> None:
@@ -336,6 +362,10 @@ async def test_dashboard_updates_live_in_chromium(show: Show) -> None:
         first["orders"], first["viewers"], first["gmv"]), (first, later)
     assert later["skus"] == len(show.plan.products) and later["bars"] > 0
     assert any(LOW_STOCK.name in a for a in later["alerts"]), later["alerts"]
+    # The nudge panel: each rule's suppressions by reason, its uplift and verdict.
+    last = seen.last
+    assert last["reasons"] and set(last["reasons"]) <= {*REASONS, "other"}, last
+    assert last["verdicts"] and len(last["uplifts"]) == len(last["verdicts"]), last
 
 
 async def test_review_adds_up_to_the_live_totals(show: Show, tmp_path: Path,
@@ -381,7 +411,7 @@ async def test_review_adds_up_to_the_live_totals(show: Show, tmp_path: Path,
                                   full_page=True)
         finally:
             await browser.close()
-    assert [t.split(" ")[0] for t in titles] == ["1.", "2.", "3.", "4.", "5."]
+    assert [t.split(" ")[0] for t in titles] == ["1.", "2.", "3.", "4.", "5.", "6."]
     for word in ("Traffic source", "content segment", "User layers", "unconverted", "Leader"):
         assert any(word in title for title in titles), word
     assert charts >= 10

@@ -157,6 +157,28 @@ def test_nudge_conversion_counts_payments_after_the_nudge_only() -> None:
     assert by["cart"].uplift is None  # no holdout to compare with
 
 
+def test_suppressions_per_rule_by_reason_and_the_uplift_interval() -> None:
+    # 70 treatment viewers (56 paid after) against 80 held out (48 paid after): Newcombe's
+    # first example, interval (0.0524, 0.3339), so the rule is better.
+    nudged = {f"dwell|t{i}": f"treatment|{T0}" for i in range(70)}
+    nudged |= {f"dwell|h{i}": f"holdout|{T0}" for i in range(80)}
+    buyers = {f"t{i}": T0 + 1 for i in range(56)} | {f"h{i}": T0 + 1 for i in range(48)}
+    stats = {"nudges:dwell:treatment": 70, "nudges:dwell:holdout": 80,
+             "suppressed:dwell:holdout": 80, "suppressed:dwell:sold_out": 4,
+             "suppressed:dwell:exit:left": 2, "suppressed:cart:x:cap": 1,
+             "suppressed:cart:x:made-up": 3}
+    m = compute(raw(stats, now=T0 + 100, nudged=nudged, buyers=buyers))
+    by_rule = {n.rule_id: n for n in m.nudges}
+    dwell = by_rule["dwell"]
+    assert dwell.suppressed == {"holdout": 80, "sold_out": 4, "exit:left": 2}
+    assert dwell.uplift_ci == (0.0524, 0.3339) and dwell.verdict == "better"
+    # A rule that only ever suppressed still shows; an unknown reason is not a label.
+    cart = by_rule["cart:x"]
+    assert cart.suppressed == {"cap": 1} and cart.uplift_ci is None
+    assert cart.verdict == "not yet clear"
+    assert m.totals.nudges_suppressed == 4 + 2 + 1
+
+
 def viewer(vid: str, *, source: str = "douyin", leader: str = "", region: str = "",
            layer: str = "new", paid: bool = False, spend: float = 0.0, carted: bool = False,
            failed: bool = False) -> Viewer:

@@ -55,7 +55,7 @@ def test_exit_at_the_last_second(fire_by: str) -> None:
     else:
         at_due.send("viewer.heartbeat", DUE + 1)
     assert at_due.nudges() == []
-    assert at_due.suppressed() == [("dwell-3min", "exited")]
+    assert at_due.suppressed() == [("dwell-3min", "exit:ordered")]
 
     after = dwell_show()
     effects = after.place(DUE + 1, "rice")
@@ -93,7 +93,7 @@ def test_seed_002_ordered_viewers_get_no_reminder_for_that_product() -> None:
     show.place(30 * S, "rice")
     show.send("product.viewed", MIN, sku="rice")
     show.advance(HOUR)
-    assert show.nudges() == [] and show.suppressed() == [("dwell-3min", "exited")]
+    assert show.nudges() == [] and show.suppressed() == [("dwell-3min", "exit:ordered")]
 
     other = Show()
     other.join(0)
@@ -167,7 +167,7 @@ def test_cart_unpaid_exits_when_the_viewer_left() -> None:
     show = cart_show()
     show.send("viewer.left", MIN)
     show.advance(HOUR)
-    assert show.suppressed() == [("cart-5min", "exited")]
+    assert show.suppressed() == [("cart-5min", "exit:left")]
 
 
 # --- event count --------------------------------------------------------------------------
@@ -216,7 +216,7 @@ def test_cap_per_broadcast_and_cooldown() -> None:
         show.send("interaction.like", at)
     show.advance(HOUR)
     assert [n.ts - T0 for n in show.nudges()] == [0, 60 * S]
-    assert show.suppressed() == [("l", "cooldown"), ("l", "capped"), ("l", "capped")]
+    assert show.suppressed() == [("l", "cooldown"), ("l", "cap"), ("l", "cap")]
 
 
 def test_hourly_cap_across_rules_in_a_sliding_event_time_hour() -> None:
@@ -234,7 +234,7 @@ def test_hourly_cap_across_rules_in_a_sliding_event_time_hour() -> None:
     show.advance(2 * HOUR)
     assert [(n.rule_id, n.ts - T0) for n in show.nudges()] == [
         ("likes", 0), ("shares", 10 * MIN), ("likes", HOUR + 1)]
-    assert show.suppressed() == [("likes", "capped"), ("shares", "capped")]
+    assert show.suppressed() == [("likes", "hourly_cap"), ("shares", "hourly_cap")]
 
 
 def test_lowest_priority_number_wins_at_the_same_instant() -> None:
@@ -256,7 +256,7 @@ def test_priority_passes_to_the_next_rule_when_the_best_cannot_fire() -> None:
     show.send("product.viewed", 0, sku="rice")
     show.advance(HOUR)
     assert [n.rule_id for n in show.nudges()] == ["a"]
-    assert show.suppressed() == [("b", "exited")]
+    assert show.suppressed() == [("b", "exit:ordered")]
 
 
 # --- holdout ------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ def test_a_holdout_nudge_is_recorded_and_counts_for_caps() -> None:
     assert show.suppressed() == [("dwell-3min", "holdout")]
     show.send("product.viewed", HOUR, sku="oil")
     show.advance(2 * HOUR)
-    assert show.suppressed()[-1] == ("dwell-3min", "capped")
+    assert show.suppressed()[-1] == ("dwell-3min", "cap")
 
 
 # --- quiet hours --------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def test_broadcast_end_exits_live_nudges_but_not_off_air_ones() -> None:
     show.send("cart.added", 0, sku="oil", qty=1)
     show.end(DUE)  # ended at the due ms: the popup is for a show that is over
     show.advance(HOUR)
-    assert show.suppressed() == [("dwell-3min", "exited")]
+    assert show.suppressed() == [("dwell-3min", "exit:ended")]
     assert [n.rule_id for n in show.nudges()] == ["offair"]
 
 
@@ -363,9 +363,9 @@ def test_cap_reason() -> None:
     assert cap_reason(r, None, None, 3, T0) is None
     assert cap_reason(r, (1, T0), [T0], 3, T0 + 9999) == "cooldown"
     assert cap_reason(r, (1, T0), [T0], 3, T0 + 10_000) is None
-    assert cap_reason(r, (2, T0), [T0], 3, T0 + HOUR) == "capped"
+    assert cap_reason(r, (2, T0), [T0], 3, T0 + HOUR) == "cap"
     hour = [T0, T0 + 1, T0 + 2]
-    assert cap_reason(r, None, hour, 3, T0 + HOUR - 1) == "capped"
+    assert cap_reason(r, None, hour, 3, T0 + HOUR - 1) == "hourly_cap"
     assert cap_reason(r, None, hour, 3, T0 + HOUR) is None  # the first has left the hour
 
 
@@ -396,3 +396,90 @@ def test_plan_skips_disabled_rules_and_quiet_hours_on_air() -> None:
     assert plan.by_id["on"].quiet is None
     assert plan.by_id["offair"].quiet == (22 * 60, 8 * 60)
     assert plan.by_id["offair"].delay_ms == 1800 * S
+
+
+# --- stock at fire time -----------------------------------------------------------------
+
+_versions = iter(range(1, 1 << 30))
+
+
+def stock(show: Show, at: int, available: int, sku: str = "rice") -> None:
+    """A stock change made by an event at `at`, applied after every earlier call."""
+    show.engine.stock.observe(show.room.room_id, sku, T0 + at, available, next(_versions))
+
+
+def test_a_nudge_for_a_sold_out_sku_is_suppressed_as_sold_out() -> None:
+    """The issue's 还剩 0 件: sold out 4 minutes before, the dwell popup still went out."""
+    show = Show()
+    stock(show, -MIN, 2)
+    for viewer in ("v1", "v2"):
+        show.join(0, viewer)
+        show.send("product.viewed", 0, viewer, sku="rice")
+    stock(show, DUE - 4 * S, 0)  # sold out just before the due time
+    show.send("product.viewed", 0, "v3", sku="oil")  # oil's stock is not known: fires
+    show.advance(HOUR)
+    assert [n.viewer_id for n in show.nudges()] == ["v3"]
+    assert show.suppressed() == [("dwell-3min", "sold_out"), ("dwell-3min", "sold_out")]
+
+
+def test_stock_is_judged_as_of_the_due_time_not_when_the_timer_runs() -> None:
+    """A restock a second after the due time does not save the nudge, and a sell-out a
+    second after it does not stop it: the same as a replay that knows both points."""
+    before, after = dwell_show(), dwell_show()
+    stock(before, 0, 0)
+    stock(before, DUE + S, 50)
+    stock(after, 0, 50)
+    stock(after, DUE + S, 0)
+    for show in (before, after):
+        show.advance(HOUR)
+    assert before.nudges() == [] and before.suppressed() == [("dwell-3min", "sold_out")]
+    assert len(after.nudges()) == 1 and after.suppressed() == []
+
+
+def test_sold_out_exit_can_be_switched_off() -> None:
+    show = Show(make_rules(rule("dwell-3min", exit={"sold_out": False})))
+    show.join(0)
+    show.send("product.viewed", 0, sku="rice")
+    stock(show, 0, 0)
+    show.advance(HOUR)
+    assert len(show.nudges()) == 1
+
+
+@pytest.mark.parametrize(("available", "message"), [
+    (3, "只剩 {remaining} 件【有机胚芽米】"), (5, "只剩 {remaining} 件【有机胚芽米】"),
+    (6, "dwell-3min: 【有机胚芽米】¥59.9 剩{remaining}"),
+])
+def test_low_stock_sends_the_variant_message(available: int, message: str) -> None:
+    low = {"at_most": 5, "message": "只剩 {remaining} 件【{product_name}】"}
+    show = Show(make_rules(rule("dwell-3min", low_stock=low)))
+    show.join(0)
+    show.send("product.viewed", 0, sku="rice")
+    stock(show, 0, available)
+    show.advance(HOUR)
+    assert [n.message for n in show.nudges()] == [message]
+
+
+def test_low_stock_exit_suppresses_with_its_own_reason() -> None:
+    rules = make_rules(rule("dwell-3min", low_stock={"at_most": 5, "exit": True}),
+                       rule("cart", "cart_unpaid"))
+    show = Show(rules)
+    show.join(0)
+    show.send("product.viewed", 0, sku="rice")
+    show.send("cart.added", 0, sku="rice", qty=1)
+    stock(show, 0, 4)
+    show.advance(HOUR)
+    assert show.suppressed() == [("dwell-3min", "exit:low_stock")]
+    assert [n.rule_id for n in show.nudges()] == ["cart"]  # a rule without the exit still fires
+
+
+def test_a_sold_out_rule_leaves_the_instant_to_the_next_eligible_rule() -> None:
+    rules = make_rules(rule("buy-now", priority=1, trigger={"seconds": 60}),
+                       rule("restock-alert", priority=2, trigger={"seconds": 60},
+                            exit={"sold_out": False}))
+    show = Show(rules)
+    show.join(0)
+    show.send("product.viewed", 0, sku="rice")
+    stock(show, 0, 0)
+    show.advance(HOUR)
+    assert show.suppressed() == [("buy-now", "sold_out")]
+    assert [n.rule_id for n in show.nudges()] == ["restock-alert"]

@@ -86,14 +86,9 @@ function render(m) {
     seg("fill", s.cart_clicks, top),
     `${fmt(s.cart_clicks)} clicks → ${fmt(s.orders)} orders (${pct(s.click_to_order)}) · ¥${fmt(s.gmv, 0)}`)).join("") || "<p class=muted>no segment yet</p>";
 
-  $("nudges").innerHTML = m.nudges.map((n) => {
-    const most = Math.max(1, n.treatment_viewers, n.holdout_viewers);
-    return row(`${n.rule_id} · shown`, seg("fill", n.treatment_viewers, most),
-      `${fmt(n.treatment_viewers)} → ${fmt(n.treatment_converted)} paid (${pct(n.treatment_rate)})`) +
-      row(`${n.rule_id} · holdout`, seg("hold", n.holdout_viewers, most),
-        `${fmt(n.holdout_viewers)} → ${fmt(n.holdout_converted)} paid (${pct(n.holdout_rate)})`) +
-      `<div class="row"><span></span><span class="muted">uplift</span><span>${n.uplift == null ? "–" : `${(n.uplift * 100).toFixed(1)} pts`}</span></div>`;
-  }).join("") + `<p class="muted">fired ${fmt(t.nudges)} · suppressed (caps, exits, quiet hours) ${fmt(t.nudges_suppressed)}</p>`;
+  $("nudges").innerHTML = m.nudges.map(nudgeRule).join("") ||
+    "<p class=muted>no nudge decided yet</p>";
+  $("nudges-total").textContent = `fired ${fmt(t.nudges)} · suppressed ${fmt(t.nudges_suppressed)} (holdout not counted)`;
 
   const sources = Object.entries(m.sources).sort((a, b) => b[1] - a[1]);
   const most = Math.max(1, ...sources.map(([, n]) => n));
@@ -130,6 +125,30 @@ $("signin").addEventListener("submit", (e) => {
   $("signin").hidden = true;
   start();
 });
+
+// Suppression reasons, in the order of stream/core/reasons.py (others after, by count).
+const REASON_ORDER = ["holdout", "cap", "cooldown", "hourly_cap", "exit:ordered", "exit:left",
+  "exit:ended", "exit:low_stock", "sold_out", "quiet_hours", "lost_priority", "expired", "other"];
+const pts = (x) => `${x >= 0 ? "+" : ""}${(x * 100).toFixed(1)}`;
+const VERDICT = { "better": "✔ better", "worse": "✘ worse", "not yet clear": "… not yet clear" };
+
+function nudgeRule(n) {
+  const most = Math.max(1, n.treatment_viewers, n.holdout_viewers);
+  const ci = n.uplift_ci ? ` [${pts(n.uplift_ci[0])}, ${pts(n.uplift_ci[1])}] pts (95%)` : "";
+  const uplift = n.uplift == null ? "– (needs viewers in both arms)" : `${pts(n.uplift)} pts${ci}`;
+  const reasons = Object.entries(n.suppressed || {}).sort((a, b) =>
+    ((REASON_ORDER.indexOf(a[0]) + 99) % 99) - ((REASON_ORDER.indexOf(b[0]) + 99) % 99) || b[1] - a[1]);
+  const chips = reasons.map(([r, c]) =>
+    `<span class="chip reason-${esc(r.replace(":", "-"))}" data-reason="${esc(r)}">${esc(r)} <b>${fmt(c)}</b></span>`).join("");
+  return `<div class="rule" data-rule="${esc(n.rule_id)}"><div class="rule-head"><b>${esc(n.rule_id)}</b>` +
+    `<span class="verdict ${n.verdict.replace(/ /g, "-")}">${VERDICT[n.verdict] || esc(n.verdict)}</span></div>` +
+    row("shown", seg("fill", n.treatment_viewers, most),
+      `${fmt(n.treatment_viewers)} → ${fmt(n.treatment_converted)} paid (${pct(n.treatment_rate)})`) +
+    row("holdout", seg("hold", n.holdout_viewers, most),
+      `${fmt(n.holdout_viewers)} → ${fmt(n.holdout_converted)} paid (${pct(n.holdout_rate)})`) +
+    `<div class="uplift">uplift <span class="uplift-value">${uplift}</span></div>` +
+    `<div class="chips">${chips || '<span class="muted">nothing suppressed</span>'}</div></div>`;
+}
 
 async function tick() {
   const token = sessionStorage.getItem(TOKEN_KEY);
