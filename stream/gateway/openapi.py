@@ -180,6 +180,27 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                         "schema": {"type": "string"}}],
         "responses": {"200": _text("text/plain", "the file"),
                       "404": _error("no such asset")}},
+    ("GET", "/v1/rooms/{room}/products"): {
+        "summary": "The room's products: names and prices for a viewer page's labels (public)",
+        "parameters": [ROOM],
+        "responses": {"200": {"description": "the products",
+                              "content": {"application/json": {"schema": {"type": "object"}}}},
+                      **BAD_ROOM}},
+    ("GET", "/live/{room}"): {
+        "summary": "The reference viewer page: live remaining stock and the nudge popup "
+                   "(`#viewer=ID&token=T` in the URL for the viewer's own nudges)",
+        "parameters": [ROOM],
+        "responses": {"200": _text("text/html", "the page"), **BAD_ROOM}},
+    ("GET", "/live/assets/{name}"): {
+        "summary": "The viewer page's script and style sheet",
+        "parameters": [{"name": "name", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {"200": _text("text/plain", "the file"),
+                      "404": _error("no such asset")}},
+    ("GET", "/client/livecommerce.js"): {
+        "summary": "The browser client, one ES module: connect({gateway, room, viewer?, "
+                   "token?}) -> onStock, onNudge, onStatus, close",
+        "responses": {"200": _text("text/javascript", "the module")}},
     ("GET", "/metrics"): {
         "summary": "Prometheus exposition; the rooms' series only with a host or monitor "
                    "token", "security": [{}, {"bearer": []}],
