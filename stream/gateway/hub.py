@@ -348,8 +348,9 @@ class LiveHub:
                             type(exc).__name__, exc, failures, delay)
                 await asyncio.sleep(delay)
             finally:
+                # redis-py leaves `PubSub.aclose` unannotated.
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _reap(self) -> None:
         # aiohttp does not cancel a handler whose client left; an idle SSE stream would
