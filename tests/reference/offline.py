@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 from stream.core.models import Event, FollowUp, HostEvent, Nudge, OrderEvent, TagChange, ViewerEvent
 from stream.engine.rules import Rules
-from stream.engine.viewers import RoomTimeline, ViewerEngine
+from stream.engine.timeline import RoomTimeline
+from stream.engine.viewers import ViewerEngine
 
 DAY_MS = 86_400_000
 
