@@ -26,9 +26,9 @@ def diff(name: str, want: Iterable[msgspec.Struct], got: Iterable[msgspec.Struct
     missing, extra = want_c - got_c, got_c - want_c
     out = []
     if missing:
-        out.append(f"{name}: {sum(missing.values())} missing, e.g. {sorted(missing)[:show]}")
+        out.append(f"{name}: {sum(missing.values())} missing, e.g. {sorted(missing, key=repr)[:show]}")
     if extra:
-        out.append(f"{name}: {sum(extra.values())} extra, e.g. {sorted(extra)[:show]}")
+        out.append(f"{name}: {sum(extra.values())} extra, e.g. {sorted(extra, key=repr)[:show]}")
     return out
 
 
