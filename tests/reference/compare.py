@@ -25,10 +25,10 @@ def diff(name: str, want: Iterable[msgspec.Struct], got: Iterable[msgspec.Struct
     want_c, got_c = Counter(map(key, want)), Counter(map(key, got))
     missing, extra = want_c - got_c, got_c - want_c
     out = []
-    if missing:
-        out.append(f"{name}: {sum(missing.values())} missing, e.g. {sorted(missing, key=repr)[:show]}")
-    if extra:
-        out.append(f"{name}: {sum(extra.values())} extra, e.g. {sorted(extra, key=repr)[:show]}")
+    for what, items in (("missing", missing), ("extra", extra)):
+        if items:
+            some = sorted(items, key=repr)[:show]
+            out.append(f"{name}: {sum(items.values())} {what}, e.g. {some}")
     return out
 
 
