@@ -20,7 +20,9 @@ from stream.engine import tags as engine_tags
 from stream.engine import viewers
 from stream.engine.nudges import CART
 from stream.engine.rules import Rules, load_dir
-from stream.engine.viewers import RoomTimeline, ViewerEngine, ViewerState
+from stream.engine.state import ViewerState
+from stream.engine.timeline import RoomTimeline
+from stream.engine.viewers import ViewerEngine
 
 SEEDS = range(3)
 
