@@ -25,6 +25,7 @@ from helpers import assert_nothing_twice, read_all, running_gateway
 from redis.asyncio import Redis
 from reference.compare import differences
 from reference.compare import held as held_by
+from reference.kafkalog import inputs
 from reference.model import expect
 from reference.room import room_of
 
@@ -111,7 +112,7 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
     finally:
         await redis.aclose()
     log = await read_all(settings, list(topics.inputs))
-    hosts, by_partition = oracle_inputs(log, topics)
+    hosts, by_partition = inputs(log, topics)
     return nudges, tags, follows, hosts, by_partition, {v: t for v, t in held.items() if t}
 
 
@@ -173,24 +174,6 @@ async def assert_matches_oracle(settings: Settings, tmp_path: Path, *, kill: boo
     assert final_tags(tags) == held_by(want.tags)
     assert held == held_by(want.tags)
     brute_force_checks(by_partition, nudges, final_tags(tags))
-
-
-def oracle_inputs(log: list[tuple[str, int, int, bytes]], topics: Topics,
-                  ) -> tuple[list[HostEvent], dict[int, list[ViewerEvent]]]:
-    """The host events, and each partition's viewer events in the order a worker applies
-    them: event time, then the viewer topic before the order topic, then arrival."""
-    hosts: list[HostEvent] = []
-    by_partition: dict[int, list[tuple[int, int, ViewerEvent]]] = defaultdict(list)
-    for topic, partition, offset, value in sorted(log, key=lambda r: (r[0], r[1], r[2])):
-        for index, event in decode_events(value).events:
-            if isinstance(event, HostEvent):
-                hosts.append(event)
-            elif isinstance(event, ViewerEvent):
-                rank = 0 if topic == topics.viewer_events else 1
-                by_partition[partition].append((event.ts, rank * 10**9 + offset * 1000 + index,
-                                                event))
-    return hosts, {p: [e for _, _, e in sorted(items, key=lambda x: (x[0], x[1]))]
-                   for p, items in by_partition.items()}
 
 
 def final_tags(changes: list[TagChange]) -> dict[str, set[tuple[str, str]]]:
