@@ -62,7 +62,7 @@ class PaymentKeepsCartTimers(ViewerEngine):
 
 def no_exits(monkeypatch: pytest.MonkeyPatch) -> type[ViewerEngine]:
     """Broken: exits are not re-checked when the nudge is due."""
-    monkeypatch.setattr(viewers, "exit_holds", lambda *a, **k: False)
+    monkeypatch.setattr(viewers, "exit_reason", lambda *a, **k: None)
     return ViewerEngine
 
 

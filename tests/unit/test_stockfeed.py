@@ -34,7 +34,8 @@ def test_at_most_one_per_interval_and_the_newest_always_sent(
         for sku, version in offers:
             offered[sku] = max(offered.get(sku, 0), version)
         sent += [(now, u) for u in coalescer.due(now)]
-    sent += [(now + INTERVAL, u) for u in coalescer.due(now + INTERVAL)]  # the last flush
+    last = now + 2 * INTERVAL  # the last flush, clear of float rounding at one interval
+    sent += [(last, u) for u in coalescer.due(last)]
     by_sku: dict[str, list[tuple[float, int]]] = {}
     for at, u in sent:
         by_sku.setdefault(u.sku, []).append((at, u.version))
