@@ -27,6 +27,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_future_ms: int = 300_000
     # How long the gateway remembers an event_id to refuse a duplicate.
     dedupe_ttl_s: int = 600
+    # An order's reservation lasts this long on event time (15 min), then is released.
+    reservation_ttl_s: int = 900
     max_body_bytes: int = 1 << 20
     # Live stock: at most one update per SKU per interval (100 ms = 10/s), newest always
     # sent. The interval is also the floor of the p99 latency to a viewer's screen.
@@ -61,7 +63,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
 _INTS = {"http_port", "partitions", "max_future_ms", "dedupe_ttl_s", "max_body_bytes",
          "stock_interval_ms", "read_timeout_s", "max_subscribers",
-         "nudge_hold_s"}
+         "nudge_hold_s", "reservation_ttl_s"}
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+\Z")
 
 

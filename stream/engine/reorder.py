@@ -64,6 +64,10 @@ class Reorder(Generic[T]):
         """The newest offset added from `topic` (-1 if none)."""
         return self._last.get(topic, -1)
 
+    def newest(self, topic: str) -> float:
+        """The newest event time added from `topic` (-inf if none)."""
+        return self._newest.get(topic, -_NEVER)
+
     def watermark(self, behind: set[str]) -> float:
         """Event time up to which nothing earlier can still come from the topics `behind`."""
         return min((self._newest.get(t, -_NEVER) for t in behind), default=_NEVER)

@@ -26,7 +26,7 @@ class ViewerState(msgspec.Struct, array_like=True, omit_defaults=True, gc=False)
 
     broadcast: int = 0  # the room's started_at this state belongs to; 0: not known yet
     joined: int = -1  # last viewer.joined (-1: never)
-    left: int = -1  # last viewer.left; in the room iff joined >= 0 and left < joined
+    left: int = -1  # the leave that closed the last visit; -1 while in it (and never)
     seen: int = -1  # last proof of presence in the current visit
     watched: int = 0  # ms of closed visits
     visits: int = 0
@@ -47,6 +47,14 @@ class ViewerState(msgspec.Struct, array_like=True, omit_defaults=True, gc=False)
     fired: dict[str, tuple[int, int]] | None = None  # rule id -> (count, last ts)
     hour: list[int] | None = None  # fire times within the last hour, all rules
     counts: dict[str, list[int]] | None = None  # event_count rule -> recent ts, pack_times'ed
+    # Recent absences as [from, to, from, to, ...]: a leave (or "never here": 0) to the join
+    # that ended it. Timers are judged up to grace_ms after their due time, when a viewer
+    # may have left and come back since; only these say whether they were here then.
+    away: list[int] | None = None
+    # The zone before the latest change of `tz`, and when it changed: a nudge due before
+    # a join that brought a new zone is judged in the zone the viewer had then.
+    tz_was: str = ""
+    tz_at: int = 0
 
 
 def in_room(s: ViewerState) -> bool:
@@ -54,12 +62,19 @@ def in_room(s: ViewerState) -> bool:
 
 
 def present_at(s: ViewerState, ts: int) -> bool:
-    """Was the viewer in the room at `ts`? Looks back across one leave/rejoin."""
+    """Was the viewer in the room at `ts`? Before the current visit, unless in a recent
+    absence (a join without a leave, or in the ms of the leave, was never away)."""
     if s.joined < 0:
         return False
     if s.joined <= ts:
-        return s.left < s.joined or s.left > ts
-    return s.left > ts  # rejoined after ts: the previous visit covered ts iff it ended later
+        return in_room(s) or s.left > ts
+    away = s.away or ()
+    return not any(away[i] <= ts < away[i + 1] for i in range(0, len(away), 2))
+
+
+def zone_at(s: ViewerState, ts: int) -> str:
+    """The viewer's zone as of `ts` ("": none given)."""
+    return s.tz if ts >= s.tz_at else s.tz_was
 
 
 def earliest(book: dict[str, int], sku: str, ts: int) -> None:
@@ -93,4 +108,5 @@ def tags_in(blob: bytes) -> dict[str, list[str]]:
 
 
 __all__ = ["NEVER", "Timer", "ViewerState", "any_by", "decode_state", "earliest",
-           "encode_state", "in_room", "pack_times", "present_at", "tags_in", "unpack_times"]
+           "encode_state", "in_room", "pack_times", "present_at", "tags_in", "unpack_times",
+           "zone_at"]

@@ -76,10 +76,14 @@ from stream.engine.state import (
     pack_times,
     present_at,
     unpack_times,
+    zone_at,
 )
 from stream.engine.stock import StockBook
 from stream.engine.tags import TagPlan
 from stream.engine.timeline import RoomTimeline
+
+# How long past the grace an absence is kept: a minute of margin for out-of-order events.
+AWAY_KEPT_MS = 60_000
 
 # --- outputs -----------------------------------------------------------------------------
 
@@ -338,7 +342,7 @@ class ViewerEngine:
                     out: list[Effect]) -> None:
         """Watch depth and high potential, both functions of watch time and visits."""
         # Heartbeats prove presence: an open visit counts up to the last event seen in it.
-        watch = s.watched + (s.seen - s.joined if s.joined >= 0 and s.left < s.joined else 0)
+        watch = s.watched + (s.seen - s.joined if in_room(s) else 0)
         depth = self._tags.watch_depth(watch)
         held = s.tags.get(T.WATCH_DEPTH)
         if held is None or held[0] != depth:
@@ -377,7 +381,9 @@ class ViewerEngine:
             due = ts + rule.delay_ms
             if paid_at <= due:
                 continue  # paid by then: the payment would have disarmed it
-            armed = [t for t in s.timers or () if t[1] == rule.id and t[2] == sku]
+            # Only a reminder still to come covers this one: one due before `ts` is judged
+            # on its own (it may sit in the state for grace_ms; that must not matter).
+            armed = [t for t in s.timers or () if t[1] == rule.id and t[2] == sku and t[0] >= ts]
             if armed and armed[0][0] <= due:
                 continue
             if armed:
@@ -452,7 +458,7 @@ class ViewerEngine:
             stocked = stock_reason(rule.rule, self.stock.available_at(room.room_id, sku, ts))
             if stocked is not None:
                 return stocked
-        if rule.quiet is not None and in_quiet_hours(rule.quiet, ts, s.tz):
+        if rule.quiet is not None and in_quiet_hours(rule.quiet, ts, zone_at(s, ts)):
             return "quiet_hours"
         fired = s.fired.get(rule.id) if s.fired else None
         return cap_reason(rule, fired, s.hour, self._plan.per_hour, ts)
@@ -517,8 +523,11 @@ class ViewerEngine:
         # not change the segment. SCRM should still check drop_off before the coupon.
         carted = any_by(s.cart, ts) or any_by(s.placed, ts)
         paid = any_by(s.paid, ts)
-        if T.drop_off_at_end(carted=carted, paid=bool(s.paid)):
+        if T.drop_off_at_end(carted=carted, paid=paid):
             self._add_tag(s, room_id, viewer_id, T.DROP_OFF, T.CART_UNPAID, ts, out)
+            if s.paid:  # paid after the end, applied first within grace_ms: removed as then
+                self._remove_tag(s, room_id, viewer_id, T.DROP_OFF, T.CART_UNPAID,
+                                 min(s.paid.values()), out)
         rule = self._followups.get(T.followup_segment(carted=carted, paid=paid))
         if rule is not None:
             out.append(FollowUp(viewer_id=viewer_id, room_id=room_id, segment=rule.segment,
@@ -527,11 +536,20 @@ class ViewerEngine:
     # --- event handlers -----------------------------------------------------------------
 
     def _open_visit(self, s: ViewerState, ts: int) -> None:
+        if not in_room(s):
+            since = s.left if s.joined >= 0 else 0  # away since the leave, or since ever
+            # Older absences can no longer matter: every timer due then has been judged.
+            old = ts - self.grace_ms - AWAY_KEPT_MS
+            pairs = s.away or []
+            away = [x for i in range(0, len(pairs), 2) if pairs[i + 1] >= old
+                    for x in pairs[i:i + 2]]
+            s.away = [*away, since, ts] if since < ts else away or None
         s.joined = s.seen = ts
+        s.left = -1
         s.visits += 1
 
     def _presence(self, s: ViewerState, ts: int) -> None:
-        if s.joined >= 0 and s.left < s.joined:
+        if in_room(s):
             if ts > s.seen:
                 s.seen = ts
         elif s.joined < 0:
@@ -550,7 +568,8 @@ class ViewerEngine:
         s.source = e.source
         s.leader = e.leader_id or s.leader
         s.region = e.region or s.region
-        s.tz = e.tz or s.tz
+        if e.tz and e.tz != s.tz:
+            s.tz_was, s.tz_at, s.tz = s.tz, e.ts, e.tz
         room_id, viewer_id, ts = e.room_id, e.viewer_id, e.ts
         self._add_tag(s, room_id, viewer_id, T.SOURCE, self._tags.source(e.source), ts, out)
         if e.leader_id:

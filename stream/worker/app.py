@@ -125,8 +125,10 @@ def create_app(settings: Settings) -> faust.App:
     feed = StockFeed(publish_stock, clock=time.monotonic,
                      interval_s=settings.stock_interval_ms / 1000)
     rooms = RoomLog(redis)
-    orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
-                    topics=topics, stock=rooms.stock)
+    orders = Orders(redis=redis, feed=feed, send=send, topics=topics, stock=rooms.stock,
+                    inventory=Inventory(redis,
+                                        reservation_ttl_ms=settings.reservation_ttl_s * 1000),
+                    partitions=settings.partitions)
     watcher = RuleWatcher(settings.rules_dir)
     processed: dict[TP, int] = {}  # the next offset handed to the pipeline, per partition
 

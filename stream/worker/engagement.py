@@ -49,6 +49,14 @@ SETTLE_EVERY_S = 1.0
 # another topic than their views and may arrive a little behind them; without the wait
 # an order placed just before the 3-minute mark could still trigger the reminder.
 GRACE_MS = 3000
+# The order topic may also be *written* ahead of the viewer topic (two backends, two
+# writers): a worker that has read all there is of the viewer topic would let an order
+# through whose time fires timers that views still on their way cancel. So while the
+# order topic is ahead, the viewer topic counts as behind for up to this much wall time.
+# One oracle run at 10x had order records written up to 7.2 s of show (0.72 s of wall)
+# ahead of later viewer records; 2 s covers that, and delays only effects of orders that
+# come while the viewer topic is quiet.
+HOLD_ORDERS_S = 2.0
 
 class Engagement:
     """Pipeline handler for viewer and order events, plus the idle-time tick."""
@@ -79,6 +87,7 @@ class Engagement:
         self.engines: dict[int, ViewerEngine] = {}
         self._fences: dict[int, dict[str, int]] = {}
         self._waiting: dict[int, Reorder[ViewerEvent]] = {}
+        self._ahead_since: dict[int, float] = {}  # partition -> when orders got ahead
         self._epoch = 0  # moves on every revoke: a load that spans one is stale
         self._times: dict[int, tuple[int, float]] = {}  # partition -> (event ms, wall s)
         # What the next settle must do: acks to await, effects to mark done, offsets whose
@@ -142,7 +151,7 @@ class Engagement:
             engine, waiting = self.engines[p], self._waiting[p]
             if engine.rules is not rules:
                 engine.rules = rules
-            behind = {t for t in self._inputs if self._behind(t, p)}
+            behind = {t for t in self._inputs if self._behind(t, p)} | self._held(p, waiting)
             released = waiting.release(behind)
             if released:
                 effects += [(p, e) for e in engine.apply_all(released, self._rooms.get)]
@@ -231,6 +240,7 @@ class Engagement:
         for p in gone:
             self.engines.pop(p, None)
             self._waiting.pop(p, None)
+            self._ahead_since.pop(p, None)
             self._fences.pop(p, None)
             self._times.pop(p, None)
             # Offsets applied to the dropped state must not be saved later: if the
@@ -276,6 +286,15 @@ class Engagement:
                 await scripts.execute(pipe)
         for p in queued:
             self._unsaved.pop(p, None)
+
+    def _held(self, partition: int, waiting: Reorder[ViewerEvent]) -> set[str]:
+        """{viewer topic} while the order topic is ahead of it, for up to HOLD_ORDERS_S."""
+        views, orders = self._inputs
+        if waiting.newest(orders) <= waiting.newest(views):
+            self._ahead_since.pop(partition, None)
+            return set()
+        since = self._ahead_since.setdefault(partition, self._clock())
+        return {views} if self._clock() - since < HOLD_ORDERS_S else set()
 
     def _observe(self, partition: int, ts: int) -> None:
         seen = self._times.get(partition)

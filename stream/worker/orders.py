@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from stream.core.batch import Part, Record, Send, newest_by_room
 from stream.core.codec import encode
 from stream.core.models import OrderEvent, OrderResult, StockSet
-from stream.core.topics import Topics
+from stream.core.topics import Topics, partition_for
 from stream.engine.stock import StockBook
 from stream.store import keys, scripts
 from stream.store.clocks import RoomClocks
@@ -28,9 +28,10 @@ class Orders:
     """Handler for the pipeline: applies stock.set and order.* events, exactly once each."""
 
     def __init__(self, *, redis: Redis, inventory: Inventory, feed: StockFeed, send: Send,
-                 topics: Topics, clock: Callable[[], float] = time.time,
+                 topics: Topics, partitions: int, clock: Callable[[], float] = time.time,
                  stock: StockBook | None = None) -> None:
         self._redis = redis
+        self._partitions = partitions
         # This worker's engines learn its own orders' levels at once, uncoalesced; other
         # workers' come through the room's stock log. Under a backlog the feed's 100 ms
         # of wall time is many seconds of show, past the timers' 3 s grace.
@@ -91,8 +92,11 @@ class Orders:
                 self._feed.offer(outcome.levels)
                 self._observe(outcome)
                 if outcome.fresh:  # else paid or cancelled in the meantime
+                    # On the viewer's input partition, as the order's other results: its
+                    # events are keyed by viewer id with Kafka's default partitioner.
+                    partition = partition_for(outcome.viewer_id, self._partitions)
                     await self._publish(_result(order_id, room, now, outcome,
-                                                outcome.viewer_id), None)
+                                                outcome.viewer_id), partition)
                     released += 1
         await self._feed.flush()
         return released

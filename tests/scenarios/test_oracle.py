@@ -1,11 +1,12 @@
-"""A broadcast of 2,000 viewers through the real stack, checked against the same event
-log computed offline; and the same show with a worker killed with -9 mid-show.
+"""A broadcast of 2,000 viewers through the real stack, checked against the event log as
+Kafka holds it; and the same show with a worker killed with -9 mid-show.
 
-- Oracle: the events as Kafka holds them, replayed per partition through a fresh
-  ViewerEngine with one final advance: the real outputs must equal it as sets.
-- Brute force, independent of the engine: every dwell nudge has its 3 minutes of
-  focus in the log and no order of that SKU before it fires; interaction, source
-  and visitor tags are exactly what the log says.
+- Reference model (tests/reference, a second plain implementation of the rules, not the
+  engine): every nudge, tag record and follow-up it calls for is on the output topics,
+  and nothing else (soundness and completeness); the current tags answer agrees.
+- Brute force, independent of both: every dwell nudge has its 3 minutes of focus in the
+  log and no order of that SKU before it fires; interaction, source and visitor tags
+  are exactly what the log says.
 - No effect twice on the output topics, whatever the kill did.
 """
 
@@ -22,6 +23,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from helpers import assert_nothing_twice, read_all, running_gateway
 from redis.asyncio import Redis
+from reference.compare import differences
+from reference.compare import held as held_by
+from reference.kafkalog import inputs
+from reference.model import expect
+from reference.room import room_of
 
 from stream.core.codec import decode_events
 from stream.core.config import Settings
@@ -41,24 +47,23 @@ from stream.core.models import (
 )
 from stream.core.topics import Topics
 from stream.engine.rules import load_dir
-from stream.engine.timeline import RoomTimeline
-from stream.engine.viewers import ViewerEngine
 from stream.local import sender, showplan
 from stream.local.runner import spawn, stop_processes
 from stream.store import keys
 from stream.store.currenttags import held_tags
 from stream.store.ledger import read_stats
-from stream.store.roomlog import fold
-from stream.worker.engagement import GRACE_MS
 
 pytestmark = pytest.mark.integration
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 SPEED = 10
+# A timer fires this long (event time) after it is due (README, Decisions: Timers on
+# event time, with grace); said here, not imported, so the test does not read the engine.
+GRACE_S = 3
 
 
 async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: str, seed: int,
-                   ) -> tuple[list[Nudge], list[TagChange], list[FollowUp], RoomTimeline,
+                   ) -> tuple[list[Nudge], list[TagChange], list[FollowUp], list[HostEvent],
                               dict[int, list[ViewerEvent]], dict[str, set[tuple[str, str]]]]:
     """2,000 viewers, a 5-minute show at 10x, through 2 workers (one killed if `kill`)."""
     settings = msgspec.structs.replace(settings, rules_dir=RULES)
@@ -106,9 +111,9 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
                 for v in viewers}
     finally:
         await redis.aclose()
-    room, by_partition = oracle_inputs(await read_all(settings, list(topics.inputs)), topics,
-                                       room_id)
-    return nudges, tags, follows, room, by_partition, {v: t for v, t in held.items() if t}
+    log = await read_all(settings, list(topics.inputs))
+    hosts, by_partition = inputs(log, topics)
+    return nudges, tags, follows, hosts, by_partition, {v: t for v, t in held.items() if t}
 
 
 async def latest_nudge_s(settings: Settings, *, speed: float) -> float:
@@ -136,10 +141,6 @@ async def latest_nudge_s(settings: Settings, *, speed: float) -> float:
                for n in [msgspec.json.decode(r.value, type=Nudge)])
 
 
-def as_set(nudges: list[Nudge], until: int) -> set[tuple[str, str, str | None, str, int]]:
-    return {(n.viewer_id, n.rule_id, n.sku, n.variant, n.ts) for n in nudges if n.ts <= until}
-
-
 async def test_stack_matches_oracle(settings: Settings, tmp_path: Path) -> None:
     await assert_matches_oracle(settings, tmp_path, kill=False, room_id="oracle-room", seed=11)
 
@@ -152,60 +153,27 @@ async def test_kill_9_mid_show_matches_oracle(settings: Settings, tmp_path: Path
 
 async def assert_matches_oracle(settings: Settings, tmp_path: Path, *, kill: bool,
                                 room_id: str, seed: int) -> None:
-    nudges, tags, follows, room, by_partition, held = await run_show(
+    nudges, tags, follows, hosts, by_partition, held = await run_show(
         settings, tmp_path, kill=kill, room_id=room_id, seed=seed)
     assert_nothing_twice(nudges, tags, follows)
     # Due nudges may fire late after a kill (a takeover waits for the group), not later
     # than 15 s; the grace before a timer fires is in event time, 1/SPEED of it in wall.
     late = await latest_nudge_s(settings, speed=SPEED)
-    assert late <= 15 + GRACE_MS / 1000 / SPEED, f"a nudge fired {late:.1f} s after its time"
-    expected_nudges, expected_tags = oracle(room, by_partition)
-    assert room.ended_at is not None
-    got = as_set(nudges, room.ended_at)
-    want = {n for n in expected_nudges if n[4] <= room.ended_at}
-    assert got == want, f"{len(got - want)} extra, e.g. {sorted(got - want)[:2]}; " \
-                        f"{len(want - got)} missing, e.g. {sorted(want - got)[:2]}"
-    assert final_tags(tags) == expected_tags
-    assert held == expected_tags
-    assert len(follows) == len({e.viewer_id for p in by_partition.values() for e in p
-                                if isinstance(e, ViewerJoined)})
+    assert late <= 15 + GRACE_S / SPEED, f"a nudge fired {late:.1f} s after its time"
+    want = expect(load_dir(RULES), hosts, [e for p in by_partition.values() for e in p])
+    ended = room_of(room_id, hosts).ended_at
+    assert ended is not None
+    # Sound and complete: every record the rules call for, and nothing else. Nudges due
+    # after the end are left out on both sides: the run stops a little past it.
+    # A known way to fail: the order topic written more than the grace ahead of the viewer
+    # topic (0.3 s of wall at 10x; one run here had 175 of 2,305 viewer records written
+    # after an order record up to 7.2 s of show ahead). A worker that has read all of the
+    # viewer topic holds nothing back, so the order's time fires a dwell that a view just
+    # before its due time, not yet in Kafka, would have broken.
+    assert differences(want, nudges, tags, follows, until=ended) == []
+    assert final_tags(tags) == held_by(want.tags)
+    assert held == held_by(want.tags)
     brute_force_checks(by_partition, nudges, final_tags(tags))
-
-
-def oracle_inputs(log: list[tuple[str, int, int, bytes]], topics: Topics,
-                  room_id: str) -> tuple[RoomTimeline, dict[int, list[ViewerEvent]]]:
-    """The room's timeline and each partition's viewer events, in event-time order."""
-    hosts: list[HostEvent] = []
-    by_partition: dict[int, list[tuple[int, int, ViewerEvent]]] = defaultdict(list)
-    for topic, partition, offset, value in sorted(log, key=lambda r: (r[0], r[1], r[2])):
-        for index, event in decode_events(value).events:
-            if isinstance(event, HostEvent):
-                hosts.append(event)
-            elif isinstance(event, ViewerEvent):
-                rank = 0 if topic == topics.viewer_events else 1
-                by_partition[partition].append((event.ts, rank * 10**9 + offset * 1000 + index,
-                                                event))
-    room = fold(RoomTimeline(room_id=room_id), sorted(hosts, key=lambda e: e.ts))
-    return room, {p: [e for _, _, e in sorted(items, key=lambda x: (x[0], x[1]))]
-                  for p, items in by_partition.items()}
-
-
-def oracle(room: RoomTimeline, by_partition: dict[int, list[ViewerEvent]],
-           ) -> tuple[set[tuple[str, str, str | None, str, int]], dict[str, set[tuple[str, str]]]]:
-    rules = load_dir(RULES)
-    nudges: set[tuple[str, str, str | None, str, int]] = set()
-    changes: list[TagChange] = []
-    assert room.ended_at is not None
-    for events in by_partition.values():
-        engine = ViewerEngine(rules, grace_ms=GRACE_MS)
-        effects = []
-        for event in events:
-            effects += engine.apply(event, room)
-        effects += engine.advance(room.ended_at + GRACE_MS + 1, {room.room_id: room})
-        nudges |= {(e.viewer_id, e.rule_id, e.sku, e.variant, e.ts)
-                   for e in effects if isinstance(e, Nudge)}
-        changes += [e for e in effects if isinstance(e, TagChange)]
-    return nudges, final_tags(changes)
 
 
 def final_tags(changes: list[TagChange]) -> dict[str, set[tuple[str, str]]]:
