@@ -1,6 +1,7 @@
 """Hot-SKU reservations: the full path against raw Redis script calls, in one run.
 
     .venv/bin/python bench/inventory.py [--orders 40000] [--rate 1000] [--seconds 10]
+                                        [--cluster 3]
 
 1. Full path: order.placed events POSTed to the gateway (a separate process), through
    Kafka to a worker process, reserved in Redis, until every order has its result on
@@ -10,6 +11,12 @@
 3. Latency at a steady --rate orders/s: from the gateway's 202 for a request to the
    first SSE `stock` event that includes its orders (conservative: a request counts
    as seen only when every order before it is in too).
+4. With --cluster N (in the same run): the inventory script as the worker calls it (500
+   orders a call, one pipeline per round) for one hot SKU: on the single node above, on
+   an embedded cluster of N masters (a replica each) with the SKU in one slot, split into
+   N stock buckets on N slots (one per master, orders spread round-robin: the ceiling of
+   a bucketed SKU), and the same N buckets with WAIT 1 after every call (the cost of
+   LIVECOMMERCE_REDIS_WAIT_REPLICAS=1).
 """
 
 from __future__ import annotations
@@ -18,22 +25,27 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer
+from redis.asyncio.cluster import RedisCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import System, describe, emit, now_ms, pct, post, system
 
 from stream.core.topics import Topics
-from stream.store import keys
+from stream.local.cluster import EmbeddedCluster
+from stream.store import keys, scripts
+from stream.store.connect import Client, connect
 from stream.store.inventory import APPLY, ORDER_RETENTION_S, Inventory
 
 SKU = "germ-rice-5kg"
 BATCH = 500
+CALL = 500  # orders per script call, as the worker's CHUNK
 IN_FLIGHT = 8
 
 
@@ -100,6 +112,65 @@ async def raw_script(sys_: System, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+async def script_rounds(redis: Client, rooms: list[str], n: int, *, wait: int = 0) -> float:
+    """`n` one-unit orders of SKU over `rooms` (each its own slot), 500 per script call,
+    every room's next call in one pipeline per round: orders per second."""
+    inventory = Inventory(redis, wait_replicas=wait)
+    share = n // len(rooms)
+    for room in rooms:
+        await inventory.run(room, [["set", f"{room}-s", SKU, share // 2, "", ""]], ts=now_ms())
+    deadline = str(now_ms() + 900_000)
+    started = time.perf_counter()
+    for lo in range(0, share, CALL):
+        async with redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                ops = [["place", f"{room}-o{i}", f"v{i}", deadline, [[SKU, 1, 59.9]],
+                        "0", "1", "1000"] for i in range(lo, min(share, lo + CALL))]
+                await inventory.queue(pipe, room, ops)
+            waits = inventory.queue_wait(pipe, rooms)
+            answers = await scripts.execute(pipe)
+        if waits:
+            inventory.check_wait(answers[-waits:])
+    return share * len(rooms) / (time.perf_counter() - started)
+
+
+def spread_rooms(cluster: RedisCluster, count: int, prefix: str) -> list[str]:
+    """`count` room ids whose slots sit on `count` different masters (when there are)."""
+    rooms: dict[str, str] = {}
+    for i in range(10_000):
+        room = f"{prefix}{i}"
+        node = cluster.get_node_from_key(keys.stats(room)).name
+        rooms.setdefault(node, room)
+        if len(rooms) == count:
+            break
+    return list(rooms.values())
+
+
+async def cluster_rows(sys_: System, n: int, masters: int) -> dict[str, float]:
+    """Script throughput for one hot SKU: 1 node against `masters` masters."""
+    with tempfile.TemporaryDirectory(prefix="lc-bench-cluster-") as tmp:
+        embedded = EmbeddedCluster(masters=masters, replicas=1, workdir=Path(tmp))
+        await embedded.start()
+        cluster = await connect(embedded.url)
+        try:
+            assert isinstance(cluster, RedisCluster)
+            single = await script_rounds(sys_.redis, ["hot-single"], n)
+            one_slot = await script_rounds(cluster, ["hot-one-slot"], n)
+            buckets = spread_rooms(cluster, masters, "hot-bucket-")
+            spread = await script_rounds(cluster, buckets, n)
+            waited = await script_rounds(cluster, spread_rooms(cluster, masters, "hot-wait-"),
+                                         n, wait=1)
+        finally:
+            await cluster.aclose()
+            await embedded.stop()
+    return {"cluster_masters": masters, "script_single_node_per_s": round(single),
+            "script_cluster_one_slot_per_s": round(one_slot),
+            "script_cluster_buckets_per_s": round(spread),
+            "script_cluster_buckets_wait1_per_s": round(waited),
+            "cluster_speedup": round(spread / single, 2),
+            "wait1_cost": round(1 - waited / spread, 3)}
+
+
 async def latency(sys_: System, session: aiohttp.ClientSession, rate: int,
                   seconds: float) -> list[float]:
     room = "bench-latency"
@@ -162,6 +233,8 @@ async def main() -> None:
     parser.add_argument("--orders", type=int, default=40_000)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--cluster", type=int, default=0, metavar="N",
+                        help="also measure the hot SKU's script on N cluster masters")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     async with system(workers=1) as sys_, aiohttp.ClientSession() as session:
@@ -169,6 +242,7 @@ async def main() -> None:
         full = await full_path(sys_, session, args.orders)
         raw = await raw_script(sys_, args.orders)
         lat = await latency(sys_, session, args.rate, args.seconds)
+        clustered = await cluster_rows(sys_, args.orders, args.cluster) if args.cluster else {}
     figures = {
         "full_path_reservations_per_s": round(full),
         "raw_evalsha_per_s": round(raw),
@@ -176,12 +250,20 @@ async def main() -> None:
         "latency_rate_per_s": args.rate,
         "latency_p50_ms": round(pct(lat, 50), 1),
         "latency_p99_ms": round(pct(lat, 99), 1),
+        **clustered,
     }
     print(f"hot-SKU reservations, full path (gateway -> Kafka -> worker -> Redis -> result): "
           f"{full:,.0f}/s")
     print(f"raw redis-py pipelined EVALSHA of the same script, same server: {raw:,.0f}/s")
     print(f"ratio: {full / raw:.2f} (target >= 0.5)")
     print(f"202 -> SSE stock event at {args.rate} orders/s: {describe(lat)} (target p99 <= 100)")
+    if clustered:
+        c = clustered
+        print(f"hot SKU script, {CALL} orders a call: 1 node {c['script_single_node_per_s']:,}/s;"
+              f" {args.cluster} masters: one slot {c['script_cluster_one_slot_per_s']:,}/s, "
+              f"{args.cluster} buckets {c['script_cluster_buckets_per_s']:,}/s "
+              f"(x{clustered['cluster_speedup']}), with WAIT 1 "
+              f"{clustered['script_cluster_buckets_wait1_per_s']:,}/s")
     emit(figures, args.json)
 
 

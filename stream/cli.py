@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import click
 import msgspec
@@ -37,9 +37,39 @@ def _run_fast(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        asyncio.run(coro)
+        _run(coro)
     else:
-        uvloop.run(coro)
+        _run(coro, runner=uvloop.run)
+
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T],
+         runner: Callable[[Coroutine[Any, Any, T]], T] = asyncio.run) -> T:
+    """Run `coro`; a Redis it cannot use is one line on stderr and exit code 2 (whatever
+    it started is stopped on the way out), not a traceback or a hang."""
+    from stream.store.connect import RedisUnusable
+
+    try:
+        return runner(coro)
+    except RedisUnusable as exc:
+        click.echo(f"livecommerce: {exc}", err=True)
+        sys.exit(2)
+
+
+_cluster_options = [
+    click.option("--redis-cluster", type=int, default=0, metavar="N",
+                 help="Embedded Redis Cluster of N masters instead of one Redis node."),
+    click.option("--redis-replicas", type=int, default=0, metavar="R",
+                 help="With --redis-cluster: R replicas per master."),
+]
+
+
+def _with_cluster_options(fn: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_cluster_options):
+        fn = option(fn)
+    return fn
 
 
 @click.group()
@@ -50,12 +80,14 @@ def main() -> None:
 @main.command()
 @click.option("--http-port", type=int, default=None, help="Gateway port (default: a free one).")
 @click.option("--workers", type=int, default=1, show_default=True)
-def up(http_port: int | None, workers: int) -> None:
+@_with_cluster_options
+def up(http_port: int | None, workers: int, redis_cluster: int, redis_replicas: int) -> None:
     """Embedded broker + Redis + workers + gateway, until Ctrl-C."""
     from stream.local.runner import running
 
     async def serve() -> None:
-        async with running(_settings(), workers=workers, http_port=http_port) as run:
+        async with running(_settings(), workers=workers, http_port=http_port,
+                           redis_cluster=redis_cluster, redis_replicas=redis_replicas) as run:
             s = run.settings
             click.echo(f"gateway   {run.gateway_url}")
             click.echo(f"kafka     {s.kafka_url}")
@@ -85,15 +117,16 @@ def up(http_port: int | None, workers: int) -> None:
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--http-port", type=int, default=None)
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary line on stdout.")
+@_with_cluster_options
 def demo(viewers: int, duration: float, speed: float, seed: int, http_port: int | None,
-         as_json: bool) -> None:
+         as_json: bool, redis_cluster: int, redis_replicas: int) -> None:
     """`up` plus a simulated broadcast; prints a summary and exits."""
     from stream.local.demo import run_demo
 
-    summary = asyncio.run(run_demo(_settings(), viewers=viewers, duration_s=duration,
-                                   speed=speed, seed=seed, http_port=http_port,
-                                   progress=sys.stderr.isatty(),
-                                   announce=not as_json))
+    summary = _run(run_demo(_settings(), viewers=viewers, duration_s=duration,
+                            speed=speed, seed=seed, http_port=http_port,
+                            progress=sys.stderr.isatty(), announce=not as_json,
+                            redis_cluster=redis_cluster, redis_replicas=redis_replicas))
     if as_json:
         click.echo(msgspec.json.encode(summary).decode())
     else:
@@ -132,9 +165,9 @@ def gateway(host: str) -> None:
 
     async def serve() -> None:
         gw = Gateway(settings, Tokens.load(settings.tokens_file))  # type: ignore[arg-type]
-        await gw.start(host=host)
-        click.echo(f"gateway listening on {host}:{settings.http_port}", err=True)
         try:
+            await gw.start(host=host)
+            click.echo(f"gateway listening on {host}:{settings.http_port}", err=True)
             await _until_stopped()
         finally:
             await gw.stop()
@@ -171,19 +204,19 @@ def simulate(gateway_url: str, room: str, viewers: int, duration: float, speed: 
 @click.argument("rooms", nargs=-1)
 def check(rooms: tuple[str, ...]) -> None:
     """Verify available + reserved + sold == loaded for every SKU (all rooms by default)."""
-    from redis.asyncio import Redis
-
     from stream.store import keys
+    from stream.store.connect import connect
     from stream.store.inventory import Inventory
+    from stream.store.replies import text
 
     settings = _settings()
     if not settings.redis_url:
         raise click.UsageError("set LIVECOMMERCE_REDIS_URL")
 
     async def audit() -> int:
-        redis = Redis.from_url(settings.redis_url)
+        redis = await connect(settings.redis_url)
         try:
-            names = list(rooms) or sorted(r.decode() for r in await redis.smembers(keys.ROOMS))
+            names = list(rooms) or sorted(text(r) for r in await redis.smembers(keys.ROOMS))
             inventory = Inventory(redis)
             bad = 0
             for room in names:
@@ -197,7 +230,7 @@ def check(rooms: tuple[str, ...]) -> None:
         finally:
             await redis.aclose()
 
-    sys.exit(1 if asyncio.run(audit()) else 0)
+    sys.exit(1 if _run(audit()) else 0)
 
 
 @main.command()
@@ -209,9 +242,8 @@ def report(room: str, out: str | None, as_json: bool) -> None:
     """The post-live review (复盘) of ROOM, from the live system's Redis."""
     from pathlib import Path
 
-    from redis.asyncio import Redis
-
     from stream.hostview.report import render_html, review
+    from stream.store.connect import connect
 
     settings = _settings()
     if not settings.redis_url:
@@ -220,13 +252,13 @@ def report(room: str, out: str | None, as_json: bool) -> None:
         raise click.UsageError("give --out FILE.html, --json, or both")
 
     async def read() -> object:
-        redis = Redis.from_url(settings.redis_url)
+        redis = await connect(settings.redis_url)
         try:
             return await review(redis, room)
         finally:
             await redis.aclose()
 
-    result = asyncio.run(read())
+    result = _run(read())
     if out is not None:
         Path(out).write_text(render_html(result), encoding="utf-8")  # type: ignore[arg-type]
         click.echo(f"wrote {out}", err=True)

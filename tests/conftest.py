@@ -35,3 +35,21 @@ async def redis(stack: EmbeddedStack) -> AsyncIterator[Redis]:
     client = Redis.from_url(stack.redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def redis_cluster(stack: EmbeddedStack) -> AsyncIterator[EmbeddedStack]:
+    """An embedded Redis Cluster of 3 masters (no replicas), next to the shared broker."""
+    s = EmbeddedStack(redis_cluster=3)
+    await s.start(kafka=False)
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+@pytest.fixture
+def cluster_settings(stack: EmbeddedStack, redis_cluster: EmbeddedStack) -> Settings:
+    """Settings on the shared broker and the 3-master cluster, with topics of their own."""
+    return Settings(kafka_url=stack.kafka_url, redis_url=redis_cluster.redis_url,
+                    topic_prefix=f"t{uuid.uuid4().hex[:8]}.", partitions=4)

@@ -54,6 +54,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # reconnect (mobile sockets drop for seconds to a minute: a tunnel, a backgrounded
     # app), then dropped and counted as `suppressed:<rule>:expired`.
     nudge_hold_s: int = 60
+    # A process that cannot use its Redis (unreachable, a cluster with slots unserved)
+    # says so and exits after this long: 25 s fits the ~30 s an operator or an
+    # orchestrator's start probe waits, and outlasts a cluster still forming (~2 s here).
+    redis_connect_timeout_s: int = 25
+    # After each inventory script, wait until this many replicas have its writes (WAIT)
+    # before the order result goes out; 0 = do not wait (see README: failover).
+    redis_wait_replicas: int = 0
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -63,7 +70,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
 _INTS = {"http_port", "partitions", "max_future_ms", "dedupe_ttl_s", "max_body_bytes",
          "stock_interval_ms", "read_timeout_s", "max_subscribers",
-         "nudge_hold_s", "reservation_ttl_s"}
+         "nudge_hold_s", "reservation_ttl_s", "redis_connect_timeout_s",
+         "redis_wait_replicas"}
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+\Z")
 
 

@@ -12,9 +12,6 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream.core.auth import Tokens, bearer
 from stream.core.config import Settings, parse_origins
@@ -45,6 +42,7 @@ from stream.gateway.subscribers import SubscriberCap, effective_cap
 from stream.hostview.access import reads_host_data
 from stream.hostview.dashboard import add_host_view, host_exposition
 from stream.store import keys
+from stream.store.connect import Client, connect, is_transient
 from stream.store.currenttags import held_tags
 from stream.store.nudgebox import NudgeBox
 from stream.store.roomlog import HostLog
@@ -56,7 +54,7 @@ SUBSCRIBERS = web.AppKey("subscribers", SubscriberCap)
 BACKLOG = 4096
 
 
-def create_app(*, settings: Settings, tokens: Tokens, redis: Redis,
+def create_app(*, settings: Settings, tokens: Tokens, redis: Client,
                producer: EnvelopeProducer, hub: LiveHub | None = None,
                relay: NudgeRelay | None = None) -> web.Application:
     limiter = RateLimiter(tokens, rate=settings.rate_limit,
@@ -107,7 +105,9 @@ async def redis_unavailable(request: web.Request, handler: Handler) -> web.Strea
     is refused as a duplicate, which clients count as delivered."""
     try:
         return await handler(request)
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
         log.warning("redis unavailable: %r", exc)
         return replies.retry_later("redis unavailable; retry")
 
@@ -150,17 +150,19 @@ class Gateway:
     def __init__(self, settings: Settings, tokens: Tokens) -> None:
         self.settings = settings
         self.tokens = tokens
-        # A blocking pool: a burst of requests (400 viewers leaving at once) waits for a
-        # connection instead of failing with redis-py's "Too many connections".
-        self.redis = Redis.from_pool(BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=10))
         self.producer = EnvelopeProducer(bootstrap=settings.kafka_bootstrap)
-        self.hub = LiveHub(self.redis)
         self.relay: NudgeRelay | None = None  # the app's, once started
         self._runner: web.AppRunner | None = None
 
     async def start(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+        """Connect (`RedisUnusable` within ~25 s for a wrong Redis), then serve."""
         raise_open_files()  # one socket per live viewer
+        # A blocking pool: a burst of requests (400 viewers leaving at once) waits for a
+        # connection instead of failing with redis-py's "Too many connections".
+        self.redis: Client = await connect(
+            self.settings.redis_url, max_connections=REDIS_CONNECTIONS,
+            timeout_s=self.settings.redis_connect_timeout_s)
+        self.hub = LiveHub(self.redis)
         await self.producer.start()
         # The app registers its channels (nudges) on the hub: build it before starting it.
         app = create_app(settings=self.settings, tokens=self.tokens, redis=self.redis,
@@ -179,8 +181,9 @@ class Gateway:
 
     async def stop(self) -> None:
         # First: ends the streaming handlers, which the runner would wait 60 s for.
-        await self.hub.stop()
         if self._runner is not None:
+            await self.hub.stop()
             await self._runner.cleanup()
         await self.producer.stop()
-        await self.redis.aclose()
+        if hasattr(self, "redis"):
+            await self.redis.aclose()

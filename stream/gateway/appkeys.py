@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from stream.core.config import Settings
 from stream.core.topics import Topics
@@ -11,10 +10,11 @@ from stream.gateway.hub import LiveHub
 from stream.gateway.nudgefeed import NudgeRelay
 from stream.gateway.producer import EnvelopeProducer
 from stream.hostview.access import TOKENS
+from stream.store.connect import Client
 from stream.store.roomlog import HostLog
 
 SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", Redis)
+REDIS: web.AppKey[Client] = web.AppKey("redis")
 PRODUCER = web.AppKey("producer", EnvelopeProducer)
 TOPICS = web.AppKey("topics", Topics)
 STOCK_HUB = web.AppKey("stock_hub", LiveHub)

@@ -24,10 +24,11 @@ from typing import Literal
 
 import msgspec
 from prometheus_client import Counter, Gauge
-from redis.asyncio import Redis
 
 from stream.core.models import StockUpdate
 from stream.store import keys
+from stream.store.channels import subscriber
+from stream.store.connect import Client
 from stream.store.stockread import StockReader
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class LiveHub:
     was away are gone.
     """
 
-    def __init__(self, redis: Redis, *, keepalive_s: float = 15.0, reap_s: float = 1.0,
+    def __init__(self, redis: Client, *, keepalive_s: float = 15.0, reap_s: float = 1.0,
                  ping_s: float = 5.0, min_backoff_s: float = 0.2, max_backoff_s: float = 10.0,
                  connect_timeout_s: float = 5.0) -> None:
         self.redis = redis
@@ -308,7 +309,7 @@ class LiveHub:
     async def _listen(self) -> None:
         failures = 0
         while True:
-            pubsub = self.redis.pubsub()
+            pubsub = subscriber(self.redis, attempt=failures)
             try:
                 await pubsub.subscribe(*self._channels)
                 unanswered = 0

@@ -14,9 +14,6 @@ import uuid
 
 from aiohttp import web
 from prometheus_client import Counter
-from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream.core.auth import bearer
 from stream.core.codec import BodyError, clock_error, decode_events, encode
@@ -27,6 +24,7 @@ from stream.gateway import replies
 from stream.gateway.appkeys import HOST_LOG, PRODUCER, REDIS, SETTINGS, TOKENS, TOPICS
 from stream.gateway.producer import EnvelopeProducer
 from stream.store import eventids, keys
+from stream.store.connect import Client, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +110,9 @@ async def post_events(request: web.Request) -> web.Response:
         # Host events reach the room log before the 202: an order accepted after a segment
         # starts then sees that segment, even if the host topic is read later.
         await app[HOST_LOG].append([e for _, e in fresh if isinstance(e, HostEvent)])
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
         log.warning("accepted events written to Kafka, Redis away: %r", exc)
     await _dead_letter(app[PRODUCER], app[REDIS], topics, rejected, now_ms)
     answer = sorted(
@@ -138,7 +138,7 @@ async def _produce(producer: EnvelopeProducer, topics: Topics, partitions: int,
         await asyncio.gather(*waiters)
 
 
-async def _dead_letter(producer: EnvelopeProducer, redis: Redis, topics: Topics,
+async def _dead_letter(producer: EnvelopeProducer, redis: Client, topics: Topics,
                        rejected: list[tuple[int, str, bytes]], now_ms: int) -> None:
     if not rejected:
         return
@@ -150,5 +150,7 @@ async def _dead_letter(producer: EnvelopeProducer, redis: Redis, topics: Topics,
             for _, _, raw in rejected:
                 pipe.hincrby(keys.stats(room_of(raw)), "dead_letters", 1)
             await pipe.execute()
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
         log.warning("%d dead letters written, not counted (Redis away): %r", len(letters), exc)

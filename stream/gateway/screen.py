@@ -11,11 +11,11 @@ from importlib import resources
 
 import orjson
 from aiohttp import web
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from stream.gateway.routes import room_id_of
 from stream.store import stockread
+from stream.store.connect import Client
 
 STATIC = resources.files("stream.gateway") / "static"
 _JS = "text/javascript"
@@ -24,10 +24,10 @@ _ASSETS = {"live.js": _JS, "live.css": "text/css"}
 # 5,000 viewers a second still costs each browser one request.
 CACHE = "public, max-age=300"
 
-REDIS = web.AppKey("screen_redis", Redis)
+REDIS: web.AppKey[Client] = web.AppKey("screen_redis")
 
 
-def add_screen(app: web.Application, redis: Redis) -> None:
+def add_screen(app: web.Application, redis: Client) -> None:
     """Routes: `/client/livecommerce.js`, `/live/{room}` and its assets, products."""
     app[REDIS] = redis
     app.router.add_get("/client/livecommerce.js", client)

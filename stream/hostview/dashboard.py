@@ -15,13 +15,13 @@ from importlib import resources
 import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from stream.hostview.access import host_data
 from stream.hostview.metrics import RoomMetrics, compute
 from stream.hostview.prom import RoomCollector
 from stream.hostview.reader import RoomReader
+from stream.store.connect import Client
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ STATIC = resources.files("stream.hostview") / "static"
 class HostView:
     """Computes rooms' metrics from Redis, with a short per-room cache."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._reader = RoomReader(redis)
         self._cache: dict[str, tuple[float, RoomMetrics]] = {}
 
@@ -61,7 +61,7 @@ class HostView:
 HOST_VIEW = web.AppKey("host_view", HostView)
 
 
-def add_host_view(app: web.Application, redis: Redis) -> None:
+def add_host_view(app: web.Application, redis: Client) -> None:
     """Routes: `/v1/rooms/{room}/metrics`, `/dashboard/{room}` and its assets."""
     app[HOST_VIEW] = HostView(redis)
     app.router.add_get("/v1/rooms/{room}/metrics", room_metrics)

@@ -4,12 +4,13 @@ every viewer for the post-live review (written by stream/store/presence.py)."""
 from __future__ import annotations
 
 import msgspec
-from redis.asyncio import Redis
 
 from stream.hostview.metrics import RoomRaw, SkuRow
 from stream.store import keys
 from stream.store.clocks import RoomClocks
+from stream.store.connect import Client
 from stream.store.ledger import read_stats
+from stream.store.replies import text
 from stream.store.roomlog import RoomLog
 
 
@@ -31,7 +32,7 @@ class Viewer(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 class RoomReader:
     """Reads a room's counters (and its host log, cached) for metrics and the review."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._rooms = RoomLog(redis)
         self._clocks = RoomClocks(redis)
@@ -39,7 +40,7 @@ class RoomReader:
     async def raw(self, room_id: str, *, wall_now_ms: int) -> RoomRaw:
         redis = self._redis
         await self._rooms.refresh([room_id])
-        skus = sorted(s.decode() for s in await redis.smembers(keys.skus(room_id)))
+        skus = sorted(text(s) for s in await redis.smembers(keys.skus(room_id)))
         async with redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.seconds(room_id))
             pipe.hgetall(keys.nudged(room_id))
@@ -91,5 +92,5 @@ class RoomReader:
 
     async def recent_rooms(self, *, since_ms: int) -> list[str]:
         """Rooms with an event since `since_ms` (what Prometheus exports)."""
-        return [r.decode() for r in await self._redis.zrangebyscore(
+        return [text(r) for r in await self._redis.zrangebyscore(
             keys.METRIC_ROOMS, since_ms, "+inf")]

@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable, Iterable
 
 import msgspec
-from redis.asyncio import Redis
 
 from stream.hostview.metrics import NudgeMetrics, RoomMetrics, SegmentMetrics, Totals, compute
 from stream.hostview.reader import RoomReader, Viewer
+from stream.store.connect import Client
 
 UNCONVERTED = ("payment_failed", "cart_unpaid", "watched_only")
 
@@ -93,7 +93,7 @@ def build(metrics: RoomMetrics, viewers: list[Viewer]) -> Review:
     )
 
 
-async def review(redis: Redis, room_id: str) -> Review:
+async def review(redis: Client, room_id: str) -> Review:
     """Read the room and build its review (the room's clock caps open watch time)."""
     reader = RoomReader(redis)
     metrics = compute(await reader.raw(room_id, wall_now_ms=int(time.time() * 1000)))

@@ -195,9 +195,9 @@ async def _kafka_answers(bootstrap: str) -> bool:
 
 
 async def _redis_answers(url: str) -> bool:
-    from redis.asyncio import Redis
+    from stream.store.connect import plain
 
-    client = Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    client = plain(url, socket_connect_timeout=1.0, socket_timeout=2.0)
     try:
         return bool(await client.ping())
     except Exception:

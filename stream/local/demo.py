@@ -30,9 +30,11 @@ class Summary(msgspec.Struct, kw_only=True):
 
 async def run_demo(settings: Settings, *, viewers: int, duration_s: float, speed: float,
                    seed: int, http_port: int | None, progress: bool,
-                   room_id: str = "demo-room", announce: bool = True) -> Summary:
+                   room_id: str = "demo-room", announce: bool = True,
+                   redis_cluster: int = 0, redis_replicas: int = 0) -> Summary:
     started = time.monotonic()
-    async with running(settings, http_port=http_port) as run:
+    async with running(settings, http_port=http_port, redis_cluster=redis_cluster,
+                       redis_replicas=redis_replicas) as run:
         if announce:
             print(f"gateway {run.gateway_url}  (viewers={viewers}, "
                   f"{duration_s:g}s at {speed:g}x = {duration_s * speed / 60:.1f} min of show)",

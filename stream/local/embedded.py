@@ -36,6 +36,7 @@ from stream.local.children import (
     wait_for_kafka,
     wait_for_redis,
 )
+from stream.local.cluster import EmbeddedCluster
 
 __all__ = ["HOST", "ChildProcess", "EmbeddedStack", "EmbeddedStackError", "die_with_parent",
            "free_port", "tansu_binary", "valkey_binary", "wait_for_kafka", "wait_for_redis"]
@@ -55,7 +56,8 @@ class EmbeddedStack:
     to start only what the user did not configure. `stop()` is idempotent.
     """
 
-    def __init__(self, *, log_dir: Path | None = None, durable_redis: bool = False) -> None:
+    def __init__(self, *, log_dir: Path | None = None, durable_redis: bool = False,
+                 redis_cluster: int = 0, redis_replicas: int = 0) -> None:
         # A caller-given log_dir is kept after stop(); the default temp dir is removed.
         self._log_dir = log_dir
         # An append-only file synced on every write, as a production Redis would keep:
@@ -66,6 +68,10 @@ class EmbeddedStack:
         self._redis_port: int | None = None
         self.kafka: ChildProcess | None = None
         self.redis: ChildProcess | None = None
+        # `redis_cluster` masters (each with `redis_replicas` replicas) instead of one node.
+        self._cluster_size = redis_cluster
+        self._cluster_replicas = redis_replicas
+        self.cluster: EmbeddedCluster | None = None
 
     # -- addresses
 
@@ -83,7 +89,9 @@ class EmbeddedStack:
 
     @property
     def redis_url(self) -> str:
-        """`redis://127.0.0.1:PORT/0`."""
+        """`redis://127.0.0.1:PORT/0`, or every node of the embedded cluster."""
+        if self.cluster is not None and self.cluster.nodes:
+            return self.cluster.url
         if self._redis_port is None:
             raise RuntimeError("the embedded Redis was not started")
         return f"redis://{HOST}:{self._redis_port}/0"
@@ -172,7 +180,15 @@ class EmbeddedStack:
     # -- Redis
 
     async def start_redis(self, *, timeout: float = 20.0) -> None:  # noqa: ASYNC109
-        """Start valkey; on the port it had before if it was stopped, else a free one."""
+        """Start valkey; on the port it had before if it was stopped, else a free one.
+        With `redis_cluster`, a fresh embedded cluster instead."""
+        if self._cluster_size:
+            await self.stop_redis()
+            self.cluster = EmbeddedCluster(masters=self._cluster_size,
+                                           replicas=self._cluster_replicas,
+                                           workdir=self.workdir)
+            await self.cluster.start(timeout=max(timeout, 30.0))
+            return
         if self.redis is not None:
             if self.redis.is_running():
                 raise RuntimeError(f"already running: {self.redis}")
@@ -199,6 +215,9 @@ class EmbeddedStack:
 
     async def stop_redis(self) -> None:
         """Stop valkey (its data is gone unless durable), keeping its port for start_redis()."""
+        if self.cluster is not None:
+            await self.cluster.stop()
+            self.cluster = None
         if self.redis is not None:
             await self.redis.stop()
             self.redis = None

@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import msgspec
-from redis.asyncio import Redis
 
 from stream.core.auth import Tokens
 from stream.core.config import Settings, to_env
@@ -28,6 +28,7 @@ from stream.core.topics import Topics
 from stream.gateway.app import Gateway
 from stream.local.embedded import EmbeddedStack, die_with_parent, free_port
 from stream.store import keys
+from stream.store.connect import Client, connect
 from stream.store.ledger import read_stats
 from stream.worker.admin import ensure_topics
 
@@ -37,15 +38,56 @@ class Running:
     settings: Settings
     tokens: Tokens
     gateway_url: str
-    redis: Redis
+    redis: Client
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     log_dir: Path = Path(".")
+    # Every gateway: this process's first, then those running as child processes.
+    gateway_urls: list[str] = field(default_factory=list)
+    gateways: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    stack: EmbeddedStack | None = None
 
     def add_worker(self) -> subprocess.Popen[bytes]:
         """Start one more worker process against the same Kafka and Redis."""
         proc = spawn(["worker"], self.settings, self.log_dir / f"worker-{len(self.workers)}.log")
         self.workers.append(proc)
         return proc
+
+    async def add_gateway(self) -> str:
+        """Start one more gateway process (`livecommerce gateway`) on a free port; its URL
+        once it answers `/healthz`."""
+        proc, url = await spawn_gateway(
+            self.settings, self.log_dir / f"gateway-{len(self.gateways) + 1}.log")
+        self.gateways.append(proc)
+        self.gateway_urls.append(url)
+        return url
+
+
+async def spawn_gateway(settings: Settings, log: Path, *, timeout_s: float = 30.0,
+                        ) -> tuple[subprocess.Popen[bytes], str]:
+    """`livecommerce gateway` as a child on a free port (`settings.tokens_file` must be
+    set), returned once it answers `/healthz`; killed if it does not in `timeout_s`."""
+    port = free_port()
+    proc = spawn(["gateway", "--host", "127.0.0.1"],
+                 msgspec.structs.replace(settings, http_port=port), log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    try:
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"gateway on {port} exited with {proc.returncode} "
+                                       f"(log {log})")
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.get(f"{url}/healthz") as answer:
+                        if answer.status == 200:
+                            return proc, url
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gateway on {port} not healthy in {timeout_s:g} s "
+                                       f"(log {log})")
+                await asyncio.sleep(0.1)
+    except BaseException:
+        await stop_processes([proc])
+        raise
 
 
 def spawn(command: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -59,10 +101,15 @@ def spawn(command: list[str], settings: Settings, log: Path) -> subprocess.Popen
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, *, workers: int = 1,
-                  http_port: int | None = None) -> AsyncIterator[Running]:
-    """Start what is not configured, then workers and the gateway; stop all on exit."""
-    stack = EmbeddedStack()
+async def running(settings: Settings, *, workers: int = 1, gateways: int = 1,
+                  http_port: int | None = None, redis_cluster: int = 0,
+                  redis_replicas: int = 0, log_dir: Path | None = None,
+                  ) -> AsyncIterator[Running]:
+    """Start what is not configured, then workers and the gateways (the first in this
+    process, the others as child processes); stop all on exit. `redis_cluster` N starts
+    an embedded Redis Cluster of N masters (each with `redis_replicas` replicas). The
+    children's logs go to `log_dir` (kept) or a temporary directory."""
+    stack = EmbeddedStack(redis_cluster=redis_cluster, redis_replicas=redis_replicas)
     with tempfile.TemporaryDirectory(prefix="livecommerce-") as tmp:
         try:
             await stack.start(kafka=not settings.kafka_url, redis=not settings.redis_url)
@@ -87,18 +134,23 @@ async def running(settings: Settings, *, workers: int = 1,
                                                rules_dir=settings.rules_dir.resolve())
             await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),
                                 partitions=settings.partitions)
-            redis = Redis.from_url(settings.redis_url)
+            # RedisUnusable (a one-line reason) before any child is started.
+            redis = await connect(settings.redis_url,
+                                  timeout_s=settings.redis_connect_timeout_s)
             run = Running(settings, tokens, f"http://127.0.0.1:{port}", redis,
-                          log_dir=Path(tmp))
+                          log_dir=log_dir or Path(tmp), gateway_urls=[f"http://127.0.0.1:{port}"],
+                          stack=stack)
             gateway = Gateway(settings, tokens)
             try:
                 for _ in range(workers):
                     run.add_worker()
                 await gateway.start(port=port)
+                for _ in range(gateways - 1):
+                    await run.add_gateway()
                 yield run
             finally:
                 await gateway.stop()
-                await stop_processes(run.workers)
+                await stop_processes(run.gateways + run.workers)
                 await redis.aclose()
         finally:
             await stack.stop()
@@ -118,7 +170,7 @@ async def stop_processes(procs: list[subprocess.Popen[bytes]], *, grace_s: float
             proc.wait()
 
 
-async def wait_drained(redis: Redis, room_id: str, *, expected: int, unrouted_before: int = 0,
+async def wait_drained(redis: Client, room_id: str, *, expected: int, unrouted_before: int = 0,
                        timeout_s: float = 120.0) -> dict[str, int | float]:
     """Wait until processed events plus dead letters reach `expected`; return the stats.
 
@@ -136,12 +188,12 @@ async def wait_drained(redis: Redis, room_id: str, *, expected: int, unrouted_be
         await asyncio.sleep(0.2)
 
 
-async def unrouted_dead_letters(redis: Redis) -> int:
+async def unrouted_dead_letters(redis: Client) -> int:
     """Dead letters so far that could not be tied to any room."""
     return int((await read_stats(redis, keys.NO_ROOM)).get("dead_letters", 0))
 
 
-async def room_totals(redis: Redis, room_id: str) -> dict[str, int | float]:
+async def room_totals(redis: Client, room_id: str) -> dict[str, int | float]:
     """The room's counters, with dead letters that could not be tied to a room added in."""
     stats = await read_stats(redis, room_id)
     unrouted = await read_stats(redis, keys.NO_ROOM)

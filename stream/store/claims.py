@@ -9,12 +9,12 @@ per room, not one per effect). `stream.worker.engagement` drives it.
 from __future__ import annotations
 
 import msgspec
-from redis.asyncio import Redis
 
 from stream.core.models import FollowUp, Nudge, TagChange
 from stream.core.reasons import stat_field
 from stream.engine.viewers import Effect
-from stream.store import keys
+from stream.store import keys, scripts
+from stream.store.connect import AnyPipeline, Client
 
 # Effects' once-keys outlive any redelivery or restart of a broadcast.
 ONCE_TTL_S = 3 * 24 * 3600
@@ -68,21 +68,22 @@ _pack = msgspec.msgpack.Encoder().encode
 class Claims:
     """The two scripts, queued on a caller's pipeline (one round trip per round)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._claim = redis.register_script(CLAIM)
         self._done = redis.register_script(DONE)
 
-    async def claim(self, pipe: Redis, room: str, *, mark: str,
+    async def claim(self, pipe: AnyPipeline, room: str, *, mark: str,
                     items: list[tuple[object, ...]]) -> None:
         """Queue the claim of `items` (from `claim_item`) under this round's `mark`."""
-        await self._claim(keys=[keys.stats(room), keys.nudged(room), keys.acked(room)],
-                          args=[keys.once(room, ""), ONCE_TTL_S, mark, _pack(items)],
-                          client=pipe)
+        await scripts.call(self._claim,
+                           keys=[keys.stats(room), keys.nudged(room), keys.acked(room)],
+                           args=[keys.once(room, ""), ONCE_TTL_S, mark, _pack(items)],
+                           client=pipe)
 
-    async def done(self, pipe: Redis, room: str, ids: list[str]) -> None:
+    async def done(self, pipe: AnyPipeline, room: str, ids: list[str]) -> None:
         """Queue the done marks of effects found in Kafka (or re-sent) for another round."""
-        await self._done(keys=[keys.stats(room)], args=[keys.once(room, ""), _pack(ids)],
-                         client=pipe)
+        await scripts.call(self._done, keys=[keys.stats(room)],
+                           args=[keys.once(room, ""), _pack(ids)], client=pipe)
 
 
 def once_id(effect: Effect) -> str:

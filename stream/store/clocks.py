@@ -6,9 +6,8 @@ the wall, so a reservation expires (and, later, a nudge fires) without new event
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
-from stream.store import keys
+from stream.store import keys, scripts
+from stream.store.connect import AnyPipeline, Client
 
 # KEYS: clock hash.  ARGV: event ms, wall ms.  The clock only moves forward.
 ADVANCE = """
@@ -26,13 +25,15 @@ def now_of(event_ms: int, wall_ms: int, *, wall_now_ms: int) -> int:
 
 
 class RoomClocks:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._advance = redis.register_script(ADVANCE)
 
-    async def advance(self, pipe: Redis, room_id: str, *, event_ms: int, wall_ms: int) -> None:
+    async def advance(self, pipe: AnyPipeline, room_id: str, *, event_ms: int,
+                      wall_ms: int) -> None:
         """Queue a forward move of the room's clock on `pipe`."""
-        await self._advance(keys=[keys.clock(room_id)], args=[event_ms, wall_ms], client=pipe)
+        await scripts.call(
+            self._advance, keys=[keys.clock(room_id)], args=[event_ms, wall_ms], client=pipe)
 
     async def now(self, room_id: str, *, wall_now_ms: int) -> int | None:
         """The room's time now, or None for a room that has seen no event."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from stream.core.topics import partition_for
 from stream.engine.state import tags_in
 from stream.store import keys
+from stream.store.connect import Client
 
 
-async def held_tags(redis: Redis, viewer: str, *,
+async def held_tags(redis: Client, viewer: str, *,
                     partitions: int) -> list[tuple[str, str, str]]:
     """(room, tag, value) the viewer holds now, sorted: read from the engine's saved state
     (saved every second), so they are what the tag records on Kafka add up to."""

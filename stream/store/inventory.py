@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterPipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from stream.core.counters import minute_of
 from stream.core.models import (
@@ -28,6 +29,7 @@ from stream.core.models import (
     StockUpdate,
 )
 from stream.store import keys, scripts, stockread
+from stream.store.connect import AnyPipeline, Client
 from stream.store.replies import text
 from stream.store.stockread import StockReader
 
@@ -261,15 +263,54 @@ def parse(answer: Sequence[bytes | str | int | None], *, room_id: str, ts: int) 
                    levels)
 
 
-class Inventory:
-    """Turns events into script operations and runs them, a room and a chunk per call."""
+# How long a batch waits for its replicas (WAIT) before it fails as transient and is
+# retried: a replica on the same network acks in well under a millisecond; 1 s rides
+# out a replica's hiccup without holding the room's next batch much longer.
+WAIT_TIMEOUT_MS = 1_000
 
-    def __init__(self, redis: Redis, *, reservation_ttl_ms: int = 15 * 60_000,
-                 max_qty_per_line: int = 10) -> None:
+
+class ReplicasBehind(RedisConnectionError):
+    """WAIT returned before enough replicas had the batch's writes: retry the batch (its
+    operations are idempotent, and no result of it has gone out yet)."""
+
+
+class Inventory:
+    """Turns events into script operations and runs them, a room and a chunk per call.
+
+    With `wait_replicas` N, every batch of scripts is followed by `WAIT N` on each node it
+    wrote to, and fails (`ReplicasBehind`, transient) unless N replicas have its writes,
+    so no order result leaves before a failover could keep it (see README: failover).
+    """
+
+    def __init__(self, redis: Client, *, reservation_ttl_ms: int = 15 * 60_000,
+                 max_qty_per_line: int = 10, wait_replicas: int = 0) -> None:
         self.redis = redis
         self.reservation_ttl_ms = reservation_ttl_ms
         self.max_qty_per_line = max_qty_per_line
+        self.wait_replicas = wait_replicas
         self._apply = redis.register_script(APPLY)
+
+    def queue_wait(self, pipe: AnyPipeline, rooms: Sequence[str]) -> int:
+        """Queue `WAIT` after the rooms' scripts on `pipe` (one per node on a cluster: WAIT
+        covers what its own connection wrote); returns how many answers it added."""
+        if not self.wait_replicas or not rooms:
+            return 0
+        if isinstance(pipe, ClusterPipeline):
+            found = (pipe.cluster_client.get_node_from_key(keys.stats(r)) for r in rooms)
+            nodes = {node.name: node for node in found if node is not None}
+            for node in nodes.values():
+                pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS,
+                                     target_nodes=node)
+            return len(nodes)
+        pipe.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+        return 1
+
+    def check_wait(self, answers: Sequence[object]) -> None:
+        """Raise `ReplicasBehind` unless every WAIT answer reached `wait_replicas`."""
+        for acked in answers:
+            if int(acked) < self.wait_replicas:  # type: ignore[call-overload]
+                raise ReplicasBehind(f"WAIT: {acked} of {self.wait_replicas} replicas had "
+                                     f"the batch within {WAIT_TIMEOUT_MS} ms; retrying it")
 
     def op(self, event: StockSet | OrderEvent) -> Op:
         """The script operation for one event (pure); the event's minute and second key
@@ -291,11 +332,12 @@ class Inventory:
             return ["release", event.order_id, "payment_failed", ""]
         raise TypeError(f"not an inventory event: {event!r}")  # pragma: no cover
 
-    async def queue(self, pipe: Redis, room_id: str, ops: Sequence[Op]) -> int:
+    async def queue(self, pipe: AnyPipeline, room_id: str, ops: Sequence[Op]) -> int:
         """Queue `ops` for one room on `pipe`; returns how many calls (answers) it added."""
         calls = 0
         for lo in range(0, len(ops), CHUNK):
-            await self._apply(
+            await scripts.call(
+                self._apply,
                 keys=[keys.stats(room_id), keys.deadlines(room_id), keys.skus(room_id),
                       keys.stock_sets(room_id), keys.buyers(room_id), keys.spend(room_id),
                       keys.seconds(room_id)],
@@ -309,9 +351,11 @@ class Inventory:
     async def run(self, room_id: str, ops: Sequence[Op], *, ts: int) -> list[Outcome]:
         """Apply `ops` now and return one Outcome per op."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self.queue(pipe, room_id, ops)
+            calls = await self.queue(pipe, room_id, ops)
+            waits = self.queue_wait(pipe, [room_id])
             answers = await scripts.execute(pipe)
-        return [parse(a, room_id=room_id, ts=ts) for chunk in answers for a in chunk]
+        self.check_wait(answers[calls:calls + waits])
+        return [parse(a, room_id=room_id, ts=ts) for chunk in answers[:calls] for a in chunk]
 
     async def expire_due(self, room_id: str, *, now_ms: int,
                          limit: int = 500) -> list[tuple[str, Outcome]]:

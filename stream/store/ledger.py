@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 from stream.store import keys, scripts
+from stream.store.connect import Client
 from stream.store.replies import number, text
 
 # KEYS: fences, stats, seconds.  ARGV: fence field, first offset, last offset, then
@@ -67,7 +66,7 @@ class RoomBatch:
 class Ledger:
     """Applies RoomBatches to Redis, once per record."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._script = redis.register_script(FENCED_INCR)
 
@@ -86,9 +85,10 @@ class Ledger:
         while pending:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for b in pending:
-                    await self._script(keys=[keys.fences(b.room_id), keys.stats(b.room_id),
-                                             keys.seconds(b.room_id)],
-                                       args=_args(b), client=pipe)
+                    await scripts.call(
+                        self._script, keys=[keys.fences(b.room_id), keys.stats(b.room_id),
+                                            keys.seconds(b.room_id)],
+                        args=_args(b), client=pipe)
                 answers = await scripts.execute(pipe)
             retry = []
             for b, fence in zip(pending, answers, strict=True):
@@ -113,7 +113,7 @@ def _args(batch: RoomBatch) -> list[str | int]:
     return args
 
 
-async def read_stats(redis: Redis, room_id: str) -> dict[str, int | float]:
+async def read_stats(redis: Client, room_id: str) -> dict[str, int | float]:
     """The room's counters; money (`gmv`) is a float, every count an int."""
     raw = await redis.hgetall(keys.stats(room_id))
     return {text(k): number(v) for k, v in raw.items()}

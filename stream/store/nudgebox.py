@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from stream.core.codec import encode
 from stream.core.models import Nudge
-from stream.store import keys
+from stream.store import keys, scripts
+from stream.store.connect import AnyPipeline, Client
 
 # How long a viewer's shown ids are remembered: longer than a broadcast (caps are per
 # broadcast, and the longest shows in the seeds run ~6 h), so a nudge republished hours
@@ -124,7 +125,7 @@ def nudge_id(nudge: Nudge) -> str:
     return f"{nudge.rule_id}|{nudge.ts}"
 
 
-def hold(pipe: Redis, nudges: Sequence[Nudge], *, now_ms: int, hold_s: int) -> None:
+def hold(pipe: AnyPipeline, nudges: Sequence[Nudge], *, now_ms: int, hold_s: int) -> None:
     """Queue on `pipe` the commands that hold `nudges` for their viewers' screens.
 
     Plain commands, idempotent: a nudge held again keeps its first time (HSETNX, ZADD NX),
@@ -144,7 +145,7 @@ def hold(pipe: Redis, nudges: Sequence[Nudge], *, now_ms: int, hold_s: int) -> N
 class NudgeBox:
     """The gateway's side: claim a nudge for a screen, drain a viewer's held ones, expire."""
 
-    def __init__(self, redis: Redis, *, hold_s: int) -> None:
+    def __init__(self, redis: Client, *, hold_s: int) -> None:
         self.redis = redis
         self.hold_ms = hold_s * 1000
         self._claim = redis.register_script(CLAIM)
@@ -158,8 +159,8 @@ class NudgeBox:
     async def claim(self, nudge: Nudge, *, now_ms: int) -> int:
         """1: put it on a screen now (it is marked shown); 0: shown before; -1: expired."""
         nid = nudge_id(nudge)
-        answer = await self._claim(
-            keys=self._keys(nudge.room_id, nudge.viewer_id),
+        answer = await scripts.call(
+            self._claim, keys=self._keys(nudge.room_id, nudge.viewer_id),
             args=[nid, f"{nudge.viewer_id} {nid}", now_ms, self.hold_ms, SHOWN_TTL_S,
                   expired_field(nudge.rule_id)])
         return int(answer)
@@ -167,7 +168,11 @@ class NudgeBox:
     async def release(self, nudge: Nudge, *, held_at_ms: int) -> None:
         """Undo a claim whose socket closed before the nudge was sent: held again, from
         `held_at_ms` (the claim), for the viewer's next socket."""
-        async with self.redis.pipeline(transaction=True) as pipe:
+        # One transaction on a single node. On a Redis Cluster the room list (HELD_ROOMS)
+        # is in another slot, so no MULTI can hold both: a plain pipeline, whose only
+        # failure is a node dying between the two writes, which drops this one nudge.
+        atomic = not isinstance(self.redis, RedisCluster)
+        async with self.redis.pipeline(transaction=atomic) as pipe:
             pipe.srem(keys.shown_nudges(nudge.room_id, nudge.viewer_id), nudge_id(nudge))
             hold(pipe, [nudge], now_ms=held_at_ms, hold_s=self.hold_ms // 1000)
             await pipe.execute()
@@ -175,9 +180,9 @@ class NudgeBox:
     async def drain(self, room_id: str, viewer_id: str, *, now_ms: int) -> list[bytes]:
         """The viewer's held nudges still within the hold (JSON, oldest first), each now
         marked shown; older ones are dropped and counted as expired."""
-        answer = await self._drain(keys=self._keys(room_id, viewer_id),
-                                   args=[viewer_id, now_ms, self.hold_ms, SHOWN_TTL_S,
-                                         EXPIRED_PREFIX, EXPIRED_SUFFIX])
+        answer = await scripts.call(self._drain, keys=self._keys(room_id, viewer_id),
+                                    args=[viewer_id, now_ms, self.hold_ms, SHOWN_TTL_S,
+                                          EXPIRED_PREFIX, EXPIRED_SUFFIX])
         return list(answer)
 
     async def sweep(self, *, now_ms: int) -> int:
@@ -190,8 +195,8 @@ class NudgeBox:
                  for r in await self.redis.zrangebyscore(keys.HELD_ROOMS, forget, "+inf")]
         expired = 0
         for room in rooms:
-            expired += int(await self._sweep(
-                keys=[keys.held_due(room), keys.stats(room)],
+            expired += int(await scripts.call(
+                self._sweep, keys=[keys.held_due(room), keys.stats(room)],
                 args=[keys.held_prefix(room), keys.shown_prefix(room), cutoff, SWEEP_LIMIT,
                       EXPIRED_PREFIX, EXPIRED_SUFFIX]))
         return expired

@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import msgspec
-from redis.asyncio import Redis
 
 from stream.core.batch import Part, newest_by_room
 from stream.core.counters import layer, minute_of
 from stream.core.models import CartAdded, OrderPaymentFailed, OrderPlaced, ViewerJoined, ViewerLeft
 from stream.store import keys, scripts
+from stream.store.connect import Client
 
 # KEYS: stats, presence, profiles, watched, carted, pay-failed.
 # ARGV: a msgpack array of ops, 5 fields each: op ('j' join, 'l' leave, 'c' carted, 'f'
@@ -91,7 +91,7 @@ _pack = msgspec.msgpack.Encoder().encode
 class Presence:
     """Pipeline handler: joins, leaves, carts and failed payments into the room's keys."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._script = redis.register_script(PRESENCE)
 
@@ -107,7 +107,8 @@ class Presence:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for room, ops in by_room.items():
-                await self._script(keys=room_keys(room), args=[_pack(ops)], client=pipe)
+                await scripts.call(
+                    self._script, keys=room_keys(room), args=[_pack(ops)], client=pipe)
             pipe.zadd(keys.METRIC_ROOMS, latest, gt=True)
             await scripts.execute(pipe)
 

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
-from redis.asyncio import Redis
 
 from stream.core.batch import Part
 from stream.core.codec import encode
@@ -28,6 +27,7 @@ from stream.core.models import (
 from stream.engine.stock import StockBook
 from stream.engine.timeline import Product, RoomTimeline
 from stream.store import keys, scripts
+from stream.store.connect import Client
 from stream.store.stocklog import fold_points
 
 # KEYS: log list, ids set.  ARGV: event id, encoded event.  Appends once per event id.
@@ -70,7 +70,7 @@ def fold(room: RoomTimeline, events: Iterable[HostEvent]) -> RoomTimeline:
 class HostLog:
     """Appends host events to their rooms' logs, each once (by event id)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._append = redis.register_script(APPEND)
 
@@ -79,16 +79,17 @@ class HostLog:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for event in events:
-                await self._append(keys=[keys.host_log(event.room_id),
-                                         keys.host_log_ids(event.room_id)],
-                                   args=[event.event_id, encode(event)], client=pipe)
+                await scripts.call(
+                    self._append, keys=[keys.host_log(event.room_id),
+                                        keys.host_log_ids(event.room_id)],
+                    args=[event.event_id, encode(event)], client=pipe)
             await scripts.execute(pipe)
 
 
 class RoomLog:
     """Pipeline handler for host events, and a cache of every room's timeline."""
 
-    def __init__(self, redis: Redis, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, redis: Client, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = redis
         self._log = HostLog(redis)
         self._clock = clock

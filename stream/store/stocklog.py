@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import msgspec
-from redis.asyncio.client import Pipeline
 
 from stream.core.models import StockUpdate
 from stream.engine.stock import PLENTY, StockBook
 from stream.store import keys
+from stream.store.connect import AnyPipeline
 
 # As long as the effects' once-keys: a replay within it still finds the points.
 STOCK_LOG_TTL_S = 3 * 24 * 3600
@@ -34,7 +34,7 @@ class StockLogWriter:
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], int] = {}  # what this process last appended
 
-    def queue(self, pipe: Pipeline, updates: Iterable[StockUpdate]) -> int:
+    def queue(self, pipe: AnyPipeline, updates: Iterable[StockUpdate]) -> int:
         """Queue the appends on `pipe`; returns how many."""
         by_room: dict[str, list[bytes]] = {}
         for u in updates:

@@ -6,13 +6,12 @@ would register the APPLY script on its connection pool for nothing.
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
-
 from stream.core.models import StockUpdate
 from stream.store import keys
+from stream.store.connect import Client
 
 
-async def rows(redis: Redis, room_id: str, *fields: str,
+async def rows(redis: Client, room_id: str, *fields: str,
                consistent: bool = False) -> list[tuple[str, list[bytes | None]]]:
     """(sku, values of `fields`) for each of the room's SKUs, sorted by SKU."""
     skus = sorted(s.decode() if isinstance(s, bytes) else s
@@ -29,7 +28,7 @@ class StockReader:
 
     __slots__ = ("redis",)
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self.redis = redis
 
     async def levels(self, room_id: str) -> list[StockUpdate]:
@@ -40,7 +39,7 @@ class StockReader:
                                          "sold", "version")]
 
 
-async def products(redis: Redis, room_id: str) -> list[tuple[str, str | None, float | None]]:
+async def products(redis: Client, room_id: str) -> list[tuple[str, str | None, float | None]]:
     """(sku, name, price) of the room's SKUs, as the last `stock.set` gave them."""
     return [(sku, None if name is None else name.decode(),
              None if price is None else float(price))

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import msgspec
-from redis.asyncio import Redis
 
-from stream.store import keys
+from stream.store import keys, scripts
+from stream.store.connect import AnyPipeline, Client
 from stream.store.scripts import SCRIPT_ITEMS
 
 # KEYS: states hash, offsets hash.  ARGV: a msgpack array field, size, field, size...;
@@ -40,7 +40,7 @@ Saved = tuple[dict[tuple[str, str], bytes], dict[str, int]]  # (room, viewer) ->
 
 
 class ViewerStates:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._save = redis.register_script(SAVE)
 
@@ -55,7 +55,7 @@ class ViewerStates:
                  {k.decode(): int(v) for k, v in offsets.items()})
                 for states, offsets in zip(answers[::2], answers[1::2], strict=True)]
 
-    async def save(self, pipe: Redis, partition: int, blobs: Mapping[tuple[str, str], bytes],
+    async def save(self, pipe: AnyPipeline, partition: int, blobs: Mapping[tuple[str, str], bytes],
                    offsets: Mapping[str, int]) -> None:
         """Queue the save of `blobs` on `pipe`, in calls of at most SCRIPT_ITEMS viewers; the
         offsets go with the last, so they never run ahead of the states they cover."""
@@ -69,8 +69,9 @@ class ViewerStates:
             if i + SCRIPT_ITEMS >= len(items):
                 for topic, offset in offsets.items():
                     args += [topic, offset]
-            await self._save(keys=[keys.viewer_states(partition), keys.viewer_offsets(partition)],
-                             args=args, client=pipe)
+            await scripts.call(
+                self._save, keys=[keys.viewer_states(partition), keys.viewer_offsets(partition)],
+                args=args, client=pipe)
 
     async def saved_fences(self, partitions: Iterable[int]) -> dict[int, dict[str, int]]:
         """Each partition's saved offsets: where its viewer state is up to, per topic."""

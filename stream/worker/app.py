@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import faust
 from faust.types import TP, EventT
-from redis.asyncio import Redis
 
 from stream.core import counters
 from stream.core.batch import Record
@@ -25,6 +25,8 @@ from stream.core.config import Settings
 from stream.core.models import StockUpdate
 from stream.core.topics import Topics
 from stream.store import keys
+from stream.store.channels import queue_publish
+from stream.store.connect import RedisUnusable, detect, make
 from stream.store.inventory import Inventory
 from stream.store.ledger import Ledger
 from stream.store.presence import Presence
@@ -63,7 +65,8 @@ def group_id(topic_prefix: str) -> str:
     return APP_ID if topic_prefix == "lc." else f"{APP_ID}-{topic_prefix.strip('.')}"
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
+    """The faust app; `cluster` says what `connect.detect` found at `settings.redis_url`."""
     app = App(
         group_id(settings.topic_prefix),
         broker=broker_url(settings),
@@ -85,7 +88,7 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
     )
     topics = Topics(settings.topic_prefix)
-    redis = Redis.from_url(settings.redis_url)
+    redis = make(settings.redis_url, cluster=cluster)
 
     async def send(topic: str, value: bytes, key: bytes | None = None,
                    partition: int | None = None) -> object:
@@ -115,7 +118,7 @@ def create_app(settings: Settings) -> faust.App:
         # Gateways fan out from Redis pub/sub; Kafka keeps the record for other consumers;
         # the room's stock log tells every worker's viewer engines (sold-out nudges).
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.publish(keys.STOCK_CHANNEL, encode(updates))
+            queue_publish(pipe, keys.STOCK_CHANNEL, encode(updates))
             stock_log.queue(pipe, updates)
             await pipe.execute()
         for update in updates:
@@ -127,7 +130,8 @@ def create_app(settings: Settings) -> faust.App:
     rooms = RoomLog(redis)
     orders = Orders(redis=redis, feed=feed, send=send, topics=topics, stock=rooms.stock,
                     inventory=Inventory(redis,
-                                        reservation_ttl_ms=settings.reservation_ttl_s * 1000),
+                                        reservation_ttl_ms=settings.reservation_ttl_s * 1000,
+                                        wait_replicas=settings.redis_wait_replicas),
                     partitions=settings.partitions)
     watcher = RuleWatcher(settings.rules_dir)
     processed: dict[TP, int] = {}  # the next offset handed to the pipeline, per partition
@@ -261,7 +265,15 @@ def run(settings: Settings, *, loglevel: str = "warn") -> None:
     loop.run_until_complete(ensure_topics(settings.kafka_bootstrap,
                                           Topics(settings.topic_prefix),
                                           partitions=settings.partitions))
-    app = create_app(settings)
+    # Fails fast (one line, exit 2) on a Redis it cannot reach or a cluster it cannot use,
+    # before faust starts a consumer that would wait on it for ever.
+    try:
+        cluster = loop.run_until_complete(
+            detect(settings.redis_url, timeout_s=settings.redis_connect_timeout_s))
+    except RedisUnusable as exc:
+        print(f"livecommerce worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    app = create_app(settings, cluster=cluster)
     worker = faust.Worker(app, loop=loop, loglevel=loglevel, quiet=True)
     # A batch allocates ~10 tracked objects per event, so the default gen-0 threshold (700)
     # ran a collection every few dozen events, and each older-generation pass walked every

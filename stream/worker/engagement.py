@@ -24,7 +24,6 @@ from operator import attrgetter
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from redis.asyncio import Redis
 
 from stream.core.batch import Part, SendMany
 from stream.core.codec import encode
@@ -34,8 +33,10 @@ from stream.engine.reorder import Reorder
 from stream.engine.rules import Rules
 from stream.engine.viewers import Effect, Suppressed, ViewerEngine
 from stream.store import keys, nudgebox, scripts
+from stream.store.channels import queue_publish
 from stream.store.claims import Claims, claim_item, once_id
 from stream.store.clocks import now_of
+from stream.store.connect import Client
 from stream.store.roomlog import RoomLog
 from stream.store.scripts import SCRIPT_ITEMS
 from stream.store.viewerstate import ViewerStates
@@ -61,7 +62,7 @@ HOLD_ORDERS_S = 2.0
 class Engagement:
     """Pipeline handler for viewer and order events, plus the idle-time tick."""
 
-    def __init__(self, *, redis: Redis, rules: Callable[[], Rules], rooms: RoomLog,
+    def __init__(self, *, redis: Client, rules: Callable[[], Rules], rooms: RoomLog,
                  send: SendMany,
                  topics: Topics, bootstrap: str,
                  behind: Callable[[str, int], bool] = lambda topic, partition: False,
@@ -385,7 +386,7 @@ class Engagement:
                 nudgebox.hold(pipe, screen, now_ms=int(self._clock() * 1000),
                               hold_s=self._nudge_hold_s)
                 for data in shown:
-                    pipe.publish(keys.NUDGE_CHANNEL, data)
+                    queue_publish(pipe, keys.NUDGE_CHANNEL, data)
                 await pipe.execute()
         for (topic, p), batch in records.items():
             # Acks come in order within a partition: the last one covers the rest.

@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from redis.asyncio import Redis
-
 from stream.core.batch import Part, Record, Send, newest_by_room
 from stream.core.codec import encode
 from stream.core.models import OrderEvent, OrderResult, StockSet
@@ -19,6 +17,7 @@ from stream.core.topics import Topics, partition_for
 from stream.engine.stock import StockBook
 from stream.store import keys, scripts
 from stream.store.clocks import RoomClocks
+from stream.store.connect import Client
 from stream.store.inventory import Inventory, Outcome, parse
 from stream.store.replies import text
 from stream.worker.stockfeed import StockFeed
@@ -27,7 +26,7 @@ from stream.worker.stockfeed import StockFeed
 class Orders:
     """Handler for the pipeline: applies stock.set and order.* events, exactly once each."""
 
-    def __init__(self, *, redis: Redis, inventory: Inventory, feed: StockFeed, send: Send,
+    def __init__(self, *, redis: Client, inventory: Inventory, feed: StockFeed, send: Send,
                  topics: Topics, partitions: int, clock: Callable[[], float] = time.time,
                  stock: StockBook | None = None) -> None:
         self._redis = redis
@@ -65,7 +64,10 @@ class Orders:
             calls = [await self._inventory.queue(
                 pipe, room, [self._inventory.op(e) for _, e in group])
                 for room, group in by_room.items()]
+            waits = self._inventory.queue_wait(pipe, list(by_room))
             answers = await scripts.execute(pipe)
+        if waits:  # no result goes out before the replicas have what it says
+            self._inventory.check_wait(answers[-waits:])
         self._rooms.update(new_rooms)
         chunks = iter(answers[len(latest) + bool(new_rooms):])
         for (room, group), n in zip(by_room.items(), calls, strict=True):

@@ -15,21 +15,21 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from stream.core.batch import Handler, Part, Record, Send
 from stream.core.codec import BodyError, decode_events, encode
 from stream.core.deadletters import dead_letter, room_of
 from stream.core.models import Event, Origin
 from stream.core.topics import Topics
+from stream.store.connect import TRANSIENT_REDIS, is_transient
 from stream.store.ledger import Ledger, RoomBatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Failures that pass: the batch is retried (the partition waits) rather than dead-lettered.
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, TimeoutError)
+# On a Redis Cluster these include MOVED/ASK left over after redis-py's own redirects, a
+# failover's CLUSTERDOWN and READONLY (see stream/store/connect.py).
+TRANSIENT = (*TRANSIENT_REDIS, ConnectionError, OSError, TimeoutError)
 
 
 class Pipeline:
@@ -171,7 +171,9 @@ class Pipeline:
         while True:
             try:
                 return await call()
-            except TRANSIENT as exc:
+            except Exception as exc:
+                if not isinstance(exc, TRANSIENT) and not is_transient(exc):
+                    raise
                 delay = self._retry_delays[min(attempt, len(self._retry_delays) - 1)]
                 attempt += 1
                 self.retries += 1

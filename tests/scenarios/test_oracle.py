@@ -22,7 +22,6 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer
 from helpers import assert_nothing_twice, read_all, running_gateway
-from redis.asyncio import Redis
 from reference.compare import differences
 from reference.compare import held as held_by
 from reference.kafkalog import inputs
@@ -50,6 +49,7 @@ from stream.engine.rules import load_dir
 from stream.local import sender, showplan
 from stream.local.runner import spawn, stop_processes
 from stream.store import keys
+from stream.store.connect import connect
 from stream.store.currenttags import held_tags
 from stream.store.ledger import read_stats
 
@@ -69,7 +69,7 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
     settings = msgspec.structs.replace(settings, rules_dir=RULES)
     topics = Topics(settings.topic_prefix)
     async with running_gateway(settings) as (_, url, tokens):
-        redis = Redis.from_url(settings.redis_url)
+        redis = await connect(settings.redis_url)
         workers = [spawn(["worker"], settings, tmp_path / f"w{i}.log") for i in range(2)]
         plan = showplan.plan_for(room_id=room_id, viewers=2000, duration_s=30, speed=SPEED,
                                   seed=seed)
@@ -102,7 +102,7 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
     follows = [msgspec.json.decode(v, type=FollowUp)
                for t, _, _, v in outputs if t == topics.followups]
     assert nudges and tags and follows
-    redis = Redis.from_url(settings.redis_url)
+    redis = await connect(settings.redis_url)
     try:  # what GET /v1/viewers/{viewer}/tags answers, for everyone seen
         viewers = {t.viewer_id for t in tags} | {
             v.decode() for v in await redis.hkeys(keys.profiles(room_id))}

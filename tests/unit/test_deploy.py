@@ -17,6 +17,7 @@ import yaml
 from stream.cli import main as cli
 from stream.core.auth import Tokens
 from stream.core.config import ENV_PREFIX, Settings, from_env
+from stream.store.connect import parse_nodes
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 ROOT = DEPLOY.parent
@@ -47,13 +48,18 @@ def _app_env_is_valid(env: dict[str, str]) -> None:
     from_env({k: str(v) for k, v in env.items()})
 
 
+def redis_hosts(url: str) -> list[str]:
+    nodes, _ = parse_nodes(url)
+    return [host for host, _ in nodes]
+
+
 def _command_exists(args: list[str]) -> None:
     assert args and args[0] in cli.commands, args  # type: ignore[attr-defined]
 
 
 def test_compose_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"redpanda", "redis", "worker1", "worker2", "gateway", "prometheus",
+    assert {"redpanda", "redis-cluster-init", "worker1", "worker2", "gateway", "prometheus",
             "grafana"} <= set(services)
     apps = {n: s for n, s in services.items() if s.get("image") == "livecommerce:latest"}
     assert set(apps) == {"worker1", "worker2", "gateway"}
@@ -64,7 +70,7 @@ def test_compose_services(compose: dict[str, Any]) -> None:
         _app_env_is_valid(service["environment"])
         env = service["environment"]
         assert env["LIVECOMMERCE_KAFKA_URL"].removeprefix("kafka://").split(":")[0] in services
-        assert env["LIVECOMMERCE_REDIS_URL"].removeprefix("redis://").split(":")[0] in services
+        assert set(redis_hosts(env["LIVECOMMERCE_REDIS_URL"])) <= set(services)
     assert [s["command"][0] for s in apps.values()].count("worker") == 2
     gateway = services["gateway"]
     assert "8080:8080" in gateway["ports"]
@@ -122,8 +128,9 @@ def test_kubernetes_manifests(manifests: list[dict[str, Any]]) -> None:
         _command_exists(container["args"])
         assert [e["configMapRef"]["name"] for e in container["envFrom"]] == ["livecommerce"]
         _app_env_is_valid({e["name"]: e["value"] for e in container.get("env", [])})
-    (service,) = by_kind["Service"]
     gateway_labels = gateway["spec"]["template"]["metadata"]["labels"]
+    # The gateway's Service (the other one is the Redis Cluster's, checked below).
+    (service,) = [s for s in by_kind["Service"] if s["spec"].get("clusterIP") != "None"]
     assert service["spec"]["selector"].items() <= gateway_labels.items()
     (container,) = gateway["spec"]["template"]["spec"]["containers"]
     port_names = {p["name"] for p in container["ports"]}
@@ -169,3 +176,55 @@ def test_kubernetes_prometheus_job_uses_the_secrets_monitor_token(
     # Annotation-based scraping cannot send the token: it must not be offered.
     assert "prometheus.io/scrape" not in gateway["spec"]["template"]["metadata"].get(
         "annotations", {})
+
+
+def test_compose_runs_a_redis_cluster(compose: dict[str, Any]) -> None:
+    """Six nodes in cluster mode, formed (3 masters, a replica each) by a one-shot service
+    every app waits for; the apps name nodes of it."""
+    services = compose["services"]
+    nodes = sorted(n for n, s in services.items() if "--cluster-enabled" in s.get("command", []))
+    assert len(nodes) == 6
+    for name in nodes:
+        command = services[name]["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert command[command.index("--cluster-announce-hostname") + 1] == name
+    init = services["redis-cluster-init"]
+    script = " ".join(init["command"])
+    assert "--cluster create" in script and "--cluster-replicas 1" in script
+    assert set(init["depends_on"]) == set(nodes)
+    assert all("redis-$$n" in script and str(i) in script for i in range(1, 7))
+    for name in ("worker1", "worker2", "gateway"):
+        service = services[name]
+        assert service["depends_on"]["redis-cluster-init"]["condition"] == \
+            "service_completed_successfully"
+        assert set(redis_hosts(service["environment"]["LIVECOMMERCE_REDIS_URL"])) <= set(nodes)
+
+
+def test_kubernetes_runs_a_redis_cluster(manifests: list[dict[str, Any]]) -> None:
+    """A StatefulSet in cluster mode behind a headless Service, formed by a Job naming
+    every pod; the ConfigMap's Redis URL names pods of it."""
+    [sts] = [d for d in manifests if d["kind"] == "StatefulSet"]
+    [headless] = [d for d in manifests if d["kind"] == "Service"
+                  and d["metadata"]["name"] == sts["spec"]["serviceName"]]
+    [job] = [d for d in manifests if d["kind"] == "Job"]
+    spec = sts["spec"]
+    assert spec["replicas"] == 6
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"][
+        "labels"].items()
+    (redis,) = spec["template"]["spec"]["containers"]
+    args = " ".join(redis["args"])
+    assert "--cluster-enabled yes" in args and "--cluster-announce-hostname" in args
+    assert {p["containerPort"] for p in redis["ports"]} == {6379, 16379}  # data and bus
+    (create,) = job["spec"]["template"]["spec"]["containers"]
+    script = " ".join(create["args"])
+    assert "--cluster create" in script and "--cluster-replicas 1" in script
+    pods = [f"{sts['metadata']['name']}-{n}" for n in range(spec["replicas"])]
+    assert f"for n in {' '.join(str(n) for n in range(spec['replicas']))}" in script
+    assert f"{sts['metadata']['name']}-$n.{headless['metadata']['name']}" in script
+    config = next(c for c in manifests if c["kind"] == "ConfigMap"
+                  and c["metadata"]["name"] == "livecommerce")
+    hosts = redis_hosts(config["data"]["LIVECOMMERCE_REDIS_URL"])
+    assert hosts and all(h.split(".")[0] in pods and h.split(".")[1] == headless["metadata"][
+        "name"] for h in hosts)
