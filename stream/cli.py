@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import signal
 import sys
@@ -74,6 +75,11 @@ def _known(exc: BaseException, describe: Callable[[BaseException], str | None]) 
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def main(debug: bool) -> None:
     """Real-time stream processing for live-commerce broadcasts."""
+    if not debug:
+        # aiokafka logs each refused connect attempt (20 while a broker is looked for);
+        # the one-line error at the end says it once, with what to do.
+        logging.getLogger("aiokafka").addFilter(
+            lambda record: not str(record.msg).startswith("Unable connect to"))
 
 
 ROOM = "demo-room"

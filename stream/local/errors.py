@@ -14,6 +14,7 @@ import redis.exceptions
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from redis.asyncio import Redis
 
+from stream.engine.rules import RuleError
 from stream.local.embedded import EmbeddedStackError
 from stream.local.sender import GatewayUnreachable
 from stream.local.state import NoSystem
@@ -60,6 +61,9 @@ def one_line(exc: BaseException) -> str | None:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return (f"the gateway at {exc.host}:{exc.port} refused the connection: is "
                 "`livecommerce up` (or `livecommerce gateway`) running? Check --gateway")
+    if isinstance(exc, RuleError):
+        return (f"{_first_line(exc)}: run from the checkout (where rules/ is), set "
+                "LIVECOMMERCE_RULES_DIR, or see `livecommerce rules check`")
     if isinstance(exc, EmbeddedStackError):
         return f"the embedded stack did not start: {_first_line(exc)}"
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:

@@ -30,6 +30,7 @@ from stream.local.embedded import EmbeddedStack, die_with_parent, free_port
 from stream.store import keys
 from stream.store.ledger import read_stats
 from stream.worker.admin import ensure_topics
+from stream.worker.rulewatch import load_rules
 
 
 @dataclass(slots=True)
@@ -62,6 +63,9 @@ def spawn(command: list[str], settings: Settings, log: Path) -> subprocess.Popen
 async def running(settings: Settings, *, workers: int = 1,
                   http_port: int | None = None) -> AsyncIterator[Running]:
     """Start what is not configured, then workers and the gateway; stop all on exit."""
+    # Workers are children that would die of a missing or broken rules directory one by
+    # one, in their logs: refuse here instead, before anything starts.
+    load_rules(settings.rules_dir)
     stack = EmbeddedStack()
     with tempfile.TemporaryDirectory(prefix="livecommerce-") as tmp:
         try:

@@ -54,7 +54,7 @@ class System(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def state_path(settings: Settings) -> Path:
-    return settings.state_file if settings.state_file is not None else DEFAULT_STATE
+    return settings.state if settings.state is not None else DEFAULT_STATE
 
 
 def read_state(path: Path) -> UpState | None:

@@ -35,6 +35,8 @@ from stream.worker.engagement import Engagement
 from stream.worker.orders import Orders
 from stream.worker.pipeline import Pipeline
 from stream.worker.rulewatch import RuleWatcher
+from stream.worker.status import EVERY_S as STATUS_EVERY_S
+from stream.worker.status import Status, attach_handler, joining
 from stream.worker.stockfeed import StockFeed
 from stream.worker.transport import App
 
@@ -186,6 +188,23 @@ def create_app(settings: Settings) -> faust.App:
         return starts
 
     app.resume_offsets = resume_offsets
+    status = Status(group=group_id(settings.topic_prefix),
+                    events=lambda: pipeline.events_processed,
+                    retries=lambda: pipeline.retries, clock=time.monotonic)
+
+    @app.on_partitions_assigned.connect
+    def on_assigned(sender: object, assigned: set[TP], **_: object) -> None:
+        status.assigned(assigned)
+
+    @app.timer(STATUS_EVERY_S)
+    async def report_status() -> None:
+        lag: dict[TP, int | None] = {}
+        for tp in app.consumer.assignment():
+            high = app.consumer.highwater(tp)
+            # A partition not read yet in this process: unknown, unless it is empty.
+            done = processed.get(tp, 0 if high == 0 else None)
+            lag[tp] = None if high is None or done is None else max(0, high - done)
+        status.progress(lag)
 
     # faust types a receiver as taking `signal=` by keyword; ours takes it in `**_`.
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -260,6 +279,8 @@ def run(settings: Settings, *, loglevel: str = "warn") -> None:
                                           Topics(settings.topic_prefix),
                                           partitions=settings.partitions))
     app = create_app(settings)
+    attach_handler()
+    joining(group_id(settings.topic_prefix), broker_url(settings))
     worker = faust.Worker(app, loop=loop, loglevel=loglevel, quiet=True)
     # A batch allocates ~10 tracked objects per event, so the default gen-0 threshold (700)
     # ran a collection every few dozen events, and each older-generation pass walked every
