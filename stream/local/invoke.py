@@ -26,6 +26,10 @@ def command(*, cwd: Path | None = None) -> str:
     if venv.is_relative_to(here):
         rel = os.path.relpath(venv / "bin" / "livecommerce", here)
         return shlex.quote(rel if "/" in rel else f"./{rel}")
+    # `.venv` here may be a link to the venv that runs us (a second checkout sharing one).
+    for name in (".venv", "venv"):
+        if (here / name).is_dir() and (here / name).resolve() == venv:
+            return f"{name}/bin/livecommerce"
     found = shutil.which("livecommerce")
     if found is not None and Path(found).resolve() == entry.resolve():
         return "livecommerce"
