@@ -35,3 +35,17 @@ async def redis(stack: EmbeddedStack) -> AsyncIterator[Redis]:
     client = Redis.from_url(stack.redis_url)
     yield client
     await client.aclose()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say at the end of the run which browser tests were skipped on request: a skip
+    must never pass unnoticed (tests/browser.py)."""
+    from browser import SKIP_ASKED
+
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if SKIP_ASKED in str(getattr(r, "longrepr", ""))]
+    if skipped:
+        terminalreporter.section("browser tests skipped", yellow=True, bold=True)
+        terminalreporter.line(f"{len(skipped)} browser test(s) did not run ({SKIP_ASKED}):")
+        for report in skipped:
+            terminalreporter.line(f"  {report.nodeid}")
