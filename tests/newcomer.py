@@ -59,13 +59,15 @@ class Background:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for(self, text: str, *, timeout_s: float = 120.0) -> str:
-        """The first line containing `text`, once it is printed."""
+    def wait_for(self, text: str, *, timeout_s: float = 120.0,
+                 at_start: bool = False) -> str:
+        """The first line containing `text` (`at_start`: that starts with it), once it
+        is printed."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
             while True:
                 for line in self.lines:
-                    if text in line:
+                    if line.startswith(text) if at_start else text in line:
                         return line
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
@@ -75,8 +77,8 @@ class Background:
 
     def value(self, label: str) -> str:
         """What a `label   value` line of `up` says."""
-        line = self.wait_for(label)
-        return line.split(None, 1)[1].strip() if line.startswith(label) else line
+        line = self.wait_for(f"{label} ", at_start=True)
+        return line.split(None, 1)[1].strip()
 
     def interrupt(self, *, timeout_s: float = 60.0) -> int:
         """Ctrl-C, then wait for a clean exit; the exit code."""
