@@ -19,6 +19,7 @@ from stream.local.embedded import EmbeddedStackError
 from stream.local.sender import GatewayUnreachable
 from stream.local.state import NoSystem
 from stream.store import keys
+from stream.store.inventory import Inventory
 from stream.store.ledger import read_stats
 
 
@@ -42,6 +43,8 @@ async def known_rooms(redis: Redis) -> list[str]:
 async def require_room(redis: Redis, room: str) -> None:
     """Raise NoSuchRoom unless `room` has stock or counted events."""
     if await redis.sismember(keys.ROOMS, room) or await read_stats(redis, room):
+        return
+    if (await Inventory(redis).audit(room)).skus:  # stock written without the workers
         return
     raise NoSuchRoom(room, await known_rooms(redis))
 

@@ -101,6 +101,9 @@ async def running(settings: Settings, *, workers: int = 1,
                 await gateway.start(port=port)
                 yield run
             finally:
+                # The workers' stop signal first: their graceful stop (a final commit, a
+                # group leave) then overlaps the gateway's instead of following it.
+                signal_processes(run.workers)
                 await gateway.stop()
                 await stop_processes(run.workers)
                 await redis.aclose()
@@ -108,11 +111,17 @@ async def running(settings: Settings, *, workers: int = 1,
             await stack.stop()
 
 
-async def stop_processes(procs: list[subprocess.Popen[bytes]], *, grace_s: float = 10.0) -> None:
-    """SIGTERM, a grace period for a clean commit, then SIGKILL."""
+def signal_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to each process still running (a second one changes nothing: faust stops
+    once)."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
+
+
+async def stop_processes(procs: list[subprocess.Popen[bytes]], *, grace_s: float = 10.0) -> None:
+    """SIGTERM, a grace period for a clean commit, then SIGKILL."""
+    signal_processes(procs)
     deadline = time.monotonic() + grace_s
     for proc in procs:
         while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a child
