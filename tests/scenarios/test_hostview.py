@@ -100,7 +100,10 @@ async def watch_dashboard(url: str, seen: Seen, *, screenshot: Path | None) -> N
                 "Number(document.body.dataset.updates) >= 1 && "
                 "document.getElementById('kpi-viewers').textContent !== '0'", timeout=60_000)
             seen.first = await page.evaluate(_READ)
-            await asyncio.sleep(5)
+            # Three more polls (one a second) without a reload; waited for, not slept on.
+            await page.wait_for_function(
+                f"Number(document.body.dataset.updates) >= {seen.first['updates'] + 3}",
+                timeout=60_000)
             seen.later = await page.evaluate(_READ)
             await asyncio.sleep(SHOW_S * 0.35)
             # Suppressions come once the first popups are due (3 minutes of show).
@@ -151,8 +154,27 @@ async def show(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory,
         short = {t: n - int(stats.get(f"ev:{t}", 0)) for t, n in sent.by_type.items()
                  if int(stats.get(f"ev:{t}", 0)) != n}
         assert stats["events"] == sent.events_sent, f"processed per type fell short: {short}"
-        await asyncio.sleep(1.5)  # the last batch's presence and engagement scripts
+        # The last batch's presence and engagement scripts run after its counters: wait
+        # until what they write (online, watch time, nudges) agrees with the log and two
+        # reads a cache period apart (0.5 s) are the same, instead of a fixed sleep.
+        await metrics_settled(f"{run.gateway_url}/v1/rooms/{room}/metrics", recount(events),
+                              token=run.tokens.for_role("host"))
         yield Show(run, plan, events, seen)
+
+
+async def metrics_settled(url: str, want: dict[str, Any], *, token: str,
+                          timeout_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    last: Any = None
+    while True:
+        m = await get_json(url, token=token)
+        now = (m["totals"], m["nudges"], m["segments"])
+        t = m["totals"]
+        if (t["online"], t["viewers"]) == (want["online"], want["viewers"]) and now == last:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"metrics never settled: {t}"
+        last = now
+        await asyncio.sleep(0.6)
 
 
 async def get_json(url: str, *, token: str) -> Any:
