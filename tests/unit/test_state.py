@@ -158,3 +158,21 @@ def test_status_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert lines[1] == "joined group g: holding 2 partitions: t 1-2 (gained t 2; gave up t 0)"
     assert lines[2] == ("processed 750 events in 15 s (750 in all); lag 3 records over 2 "
                         "partitions; 2 retries")
+
+
+def test_version_and_help_texts() -> None:
+    from click.testing import CliRunner
+
+    from stream.cli import main
+
+    runner = CliRunner()
+    version = runner.invoke(main, ["--version"], prog_name="livecommerce")
+    assert version.exit_code == 0 and version.output.startswith("livecommerce ")
+    for command, option, words in (("demo", "--http-port", "Gateway port"),
+                                   ("demo", "--keep", "until Ctrl-C"),
+                                   ("up", "--workers", "Worker processes"),
+                                   ("gateway", "--port", "Port to listen on"),
+                                   ("simulate", "--gateway", "livecommerce up")):
+        text = runner.invoke(main, [command, "--help"]).output
+        line = " ".join(text.split())
+        assert option in line and words in line, (command, text)
