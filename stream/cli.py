@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
@@ -14,21 +17,16 @@ import msgspec
 from stream.core import config
 from stream.core.auth import ROLES
 
+if TYPE_CHECKING:
+    from stream.local.runner import Running
+    from stream.local.state import UpState
+
 
 def _settings() -> config.Settings:
     try:
         return config.from_env()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-
-
-async def _until_stopped() -> None:
-    """Wait for Ctrl-C or SIGTERM (the caller then stops what it started)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 def _run_fast(coro: Coroutine[Any, Any, None]) -> None:
@@ -72,38 +70,110 @@ def _with_cluster_options(fn: Callable[..., None]) -> Callable[..., None]:
     return fn
 
 
-@click.group()
-def main() -> None:
+class _Cli(click.Group):
+    """Known failures become one line and exit 1 (`--debug`: the traceback instead)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            from stream.local.errors import one_line
+
+            line = _known(exc, one_line)
+            if line is None or ctx.params.get("debug"):
+                raise
+            click.echo(f"error: {line} (--debug shows the traceback)", err=True)
+            ctx.exit(1)
+
+
+def _known(exc: BaseException, describe: Callable[[BaseException], str | None]) -> str | None:
+    """The line for `exc` or for what caused it (a wrapped connection error)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if (line := describe(cause)) is not None:
+            return line
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+@click.group(cls=_Cli)
+@click.version_option(package_name="livecommerce", message="%(prog)s %(version)s")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def main(debug: bool) -> None:
     """Real-time stream processing for live-commerce broadcasts."""
+    if not debug:
+        # aiokafka logs each refused connect attempt (20 while a broker is looked for);
+        # the one-line error at the end says it once, with what to do.
+        logging.getLogger("aiokafka").addFilter(
+            lambda record: not str(record.msg).startswith("Unable connect to"))
+
+
+ROOM = "demo-room"
+
+
+def _stop_event() -> asyncio.Event:
+    """An event set by Ctrl-C or SIGTERM. Installed as soon as the system is up and
+    before anything is printed: a signal that arrives once the URLs are on screen then
+    always stops the system the same way (exit 0), never half way through a line."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _print_system(run: Running, state: UpState, path: Path, *, room: str = ROOM,
+                  out: Callable[[str], None] = click.echo) -> None:
+    """The URLs and tokens, then commands that run as printed from this directory."""
+    from stream.local.invoke import command
+    from stream.local.state import DEFAULT_STATE
+
+    s = run.settings
+    out(f"gateway   {run.gateway_url}")
+    out(f"kafka     {s.kafka_url}")
+    out(f"redis     {s.redis_url}")
+    out(f"tokens    {s.tokens_file}")
+    for role in ROLES:
+        if run.tokens.has_role(role):  # a tokens file may hold no monitor token
+            out(f"  {role:<9} {run.tokens.for_role(role)}")
+    out(f"state     {path}  (the commands below find this system through it)")
+    out(f"dashboard {state.dashboard_url}")
+    out(f"viewer    {state.viewer_url}")
+    env = "" if path == DEFAULT_STATE else f"LIVECOMMERCE_STATE={shlex.quote(str(path))} "
+    cli = env + command()
+    out(f"simulate  {cli} simulate --room {room}")
+    out(f"report    {cli} report {room} --out report.html")
+    out(f"check     {cli} check {room}")
 
 
 @main.command()
-@click.option("--http-port", type=int, default=None, help="Gateway port (default: a free one).")
-@click.option("--workers", type=int, default=1, show_default=True)
+@click.option("--http-port", type=int, default=None,
+              help="Gateway port (default: LIVECOMMERCE_HTTP_PORT if set, else a free one).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Worker processes; they share the partitions of one consumer group.")
 @_with_cluster_options
-def up(http_port: int | None, workers: int, redis_cluster: int, redis_replicas: int) -> None:
+def up(http_port: int | None, workers: int, redis_cluster: int,
+       redis_replicas: int) -> None:
     """Embedded broker + Redis + workers + gateway, until Ctrl-C."""
     from stream.local.runner import running
+    from stream.local.state import new_state, published, state_path
 
     async def serve() -> None:
-        async with running(_settings(), workers=workers, http_port=http_port,
+        settings = _settings()
+        async with running(settings, workers=workers, http_port=http_port,
                            redis_cluster=redis_cluster, redis_replicas=redis_replicas) as run:
-            s = run.settings
-            click.echo(f"gateway   {run.gateway_url}")
-            click.echo(f"kafka     {s.kafka_url}")
-            click.echo(f"redis     {s.redis_url}")
-            click.echo(f"tokens    {s.tokens_file}")
-            for role in ROLES:
-                if run.tokens.has_role(role):  # a tokens file may hold no monitor token
-                    click.echo(f"  {role:<9} {run.tokens.for_role(role)}")
-            click.echo(f"simulate  LIVECOMMERCE_TOKENS_FILE={s.tokens_file} "
-                       f"livecommerce simulate --gateway {run.gateway_url}")
-            click.echo(f"dashboard {run.gateway_url}/dashboard/demo-room"
-                       f"#token={run.tokens.for_role('host')}  "
-                       f"(report: LIVECOMMERCE_REDIS_URL={s.redis_url} "
-                       f"livecommerce report demo-room --out report.html)")
-            click.echo("Ctrl-C stops everything.", err=True)
-            await _until_stopped()
+            stop = _stop_event()
+            path = state_path(settings)
+            state = new_state(gateway_url=run.gateway_url, settings=run.settings, room=ROOM,
+                              host_token=run.tokens.for_role("host"))
+            with published(path, state):
+                _print_system(run, state, path)
+                click.echo("Ctrl-C stops everything.")
+                await stop.wait()
 
     _run_fast(serve())
 
@@ -115,31 +185,65 @@ def up(http_port: int | None, workers: int, redis_cluster: int, redis_replicas: 
 @click.option("--speed", type=float, default=20.0, show_default=True,
               help="Show time per wall time (20 = a 10-minute show in 30 s).")
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--http-port", type=int, default=None)
+@click.option("--http-port", type=int, default=None,
+              help="Gateway port (default: LIVECOMMERCE_HTTP_PORT if set, else a free one).")
+@click.option("--keep", is_flag=True,
+              help="Keep the system up after the show until Ctrl-C (dashboard, report).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary line on stdout.")
 @_with_cluster_options
 def demo(viewers: int, duration: float, speed: float, seed: int, http_port: int | None,
-         as_json: bool, redis_cluster: int, redis_replicas: int) -> None:
-    """`up` plus a simulated broadcast; prints a summary and exits."""
-    from stream.local.demo import run_demo
+         keep: bool, as_json: bool, redis_cluster: int, redis_replicas: int) -> None:
+    """`up` plus a simulated broadcast; prints a summary and exits (or, with --keep,
+    stays up until Ctrl-C)."""
+    from stream.local.demo import Summary, run_demo
+    from stream.local.state import dashboard_url, new_state, published, state_path
 
-    summary = _run(run_demo(_settings(), viewers=viewers, duration_s=duration,
-                            speed=speed, seed=seed, http_port=http_port,
-                            progress=sys.stderr.isatty(), announce=not as_json,
-                            redis_cluster=redis_cluster, redis_replicas=redis_replicas))
-    if as_json:
-        click.echo(msgspec.json.encode(summary).decode())
-    else:
-        for name, value in msgspec.structs.asdict(summary).items():
-            click.echo(f"{name:<17} {value}")
-    lost = summary.events_sent - summary.dead_letters - summary.events_processed
-    if lost or summary.oversold:
-        click.echo(f"FAILED: lost={lost} oversold={summary.oversold}", err=True)
+    settings = _settings()
+    # With --json stdout holds the summary line only; what a person reads goes to stderr.
+    say: Callable[[str], None] = (lambda line: click.echo(line, err=True)) if as_json \
+        else click.echo
+
+    def announce(run: Running) -> None:
+        say(f"gateway   {run.gateway_url}  (viewers={viewers}, {duration:g}s at {speed:g}x = "
+            f"{duration * speed / 60:.1f} min of show)")
+        say(f"dashboard {dashboard_url(run.gateway_url, ROOM, run.tokens.for_role('host'))}")
+        say(f"viewer    {run.gateway_url}/live/{ROOM}")
+
+    def show(summary: Summary) -> None:
+        if as_json:
+            click.echo(msgspec.json.encode(summary).decode(), nl=True)
+        else:
+            for name, value in msgspec.structs.asdict(summary).items():
+                if name != "errors" or value:
+                    click.echo(f"{name:<17} {value}")
+        sys.stdout.flush()
+
+    async def after(run: Running, summary: Summary) -> None:
+        show(summary)
+        if not keep:
+            return
+        stop = _stop_event()
+        path = state_path(settings)
+        state = new_state(gateway_url=run.gateway_url, settings=run.settings, room=ROOM,
+                          host_token=run.tokens.for_role("host"))
+        with published(path, state):
+            _print_system(run, state, path, out=say)
+            say("The show is over; the system stays up. Ctrl-C stops everything.")
+            await stop.wait()
+
+    summary = asyncio.run(run_demo(settings, viewers=viewers, duration_s=duration,
+                                   speed=speed, seed=seed, http_port=http_port,
+                                   progress=sys.stderr.isatty(), room_id=ROOM,
+                                   announce=announce, after=after,
+                                   redis_cluster=redis_cluster, redis_replicas=redis_replicas))
+    if summary.lost or summary.oversold:
+        click.echo(f"FAILED: lost={summary.lost} oversold={summary.oversold}", err=True)
         sys.exit(1)
 
 
 @main.command()
-@click.option("--loglevel", default="warn", show_default=True)
+@click.option("--loglevel", default="warn", show_default=True,
+              help="faust's own log level; the worker's status lines are always at INFO.")
 def worker(loglevel: str) -> None:
     """One stream worker against the configured Kafka and Redis."""
     from stream.worker.app import run
@@ -153,7 +257,9 @@ def worker(loglevel: str) -> None:
 
 @main.command()
 @click.option("--host", default="0.0.0.0", show_default=True)
-def gateway(host: str) -> None:
+@click.option("--port", type=int, default=None,
+              help="Port to listen on (default: LIVECOMMERCE_HTTP_PORT, else 8080).")
+def gateway(host: str, port: int | None) -> None:
     """One HTTP gateway against the configured Kafka and Redis."""
     from stream.core.auth import Tokens
     from stream.gateway.app import Gateway
@@ -162,13 +268,17 @@ def gateway(host: str) -> None:
     if not settings.kafka_url or not settings.redis_url or settings.tokens_file is None:
         raise click.UsageError("set LIVECOMMERCE_KAFKA_URL, LIVECOMMERCE_REDIS_URL and "
                                "LIVECOMMERCE_TOKENS_FILE (or use `livecommerce up`)")
+    tokens = Tokens.load(settings.tokens_file)
+    if port is not None:
+        settings = msgspec.structs.replace(settings, http_port=port)
 
     async def serve() -> None:
-        gw = Gateway(settings, Tokens.load(settings.tokens_file))  # type: ignore[arg-type]
+        gw = Gateway(settings, tokens)
         try:
             await gw.start(host=host)
+            stop = _stop_event()
             click.echo(f"gateway listening on {host}:{settings.http_port}", err=True)
-            await _until_stopped()
+            await stop.wait()
         finally:
             await gw.stop()
 
@@ -176,27 +286,47 @@ def gateway(host: str) -> None:
 
 
 @main.command()
-@click.option("--gateway", "gateway_url", required=True, help="e.g. http://127.0.0.1:8080")
-@click.option("--room", default="demo-room", show_default=True)
+@click.option("--gateway", "gateway_url", default=None,
+              help="e.g. http://127.0.0.1:8080 (default: the `livecommerce up` running here).")
+@click.option("--room", default=ROOM, show_default=True)
 @click.option("--viewers", type=int, default=300, show_default=True)
-@click.option("--duration", type=float, default=60.0, show_default=True)
-@click.option("--speed", type=float, default=1.0, show_default=True)
+@click.option("--duration", type=float, default=30.0, show_default=True,
+              help="Wall-clock seconds the simulation sends for.")
+@click.option("--speed", type=float, default=20.0, show_default=True,
+              help="Show time per wall time (the default: a 10-minute show with a flash "
+                   "sale, orders and nudges, in 30 s).")
 @click.option("--seed", type=int, default=1, show_default=True)
-def simulate(gateway_url: str, room: str, viewers: int, duration: float, speed: float,
+def simulate(gateway_url: str | None, room: str, viewers: int, duration: float, speed: float,
              seed: int) -> None:
-    """Drive a realistic broadcast into a running system."""
+    """Drive a realistic broadcast into a running system; one JSON summary line (the keys
+    of `demo --json`)."""
     from stream.core.auth import Tokens
-    from stream.local import sender, showplan
+    from stream.local import showplan
+    from stream.local.demo import Summary
+    from stream.local.demo import simulate as simulate_show
+    from stream.local.state import find_system
+    from stream.store.connect import connect
 
-    settings = _settings()
-    if settings.tokens_file is None:
-        raise click.UsageError("set LIVECOMMERCE_TOKENS_FILE (printed by `livecommerce up`)")
+    system = find_system(_settings(), gateway_url=gateway_url, need_gateway=True)
+    click.echo(system.describe(), err=True)
+    assert system.settings.tokens_file is not None  # find_system guarantees it
+    tokens = Tokens.load(system.settings.tokens_file)
     plan = showplan.plan_for(room_id=room, viewers=viewers, duration_s=duration, speed=speed,
-                              seed=seed)
-    stats = asyncio.run(sender.run(plan, gateway=gateway_url.rstrip("/"),
-                                      tokens=Tokens.load(settings.tokens_file)))
-    click.echo(msgspec.json.encode(stats).decode())
-    if stats.rejected:
+                             seed=seed)
+
+    async def go() -> Summary:
+        redis = await connect(system.settings.redis_url) if system.settings.redis_url \
+            else None
+        try:
+            return await simulate_show(plan, gateway_url=system.gateway_url, tokens=tokens,
+                                       redis=redis, progress=sys.stderr.isatty())
+        finally:
+            if redis is not None:
+                await redis.aclose()
+
+    summary = asyncio.run(go())
+    click.echo(msgspec.json.encode(summary).decode())
+    if summary.events_rejected or summary.lost or summary.oversold:
         sys.exit(1)
 
 
@@ -204,19 +334,20 @@ def simulate(gateway_url: str, room: str, viewers: int, duration: float, speed: 
 @click.argument("rooms", nargs=-1)
 def check(rooms: tuple[str, ...]) -> None:
     """Verify available + reserved + sold == loaded for every SKU (all rooms by default)."""
-    from stream.store import keys
+    from stream.local.errors import known_rooms, require_room
+    from stream.local.state import find_system
     from stream.store.connect import connect
     from stream.store.inventory import Inventory
-    from stream.store.replies import text
 
-    settings = _settings()
-    if not settings.redis_url:
-        raise click.UsageError("set LIVECOMMERCE_REDIS_URL")
+    system = find_system(_settings(), need_redis=True)
+    click.echo(system.describe(), err=True)
 
     async def audit() -> int:
-        redis = await connect(settings.redis_url)
+        redis = await connect(system.settings.redis_url)
         try:
-            names = list(rooms) or sorted(text(r) for r in await redis.smembers(keys.ROOMS))
+            for room in rooms:
+                await require_room(redis, room)
+            names = list(rooms) or await known_rooms(redis)
             inventory = Inventory(redis)
             bad = 0
             for room in names:
@@ -240,20 +371,20 @@ def check(rooms: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the review as one JSON line.")
 def report(room: str, out: str | None, as_json: bool) -> None:
     """The post-live review (复盘) of ROOM, from the live system's Redis."""
-    from pathlib import Path
-
     from stream.hostview.report import render_html, review
+    from stream.local.errors import require_room
+    from stream.local.state import find_system
     from stream.store.connect import connect
 
-    settings = _settings()
-    if not settings.redis_url:
-        raise click.UsageError("set LIVECOMMERCE_REDIS_URL")
     if out is None and not as_json:
         raise click.UsageError("give --out FILE.html, --json, or both")
+    system = find_system(_settings(), need_redis=True)
+    click.echo(system.describe(), err=True)
 
     async def read() -> object:
-        redis = await connect(settings.redis_url)
+        redis = await connect(system.settings.redis_url)
         try:
+            await require_room(redis, room)
             return await review(redis, room)
         finally:
             await redis.aclose()
@@ -275,8 +406,6 @@ def rules() -> None:
 @click.argument("directory", required=False, type=click.Path())
 def rules_check(directory: str | None) -> None:
     """Validate the rule files in DIRECTORY (default: LIVECOMMERCE_RULES_DIR or ./rules)."""
-    from pathlib import Path
-
     from stream.engine.rules import FILES, RuleError
     from stream.worker.rulewatch import load_rules
 

@@ -53,3 +53,15 @@ def cluster_settings(stack: EmbeddedStack, redis_cluster: EmbeddedStack) -> Sett
     """Settings on the shared broker and the 3-master cluster, with topics of their own."""
     return Settings(kafka_url=stack.kafka_url, redis_url=redis_cluster.redis_url,
                     topic_prefix=f"t{uuid.uuid4().hex[:8]}.", partitions=4)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say at the end of the run which browser tests were skipped on request: a skip
+    must never pass unnoticed (tests/browser.py)."""
+    from browser import SKIP_ASKED
+
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if SKIP_ASKED in str(getattr(r, "longrepr", ""))]
+    if skipped:
+        terminalreporter.section("browser tests skipped", yellow=True, bold=True)
+        terminalreporter.line(f"{len(skipped)} browser test(s) did not run ({SKIP_ASKED}):")
+        for report in skipped:
+            terminalreporter.line(f"  {report.nodeid}")

@@ -18,6 +18,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     redis_url: str = ""
     rules_dir: Path = Path("rules")
     tokens_file: Path | None = None
+    # Where `up` says where it runs, for the commands started next to it (unset:
+    # `.livecommerce/up.json` under the working directory).
+    state: Path | None = None
     http_port: int = 8080
     topic_prefix: str = "lc."
     # Viewer and order topics must have the same count so one viewer's events meet in
@@ -100,7 +103,7 @@ def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Sett
             except ValueError:
                 name = ENV_PREFIX + field.upper()
                 raise ValueError(f"{name}: expected an integer, got {raw!r}") from None
-        elif field in ("rules_dir", "tokens_file"):
+        elif field in ("rules_dir", "tokens_file", "state"):
             values[field] = Path(raw)
         else:
             values[field] = raw

@@ -31,6 +31,7 @@ from stream.store import keys
 from stream.store.connect import Client, connect
 from stream.store.ledger import read_stats
 from stream.worker.admin import ensure_topics
+from stream.worker.rulewatch import load_rules
 
 
 @dataclass(slots=True)
@@ -109,6 +110,9 @@ async def running(settings: Settings, *, workers: int = 1, gateways: int = 1,
     process, the others as child processes); stop all on exit. `redis_cluster` N starts
     an embedded Redis Cluster of N masters (each with `redis_replicas` replicas). The
     children's logs go to `log_dir` (kept) or a temporary directory."""
+    # Workers are children that would die of a missing or broken rules directory one by
+    # one, in their logs: refuse here instead, before anything starts.
+    load_rules(settings.rules_dir)
     stack = EmbeddedStack(redis_cluster=redis_cluster, redis_replicas=redis_replicas)
     with tempfile.TemporaryDirectory(prefix="livecommerce-") as tmp:
         try:
@@ -149,6 +153,9 @@ async def running(settings: Settings, *, workers: int = 1, gateways: int = 1,
                     await run.add_gateway()
                 yield run
             finally:
+                # The workers' stop signal first: their graceful stop (a final commit, a
+                # group leave) then overlaps the gateway's instead of following it.
+                signal_processes(run.workers)
                 await gateway.stop()
                 await stop_processes(run.gateways + run.workers)
                 await redis.aclose()
@@ -156,11 +163,17 @@ async def running(settings: Settings, *, workers: int = 1, gateways: int = 1,
             await stack.stop()
 
 
-async def stop_processes(procs: list[subprocess.Popen[bytes]], *, grace_s: float = 10.0) -> None:
-    """SIGTERM, a grace period for a clean commit, then SIGKILL."""
+def signal_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to each process still running (a second one changes nothing: faust stops
+    once)."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
+
+
+async def stop_processes(procs: list[subprocess.Popen[bytes]], *, grace_s: float = 10.0) -> None:
+    """SIGTERM, a grace period for a clean commit, then SIGKILL."""
+    signal_processes(procs)
     deadline = time.monotonic() + grace_s
     for proc in procs:
         while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - polling a child

@@ -23,6 +23,29 @@ from stream.core.models import Event, Role, StockSet
 from stream.local.showplan import Plan, broadcast
 
 
+class GatewayUnreachable(Exception):
+    """The gateway did not answer at all (refused, no route, timed out)."""
+
+
+# How long the first request may take before `run` gives up on the gateway: a
+# newcomer's typo must fail within ~10 s, not after the 60 s of retries meant for a
+# gateway that restarts mid-show.
+PROBE_TIMEOUT_S = 5.0
+
+
+async def probe(session: aiohttp.ClientSession, gateway: str) -> None:
+    """Raise GatewayUnreachable unless `gateway` answers HTTP (any status) at all."""
+    try:
+        async with session.get(f"{gateway}/healthz",
+                               timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as resp:
+            await resp.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise GatewayUnreachable(
+            f"the gateway at {gateway} is not answering ({reason}): is `livecommerce up` "
+            "running? Check --gateway") from exc
+
+
 class SimStats(msgspec.Struct):
     """What `run` sent and what the gateway said about it."""
 
@@ -232,6 +255,7 @@ async def run(plan: Plan, *, gateway: str, tokens: Tokens, progress: bool = True
     url = gateway.rstrip("/") + "/v1/events"
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
+        await probe(session, gateway.rstrip("/"))
         sender = _Sender(session, url, tokens, stats)
         # Like an operator: load the stock and see it on the gateway before going live.
         # Topics are not ordered against each other, so without this a worker that is
@@ -243,7 +267,11 @@ async def run(plan: Plan, *, gateway: str, tokens: Tokens, progress: bool = True
             await _wait_for_stock(session, gateway.rstrip("/"), plan.room_id,
                                   {e.sku for e in opening})
         schedule = [(o, e) for o, e in schedule if not (o == 0 and isinstance(e, StockSet))]
-        with tqdm(total=round(plan.sim_s), unit="s", desc=f"broadcast {plan.room_id}",
+        # The bar counts show seconds; tqdm's rate would read "20.00s/s" at 20x, so the
+        # format shows the show's clock against the wall clock instead.
+        with tqdm(total=round(plan.sim_s), desc=f"broadcast {plan.room_id}",
+                  bar_format=("{desc}: {percentage:3.0f}%|{bar}| show {n_fmt}/{total_fmt} s"
+                              f" at {plan.speed:g}x" " [{elapsed}<{remaining}]{postfix}"),
                   file=sys.stderr, disable=not progress, leave=False) as bar:
             try:
                 await _pace(schedule, plan, sender, bar, batch_window_s)

@@ -49,6 +49,7 @@ class Pipeline:
         self._clock = clock
         self._retry_delays = retry_delays
         self.retries = 0
+        self.events_processed = 0  # for the worker's status line
         self._tail: asyncio.Future[None] | None = None
 
     async def process(self, records: Sequence[Record]) -> None:
@@ -93,6 +94,7 @@ class Pipeline:
                 parts.append(Part(record, events, frozenset(e.room_id for e in events)))
 
         await self._run_handlers(parts, reject)
+        self.events_processed += sum(len(part.events) for part in parts)
         for part in parts:
             for room in part.rooms:
                 mine = part.events if len(part.rooms) == 1 else [

@@ -17,19 +17,21 @@ from stream.core.config import Settings
 from stream.core.models import Nudge
 from stream.core.topics import partition_for
 from stream.engine.state import ViewerState
+from stream.gateway.app import Gateway
 from stream.store import keys
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[tuple[str, Tokens, Redis, Settings]]:
+async def gateway(settings: Settings
+                  ) -> AsyncIterator[tuple[str, Tokens, Redis, Settings, Gateway]]:
     async with running_gateway(settings) as (gw, url, tokens):
-        yield url, tokens, gw.redis, settings
+        yield url, tokens, gw.redis, settings, gw
 
 
 async def test_tags_are_for_the_commerce_token_only(gateway) -> None:  # type: ignore[no-untyped-def]
-    url, tokens, redis, settings = gateway
+    url, tokens, redis, settings, _ = gateway
     await redis.sadd(keys.viewer_rooms("v-tags"), "r1")
     state = ViewerState(tags={"watch_depth": ["<5min"], "interaction": ["liked"]})
     await redis.hset(keys.viewer_states(partition_for("v-tags", settings.partitions)),
@@ -50,7 +52,7 @@ async def test_tags_are_for_the_commerce_token_only(gateway) -> None:  # type: i
 
 
 async def test_nudges_reach_only_their_viewer(gateway) -> None:  # type: ignore[no-untyped-def]
-    url, tokens, redis, _ = gateway
+    url, tokens, redis, _, gw = gateway
     room = "r-nudge"
 
     async def receive(ws: aiohttp.ClientWebSocketResponse, seconds: float) -> list[dict]:
@@ -71,7 +73,10 @@ async def test_nudges_reach_only_their_viewer(gateway) -> None:  # type: ignore[
         async with (session.ws_connect(ws_url("alice", tokens.viewer_token("alice"))) as alice,
                     session.ws_connect(ws_url("bob", tokens.viewer_token("bob"))) as bob,
                     session.ws_connect(ws_url("alice", None)) as anonymous):
-            await asyncio.sleep(0.3)  # sockets registered
+            # Alice's and Bob's nudge feeds registered (the anonymous socket has none).
+            async with asyncio.timeout(10):
+                while gw.relay.listeners() < 2:
+                    await asyncio.sleep(0.01)
             nudge = Nudge(viewer_id="alice", room_id=room, rule_id="dwell-3min",
                           sku="germ-rice-5kg", message="看到您关注【有机胚芽米】",
                           variant="treatment",

@@ -13,18 +13,21 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp import web
+from browser import CHROMIUM, require_browser
 from helpers import running_gateway
 from redis.asyncio import Redis
-from test_hostview import CHROMIUM, browser_missing
 
 from stream.core.config import Settings
 from stream.core.models import StockUpdate
 from stream.local.embedded import free_port
 from stream.store import keys
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(browser_missing() is not None,
-                                 reason=browser_missing() or "")]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _browser() -> None:
+    require_browser()  # fails without chromium; skips only with LC_SKIP_BROWSER=1
 
 # The flags the brief names: headless, no sandbox (root in a container), no GPU, quiet.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",

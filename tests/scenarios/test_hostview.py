@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, browser_missing, require_browser
 
 from stream.core.config import Settings, to_env
 from stream.core.counters import minute_of
@@ -46,11 +47,6 @@ from stream.local.runner import Running, running, unrouted_dead_letters, wait_dr
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Chromium as root in a container; playwright adds --headless and a fresh --user-data-dir.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 SHOW_S = 20.0  # wall seconds; at 30x a 10-minute show
 LOW_STOCK = showplan.Product("sesame-oil-250ml", "小磨香油 250ml", 19.9, 10)
 
@@ -59,17 +55,6 @@ def screenshots_dir(factory: pytest.TempPathFactory) -> Path:
     """`LC_SCREENSHOTS=docs` keeps the dashboard and review screenshots for the README."""
     kept = os.environ.get("LC_SCREENSHOTS")
     return Path(kept) if kept else factory.mktemp("shots")
-
-
-def browser_missing() -> str | None:
-    if not CHROMIUM.exists():
-        return (f"no browser: {CHROMIUM} is missing (Debian package `chromium`; `make test` "
-                "installs it when run as root with apt-get)")
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return "no browser driver: the `playwright` Python package is not installed"
-    return None
 
 
 @dataclass
@@ -115,7 +100,10 @@ async def watch_dashboard(url: str, seen: Seen, *, screenshot: Path | None) -> N
                 "Number(document.body.dataset.updates) >= 1 && "
                 "document.getElementById('kpi-viewers').textContent !== '0'", timeout=60_000)
             seen.first = await page.evaluate(_READ)
-            await asyncio.sleep(5)
+            # Three more polls (one a second) without a reload; waited for, not slept on.
+            await page.wait_for_function(
+                f"Number(document.body.dataset.updates) >= {seen.first['updates'] + 3}",
+                timeout=60_000)
             seen.later = await page.evaluate(_READ)
             await asyncio.sleep(SHOW_S * 0.35)
             # Suppressions come once the first popups are due (3 minutes of show).
@@ -166,8 +154,27 @@ async def show(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory,
         short = {t: n - int(stats.get(f"ev:{t}", 0)) for t, n in sent.by_type.items()
                  if int(stats.get(f"ev:{t}", 0)) != n}
         assert stats["events"] == sent.events_sent, f"processed per type fell short: {short}"
-        await asyncio.sleep(1.5)  # the last batch's presence and engagement scripts
+        # The last batch's presence and engagement scripts run after its counters: wait
+        # until what they write (online, watch time, nudges) agrees with the log and two
+        # reads a cache period apart (0.5 s) are the same, instead of a fixed sleep.
+        await metrics_settled(f"{run.gateway_url}/v1/rooms/{room}/metrics", recount(events),
+                              token=run.tokens.for_role("host"))
         yield Show(run, plan, events, seen)
+
+
+async def metrics_settled(url: str, want: dict[str, Any], *, token: str,
+                          timeout_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    last: Any = None
+    while True:
+        m = await get_json(url, token=token)
+        now = (m["totals"], m["nudges"], m["segments"])
+        t = m["totals"]
+        if (t["online"], t["viewers"]) == (want["online"], want["viewers"]) and now == last:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"metrics never settled: {t}"
+        last = now
+        await asyncio.sleep(0.6)
 
 
 async def get_json(url: str, *, token: str) -> Any:
@@ -350,9 +357,7 @@ async def test_prometheus_agrees_with_the_json(show: Show) -> None:
 
 
 async def test_dashboard_updates_live_in_chromium(show: Show) -> None:
-    reason = browser_missing()
-    if reason is not None:
-        pytest.skip(reason)
+    require_browser()
     seen = show.seen
     assert seen is not None and seen.error is None, seen and seen.error
     first, later = seen.first, seen.later
@@ -395,9 +400,7 @@ async def test_review_adds_up_to_the_live_totals(show: Show, tmp_path: Path,
     assert r["leaders"] and all(g["region"] for g in r["leaders"])
     assert sum(s["orders"] for s in r["segments"]) == t["orders"]
 
-    reason = browser_missing()
-    if reason is not None:
-        pytest.skip(f"report written and checked as JSON; {reason}")
+    require_browser("report written and checked as JSON")
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:

@@ -92,7 +92,11 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
                     break
                 assert time.monotonic() < deadline, f"not settled: {stats}"
                 await asyncio.sleep(0.5)
-            await asyncio.sleep(2)  # let the last acks land
+            # A worker's graceful stop flushes its producer: once every live worker has
+            # exited by itself (not SIGKILLed after the grace), all it sent is in Kafka.
+            live = [w for w in workers if w.poll() is None]
+            await stop_processes(live)
+            assert [w.returncode for w in live] == [0] * len(live), "a worker was killed"
         finally:
             await stop_processes(workers)
             await redis.aclose()

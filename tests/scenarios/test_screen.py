@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from browser import CHROMIUM, require_browser
 from helpers import ev
 
 from stream.core.config import Settings
@@ -34,23 +35,12 @@ from stream.store import keys
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-quic", "--no-first-run",
                  "--disable-component-update", "--disable-sync"]
 DWELL_S = 5  # the test rules' dwell: short, so a popup is due within seconds
 RICE = ("germ-rice-5kg", "有机胚芽米 5kg", 39.9)
 OIL = ("peanut-oil-5l", "古法花生油 5L", 89.0)
-
-
-def browser_missing() -> str | None:
-    if not CHROMIUM.exists():
-        return f"no browser: {CHROMIUM} is missing (Debian package `chromium`)"
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        return "no browser driver: the `playwright` Python package is not installed"
-    return None
 
 
 def short_dwell_rules(into: Path) -> Path:
@@ -175,9 +165,7 @@ async def sale(system: System, room: str, *, orders: int, sku: str, prefix: str,
 @pytest.fixture(scope="module")
 async def system(stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory,
                  ) -> AsyncIterator[System]:
-    reason = browser_missing()
-    if reason is not None:
-        pytest.skip(reason)
+    require_browser()
     from playwright.async_api import async_playwright
 
     rules = short_dwell_rules(tmp_path_factory.mktemp("rules") / "rules")

@@ -7,7 +7,6 @@ placed by their offset in ms from `T0`.
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -431,7 +430,7 @@ def test_viewers_of_many_rooms_and_forget() -> None:
     assert set(engine.export_dirty()) == {("b", "v0"), ("b", "v1"), ("b", "v2")}
 
 
-# --- the simulator's show, and speed ----------------------------------------------------------
+# --- the simulator's show ----------------------------------------------------------------
 
 def test_the_simulated_broadcast_end_to_end(shipped_rules: Rules) -> None:
     events = sim_events(2000, 60, 60, seed=3)
@@ -442,21 +441,14 @@ def test_the_simulated_broadcast_end_to_end(shipped_rules: Rules) -> None:
     viewer_events = [e for e in events if isinstance(e, ViewerEvent)]
     assert room.ended_at is not None
     rooms = {room.room_id: room}
-    best = float("inf")
-    for _ in range(3):
-        engine = ViewerEngine(shipped_rules)
-        out: list[Effect] = []
-        started = time.perf_counter()
-        for i, event in enumerate(viewer_events):
-            out += engine.apply(event, room)
-            if i % 200 == 199:  # a worker's batch
-                out += engine.advance(event.ts, rooms)
-        out += engine.advance(room.ended_at + DAY, rooms)
-        best = min(best, time.perf_counter() - started)
-    rate = len(viewer_events) / best
-    print(f"\nviewer engine: {len(viewer_events)} events in {best * 1000:.0f} ms = "
-          f"{rate:,.0f} events/s")
-    assert rate > 50_000  # ~350k/s on a dev box; the floor leaves room for slow CI
+    # Its speed (> 50k events/s) is measured by bench/claims.py, not asserted here.
+    engine = ViewerEngine(shipped_rules)
+    out: list[Effect] = []
+    for i, event in enumerate(viewer_events):
+        out += engine.apply(event, room)
+        if i % 200 == 199:  # a worker's batch
+            out += engine.advance(event.ts, rooms)
+    out += engine.advance(room.ended_at + DAY, rooms)
 
     nudges = [e for e in out if isinstance(e, Nudge)]
     assert Counter(n.variant for n in nudges).keys() == {"treatment", "holdout"}

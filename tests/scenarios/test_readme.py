@@ -1,0 +1,129 @@
+"""README's command blocks, run as a reader runs them, against the embedded stack.
+
+Blocks are marked in README.md: `<!-- readme-test: up -->` before a block started in
+one terminal and left running (the test waits for its "Ctrl-C stops everything."),
+`<!-- readme-test: run -->` before a block pasted into a second terminal (every line
+must succeed). At the end of a section the test presses Ctrl-C (SIGINT to the process
+group, as a terminal does) and expects a clean exit. The only edits are scale and
+place: Locust's 500 users for 60 s become 20 for 6 s, port 8080 a free port, and
+/tmp/lc-tokens.json a file of the test's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from newcomer import READY, REPO, checkout, shell, user_env
+
+pytestmark = pytest.mark.integration
+
+MARK = re.compile(r"<!-- readme-test: (up|run) -->\n```sh\n(.*?)```", re.S)
+
+
+def _blocks(section: str) -> list[tuple[str, str]]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [(kind, code) for kind, code in MARK.findall(body)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_section(section: str, tmp_path: Path, edits: dict[str, str] | None = None,
+                 while_up: Callable[[str], None] | None = None,
+                 ) -> tuple[str, list[subprocess.CompletedProcess[str]]]:
+    """Run a section's blocks in a fresh checkout; `up`'s output and each run's result.
+    `while_up(output)` runs after the blocks, before the Ctrl-C."""
+    blocks = _blocks(section)
+    kinds = [kind for kind, _ in blocks]
+    assert kinds[0] == "up" and "run" in kinds, f"{section}: marked blocks {kinds}"
+    view = checkout(tmp_path)
+    env = user_env()
+
+    def edit(code: str) -> str:
+        for old, new in (edits or {}).items():
+            code = code.replace(old, new)
+        return code
+
+    up = subprocess.Popen(["bash", "-c", edit(blocks[0][1])], cwd=view, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    lines: list[str] = []
+    try:
+        assert up.stdout is not None
+        for line in up.stdout:
+            lines.append(line)
+            if READY in line:
+                break
+        assert any(READY in line for line in lines), "".join(lines)
+        results = [shell(edit(code), cwd=view, env=env) for kind, code in blocks[1:]
+                   if kind == "run"]
+        for result in results:
+            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        if while_up is not None:
+            while_up("".join(lines))
+        os.killpg(up.pid, signal.SIGINT)  # Ctrl-C in the first terminal
+        rest, _ = up.communicate(timeout=60)
+        assert up.returncode == 0, "".join(lines) + rest
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+    assert not (view / ".livecommerce" / "up.json").exists()
+    return "".join(lines), results
+
+
+def _value(output: str, label: str) -> str:
+    return next(line.split(None, 1)[1].strip() for line in output.splitlines()
+                if line.startswith(label))
+
+
+def test_two_commands(tmp_path: Path) -> None:
+    output, (run,) = _run_section("Two commands", tmp_path)
+    summary = json.loads(run.stdout.splitlines()[0])
+    assert summary["orders"] > 0 and summary["nudges"] > 0 and summary["oversold"] == 0
+    assert "demo-room: 5 skus, oversold 0, ok" in run.stdout
+    assert "<svg" in (tmp_path / "checkout" / "report.html").read_text(encoding="utf-8")
+    assert _value(output, "gateway") in run.stderr  # each command said which system
+
+
+def test_locust(tmp_path: Path) -> None:
+    port = _free_port()
+    _, (run,) = _run_section("Load testing with Locust", tmp_path, {
+        "-u 500 -r 50 -t 60s": "-u 20 -r 10 -t 6s",
+        "8080": str(port),
+        "/tmp/lc-tokens.json": str(tmp_path / "lc-tokens.json"),
+    })
+    assert re.search(r"locust-room: \d+ skus, oversold 0, ok", run.stdout), run.stdout
+
+
+def test_the_hosts_view(tmp_path: Path) -> None:
+    """After the blocks the dashboard's data is a full show, not an empty page."""
+    seen: dict[str, object] = {}
+
+    def dashboard_data(output: str) -> None:
+        page = _value(output, "dashboard")
+        base, token = page.split("/dashboard/")[0], page.split("#token=", 1)[1]
+        request = urllib.request.Request(f"{base}/v1/rooms/demo-room/metrics",
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            seen.update(json.load(resp)["totals"])
+        with urllib.request.urlopen(page.split("#")[0], timeout=10) as resp:
+            assert resp.status == 200
+
+    _run_section("The host's view", tmp_path, while_up=dashboard_data)
+    assert seen["orders"] > 0 and seen["paid"] > 0 and seen["gmv"] > 0, seen  # type: ignore[operator]
+    assert seen["nudges"] > 0, seen  # type: ignore[operator]
+    assert (tmp_path / "checkout" / "report.html").exists()
