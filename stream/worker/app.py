@@ -201,7 +201,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
                     events=lambda: pipeline.events_processed,
                     retries=lambda: pipeline.retries, clock=time.monotonic)
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # as on_revoked
     def on_assigned(sender: object, assigned: set[TP], **_: object) -> None:
         status.assigned(assigned)
 
@@ -318,7 +318,7 @@ def run(settings: Settings, *, loglevel: str = "warn") -> None:
     joining(group_id(settings.topic_prefix), broker_url(settings))
     worker = _Worker(app, loop=loop, loglevel=loglevel, quiet=True)
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # as on_revoked
     def holding(sender: object, assigned: set[TP], **_: object) -> None:
         worker.holding = True
     # A batch allocates ~10 tracked objects per event, so the default gen-0 threshold (700)
