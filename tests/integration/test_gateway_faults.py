@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -16,7 +17,7 @@ from stream.core.auth import Tokens
 from stream.core.config import Settings
 from stream.core.topics import Topics, partition_for
 from stream.gateway.app import Gateway
-from stream.local.embedded import free_port
+from stream.local.embedded import EmbeddedStack, free_port
 from stream.worker.admin import ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -41,13 +42,22 @@ async def post(url: str, tokens: Tokens, events: list[dict[str, object]],
         return resp.status, dict(resp.headers), await resp.read()
 
 
-async def test_redis_away_is_503_with_retry_after(settings: Settings) -> None:
+async def test_redis_away_is_503_with_retry_after(settings: Settings, tmp_path: Path) -> None:
+    """Redis goes away under a running gateway (a gateway that cannot reach Redis at
+    start refuses to start at all: `stream.store.connect`)."""
     await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),
                         partitions=settings.partitions)
-    away = msgspec.structs.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    tokens = Tokens.generate()
-    async with gateway(away, tokens) as url:
-        status, headers, body = await post(url, tokens, [ev("viewer.joined", source="douyin")])
+    own = EmbeddedStack(log_dir=tmp_path / "stack")
+    await own.start(kafka=False)
+    try:
+        away = msgspec.structs.replace(settings, redis_url=own.redis_url)
+        tokens = Tokens.generate()
+        async with gateway(away, tokens) as url:
+            await own.stop_redis()
+            status, headers, body = await post(url, tokens,
+                                               [ev("viewer.joined", source="douyin")])
+    finally:
+        await own.stop()
     assert status == 503 and headers.get("Retry-After") == "1", (status, body)
     assert b"redis" in body
     assert await read_all(settings, [Topics(settings.topic_prefix).viewer_events]) == []
