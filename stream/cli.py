@@ -52,7 +52,10 @@ def _run(coro: Coroutine[Any, Any, T],
     try:
         return runner(coro)
     except RedisUnusable as exc:
-        click.echo(f"livecommerce: {exc}", err=True)
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and ctx.find_root().params.get("debug"):
+            raise  # `--debug`: the traceback, as for every other known failure
+        click.echo(f"error: {exc}", err=True)
         sys.exit(2)
 
 
@@ -315,8 +318,9 @@ def simulate(gateway_url: str | None, room: str, viewers: int, duration: float, 
                              seed=seed)
 
     async def go() -> Summary:
-        redis = await connect(system.settings.redis_url) if system.settings.redis_url \
-            else None
+        url = system.settings.redis_url
+        redis = await connect(url, timeout_s=system.settings.redis_connect_timeout_s) \
+            if url else None
         try:
             return await simulate_show(plan, gateway_url=system.gateway_url, tokens=tokens,
                                        redis=redis, progress=sys.stderr.isatty())
@@ -343,7 +347,8 @@ def check(rooms: tuple[str, ...]) -> None:
     click.echo(system.describe(), err=True)
 
     async def audit() -> int:
-        redis = await connect(system.settings.redis_url)
+        redis = await connect(system.settings.redis_url,
+                              timeout_s=system.settings.redis_connect_timeout_s)
         try:
             for room in rooms:
                 await require_room(redis, room)
@@ -382,7 +387,8 @@ def report(room: str, out: str | None, as_json: bool) -> None:
     click.echo(system.describe(), err=True)
 
     async def read() -> object:
-        redis = await connect(system.settings.redis_url)
+        redis = await connect(system.settings.redis_url,
+                              timeout_s=system.settings.redis_connect_timeout_s)
         try:
             await require_room(redis, room)
             return await review(redis, room)

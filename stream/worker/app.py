@@ -311,7 +311,7 @@ def run(settings: Settings, *, loglevel: str = "warn") -> None:
         cluster = loop.run_until_complete(
             detect(settings.redis_url, timeout_s=settings.redis_connect_timeout_s))
     except RedisUnusable as exc:
-        print(f"livecommerce worker: {exc}", file=sys.stderr)
+        print(f"error: livecommerce worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     app = create_app(settings, cluster=cluster)
     attach_handler()
