@@ -19,6 +19,7 @@ from stream.core.topics import Topics
 from stream.gateway import errors, openapi, replies
 from stream.gateway.appkeys import (
     HOST_LOG,
+    INVENTORY,
     NUDGE_RELAY,
     PRODUCER,
     REDIS,
@@ -44,6 +45,7 @@ from stream.hostview.dashboard import add_host_view, host_exposition
 from stream.store import keys
 from stream.store.connect import Client, connect, is_transient
 from stream.store.currenttags import held_tags
+from stream.store.inventory import Inventory
 from stream.store.nudgebox import NudgeBox
 from stream.store.roomlog import HostLog
 
@@ -76,6 +78,7 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Client,
     app[TOPICS] = Topics(settings.topic_prefix)
     app[HOST_LOG] = HostLog(redis)
     app[SUBSCRIBERS] = cap
+    app[INVENTORY] = Inventory(redis)
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -357,6 +357,23 @@ class Inventory:
         self.check_wait(answers[calls:calls + waits])
         return [parse(a, room_id=room_id, ts=ts) for chunk in answers[:calls] for a in chunk]
 
+    async def load(self, events: Sequence[StockSet]) -> None:
+        """Apply stock loads now, a room per script call (idempotent by event id).
+
+        The gateway calls this before it answers 202, so anything sent after the answer
+        (an order) finds the stock in Redis, whichever topic a worker reads first; the
+        worker's own apply of the same event later is a replay and changes nothing.
+        """
+        by_room: dict[str, list[Op]] = {}
+        for event in events:
+            by_room.setdefault(event.room_id, []).append(self.op(event))
+        if not by_room:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room, ops in by_room.items():
+                await self.queue(pipe, room, ops)
+            await scripts.execute(pipe)
+
     async def expire_due(self, room_id: str, *, now_ms: int,
                          limit: int = 500) -> list[tuple[str, Outcome]]:
         """Release reservations whose deadline has passed on the room's clock.
