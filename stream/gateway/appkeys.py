@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from stream.core.config import Settings
@@ -23,6 +25,8 @@ HOST_LOG = web.AppKey("host_log", HostLog)
 NUDGE_RELAY = web.AppKey("nudge_relay", NudgeRelay)
 # Applies stock loads before the 202 (ingest.py); stock is read through StockReader.
 INVENTORY = web.AppKey("inventory", Inventory)
+# Writes answered 503 that still wait for the broker (ingest.py settles them).
+PENDING = web.AppKey("pending", set[asyncio.Task[None]])
 
-__all__ = ["HOST_LOG", "INVENTORY", "NUDGE_RELAY", "PRODUCER", "REDIS", "SETTINGS",
+__all__ = ["HOST_LOG", "INVENTORY", "NUDGE_RELAY", "PENDING", "PRODUCER", "REDIS", "SETTINGS",
            "STOCK_HUB", "TOKENS", "TOPICS"]
