@@ -54,6 +54,8 @@ class Orders:
                         by_room.setdefault(e.room_id, []).append((part.record, e))
         if not latest:
             return
+        walks = await self._inventory.walk({room: [e for _, e in group]
+                                            for room, group in by_room.items()})
         wall_ms = int(self._clock() * 1000)
         new_rooms = [r for r in by_room if r not in self._rooms]
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -62,7 +64,7 @@ class Orders:
             if new_rooms:
                 pipe.sadd(keys.ROOMS, *new_rooms)
             calls = [await self._inventory.queue(
-                pipe, room, [self._inventory.op(e) for _, e in group])
+                pipe, room, self._inventory.ops([e for _, e in group], walks))
                 for room, group in by_room.items()]
             waits = self._inventory.queue_wait(pipe, list(by_room))
             answers = await scripts.execute(pipe)
@@ -72,13 +74,16 @@ class Orders:
         chunks = iter(answers[len(latest) + bool(new_rooms):])
         for (room, group), n in zip(by_room.items(), calls, strict=True):
             flat = [a for _ in range(n) for a in next(chunks)]
-            for (record, e), answer in zip(group, flat, strict=True):
-                outcome = parse(answer, room_id=room, ts=e.ts)
+            outcomes = [parse(answer, room_id=room, ts=e.ts)
+                        for (_, e), answer in zip(group, flat, strict=True)]
+            for (record, e), outcome in zip(group, outcomes, strict=True):
                 self._feed.offer(outcome.levels)
                 self._observe(outcome)
                 if isinstance(e, OrderEvent):
                     await self._publish(_result(e.order_id, room, e.ts, outcome, e.viewer_id),
                                         record.partition)
+            self._feed.offer(await self._inventory.follow_events(
+                room, [e for _, e in group], outcomes, walks, ts=max(e.ts for _, e in group)))
         await self._feed.flush()
 
     async def sweep(self) -> int:
@@ -90,7 +95,9 @@ class Orders:
             now = await self._clocks.now(room, wall_now_ms=wall_ms)
             if now is None:
                 continue
-            for order_id, outcome in await self._inventory.expire_due(room, now_ms=now):
+            due, levels = await self._inventory.expire_and_follow(room, now_ms=now)
+            self._feed.offer(levels)
+            for order_id, outcome in due:
                 self._feed.offer(outcome.levels)
                 self._observe(outcome)
                 if outcome.fresh:  # else paid or cancelled in the meantime
