@@ -29,7 +29,7 @@ from stream.core.codec import decode_events
 from stream.core.config import Settings
 from stream.core.models import FollowUp, Nudge, TagChange
 from stream.core.topics import Topics
-from stream.local import simulator
+from stream.local import sender, showplan
 from stream.local.embedded import EmbeddedStack
 from stream.local.runner import spawn, stop_processes
 from stream.store.inventory import Inventory
@@ -64,10 +64,10 @@ async def test_broker_paused_mid_show(own_stack: EmbeddedStack, tmp_path: Path) 
     async with running_gateway(settings) as (_, url, tokens):
         worker = spawn(["worker"], settings, tmp_path / "worker.log")
         redis = Redis.from_url(settings.redis_url)
-        plan = simulator.plan_for(room_id=ROOM, viewers=300, duration_s=25, speed=10, seed=7)
+        plan = showplan.plan_for(room_id=ROOM, viewers=300, duration_s=25, speed=10, seed=7)
         probes: list[tuple[int, str | None, float]] = []
         try:
-            show = asyncio.create_task(simulator.run(plan, gateway=url, tokens=tokens,
+            show = asyncio.create_task(sender.run(plan, gateway=url, tokens=tokens,
                                                      progress=False))
             await asyncio.sleep(8)
             os.kill(tansu, signal.SIGSTOP)
