@@ -170,11 +170,18 @@ class BroadcastEnded(HostEvent, tag="broadcast.ended", frozen=True, kw_only=True
     pass
 
 
+# A hot SKU's stock split over this many buckets on their own slots (see buckets.py): 64
+# covers a cluster of 64 masters, one bucket each; more buckets than units is pointless.
+Buckets = Annotated[int, Meta(ge=1, le=64)]
+
+
 class StockSet(HostEvent, tag="stock.set", frozen=True, kw_only=True):
     sku: Id
     qty: StockQty
     name: Label | None = None
     price: Price | None = None
+    # Chosen at the SKU's first load and kept after (a later value is ignored).
+    buckets: Buckets | None = None
 
 
 AnyEvent = (

@@ -7,6 +7,7 @@ stock and nudges are `live.py` and `nudgefeed.py`; the host's view is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -19,7 +20,9 @@ from stream.core.topics import Topics
 from stream.gateway import errors, openapi, replies
 from stream.gateway.appkeys import (
     HOST_LOG,
+    INVENTORY,
     NUDGE_RELAY,
+    PENDING,
     PRODUCER,
     REDIS,
     SETTINGS,
@@ -41,9 +44,10 @@ from stream.gateway.screen import add_screen
 from stream.gateway.subscribers import SubscriberCap, effective_cap
 from stream.hostview.access import reads_host_data
 from stream.hostview.dashboard import add_host_view, host_exposition
-from stream.store import keys
+from stream.store import eventids, keys
 from stream.store.connect import Client, connect, is_transient
 from stream.store.currenttags import held_tags
+from stream.store.inventory import Inventory
 from stream.store.nudgebox import NudgeBox
 from stream.store.roomlog import HostLog
 
@@ -76,6 +80,8 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Client,
     app[TOPICS] = Topics(settings.topic_prefix)
     app[HOST_LOG] = HostLog(redis)
     app[SUBSCRIBERS] = cap
+    app[INVENTORY] = Inventory(redis)
+    app[PENDING] = set()
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -153,6 +159,7 @@ class Gateway:
         self.producer = EnvelopeProducer(bootstrap=settings.kafka_bootstrap)
         self.relay: NudgeRelay | None = None  # the app's, once started
         self._runner: web.AppRunner | None = None
+        self._app: web.Application | None = None
 
     async def start(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
         """Connect (`RedisUnusable` within ~25 s for a wrong Redis), then serve."""
@@ -168,6 +175,7 @@ class Gateway:
         app = create_app(settings=self.settings, tokens=self.tokens, redis=self.redis,
                          producer=self.producer, hub=self.hub)
         self.relay = app[NUDGE_RELAY]
+        self._app = app
         await self.hub.start()
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_S)
         await self._runner.setup()
@@ -184,6 +192,9 @@ class Gateway:
         if self._runner is not None:
             await self.hub.stop()
             await self._runner.cleanup()
+        if self._app is not None and self._app[PENDING]:
+            # Writes answered 503 still settle their ids (the producer flushes them too).
+            await asyncio.wait(self._app[PENDING], timeout=eventids.LIVE_TTL_S)
         await self.producer.stop()
         if hasattr(self, "redis"):
             await self.redis.aclose()

@@ -18,10 +18,19 @@ from prometheus_client import Counter
 from stream.core.auth import bearer
 from stream.core.codec import BodyError, clock_error, decode_events, encode
 from stream.core.deadletters import dead_letter, room_of
-from stream.core.models import Event, HostEvent, Origin
+from stream.core.models import Event, HostEvent, Origin, StockSet
 from stream.core.topics import Topics, key_of, partition_for
 from stream.gateway import replies
-from stream.gateway.appkeys import HOST_LOG, PRODUCER, REDIS, SETTINGS, TOKENS, TOPICS
+from stream.gateway.appkeys import (
+    HOST_LOG,
+    INVENTORY,
+    PENDING,
+    PRODUCER,
+    REDIS,
+    SETTINGS,
+    TOKENS,
+    TOPICS,
+)
 from stream.gateway.producer import EnvelopeProducer
 from stream.store import eventids, keys
 from stream.store.connect import Client, is_transient
@@ -95,26 +104,29 @@ async def post_events(request: web.Request) -> web.Response:
         await eventids.release_ids(app[REDIS], fresh)
         return replies.retry_later(f"{len(pending)} events are still being written by an "
                                    "earlier request (or one that failed half-way); retry")
+    write = asyncio.ensure_future(_produce(app[PRODUCER], topics, settings.partitions, fresh))
     try:
-        await _produce(app[PRODUCER], topics, settings.partitions, fresh)
+        # Shielded: past the timeout the write goes on, and decides these ids' fate.
+        await asyncio.wait_for(asyncio.shield(write), settings.produce_timeout_ms / 1000)
+    except TimeoutError:
+        # The broker cannot ack now (paused, a leader moving). The record may still be
+        # written, so the ids stay claimed and this request live until the write ends: a
+        # retry meanwhile waits and gets 503, then "duplicate" once it is in Kafka.
+        task = asyncio.create_task(_settle(app, write, request_id, fresh))
+        app[PENDING].add(task)
+        task.add_done_callback(app[PENDING].discard)
+        log.warning("Kafka did not ack %d events within %d ms; answering 503",
+                    len(fresh), settings.produce_timeout_ms)
+        return replies.retry_later(f"Kafka did not ack within {settings.produce_timeout_ms} "
+                                   "ms; retry")
     except Exception as exc:
         # Not written: release the ids so the client's retry is not refused as a duplicate.
         await eventids.release_ids(app[REDIS], fresh)
         log.warning("produce failed: %r", exc)
-        return replies.error(503, f"could not write to Kafka ({type(exc).__name__}); retry")
-
-    # In Kafka now: from here a 503 would make the client send them again, so Redis being
-    # away only costs what Redis adds (the worker's host path fills the room log too).
-    try:
-        await eventids.mark_written(app[REDIS], request_id, settings.dedupe_ttl_s)
-        # Host events reach the room log before the 202: an order accepted after a segment
-        # starts then sees that segment, even if the host topic is read later.
-        await app[HOST_LOG].append([e for _, e in fresh if isinstance(e, HostEvent)])
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        log.warning("accepted events written to Kafka, Redis away: %r", exc)
-    await _dead_letter(app[PRODUCER], app[REDIS], topics, rejected, now_ms)
+        return replies.retry_later(f"could not write to Kafka ({type(exc).__name__}); retry")
+    await _after_write(app, request_id, fresh)
+    await _dead_letter(app[PRODUCER], app[REDIS], topics, rejected, now_ms,
+                       produce_timeout_s=settings.produce_timeout_ms / 1000)
     answer = sorted(
         [(i, e) for i, e, _ in rejected]
         + [(i, "event_id: duplicate of an event already accepted - at `$.event_id`")
@@ -125,6 +137,54 @@ async def post_events(request: web.Request) -> web.Response:
     return replies.json_response({"accepted": len(fresh),
                                   "rejected": [{"index": i, "error": e} for i, e in answer]},
                                  status=202)
+
+
+Pairs = list[tuple[int, Event]]
+
+
+async def _after_write(app: web.Application, request: str, fresh: Pairs) -> None:
+    """What follows the broker's ack: the request is written, host events and stock
+    loads are in Redis (before the 202, when the ack came in time)."""
+    # In Kafka now: from here a 503 would make the client send them again, so Redis being
+    # away only costs what Redis adds (the worker's host path fills the room log too).
+    try:
+        await eventids.mark_written(app[REDIS], request, app[SETTINGS].dedupe_ttl_s)
+        # Host events reach the room log before the 202: an order accepted after a segment
+        # starts then sees that segment, even if the host topic is read later.
+        await app[HOST_LOG].append([e for _, e in fresh if isinstance(e, HostEvent)])
+        # Stock loads reach Redis before the 202 too: host and order events travel on
+        # different topics, and a worker catching up reads the orders first (all 20
+        # orders of a backlog were refused `unknown_sku` in 5 of 7 runs before this).
+        await app[INVENTORY].load([e for _, e in fresh if isinstance(e, StockSet)])
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("accepted events written to Kafka, Redis away: %r", exc)
+
+
+async def _settle(app: web.Application, write: asyncio.Future[None], request: str,
+                  fresh: Pairs) -> None:
+    """Wait out a write answered 503: keep its request live (a retry then waits instead
+    of taking the ids over and writing them twice), then mark it written or release."""
+    redis = app[REDIS]
+    while not write.done():
+        try:
+            await eventids.keep_live(redis, request)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("could not keep request %s live: %r", request, exc)
+        await asyncio.wait([write], timeout=eventids.LIVE_TTL_S / 3)
+    if write.exception() is None:
+        await _after_write(app, request, fresh)
+        return
+    log.warning("produce failed after the 503: %r", write.exception())
+    try:
+        await eventids.release_ids(redis, fresh)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("could not release ids of request %s: %r", request, exc)
 
 
 async def _produce(producer: EnvelopeProducer, topics: Topics, partitions: int,
@@ -139,12 +199,19 @@ async def _produce(producer: EnvelopeProducer, topics: Topics, partitions: int,
 
 
 async def _dead_letter(producer: EnvelopeProducer, redis: Client, topics: Topics,
-                       rejected: list[tuple[int, str, bytes]], now_ms: int) -> None:
+                       rejected: list[tuple[int, str, bytes]], now_ms: int, *,
+                       produce_timeout_s: float) -> None:
     if not rejected:
         return
     letters = [dead_letter(raw, error, Origin(source="gateway", index=index), now_ms=now_ms)
                for index, error, raw in rejected]
-    await asyncio.gather(*(producer.send_one(topics.dead_letters, x) for x in letters))
+    sends = asyncio.gather(*(producer.send_one(topics.dead_letters, x) for x in letters))
+    try:
+        # Operators' copy, not the client's answer: past the timeout it goes on alone.
+        await asyncio.wait_for(asyncio.shield(sends), produce_timeout_s)
+    except TimeoutError:
+        sends.add_done_callback(lambda f: f.cancelled() or f.exception())
+        log.warning("%d dead letters still waiting for Kafka", len(letters))
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for _, _, raw in rejected:

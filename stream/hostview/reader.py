@@ -7,6 +7,7 @@ import msgspec
 
 from stream.hostview.metrics import RoomRaw, SkuRow
 from stream.store import keys
+from stream.store.buckets import stock_rows
 from stream.store.clocks import RoomClocks
 from stream.store.connect import Client
 from stream.store.ledger import read_stats
@@ -45,10 +46,9 @@ class RoomReader:
             pipe.hgetall(keys.seconds(room_id))
             pipe.hgetall(keys.nudged(room_id))
             pipe.hgetall(keys.buyers(room_id))
-            for sku in skus:
-                pipe.hmget(keys.stock_prefix(room_id) + sku, "name", "price", "loaded",
-                           "available", "reserved", "sold")
-            seconds, nudged, buyers, *rows = await pipe.execute()
+            seconds, nudged, buyers = await pipe.execute()
+        rows = await stock_rows(redis, room_id, skus,
+                                ("name", "price", "loaded", "available", "reserved", "sold"))
         stats = await read_stats(redis, room_id)
         now = await self._clocks.now(room_id, wall_now_ms=wall_now_ms)
         return RoomRaw(

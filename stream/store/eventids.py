@@ -67,6 +67,11 @@ async def claim_ids(redis: Client, events: Pairs, *, request: str,
     return fresh, written, pending
 
 
+async def keep_live(redis: Client, request: str) -> None:
+    """The request still works (its write waits for the broker): its ids stay its own."""
+    await redis.set(keys.request_live(request), 1, ex=LIVE_TTL_S)
+
+
 async def mark_written(redis: Client, request: str, ttl_s: int) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         pipe.set(keys.request_written(request), 1, ex=ttl_s)

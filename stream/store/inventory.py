@@ -29,6 +29,8 @@ from stream.core.models import (
     StockUpdate,
 )
 from stream.store import keys, scripts, stockread
+from stream.store.applyscript import APPLY
+from stream.store.buckets import Buckets, Walk, counts
 from stream.store.connect import AnyPipeline, Client
 from stream.store.replies import text
 from stream.store.stockread import StockReader
@@ -38,205 +40,20 @@ ORDER_RETENTION_S = 7 * 24 * 3600
 # Ops per script call: long enough to amortise the call, short enough not to stall Redis.
 CHUNK = 500
 
-# One script applies a list of operations on one room, in order, atomically.
-# KEYS: stats hash, deadlines zset, skus set, applied stock.set ids, buyers hash, spend hash,
-# seconds hash.
-# ARGV: stock key prefix, order key prefix, retention s, max qty per line, JSON list of ops:
-#   ["set", event_id, sku, qty, name, price]       stock.set: `available` := qty
-#   ["place", order_id, viewer, deadline, [[sku, qty, price], ...], minute, second, ts]
-#                                                   every line or none
-#   ["pay", order_id, minute, second, ts]           confirm; after a lapse re-reserve or `expired`
-#   ["release", order_id, reason, due_by]           cancel/payment_failed ('' due_by) or expiry
-# Returns per op: {'new'|'dup', status, reason, viewer, then sku, available, reserved, sold,
-# version for every SKU it changed}. A replay ('dup') changes nothing and repeats the status.
-# Fresh outcomes are counted in the stats hash here, so those counts are exactly-once too:
-# totals, and for the host's view per event-time minute (`m:<minute>:…` in stats) and
-# second (`<second>:…` in the seconds hash, summed per show segment when read); a
-# payment also records its buyer (first paid ts, spend).
-# SKU and order keys are built from the prefixes: same `{room}` hash tag, same slot.
-APPLY = """
-local stats, deadlines, skus, stock_sets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local buyers, spend, seconds = KEYS[5], KEYS[6], KEYS[7]
-local stock, orders = ARGV[1], ARGV[2]
-local retention, max_qty = ARGV[3], tonumber(ARGV[4])
-
-local function level(sku, out)
-  local s = redis.call('HMGET', stock .. sku, 'available', 'reserved', 'sold', 'version')
-  out[#out + 1] = sku
-  out[#out + 1] = s[1]; out[#out + 1] = s[2]; out[#out + 1] = s[3]; out[#out + 1] = s[4]
-end
-
-local function move(sku, from, to, qty)
-  local k = stock .. sku
-  redis.call('HINCRBY', k, from, -qty)
-  redis.call('HINCRBY', k, to, qty)
-  redis.call('HINCRBY', k, 'version', 1)
-end
-
-local function lines(text)
-  local out = {}
-  for sku, qty in string.gmatch(text or '', '([^ ;]+) (%d+)') do
-    out[#out + 1] = {sku, tonumber(qty)}
-  end
-  return out
-end
-
-local function stock_set(op)
-  local key = stock .. op[3]
-  local fresh = redis.call('SADD', stock_sets, op[2]) == 1
-  if fresh then
-    local qty = tonumber(op[4])
-    local before = tonumber(redis.call('HGET', key, 'available') or '0')
-    redis.call('HINCRBY', key, 'loaded', qty - before)
-    redis.call('HSET', key, 'available', qty)
-    redis.call('HSETNX', key, 'reserved', 0)
-    redis.call('HSETNX', key, 'sold', 0)
-    redis.call('HINCRBY', key, 'version', 1)
-    if op[5] ~= '' then redis.call('HSET', key, 'name', op[5]) end
-    if op[6] ~= '' then redis.call('HSET', key, 'price', op[6]) end
-    redis.call('SADD', skus, op[3])
-  end
-  local out = {fresh and 'new' or 'dup', '', '', ''}
-  level(op[3], out)
-  return out
-end
-
-local function pay(op)
-  local key = orders .. op[2]
-  local o = redis.call('HMGET', key, 'status', 'reason', 'lines', 'paid', 'paid_reason',
-                       'amount', 'viewer')
-  if not o[1] then
-    -- Remembered, so the order.placed that follows is confirmed, not left to expire.
-    redis.call('HSET', key, 'paid_early', '1')
-    redis.call('EXPIRE', key, retention)
-    return {'new', 'rejected', 'unknown_order', ''}
-  end
-  local viewer = o[7] or ''
-  if o[4] then return {'dup', o[4], o[5] or '', viewer} end
-  local status, reason = 'rejected', o[2] or ''
-  if o[1] == 'reserved' then
-    status, reason = 'confirmed', ''
-    for _, l in ipairs(lines(o[3])) do move(l[1], 'reserved', 'sold', l[2]) end
-  elseif o[1] == 'released' and o[2] ~= 'cancelled' then
-    local ok = true
-    for _, l in ipairs(lines(o[3])) do
-      if tonumber(redis.call('HGET', stock .. l[1], 'available') or '0') < l[2] then ok = false end
-    end
-    if ok then
-      status, reason = 'confirmed', 're-reserved after ' .. o[2]
-      for _, l in ipairs(lines(o[3])) do move(l[1], 'available', 'sold', l[2]) end
-    else
-      reason = 'expired'
-    end
-  end
-  redis.call('HSET', key, 'paid', status, 'paid_reason', reason)
-  local out = {'new', status, reason, viewer}
-  if status == 'confirmed' then
-    redis.call('HSET', key, 'status', 'confirmed', 'reason', reason)
-    redis.call('ZREM', deadlines, op[2])
-    for _, l in ipairs(lines(o[3])) do level(l[1], out) end
-    local amount, minute, second = o[6] or '0', op[3] or '', op[4] or ''
-    redis.call('HINCRBY', stats, 'orders_paid', 1)
-    redis.call('HINCRBYFLOAT', stats, 'gmv', amount)
-    if minute ~= '' then
-      redis.call('HINCRBY', stats, 'm:' .. minute .. ':paid', 1)
-      redis.call('HINCRBYFLOAT', stats, 'm:' .. minute .. ':gmv', amount)
-    end
-    if second ~= '' then
-      redis.call('HINCRBY', seconds, second .. ':paid', 1)
-      redis.call('HINCRBYFLOAT', seconds, second .. ':gmv', amount)
-    end
-    if viewer ~= '' then
-      redis.call('HSETNX', buyers, viewer, op[5] or '0')
-      redis.call('HINCRBYFLOAT', spend, viewer, amount)
-    end
-  else
-    redis.call('HINCRBY', stats, 'payments_rejected:' .. reason, 1)
-  end
-  return out
-end
-
-local function place(op)
-  local key = orders .. op[2]
-  local o = redis.call('HMGET', key, 'placed', 'placed_reason', 'viewer', 'paid_early')
-  if o[1] then return {'dup', o[1], o[2] or '', o[3] or ''} end
-  local reason = nil
-  for _, l in ipairs(op[5]) do
-    local available = redis.call('HGET', stock .. l[1], 'available')
-    if not available then reason = 'unknown_sku'; break end
-    if l[2] > max_qty then reason = 'over_limit'; break end
-    if tonumber(available) < l[2] then reason = 'sold_out' end
-  end
-  if reason then
-    redis.call('HSET', key, 'status', 'rejected', 'reason', reason, 'viewer', op[3],
-               'placed', 'rejected', 'placed_reason', reason)
-    redis.call('EXPIRE', key, retention)
-    redis.call('HINCRBY', stats, 'orders_rejected:' .. reason, 1)
-    return {'new', 'rejected', reason, op[3]}
-  end
-  local out = {'new', 'reserved', '', op[3]}
-  local text, amount = {}, 0
-  for _, l in ipairs(op[5]) do
-    move(l[1], 'available', 'reserved', l[2])
-    level(l[1], out)
-    text[#text + 1] = l[1] .. ' ' .. l[2]
-    amount = amount + l[2] * l[3]
-  end
-  redis.call('HSET', key, 'status', 'reserved', 'reason', '', 'viewer', op[3],
-             'lines', table.concat(text, ';'), 'deadline', op[4], 'amount', tostring(amount),
-             'placed', 'reserved', 'placed_reason', '')
-  redis.call('EXPIRE', key, retention)
-  redis.call('HINCRBY', stats, 'orders_reserved', 1)
-  local minute, second = op[6] or '', op[7] or ''
-  if minute ~= '' then
-    redis.call('HINCRBY', stats, 'm:' .. minute .. ':orders', 1)
-    for _, l in ipairs(op[5]) do
-      redis.call('HINCRBY', stats, 'm:' .. minute .. ':units:' .. l[1], l[2])
-    end
-  end
-  if second ~= '' then redis.call('HINCRBY', seconds, second .. ':orders', 1) end
-  if o[4] then
-    -- The payment came first (another path, a retry): confirm what was just reserved.
-    local paid = pay({'pay', op[2], minute, second, op[8]})
-    redis.call('HSET', key, 'placed', paid[2], 'placed_reason', 'paid before placed')
-    paid[1], paid[3] = 'new', 'paid before placed'
-    return paid
-  end
-  redis.call('ZADD', deadlines, op[4], op[2])
-  return out
-end
-
-local function release(op)
-  local key = orders .. op[2]
-  local o = redis.call('HMGET', key, 'status', 'reason', 'lines', 'deadline', 'viewer',
-                       'r:' .. op[3])
-  if not o[1] then return {'new', 'rejected', 'unknown_order', ''} end
-  local viewer = o[5] or ''
-  if o[6] then
-    local status, reason = string.match(o[6], '([^|]*)|(.*)')
-    return {'dup', status, reason, viewer}
-  end
-  if o[1] ~= 'reserved' then return {'dup', o[1], o[2] or '', viewer} end
-  if op[4] ~= '' and tonumber(o[4]) > tonumber(op[4]) then return {'dup', o[1], '', viewer} end
-  local out = {'new', 'released', op[3], viewer}
-  for _, l in ipairs(lines(o[3])) do
-    move(l[1], 'reserved', 'available', l[2])
-    level(l[1], out)
-  end
-  redis.call('HSET', key, 'status', 'released', 'reason', op[3],
-             'r:' .. op[3], 'released|' .. op[3])
-  redis.call('ZREM', deadlines, op[2])
-  redis.call('HINCRBY', stats, 'orders_released:' .. op[3], 1)
-  return out
-end
-
-local apply = {set = stock_set, place = place, pay = pay, release = release}
-local results = {}
-for i, op in ipairs(cjson.decode(ARGV[5])) do results[i] = apply[op[1]](op) end
-return results
-"""
-
 Op = list[object]
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """What an answer asks of a bucketed SKU: `set` its n buckets, or `sell`/`free` what
+    the order took from the listed buckets."""
+
+    sku: str
+    action: str
+    arg: str  # the bucket count (set) or the buckets, `0,3` (sell, free)
+
+    def buckets(self) -> list[int]:
+        return [int(b) for b in self.arg.split(",") if b]
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,19 +65,33 @@ class Outcome:
     reason: str
     viewer_id: str
     levels: tuple[StockUpdate, ...]
+    moves: tuple[Move, ...] = ()
 
 
 def parse(answer: Sequence[bytes | str | int | None], *, room_id: str, ts: int) -> Outcome:
-    """Decode one op's flat answer: fresh, status, reason, viewer, then 5 fields per SKU."""
+    """Decode one op's flat answer: fresh, status, reason, viewer, then 5 fields per SKU
+    (a bucket move where the SKU starts with `#`, which no SKU id can)."""
     text = [a.decode() if isinstance(a, bytes) else a for a in answer]
-    levels = tuple(
-        StockUpdate(room_id=room_id, sku=str(text[i]), available=int(text[i + 1] or 0),
-                    reserved=int(text[i + 2] or 0), sold=int(text[i + 3] or 0),
-                    version=int(text[i + 4] or 0), ts=ts)
-        for i in range(4, len(text), 5)
-    )
+    levels: list[StockUpdate] = []
+    moves: list[Move] = []
+    for i in range(4, len(text), 5):
+        sku = str(text[i])
+        if sku.startswith("#"):
+            moves.append(Move(sku=sku[1:], action=str(text[i + 2]), arg=str(text[i + 1])))
+            continue
+        levels.append(StockUpdate(room_id=room_id, sku=sku, available=int(text[i + 1] or 0),
+                                  reserved=int(text[i + 2] or 0), sold=int(text[i + 3] or 0),
+                                  version=int(text[i + 4] or 0), ts=ts))
     return Outcome(text[0] == "new", str(text[1]), str(text[2] or ""), str(text[3] or ""),
-                   levels)
+                   tuple(levels), tuple(moves))
+
+
+def walks_for(event: OrderPlaced, split: dict[str, int], *, max_qty: int) -> list[Walk]:
+    """The order's lines on bucketed SKUs, to take from their buckets (a line over the
+    limit walks nowhere: the script refuses it)."""
+    return [Walk(order_id=event.order_id, sku=i.sku, need=i.qty, n=split[i.sku],
+                 visited=0 if i.qty <= max_qty else split[i.sku])
+            for i in event.items if i.sku in split]
 
 
 # How long a batch waits for its replicas (WAIT) before it fails as transient and is
@@ -289,6 +120,7 @@ class Inventory:
         self.max_qty_per_line = max_qty_per_line
         self.wait_replicas = wait_replicas
         self._apply = redis.register_script(APPLY)
+        self.buckets = Buckets(redis, retention_s=ORDER_RETENTION_S)
 
     def queue_wait(self, pipe: AnyPipeline, rooms: Sequence[str]) -> int:
         """Queue `WAIT` after the rooms' scripts on `pipe` (one per node on a cluster: WAIT
@@ -312,16 +144,20 @@ class Inventory:
                 raise ReplicasBehind(f"WAIT: {acked} of {self.wait_replicas} replicas had "
                                      f"the batch within {WAIT_TIMEOUT_MS} ms; retrying it")
 
-    def op(self, event: StockSet | OrderEvent) -> Op:
+    def op(self, event: StockSet | OrderEvent, *, taken: dict[str, str] | None = None) -> Op:
         """The script operation for one event (pure); the event's minute and second key
-        the host's view counts of its outcome."""
+        the host's view counts of its outcome. `taken`: sku -> the buckets a bucketed
+        line took from (`Walk.text`)."""
         if isinstance(event, StockSet):
             return ["set", event.event_id, event.sku, event.qty, event.name or "",
-                    "" if event.price is None else str(event.price)]
+                    "" if event.price is None else str(event.price),
+                    "" if event.buckets is None else str(event.buckets)]
         if isinstance(event, OrderPlaced):
+            taken = taken or {}
             return ["place", event.order_id, event.viewer_id,
                     str(event.ts + self.reservation_ttl_ms),
-                    [[i.sku, i.qty, i.price] for i in event.items],
+                    [[i.sku, i.qty, i.price, taken[i.sku]] if i.sku in taken
+                     else [i.sku, i.qty, i.price] for i in event.items],
                     str(minute_of(event.ts)), str(event.ts // 1000), str(event.ts)]
         if isinstance(event, OrderPaid):
             return ["pay", event.order_id, str(minute_of(event.ts)), str(event.ts // 1000),
@@ -340,7 +176,7 @@ class Inventory:
                 self._apply,
                 keys=[keys.stats(room_id), keys.deadlines(room_id), keys.skus(room_id),
                       keys.stock_sets(room_id), keys.buyers(room_id), keys.spend(room_id),
-                      keys.seconds(room_id)],
+                      keys.seconds(room_id), keys.bucketed(room_id)],
                 args=[keys.stock_prefix(room_id), keys.order_prefix(room_id),
                       ORDER_RETENTION_S, self.max_qty_per_line,
                       orjson.dumps(ops[lo:lo + CHUNK])],
@@ -357,6 +193,103 @@ class Inventory:
         self.check_wait(answers[calls:calls + waits])
         return [parse(a, room_id=room_id, ts=ts) for chunk in answers[:calls] for a in chunk]
 
+    async def load(self, events: Sequence[StockSet]) -> None:
+        """Apply stock loads now, a room per script call (idempotent by event id).
+
+        The gateway calls this before it answers 202, so anything sent after the answer
+        (an order) finds the stock in Redis, whichever topic a worker reads first; the
+        worker's own apply of the same event later is a replay and changes nothing.
+        """
+        by_room: dict[str, list[StockSet]] = {}
+        for event in events:
+            by_room.setdefault(event.room_id, []).append(event)
+        for room, group in by_room.items():
+            await self.apply(room, group, ts=0)
+
+    async def walk(self, by_room: dict[str, list[StockSet | OrderEvent]]
+                   ) -> dict[int, list[Walk]]:
+        """Take the units of lines on bucketed SKUs from their buckets, before the room's
+        script records the orders: one read of the rooms' bucketed SKUs when there are
+        orders, and a round trip per step of the walk only when some SKU is bucketed.
+        Keyed by id() of the event (its list of items makes it unhashable)."""
+        placing = [room for room, events in by_room.items()
+                   if any(isinstance(e, OrderPlaced) for e in events)]
+        split = await counts(self.redis, placing) if placing else {}
+        walks: dict[int, list[Walk]] = {}
+        for room, skus in split.items():
+            if not skus:
+                continue
+            mine = {id(e): found for e in by_room[room] if isinstance(e, OrderPlaced)
+                    and (found := walks_for(e, skus, max_qty=self.max_qty_per_line))}
+            await self.buckets.walk(room, [w for ws in mine.values() for w in ws])
+            walks.update(mine)
+        return walks
+
+    def ops(self, events: Sequence[StockSet | OrderEvent],
+            walks: dict[int, list[Walk]]) -> list[Op]:
+        """The script operations for events whose bucketed lines have walked."""
+        return [self.op(e, taken={w.sku: w.text() for w in walks.get(id(e), ())})
+                for e in events]
+
+    async def follow_events(self, room_id: str, events: Sequence[StockSet | OrderEvent],
+                            outcomes: Sequence[Outcome], walks: dict[int, list[Walk]], *,
+                            ts: int) -> list[StockUpdate]:
+        """The bucket loads, sells and frees the room's answers to `events` ask for (nothing
+        to do when no SKU of the room is bucketed); the summed levels of what moved."""
+        moves: list[tuple[str, Move]] = []
+        frees: list[tuple[str, str, list[int]]] = []
+        walked: list[Walk] = []
+        for e, outcome in zip(events, outcomes, strict=True):
+            if isinstance(e, OrderEvent):
+                moves += [(e.order_id, m) for m in outcome.moves if m.action != "hold"]
+            if id(e) in walks:
+                # What the walk took and the order does not hold goes back: all of it when
+                # refused, the extra takes of a replay whose lines differ from the first.
+                held = {(m.sku, b) for m in outcome.moves for b in m.buckets()}
+                for w in walks[id(e)]:
+                    walked.append(w)
+                    if extra := [b for b in w.buckets if (w.sku, b) not in held]:
+                        frees.append((w.order_id, w.sku, extra))
+        sets = loads([e for e in events if isinstance(e, StockSet)],
+                     [o for e, o in zip(events, outcomes, strict=True)
+                      if isinstance(e, StockSet)])
+        return await self.follow(room_id, ts=ts, loads=sets, moves=moves, frees=frees,
+                                 walked=walked)
+
+    async def apply(self, room_id: str, events: Sequence[StockSet | OrderEvent], *,
+                    ts: int) -> tuple[list[Outcome], list[StockUpdate]]:
+        """Walk, run and follow `events` of one room, as the worker does a batch:
+        (an outcome per event, the summed levels of bucketed SKUs that moved)."""
+        walks = await self.walk({room_id: list(events)})
+        outcomes = await self.run(room_id, self.ops(events, walks), ts=ts)
+        return outcomes, await self.follow_events(room_id, events, outcomes, walks, ts=ts)
+
+    async def follow(self, room_id: str, *, ts: int,
+                     loads: Sequence[tuple[str, str, int, int]] = (),
+                     moves: Sequence[tuple[str, Move]] = (),
+                     frees: Sequence[tuple[str, str, list[int]]] = (),
+                     walked: Sequence[Walk] = ()
+                     ) -> list[StockUpdate]:
+        """What the room's answers ask of bucketed SKUs: their loads, the sells and frees
+        of (order_id, move), and (order_id, sku, buckets) to give back that walks took
+        for orders that do not hold them; then the orders moved give up their deadline.
+        Returns the summed levels of the SKUs touched. Each step is idempotent, so a step
+        cut short is redone by a replay."""
+        if not (loads or moves or frees or walked):
+            return []
+        await self.buckets.load(room_id, loads)
+        await self.buckets.settle(room_id, [
+            *((oid, m.sku, m.action, m.buckets()) for oid, m in moves),
+            *((order_id, sku, "free", buckets) for order_id, sku, buckets in frees)])
+        settled = sorted({oid for oid, _ in moves})
+        if settled:
+            await self.run(room_id, [["settle", oid] for oid in settled], ts=ts)
+        touched = ({sku for _, sku, _, _ in loads} | {m.sku for _, m in moves}
+                   | {w.sku for w in walked})
+        split = (await counts(self.redis, [room_id])).get(room_id, {})
+        return await self.buckets.levels(
+            room_id, {sku: split[sku] for sku in sorted(touched) if sku in split}, ts=ts)
+
     async def expire_due(self, room_id: str, *, now_ms: int,
                          limit: int = 500) -> list[tuple[str, Outcome]]:
         """Release reservations whose deadline has passed on the room's clock.
@@ -371,6 +304,14 @@ class Inventory:
         outcomes = await self.run(room_id, [["release", oid, "expired", str(now_ms)]
                                             for oid in due], ts=now_ms)
         return list(zip(due, outcomes, strict=True))
+
+    async def expire_and_follow(self, room_id: str, *, now_ms: int, limit: int = 500
+                                ) -> tuple[list[tuple[str, Outcome]], list[StockUpdate]]:
+        """`expire_due`, then what it asks of bucketed SKUs: (due, summed levels)."""
+        due = await self.expire_due(room_id, now_ms=now_ms, limit=limit)
+        levels = await self.follow(room_id, ts=now_ms, moves=[
+            (oid, m) for oid, outcome in due for m in outcome.moves])
+        return due, levels
 
     async def levels(self, room_id: str) -> list[StockUpdate]:
         """The room's current stock, one record per SKU."""
@@ -388,6 +329,14 @@ class Inventory:
                 audit.problems.append(f"{room_id}/{sku}: available {a} + reserved {r} + "
                                       f"sold {s} != loaded {loaded}")
         return audit
+
+
+def loads(events: Sequence[StockSet], outcomes: Sequence[Outcome]
+          ) -> list[tuple[str, str, int, int]]:
+    """(event_id, sku, qty, buckets) for the loads whose answer asks to set buckets (on a
+    replay too: each bucket applies an event id once)."""
+    return [(e.event_id, e.sku, e.qty, int(m.arg))
+            for e, o in zip(events, outcomes, strict=True) for m in o.moves if m.action == "set"]
 
 
 @dataclass(slots=True)

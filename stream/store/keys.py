@@ -47,6 +47,32 @@ def stock_prefix(room_id: str) -> str:
     return f"{_room(room_id)}:stock:"
 
 
+def bucketed(room_id: str) -> str:
+    """Hash sku -> bucket count, for the room's SKUs whose stock is split into buckets."""
+    return f"{_room(room_id)}:buckets"
+
+
+def _bucket(room_id: str, sku: str, bucket: int) -> str:
+    # A tag of its own per bucket, so a hot SKU's buckets spread over the cluster's slots
+    # ('|' cannot appear in ids, so no two buckets share a tag by accident).
+    return f"{PREFIX}:{{{room_id}|{sku}|{bucket}}}"
+
+
+def bucket_stock(room_id: str, sku: str, bucket: int) -> str:
+    """Hash of one bucket of a SKU: available, reserved, sold, loaded, version."""
+    return f"{_bucket(room_id, sku, bucket)}:stock"
+
+
+def bucket_orders(room_id: str, sku: str, bucket: int) -> str:
+    """Hash order_id -> what the order took from this bucket (`t:N`, `s:N`, `f:N`, `p`)."""
+    return f"{_bucket(room_id, sku, bucket)}:orders"
+
+
+def bucket_sets(room_id: str, sku: str, bucket: int) -> str:
+    """Set of `stock.set` event ids applied to this bucket."""
+    return f"{_bucket(room_id, sku, bucket)}:sets"
+
+
 def skus(room_id: str) -> str:
     """Set of the room's SKUs (for snapshots)."""
     return f"{_room(room_id)}:skus"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from stream.core.models import StockUpdate
 from stream.store import keys
+from stream.store.buckets import stock_rows
 from stream.store.connect import Client
 
 
@@ -16,10 +17,8 @@ async def rows(redis: Client, room_id: str, *fields: str,
     """(sku, values of `fields`) for each of the room's SKUs, sorted by SKU."""
     skus = sorted(s.decode() if isinstance(s, bytes) else s
                   for s in await redis.smembers(keys.skus(room_id)))
-    async with redis.pipeline(transaction=consistent) as pipe:
-        for sku in skus:
-            pipe.hmget(keys.stock_prefix(room_id) + sku, *fields)
-        found = await pipe.execute()
+    # A bucketed SKU's counts are the sums of its buckets (buckets.py).
+    found = await stock_rows(redis, room_id, skus, fields, consistent=consistent)
     return list(zip(skus, found, strict=True))
 
 

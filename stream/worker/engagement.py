@@ -17,6 +17,7 @@ and every effect (nudge, tag, follow-up) delivered once.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -33,6 +34,7 @@ from stream.engine.reorder import Reorder
 from stream.engine.rules import Rules
 from stream.engine.viewers import Effect, Suppressed, ViewerEngine
 from stream.store import keys, nudgebox, scripts
+from stream.store.buckets import stock_rows
 from stream.store.channels import queue_publish
 from stream.store.claims import Claims, claim_item, once_id
 from stream.store.clocks import now_of
@@ -448,10 +450,10 @@ class Engagement:
                          if n.sku and "{remaining}" in n.message})
         if not wanted:
             return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for room, sku in wanted:
-                pipe.hget(keys.stock_prefix(room) + sku, "available")
-            answers = await pipe.execute()
+        answers: list[bytes | None] = []
+        for room, group in itertools.groupby(wanted, key=lambda k: k[0]):
+            rows = await stock_rows(self._redis, room, [sku for _, sku in group], ("available",))
+            answers += [row[0] for row in rows]
         return {k: (v or b"?").decode() for k, v in zip(wanted, answers, strict=True)}
 
 

@@ -8,11 +8,11 @@ calls, so a batch costs one Redis round trip however many orders it holds.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from stream.core.batch import Part, Record, Send, newest_by_room
 from stream.core.codec import encode
-from stream.core.models import OrderEvent, OrderResult, StockSet
+from stream.core.models import OrderEvent, OrderResult, StockSet, StockUpdate
 from stream.core.topics import Topics, partition_for
 from stream.engine.stock import StockBook
 from stream.store import keys, scripts
@@ -54,6 +54,8 @@ class Orders:
                         by_room.setdefault(e.room_id, []).append((part.record, e))
         if not latest:
             return
+        walks = await self._inventory.walk({room: [e for _, e in group]
+                                            for room, group in by_room.items()})
         wall_ms = int(self._clock() * 1000)
         new_rooms = [r for r in by_room if r not in self._rooms]
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -62,7 +64,7 @@ class Orders:
             if new_rooms:
                 pipe.sadd(keys.ROOMS, *new_rooms)
             calls = [await self._inventory.queue(
-                pipe, room, [self._inventory.op(e) for _, e in group])
+                pipe, room, self._inventory.ops([e for _, e in group], walks))
                 for room, group in by_room.items()]
             waits = self._inventory.queue_wait(pipe, list(by_room))
             answers = await scripts.execute(pipe)
@@ -72,13 +74,19 @@ class Orders:
         chunks = iter(answers[len(latest) + bool(new_rooms):])
         for (room, group), n in zip(by_room.items(), calls, strict=True):
             flat = [a for _ in range(n) for a in next(chunks)]
-            for (record, e), answer in zip(group, flat, strict=True):
-                outcome = parse(answer, room_id=room, ts=e.ts)
+            outcomes = [parse(answer, room_id=room, ts=e.ts)
+                        for (_, e), answer in zip(group, flat, strict=True)]
+            for (record, e), outcome in zip(group, outcomes, strict=True):
                 self._feed.offer(outcome.levels)
-                self._observe(outcome)
+                self._observe(outcome.levels)
                 if isinstance(e, OrderEvent):
                     await self._publish(_result(e.order_id, room, e.ts, outcome, e.viewer_id),
                                         record.partition)
+            # Bucketed SKUs: their levels are the sums of the buckets, read after the moves.
+            summed = await self._inventory.follow_events(
+                room, [e for _, e in group], outcomes, walks, ts=max(e.ts for _, e in group))
+            self._feed.offer(summed)
+            self._observe(summed)
         await self._feed.flush()
 
     async def sweep(self) -> int:
@@ -90,9 +98,12 @@ class Orders:
             now = await self._clocks.now(room, wall_now_ms=wall_ms)
             if now is None:
                 continue
-            for order_id, outcome in await self._inventory.expire_due(room, now_ms=now):
+            due, levels = await self._inventory.expire_and_follow(room, now_ms=now)
+            self._feed.offer(levels)
+            self._observe(levels)
+            for order_id, outcome in due:
                 self._feed.offer(outcome.levels)
-                self._observe(outcome)
+                self._observe(outcome.levels)
                 if outcome.fresh:  # else paid or cancelled in the meantime
                     # On the viewer's input partition, as the order's other results: its
                     # events are keyed by viewer id with Kafka's default partitioner.
@@ -103,9 +114,9 @@ class Orders:
         await self._feed.flush()
         return released
 
-    def _observe(self, outcome: Outcome) -> None:
+    def _observe(self, levels: Iterable[StockUpdate]) -> None:
         if self._stock is not None:
-            for level in outcome.levels:
+            for level in levels:
                 self._stock.observe(level.room_id, level.sku, level.ts, level.available,
                                    level.version)
 

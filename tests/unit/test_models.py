@@ -98,6 +98,7 @@ FULL: dict[str, dict[str, Any]] = {
         "qty": 10_000_000,
         "name": "有机胚芽米",
         "price": 10_000_000.0,
+        "buckets": 64,
     },
 }
 
@@ -457,6 +458,13 @@ def test_stock_set_qty_out_of_range(qty: int) -> None:
     message = reject("stock.set", with_("stock.set", qty=qty))
     assert message.endswith(at("qty"))
     assert message.startswith("Expected `int` ")
+
+
+@pytest.mark.parametrize(("buckets", "expected"), [(0, ">= 1"), (65, "<= 64"), ("8", None)])
+def test_stock_set_buckets_out_of_range(buckets: object, expected: str | None) -> None:
+    message = reject("stock.set", with_("stock.set", buckets=buckets))
+    assert message.endswith(at("buckets"))
+    assert expected is None or expected in message, message
 
 
 def test_negative_price_in_order_item() -> None:

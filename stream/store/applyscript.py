@@ -1,0 +1,287 @@
+"""The Lua script that applies a room's stock and order operations (see inventory.py)."""
+
+from __future__ import annotations
+
+# One script applies a list of operations on one room, in order, atomically.
+# KEYS: stats hash, deadlines zset, skus set, applied stock.set ids, buyers hash, spend hash,
+# seconds hash, bucketed SKUs hash.
+# ARGV: stock key prefix, order key prefix, retention s, max qty per line, JSON list of ops:
+#   ["set", event_id, sku, qty, name, price, buckets]
+#                                                   stock.set: `available` := qty
+#   ["place", order_id, viewer, deadline, [[sku, qty, price(, taken)], ...], minute, second, ts]
+#                                                   every line or none
+#   ["pay", order_id, minute, second, ts]           confirm; after a lapse re-reserve or `expired`
+#   ["release", order_id, reason, due_by]           cancel/payment_failed ('' due_by) or expiry
+#   ["settle", order_id]                            a bucketed order's bucket moves are done
+# Returns per op: {'new'|'dup', status, reason, viewer, then sku, available, reserved, sold,
+# version for every SKU it changed}. A replay ('dup') changes nothing and repeats the status.
+# A SKU split into buckets (buckets.py) has no counts here: a line of it comes with the
+# buckets it took from (`taken`, '' if it fell short), and answers carry, in place of
+# levels, `#sku, n, 'set'` (load the buckets) or `#sku, buckets, 'sell'|'free'|'hold'`
+# (what the order's status asks of its buckets, on replays too, so a move cut short is
+# redone; a walk's takes from buckets the order does not hold are given back).
+# A bucketed order keeps its deadline until `settle`: a lost move is redone by the sweeper.
+# Fresh outcomes are counted in the stats hash here, so those counts are exactly-once too:
+# totals, and for the host's view per event-time minute (`m:<minute>:…` in stats) and
+# second (`<second>:…` in the seconds hash, summed per show segment when read); a
+# payment also records its buyer (first paid ts, spend).
+# SKU and order keys are built from the prefixes: same `{room}` hash tag, same slot.
+APPLY = """
+local stats, deadlines, skus, stock_sets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local buyers, spend, seconds, bucketed = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local stock, orders = ARGV[1], ARGV[2]
+local retention, max_qty = ARGV[3], tonumber(ARGV[4])
+
+local function level(sku, out)
+  local s = redis.call('HMGET', stock .. sku, 'available', 'reserved', 'sold', 'version')
+  out[#out + 1] = sku
+  out[#out + 1] = s[1]; out[#out + 1] = s[2]; out[#out + 1] = s[3]; out[#out + 1] = s[4]
+end
+
+local function move(sku, from, to, qty)
+  local k = stock .. sku
+  redis.call('HINCRBY', k, from, -qty)
+  redis.call('HINCRBY', k, to, qty)
+  redis.call('HINCRBY', k, 'version', 1)
+end
+
+local function group(out, a, b, c)
+  out[#out + 1] = a; out[#out + 1] = b; out[#out + 1] = c; out[#out + 1] = ''; out[#out + 1] = ''
+end
+
+-- The bucketed lines of an order record (`sku b,b;sku b`): sku -> buckets.
+local function split(bk)
+  local out = {}
+  for sku, list in string.gmatch(bk or '', '([^ ;]+) ([%d,]+)') do out[sku] = list end
+  return out
+end
+
+-- What the order's status asks of its buckets ('hold' while reserved: a walk of a
+-- replayed order.placed that took from other buckets gives those back).
+local function emit(out, bk, status)
+  if not bk then return end
+  local action = 'hold'
+  if status == 'confirmed' then action = 'sell'
+  elseif status == 'released' or status == 'rejected' then action = 'free' end
+  for sku, list in pairs(split(bk)) do group(out, '#' .. sku, list, action) end
+end
+
+local function lines(text)
+  local out = {}
+  for sku, qty in string.gmatch(text or '', '([^ ;]+) (%d+)') do
+    out[#out + 1] = {sku, tonumber(qty)}
+  end
+  return out
+end
+
+local function stock_set(op)
+  local key = stock .. op[3]
+  local n = redis.call('HGET', key, 'buckets')
+  -- Buckets are chosen at a SKU's first load: one with counts here stays whole.
+  if not n and (op[7] or '') ~= '' and redis.call('EXISTS', key) == 0 then
+    n = op[7]
+    redis.call('HSET', key, 'buckets', n)
+    redis.call('HSET', bucketed, op[3], n)
+  end
+  local fresh = redis.call('SADD', stock_sets, op[2]) == 1
+  if fresh then
+    if not n then
+      local qty = tonumber(op[4])
+      local before = tonumber(redis.call('HGET', key, 'available') or '0')
+      redis.call('HINCRBY', key, 'loaded', qty - before)
+      redis.call('HSET', key, 'available', qty)
+      redis.call('HSETNX', key, 'reserved', 0)
+      redis.call('HSETNX', key, 'sold', 0)
+      redis.call('HINCRBY', key, 'version', 1)
+    end
+    if op[5] ~= '' then redis.call('HSET', key, 'name', op[5]) end
+    if op[6] ~= '' then redis.call('HSET', key, 'price', op[6]) end
+    redis.call('SADD', skus, op[3])
+  end
+  local out = {fresh and 'new' or 'dup', '', '', ''}
+  if n then group(out, '#' .. op[3], n, 'set') else level(op[3], out) end
+  return out
+end
+
+local function pay(op)
+  local key = orders .. op[2]
+  local o = redis.call('HMGET', key, 'status', 'reason', 'lines', 'paid', 'paid_reason',
+                       'amount', 'viewer', 'bk')
+  if not o[1] then
+    -- Remembered, so the order.placed that follows is confirmed, not left to expire.
+    redis.call('HSET', key, 'paid_early', '1')
+    redis.call('EXPIRE', key, retention)
+    return {'new', 'rejected', 'unknown_order', ''}
+  end
+  local viewer, bk = o[7] or '', o[8]
+  local inbuckets = split(bk)
+  if o[4] then
+    local out = {'dup', o[4], o[5] or '', viewer}
+    emit(out, bk, o[1])
+    return out
+  end
+  local status, reason = 'rejected', o[2] or ''
+  if o[1] == 'reserved' then
+    status, reason = 'confirmed', ''
+    for _, l in ipairs(lines(o[3])) do
+      if not inbuckets[l[1]] then move(l[1], 'reserved', 'sold', l[2]) end
+    end
+  elseif o[1] == 'released' and o[2] ~= 'cancelled' and bk then
+    -- Its units went back to their buckets; a second walk is not worth a late payment.
+    reason = 'expired'
+  elseif o[1] == 'released' and o[2] ~= 'cancelled' then
+    local ok = true
+    for _, l in ipairs(lines(o[3])) do
+      if tonumber(redis.call('HGET', stock .. l[1], 'available') or '0') < l[2] then ok = false end
+    end
+    if ok then
+      status, reason = 'confirmed', 're-reserved after ' .. o[2]
+      for _, l in ipairs(lines(o[3])) do move(l[1], 'available', 'sold', l[2]) end
+    else
+      reason = 'expired'
+    end
+  end
+  redis.call('HSET', key, 'paid', status, 'paid_reason', reason)
+  local out = {'new', status, reason, viewer}
+  if status == 'confirmed' then
+    redis.call('HSET', key, 'status', 'confirmed', 'reason', reason)
+    if not bk then redis.call('ZREM', deadlines, op[2]) end
+    for _, l in ipairs(lines(o[3])) do
+      if not inbuckets[l[1]] then level(l[1], out) end
+    end
+    emit(out, bk, 'confirmed')
+    local amount, minute, second = o[6] or '0', op[3] or '', op[4] or ''
+    redis.call('HINCRBY', stats, 'orders_paid', 1)
+    redis.call('HINCRBYFLOAT', stats, 'gmv', amount)
+    if minute ~= '' then
+      redis.call('HINCRBY', stats, 'm:' .. minute .. ':paid', 1)
+      redis.call('HINCRBYFLOAT', stats, 'm:' .. minute .. ':gmv', amount)
+    end
+    if second ~= '' then
+      redis.call('HINCRBY', seconds, second .. ':paid', 1)
+      redis.call('HINCRBYFLOAT', seconds, second .. ':gmv', amount)
+    end
+    if viewer ~= '' then
+      redis.call('HSETNX', buyers, viewer, op[5] or '0')
+      redis.call('HINCRBYFLOAT', spend, viewer, amount)
+    end
+  else
+    redis.call('HINCRBY', stats, 'payments_rejected:' .. reason, 1)
+  end
+  return out
+end
+
+local function place(op)
+  local key = orders .. op[2]
+  local o = redis.call('HMGET', key, 'placed', 'placed_reason', 'viewer', 'paid_early', 'bk',
+                       'status')
+  if o[1] then
+    local out = {'dup', o[1], o[2] or '', o[3] or ''}
+    emit(out, o[5], o[6])
+    return out
+  end
+  local reason = nil
+  for _, l in ipairs(op[5]) do
+    if l[4] then
+      -- Taken from the SKU's buckets already ('' when they fell short).
+      if not redis.call('HGET', stock .. l[1], 'buckets') then reason = 'unknown_sku'; break end
+      if l[2] > max_qty then reason = 'over_limit'; break end
+      if l[4] == '' then reason = 'sold_out' end
+    else
+      local available = redis.call('HGET', stock .. l[1], 'available')
+      if not available then reason = 'unknown_sku'; break end
+      if l[2] > max_qty then reason = 'over_limit'; break end
+      if tonumber(available) < l[2] then reason = 'sold_out' end
+    end
+  end
+  if reason then
+    redis.call('HSET', key, 'status', 'rejected', 'reason', reason, 'viewer', op[3],
+               'placed', 'rejected', 'placed_reason', reason)
+    redis.call('EXPIRE', key, retention)
+    redis.call('HINCRBY', stats, 'orders_rejected:' .. reason, 1)
+    return {'new', 'rejected', reason, op[3]}
+  end
+  local out = {'new', 'reserved', '', op[3]}
+  local text, amount, bks = {}, 0, {}
+  for _, l in ipairs(op[5]) do
+    if l[4] then
+      bks[#bks + 1] = l[1] .. ' ' .. l[4]
+    else
+      move(l[1], 'available', 'reserved', l[2])
+      level(l[1], out)
+    end
+    text[#text + 1] = l[1] .. ' ' .. l[2]
+    amount = amount + l[2] * l[3]
+  end
+  redis.call('HSET', key, 'status', 'reserved', 'reason', '', 'viewer', op[3],
+             'lines', table.concat(text, ';'), 'deadline', op[4], 'amount', tostring(amount),
+             'placed', 'reserved', 'placed_reason', '')
+  if #bks > 0 then
+    redis.call('HSET', key, 'bk', table.concat(bks, ';'))
+    emit(out, table.concat(bks, ';'), 'reserved')
+  end
+  redis.call('EXPIRE', key, retention)
+  redis.call('HINCRBY', stats, 'orders_reserved', 1)
+  local minute, second = op[6] or '', op[7] or ''
+  if minute ~= '' then
+    redis.call('HINCRBY', stats, 'm:' .. minute .. ':orders', 1)
+    for _, l in ipairs(op[5]) do
+      redis.call('HINCRBY', stats, 'm:' .. minute .. ':units:' .. l[1], l[2])
+    end
+  end
+  if second ~= '' then redis.call('HINCRBY', seconds, second .. ':orders', 1) end
+  if o[4] then
+    -- The payment came first (another path, a retry): confirm what was just reserved.
+    local paid = pay({'pay', op[2], minute, second, op[8]})
+    redis.call('HSET', key, 'placed', paid[2], 'placed_reason', 'paid before placed')
+    paid[1], paid[3] = 'new', 'paid before placed'
+    return paid
+  end
+  redis.call('ZADD', deadlines, op[4], op[2])
+  return out
+end
+
+local function release(op)
+  local key = orders .. op[2]
+  local o = redis.call('HMGET', key, 'status', 'reason', 'lines', 'deadline', 'viewer',
+                       'r:' .. op[3], 'bk')
+  if not o[1] then return {'new', 'rejected', 'unknown_order', ''} end
+  local viewer, bk = o[5] or '', o[7]
+  local inbuckets = split(bk)
+  if o[6] then
+    local status, reason = string.match(o[6], '([^|]*)|(.*)')
+    local out = {'dup', status, reason, viewer}
+    emit(out, bk, o[1])
+    return out
+  end
+  if o[1] ~= 'reserved' then
+    local out = {'dup', o[1], o[2] or '', viewer}
+    emit(out, bk, o[1])
+    return out
+  end
+  if op[4] ~= '' and tonumber(o[4]) > tonumber(op[4]) then return {'dup', o[1], '', viewer} end
+  local out = {'new', 'released', op[3], viewer}
+  for _, l in ipairs(lines(o[3])) do
+    if not inbuckets[l[1]] then
+      move(l[1], 'reserved', 'available', l[2])
+      level(l[1], out)
+    end
+  end
+  emit(out, bk, 'released')
+  redis.call('HSET', key, 'status', 'released', 'reason', op[3],
+             'r:' .. op[3], 'released|' .. op[3])
+  if not bk then redis.call('ZREM', deadlines, op[2]) end
+  redis.call('HINCRBY', stats, 'orders_released:' .. op[3], 1)
+  return out
+end
+
+local function settle(op)
+  redis.call('ZREM', deadlines, op[2])
+  return {'new', '', '', ''}
+end
+
+local apply = {set = stock_set, place = place, pay = pay, release = release, settle = settle}
+local results = {}
+for i, op in ipairs(cjson.decode(ARGV[5])) do results[i] = apply[op[1]](op) end
+return results
+"""

@@ -1,0 +1,172 @@
+"""A flash sale past one Redis slot: 1,000 units in 8 buckets, 20,000 orders posted to
+two gateway processes sharing Redis, two worker processes.
+
+Exactly 1,000 reserved; never oversold and `available + reserved + sold == loaded` at
+every sample (the sums of the buckets); and no order refused while any bucket had
+stock: with only orders of one unit and no releases, stock only falls, so once a
+`sold_out` is counted every later sample must show nothing available. No order's home
+is one of the last two buckets, so their 250 units sell only by borrowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import orjson
+import pytest
+from aiohttp import ClientSession, ClientTimeout
+from helpers import now_ms
+from redis.asyncio import Redis
+
+from stream.core.auth import Tokens
+from stream.core.config import Settings
+from stream.core.topics import Topics
+from stream.local.embedded import free_port
+from stream.local.runner import spawn, stop_processes
+from stream.store import keys
+from stream.store.buckets import home
+from stream.store.inventory import Audit, Inventory
+from stream.store.ledger import read_stats
+from stream.worker.admin import ensure_topics
+
+pytestmark = pytest.mark.integration
+
+SKU, UNITS, BUCKETS = "flash-1", 1_000, 8
+ORDERS, VIEWERS, PER_REQUEST, IN_FLIGHT = 20_000, 5_000, 100, 8
+SETTLE_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Sample:
+    refused_before: int  # sold_out refusals counted before the books were read
+    audit: Audit
+    available: int
+
+
+@dataclass
+class Auditor:
+    inventory: Inventory
+    room: str
+    samples: list[Sample] = field(default_factory=list)
+
+    async def run(self) -> None:
+        while True:
+            refused = await self.inventory.redis.hget(keys.stats(self.room),
+                                                      "orders_rejected:sold_out")
+            audit = await self.inventory.audit(self.room)
+            levels = await self.inventory.levels(self.room)
+            self.samples.append(Sample(int(refused or 0), audit,
+                                       sum(u.available for u in levels)))
+            await asyncio.sleep(0.05)
+
+
+def hot_spot_ids(room: str, n: int) -> list[str]:
+    """`n` order ids none of whose home is one of the last 2 buckets: the stock there is
+    reached only by borrowing (without it, 250 units would stay unsold)."""
+    ids = (f"{room}-o{j}" for j in itertools.count())
+    return list(itertools.islice((i for i in ids if home(i, BUCKETS) < BUCKETS - 2), n))
+
+
+@contextlib.asynccontextmanager
+async def gateways(settings: Settings, tmp_path: Path, n: int) -> AsyncIterator[list[str]]:
+    """`n` gateway processes (`livecommerce gateway`) on free ports; their base URLs."""
+    procs, urls = [], []
+    for i in range(n):
+        port = free_port()
+        procs.append(spawn(["gateway"], msgspec.structs.replace(settings, http_port=port),
+                           tmp_path / f"gateway-{i}.log"))
+        urls.append(f"http://127.0.0.1:{port}")
+    try:
+        async with ClientSession() as http:
+            for url in urls:
+                deadline = time.monotonic() + 60  # a busy 2-core machine: imports alone take 5 s
+                while True:
+                    with contextlib.suppress(OSError):
+                        async with http.get(f"{url}/healthz") as resp:
+                            if resp.status == 200:
+                                break
+                    assert time.monotonic() < deadline, f"{url} did not come up"
+                    await asyncio.sleep(0.1)
+        yield urls
+    finally:
+        await stop_processes(procs)
+
+
+async def test_hot_sku_in_buckets_from_two_gateways(settings: Settings, redis: Redis,
+                                                    tmp_path: Path) -> None:
+    tokens = Tokens.generate()
+    tokens.save(tmp_path / "tokens.json")
+    settings = msgspec.structs.replace(settings, tokens_file=tmp_path / "tokens.json")
+    await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),
+                        partitions=settings.partitions)
+    room = f"flash-{uuid.uuid4().hex[:8]}"
+    inventory = Inventory(redis)
+    workers = [spawn(["worker"], settings, tmp_path / f"worker-{i}.log") for i in range(2)]
+    try:
+        async with gateways(settings, tmp_path, 2) as urls, ClientSession(
+                timeout=ClientTimeout(total=60)) as http:
+            async def post(url: str, events: list[dict[str, object]], role: str) -> None:
+                headers = {"Authorization": f"Bearer {tokens.for_role(role)}"}  # type: ignore[arg-type]
+                async with http.post(f"{url}/v1/events", data=orjson.dumps(events),
+                                     headers=headers) as resp:
+                    body = await resp.json()
+                    assert resp.status == 202 and body["accepted"] == len(events), body
+
+            t0 = now_ms() - 60_000
+            await post(urls[0], [{"type": "stock.set", "event_id": f"{room}-load",
+                                  "room_id": room, "ts": t0, "sku": SKU, "qty": UNITS,
+                                  "buckets": BUCKETS}], "host")
+            # The gateway applied the load before its 202 (test_backlog): no wait for it.
+            assert [(u.available, u.sold) for u in await inventory.levels(room)] == [(UNITS, 0)]
+            auditor = Auditor(inventory, room)
+            sampling = asyncio.create_task(auditor.run())
+            orders = [{"type": "order.placed", "event_id": f"{room}-e{i}", "room_id": room,
+                       "ts": t0 + 1_000 + i, "viewer_id": f"v{i % VIEWERS}",
+                       "order_id": order_id, "items": [{"sku": SKU, "qty": 1, "price": 9.9}]}
+                      for i, order_id in enumerate(hot_spot_ids(room, ORDERS))]
+            batches = [orders[i:i + PER_REQUEST] for i in range(0, ORDERS, PER_REQUEST)]
+            slots = asyncio.Semaphore(IN_FLIGHT)
+
+            async def send(url: str, batch: list[dict[str, object]]) -> None:
+                async with slots:
+                    await post(url, batch, "commerce")
+
+            await asyncio.gather(*(send(url, batch)
+                                   for url, batch in zip(itertools.cycle(urls), batches)))
+            deadline = time.monotonic() + SETTLE_TIMEOUT_S
+            while True:
+                stats = await read_stats(redis, room)
+                decided = sum(v for k, v in stats.items()
+                              if k == "orders_reserved" or k.startswith("orders_rejected:"))
+                if decided >= ORDERS or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)  # one more sample after the last order
+            sampling.cancel()
+        assert all(w.poll() is None for w in workers), "a worker died"
+    finally:
+        await stop_processes(workers)
+
+    refused = {k: v for k, v in stats.items() if k.startswith("orders_rejected:")}
+    assert stats.get("orders_reserved") == UNITS, stats
+    assert refused == {"orders_rejected:sold_out": ORDERS - UNITS}, refused
+    assert [(u.available, u.reserved, u.sold) for u in await inventory.levels(room)] == [
+        (0, UNITS, 0)]
+    for b in range(BUCKETS):
+        bucket = await redis.hgetall(keys.bucket_stock(room, SKU, b))
+        assert int(bucket[b"available"]) == 0 and int(bucket[b"reserved"]) > 0, (b, bucket)
+    samples = auditor.samples
+    assert len(samples) > 10, f"only {len(samples)} samples"
+    broken = [s.audit for s in samples if s.audit.problems or s.audit.oversold]
+    assert not broken, broken[:3]
+    early = [s for s in samples if s.refused_before and s.available]
+    assert not early, (f"{len(early)} samples with stock left after a sold_out, e.g. "
+                       f"{early[0].refused_before} refused, {early[0].available} available")
