@@ -192,9 +192,10 @@ class Gateway:
         if self._runner is not None:
             await self.hub.stop()
             await self._runner.cleanup()
-        if self._app is not None and self._app[PENDING]:
+        pending: set[asyncio.Task[None]] = self._app[PENDING] if self._app is not None else set()
+        if pending:
             # Writes answered 503 still settle their ids (the producer flushes them too).
-            await asyncio.wait(self._app[PENDING], timeout=eventids.LIVE_TTL_S)
+            await asyncio.wait(pending, timeout=eventids.LIVE_TTL_S)
         await self.producer.stop()
         if hasattr(self, "redis"):
             await self.redis.aclose()
