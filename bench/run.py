@@ -162,7 +162,7 @@ def fanout_rows(f: dict) -> list[Row]:
         rows.append((
             f"connect storm: {f['storm']:,} new WebSocket subscribers at once "
             f"(snapshots from the hub's room cache)",
-            f"connects_per_s {spread(f, 'connects_per_s')} ({spread(f, 'storm_s')} s); "
+            f"connects_per_s {spread(f, 'connects_per_s')} (median {f['storm_s']} s); "
             f"Redis snapshot reads {spread(f, 'storm_redis_reads', '{:.0f}')}",
             f"{spread(f, 'raw_connects_per_s')}/s connecting to the bare asyncio server"
             if raw else "—",
