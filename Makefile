@@ -43,7 +43,8 @@ browser:
 	         "root): install Debian's chromium, or run LC_SKIP_BROWSER=1 make test to skip" \
 	         "the browser tests on purpose" >&2; exit 1; }
 
-# Every benchmark in one run (< 10 min): bench/results.{md,json} and README's table.
+# Every benchmark, 3 runs each, alternating (< 15 min): medians and spreads in
+# bench/results.{md,json} and README's table.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --readme README.md
 

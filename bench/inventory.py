@@ -238,6 +238,7 @@ async def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     async with system(workers=1) as sys_, aiohttp.ClientSession() as session:
+        interval_ms = sys_.settings.stock_interval_ms
         await asyncio.sleep(8)  # let the worker join its group before timing anything
         full = await full_path(sys_, session, args.orders)
         raw = await raw_script(sys_, args.orders)
@@ -248,6 +249,7 @@ async def main() -> None:
         "raw_evalsha_per_s": round(raw),
         "ratio": round(full / raw, 3),
         "latency_rate_per_s": args.rate,
+        "stock_interval_ms": interval_ms,
         "latency_p50_ms": round(pct(lat, 50), 1),
         "latency_p99_ms": round(pct(lat, 99), 1),
         **clustered,
@@ -256,7 +258,9 @@ async def main() -> None:
           f"{full:,.0f}/s")
     print(f"raw redis-py pipelined EVALSHA of the same script, same server: {raw:,.0f}/s")
     print(f"ratio: {full / raw:.2f} (target >= 0.5)")
-    print(f"202 -> SSE stock event at {args.rate} orders/s: {describe(lat)} (target p99 <= 100)")
+    # Issue 19: the interval is the p99's floor, the pipeline may add at most 15 ms.
+    print(f"202 -> SSE stock event at {args.rate} orders/s, {interval_ms} ms coalescing: "
+          f"{describe(lat)} (target p99 <= {interval_ms + 15})")
     if clustered:
         c = clustered
         print(f"hot SKU script, {CALL} orders a call: 1 node {c['script_single_node_per_s']:,}/s;"

@@ -56,7 +56,6 @@ BATCH_WITHIN_S = 0.01
 CHUNK_BYTES = 128 * 1024
 SWEEP_EVERY_S = 1.0
 TICK_EVERY_S = 1.0
-FLUSH_EVERY_S = 0.02
 APP_ID = "livecommerce"
 
 
@@ -228,9 +227,11 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
     async def sweep() -> None:
         await pipeline.retrying(orders.sweep)
 
-    @app.timer(FLUSH_EVERY_S)
-    async def flush_stock() -> None:
-        await pipeline.retrying(feed.flush)
+    @app.task
+    async def trailing_stock() -> None:
+        # Held stock updates go out the moment their interval ends (the trailing edge);
+        # the batch path sends the leading edge itself.
+        await feed.trailing(lambda: pipeline.retrying(feed.flush))
 
     async def consume(stream: faust.StreamT[Any]) -> None:
         # `take_events` is faust-streaming's own, missing from its StreamT protocol.
