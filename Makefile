@@ -26,6 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 # The dashboard and report tests drive Debian's chromium (a CJK font for the Chinese

@@ -141,7 +141,7 @@ class ViewerEngine:
             OrderCancelled: self._on_cancelled,
             OrderPaymentFailed: self._on_payment_failed,
         }
-        self._type_names = {cls: cls.__struct_config__.tag for cls in self._handlers}
+        self._type_names = {cls: str(cls.__struct_config__.tag) for cls in self._handlers}
 
     # --- rules (hot reload keeps all state; timers are judged by the rules at fire time) ---
 

@@ -39,8 +39,11 @@ return 1
 _decode = msgspec.json.Decoder(AnyEvent).decode
 
 
-def _first(entry: tuple[int, ...] | tuple[int, str, str | None]) -> int:
-    return entry[0]
+def _first(entry: tuple[object, ...]) -> int:
+    """The timestamp a (ts, ...) entry sorts by."""
+    ts = entry[0]
+    assert isinstance(ts, int)
+    return ts
 
 
 def fold(room: RoomTimeline, events: Iterable[HostEvent]) -> RoomTimeline:
@@ -57,7 +60,7 @@ def fold(room: RoomTimeline, events: Iterable[HostEvent]) -> RoomTimeline:
             known = products.get(event.sku)
             products[event.sku] = Product(
                 name=event.name or (known.name if known else event.sku),
-                price=event.price if event.price is not None else (known and known.price))
+                price=event.price if event.price is not None else (known.price if known else None))
         elif isinstance(event, BroadcastStarted):
             started = event.ts if started is None else max(started, event.ts)
         elif isinstance(event, BroadcastEnded):
@@ -103,7 +106,7 @@ class RoomLog:
     async def handle(self, parts: Sequence[Part]) -> None:
         # A record holds events of its own topic only: the host topic's are host events.
         hosts = [e for part in parts if isinstance(part.events[0], HostEvent)
-                 for e in part.events]
+                 for e in part.events if isinstance(e, HostEvent)]
         if not hosts:
             return
         await self._log.append(hosts)
