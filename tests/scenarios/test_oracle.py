@@ -53,7 +53,11 @@ from stream.store.connect import connect
 from stream.store.currenttags import held_tags
 from stream.store.ledger import read_stats
 
-pytestmark = pytest.mark.integration
+# Known to flake under load (README, Open gaps): on a busy machine the simulator's
+# platform stream can trail its commerce stream by more than the 3 s grace at this
+# replay speed, and one dwell nudge fires that a late view would have cancelled.
+# One rerun; the first failure still shows in the run's summary as RERUN.
+pytestmark = [pytest.mark.integration, pytest.mark.flaky(reruns=1)]
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 SPEED = 10
