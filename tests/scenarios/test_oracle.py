@@ -41,14 +41,13 @@ from stream.core.models import (
 )
 from stream.core.topics import Topics
 from stream.engine.rules import load_dir
-from stream.engine.timeline import RoomTimeline
+from stream.engine.timeline import RoomTimeline, fold
 from stream.engine.viewers import ViewerEngine
 from stream.local import sender, showplan
 from stream.local.runner import spawn, stop_processes
 from stream.store import keys
 from stream.store.currenttags import held_tags
 from stream.store.ledger import read_stats
-from stream.store.roomlog import fold
 from stream.worker.engagement import GRACE_MS
 
 pytestmark = pytest.mark.integration
