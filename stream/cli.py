@@ -222,7 +222,8 @@ def report(room: str, out: str | None, as_json: bool) -> None:
     async def read() -> object:
         redis = Redis.from_url(settings.redis_url)
         try:
-            return await review(redis, room)
+            return await review(redis, room,
+                                presence_timeout_ms=settings.presence_timeout_s * 1000)
         finally:
             await redis.aclose()
 

@@ -52,6 +52,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # reconnect (mobile sockets drop for seconds to a minute: a tunnel, a backgrounded
     # app), then dropped and counted as `suppressed:<rule>:expired`.
     nudge_hold_s: int = 60
+    # A viewer is online while their last event is younger than this, in room event time;
+    # 60 s is two of the app's 30 s heartbeats, so one lost heartbeat drops no one.
+    presence_timeout_s: int = 60
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -61,7 +64,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
 _INTS = {"http_port", "partitions", "max_future_ms", "dedupe_ttl_s", "max_body_bytes",
          "stock_interval_ms", "read_timeout_s", "max_subscribers",
-         "nudge_hold_s"}
+         "nudge_hold_s", "presence_timeout_s"}
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+\Z")
 
 

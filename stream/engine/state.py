@@ -16,6 +16,10 @@ from stream.engine.nudges import Kind
 
 Timer = tuple[int, str, str, Kind]  # (due, rule id, sku or "", kind)
 
+# A viewer is online while their last event from the app is younger than this (room event
+# time; LIVECOMMERCE_PRESENCE_TIMEOUT_S, 60 s: two of the app's 30 s heartbeats).
+PRESENCE_TIMEOUT_MS = 60_000
+
 
 class ViewerState(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
     """One viewer in one room's broadcast. All times are event-time epoch ms.
@@ -26,7 +30,9 @@ class ViewerState(msgspec.Struct, array_like=True, omit_defaults=True, gc=False)
 
     broadcast: int = 0  # the room's started_at this state belongs to; 0: not known yet
     joined: int = -1  # last viewer.joined (-1: never)
-    left: int = -1  # last viewer.left; in the room iff joined >= 0 and left < joined
+    # Last viewer.left, or when a visit timed out (its last event + the timeout); in the
+    # room iff joined >= 0 and left < joined.
+    left: int = -1
     seen: int = -1  # last proof of presence in the current visit
     watched: int = 0  # ms of closed visits
     visits: int = 0
@@ -53,12 +59,13 @@ def in_room(s: ViewerState) -> bool:
     return s.joined >= 0 and s.left < s.joined
 
 
-def present_at(s: ViewerState, ts: int) -> bool:
-    """Was the viewer in the room at `ts`? Looks back across one leave/rejoin."""
+def present_at(s: ViewerState, ts: int, timeout_ms: int = PRESENCE_TIMEOUT_MS) -> bool:
+    """Was the viewer in the room at `ts`? Looks back across one leave/rejoin. An open
+    visit is online until its last event is `timeout_ms` old (as the host's count is)."""
     if s.joined < 0:
         return False
     if s.joined <= ts:
-        return s.left < s.joined or s.left > ts
+        return ts < s.seen + timeout_ms if s.left < s.joined else s.left > ts
     return s.left > ts  # rejoined after ts: the previous visit covered ts iff it ended later
 
 
@@ -92,5 +99,6 @@ def tags_in(blob: bytes) -> dict[str, list[str]]:
     return decode_state(blob).tags
 
 
-__all__ = ["NEVER", "Timer", "ViewerState", "any_by", "decode_state", "earliest",
-           "encode_state", "in_room", "pack_times", "present_at", "tags_in", "unpack_times"]
+__all__ = ["NEVER", "PRESENCE_TIMEOUT_MS", "Timer", "ViewerState", "any_by", "decode_state",
+           "earliest", "encode_state", "in_room", "pack_times", "present_at", "tags_in",
+           "unpack_times"]

@@ -66,6 +66,7 @@ from stream.engine.nudges import (
 from stream.engine.rules import FollowUpRule, Rules
 from stream.engine.state import (
     NEVER,
+    PRESENCE_TIMEOUT_MS,
     Timer,
     ViewerState,
     any_by,
@@ -108,8 +109,10 @@ class ViewerEngine:
     """All viewers of one partition: events and time in, effects out. Deterministic."""
 
     def __init__(self, rules: Rules, *, grace_ms: int = 0,
-                 stock: StockBook | None = None) -> None:
+                 stock: StockBook | None = None,
+                 presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
         self.grace_ms = grace_ms
+        self.presence_timeout_ms = presence_timeout_ms
         self.rules = rules
         # Stock levels by event time, shared by the worker's engines (read only here).
         self.stock = stock if stock is not None else StockBook()
@@ -138,6 +141,8 @@ class ViewerEngine:
             OrderPaymentFailed: self._on_payment_failed,
         }
         self._type_names = {cls: cls.__struct_config__.tag for cls in self._handlers}
+        # The app's events prove presence (orders come from the commerce backend).
+        self._proofs = {cls for cls in self._handlers if cls.role == "platform"}
 
     # --- rules (hot reload keeps all state; timers are judged by the rules at fire time) ---
 
@@ -186,6 +191,9 @@ class ViewerEngine:
             return
         room_id, viewer_id = event.room_id, event.viewer_id
         s = self._state(room_id, viewer_id, room, ts, out)
+        if (s.left < s.joined and ts - s.seen >= self.presence_timeout_ms
+                and type(event) in self._proofs):
+            self._lapse(s, ts)
         handler(s, event, room, out)
         if self._plan.counts:
             counting = self._plan.counts.get(self._type_names[type(event)])
@@ -445,7 +453,8 @@ class ViewerEngine:
         quiet hours, then the caps (a nudge that could not be shown uses no cap)."""
         ended = room.ended_at is not None and room.ended_at <= ts
         exited = exit_reason(rule.rule.exit, ordered=self._ordered(s, rule, sku, ts),
-                             present=present_at(s, ts), ended=ended)
+                             present=present_at(s, ts, self.presence_timeout_ms),
+                             ended=ended)
         if exited is not None:
             return exited
         if sku:
@@ -526,6 +535,15 @@ class ViewerEngine:
 
     # --- event handlers -----------------------------------------------------------------
 
+    def _lapse(self, s: ViewerState, ts: int) -> None:
+        """The open visit's last event is a timeout older than `ts`: it ended there, and the
+        viewer went offline when the timeout passed (as the host's count has it)."""
+        s.watched += s.seen - s.joined
+        s.left = min(s.seen + self.presence_timeout_ms, ts - 1)  # before `ts` opens a visit
+        if s.focus:
+            self._disarm(s, DWELL, s.focus, ts)
+            s.focus = ""
+
     def _open_visit(self, s: ViewerState, ts: int) -> None:
         s.joined = s.seen = ts
         s.visits += 1
@@ -534,8 +552,10 @@ class ViewerEngine:
         if s.joined >= 0 and s.left < s.joined:
             if ts > s.seen:
                 s.seen = ts
-        elif s.joined < 0:
-            self._open_visit(s, ts)  # the join was lost: this event proves the viewer is here
+        elif ts > s.left:
+            # The join was lost, or the viewer is back after a leave or a timeout: this event
+            # proves they are here, a new visit.
+            self._open_visit(s, ts)
 
     def _on_presence(self, s: ViewerState, e: ViewerEvent, room: RoomTimeline,
                      out: list[Effect]) -> None:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.hostview.access import host_data
 from stream.hostview.metrics import RoomMetrics, compute
 from stream.hostview.prom import RoomCollector
@@ -35,8 +36,8 @@ STATIC = resources.files("stream.hostview") / "static"
 class HostView:
     """Computes rooms' metrics from Redis, with a short per-room cache."""
 
-    def __init__(self, redis: Redis) -> None:
-        self._reader = RoomReader(redis)
+    def __init__(self, redis: Redis, *, presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
+        self._reader = RoomReader(redis, presence_timeout_ms=presence_timeout_ms)
         self._cache: dict[str, tuple[float, RoomMetrics]] = {}
 
     async def metrics(self, room_id: str) -> RoomMetrics:
@@ -61,9 +62,10 @@ class HostView:
 HOST_VIEW = web.AppKey("host_view", HostView)
 
 
-def add_host_view(app: web.Application, redis: Redis) -> None:
+def add_host_view(app: web.Application, redis: Redis, *,
+                  presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
     """Routes: `/v1/rooms/{room}/metrics`, `/dashboard/{room}` and its assets."""
-    app[HOST_VIEW] = HostView(redis)
+    app[HOST_VIEW] = HostView(redis, presence_timeout_ms=presence_timeout_ms)
     app.router.add_get("/v1/rooms/{room}/metrics", room_metrics)
     app.router.add_get("/dashboard/{room}", dashboard_page)
     app.router.add_get("/dashboard/assets/{name}", asset)

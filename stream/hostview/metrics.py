@@ -10,8 +10,9 @@ Counter names in the room's stats hash (besides the pipeline's `events`, `ev:<ty
 and the inventory's `orders_*`, `gmv`):
 - `m:<minute>:<name>`: per event-time minute (epoch ms // 60000): joins, leaves, likes,
   comments, cart_clicks, payment_failed (ledger); orders, paid, gmv, units:<sku>
-  (inventory); online, the count after the minute's last join or leave (presence).
-- `online`, `peak`, `viewers`, `watch_ms`, `open_join_sum`, `src:<source>:viewers`,
+  (inventory); online_d, visits opened minus visits ended in the minute (presence).
+- `online`, `peak`, `viewers`, `watch_ms`, `open_join_sum`, `presence_clock`,
+  `src:<source>:viewers`,
   `layer:<new|returning|unknown>:viewers` (presence).
 
 And in the room's seconds hash, `<epoch second>:<name>`: cart_clicks (ledger); orders,
@@ -274,10 +275,11 @@ def _series(st: dict[str, float], started_at: int | None, now: int,
     first = min(first, *buckets) if buckets else first
     first = max(first, last - max_points + 1)
     out: list[Point] = []
-    online = 0
+    # Online at a minute's end: visits opened minus visits ended up to it, by event time.
+    online = int(sum(b.get("online_d", 0) for m, b in buckets.items() if m < first))
     for minute in range(first, last + 1):
         b = buckets.get(minute, {})
-        online = int(b.get("online", online))  # unchanged through a quiet minute
+        online += int(b.get("online_d", 0))
         out.append(Point(t=minute * MINUTE_MS, online=online, joins=int(b.get("joins", 0)),
                          likes=int(b.get("likes", 0)), comments=int(b.get("comments", 0)),
                          cart_clicks=int(b.get("cart_clicks", 0)),

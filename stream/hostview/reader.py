@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgspec
 from redis.asyncio import Redis
 
+from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.hostview.metrics import RoomRaw, SkuRow
 from stream.store import keys
 from stream.store.clocks import RoomClocks
@@ -31,8 +32,9 @@ class Viewer(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 class RoomReader:
     """Reads a room's counters (and its host log, cached) for metrics and the review."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
         self._redis = redis
+        self._timeout_ms = presence_timeout_ms
         self._rooms = RoomLog(redis)
         self._clocks = RoomClocks(redis)
 
@@ -49,16 +51,24 @@ class RoomReader:
                            "available", "reserved", "sold")
             seconds, nudged, buyers, *rows = await pipe.execute()
         stats = await read_stats(redis, room_id)
-        now = await self._clocks.now(room_id, wall_now_ms=wall_now_ms)
+        clock = await self._clocks.now(room_id, wall_now_ms=wall_now_ms)
+        now = clock if clock is not None else wall_now_ms
+        timeline = self._rooms.get(room_id)
+        # The presence script closes timed-out visits when the room's events move its
+        # clock; a room gone quiet (or ended) still shows them gone: one ZCOUNT.
+        upto = now if timeline.ended_at is None else min(now, timeline.ended_at)
+        stale = await redis.zcount(keys.last_seen(room_id), "-inf", upto - self._timeout_ms)
+        if stale:
+            stats["online"] = int(stats.get("online", 0)) - stale
         return RoomRaw(
-            room_id=room_id, now_ms=now if now is not None else wall_now_ms,
+            room_id=room_id, now_ms=now,
             stats={k: float(v) for k, v in stats.items()},
             skus=[SkuRow(sku=sku, name=(r[0] or sku.encode()).decode(),
                          price=float(r[1]) if r[1] else None, loaded=int(r[2] or 0),
                          available=int(r[3] or 0), reserved=int(r[4] or 0),
                          sold=int(r[5] or 0))
                   for sku, r in zip(skus, rows, strict=True)],
-            timeline=self._rooms.get(room_id),
+            timeline=timeline,
             seconds={k.decode(): float(v) for k, v in seconds.items()},
             nudged={k.decode(): v.decode() for k, v in nudged.items()},
             buyers={k.decode(): int(v) for k, v in buyers.items()},
@@ -72,15 +82,18 @@ class RoomReader:
                 pipe.hgetall(key(room_id))
             pipe.smembers(keys.carted(room_id))
             pipe.smembers(keys.pay_failed(room_id))
-            profiles, presence, watched, buyers, spend, carted, failed = await pipe.execute()
+            pipe.zrange(keys.last_seen(room_id), 0, -1, withscores=True)
+            (profiles, presence, watched, buyers, spend, carted, failed,
+             last_seen) = await pipe.execute()
+        last = {v: int(ts) for v, ts in last_seen}
         # A buyer whose join never came (orders only) still counts, under no source.
         for raw_id in buyers.keys() - profiles.keys():
             profiles[raw_id] = b"(none)||unknown|"
         out = []
         for raw_id, raw_profile in sorted(profiles.items()):
             source, leader, layer_, region = raw_profile.decode().split("|", 3)
-            joined = int(presence.get(raw_id, b"0"))
-            ms = int(watched.get(raw_id, b"0")) + (max(0, end_ms - joined) if joined > 0 else 0)
+            ms = int(watched.get(raw_id, b"0")) + self._open_ms(
+                presence.get(raw_id, b"-0"), last.get(raw_id), end_ms)
             paid = buyers.get(raw_id)
             out.append(Viewer(viewer_id=raw_id.decode(), source=source, leader=leader,
                               layer=layer_, region=region, watched_ms=ms,
@@ -88,6 +101,15 @@ class RoomReader:
                               paid_at=int(paid) if paid is not None else None,
                               spend=float(spend.get(raw_id, b"0"))))
         return out
+
+    def _open_ms(self, state: bytes, last: int | None, end_ms: int) -> int:
+        """The open visit's watch time up to `end_ms`; up to its last event if the timeout
+        passed by then (closed visits are in `watched` already)."""
+        if state[:1] in (b"-", b"~") or last is None:
+            return 0
+        joined = int(state)
+        until = end_ms if end_ms - last < self._timeout_ms else last
+        return max(0, until - joined)
 
     async def recent_rooms(self, *, since_ms: int) -> list[str]:
         """Rooms with an event since `since_ms` (what Prometheus exports)."""

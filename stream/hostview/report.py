@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 from redis.asyncio import Redis
 
+from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.hostview.metrics import NudgeMetrics, RoomMetrics, SegmentMetrics, Totals, compute
 from stream.hostview.reader import RoomReader, Viewer
 
@@ -93,9 +94,10 @@ def build(metrics: RoomMetrics, viewers: list[Viewer]) -> Review:
     )
 
 
-async def review(redis: Redis, room_id: str) -> Review:
+async def review(redis: Redis, room_id: str, *,
+                 presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> Review:
     """Read the room and build its review (the room's clock caps open watch time)."""
-    reader = RoomReader(redis)
+    reader = RoomReader(redis, presence_timeout_ms=presence_timeout_ms)
     metrics = compute(await reader.raw(room_id, wall_now_ms=int(time.time() * 1000)))
     end = metrics.now_ms if metrics.ended_at is None else min(metrics.now_ms, metrics.ended_at)
     return build(metrics, await reader.viewers(room_id, end_ms=end))

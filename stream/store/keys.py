@@ -157,8 +157,15 @@ HELD_ROOMS = f"{PREFIX}:held-rooms"
 # --- the host's view (metrics and the post-live review) ----------------------------------
 
 def presence(room_id: str) -> str:
-    """Hash viewer -> join ts while in the room, or -(leave ts) after leaving."""
+    """Hash viewer -> join ts while in the room, `-<leave ts>` after leaving, or
+    `~<join ts>:<last event ts>` after the presence timeout passed."""
     return f"{_room(room_id)}:presence"
+
+
+def last_seen(room_id: str) -> str:
+    """Sorted set viewer -> ts of the last event of the viewer's open visit (its score),
+    for closing visits that the presence timeout has passed."""
+    return f"{_room(room_id)}:last-seen"
 
 
 def profiles(room_id: str) -> str:

@@ -139,7 +139,9 @@ def create_app(settings: Settings) -> faust.App:
         high = app.consumer.highwater(tp)
         return high is None or high > processed.get(tp, high)
 
+    timeout_ms = settings.presence_timeout_s * 1000
     engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms,
+                            presence_timeout_ms=timeout_ms,
                             send=send_many,
                             topics=topics, bootstrap=settings.kafka_bootstrap,
                             behind=behind, generation=lambda: app.consumer_generation_id,
@@ -149,7 +151,8 @@ def create_app(settings: Settings) -> faust.App:
     # mostly wait on Redis come first: their requests are out before the engine computes.
     ledger = Ledger(redis)
     pipeline = Pipeline(topics=topics, ledger=ledger, send=send,
-                        handlers=[orders, rooms, Presence(redis), engagement],
+                        handlers=[orders, rooms, Presence(redis, timeout_ms=timeout_ms),
+                                  engagement],
                         count=counters.count)
 
     @app.task

@@ -32,6 +32,7 @@ from stream.core.models import FollowUp, Nudge, TagChange, ViewerEvent
 from stream.core.topics import Topics
 from stream.engine.reorder import Reorder
 from stream.engine.rules import Rules
+from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.engine.viewers import Effect, Suppressed, ViewerEngine
 from stream.store import keys, nudgebox, scripts
 from stream.store.claims import Claims, claim_item, once_id
@@ -58,9 +59,11 @@ class Engagement:
                  topics: Topics, bootstrap: str,
                  behind: Callable[[str, int], bool] = lambda topic, partition: False,
                  generation: Callable[[], int] = lambda: 0,
-                 clock: Callable[[], float] = time.time, nudge_hold_s: int = 60) -> None:
+                 clock: Callable[[], float] = time.time, nudge_hold_s: int = 60,
+                 presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
         self._redis = redis
         self._nudge_hold_s = nudge_hold_s
+        self._presence_timeout_ms = presence_timeout_ms
         self._bootstrap = bootstrap
         self._rules = rules
         self._rooms = rooms
@@ -251,7 +254,8 @@ class Engagement:
         if epoch != self._epoch:
             return  # a rebalance meanwhile: these may not be ours, and get re-read if they are
         for p, (states, offsets) in zip(missing, saved, strict=True):
-            engine = ViewerEngine(self._rules(), grace_ms=GRACE_MS, stock=self._rooms.stock)
+            engine = ViewerEngine(self._rules(), grace_ms=GRACE_MS, stock=self._rooms.stock,
+                                  presence_timeout_ms=self._presence_timeout_ms)
             engine.restore(states)
             self.engines[p] = engine
             self._waiting[p] = Reorder(self._inputs, ts=_ts)
