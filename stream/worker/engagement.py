@@ -83,7 +83,9 @@ class Engagement:
         self._fences: dict[int, dict[str, int]] = {}
         self._waiting: dict[int, Reorder[ViewerEvent]] = {}
         self._epoch = 0  # moves on every revoke: a load that spans one is stale
-        self._times: dict[int, tuple[int, float]] = {}  # partition -> (event ms, wall s)
+        # partition -> room -> (newest event ms, wall s it was seen): each room's own clock,
+        # so one show's later events never fire another's timers.
+        self._times: dict[int, dict[str, tuple[int, float]]] = {}
         # What the next settle must do: acks to await, effects to mark done, offsets whose
         # effects are in the state to save.
         self._acks: dict[tuple[str, int], Awaitable[object]] = {}  # last ack per topic-partition
@@ -149,7 +151,7 @@ class Engagement:
             released = waiting.release(behind)
             if released:
                 effects += [(p, e) for e in engine.apply_all(released, self._rooms.get)]
-                self._observe(p, released[-1].ts)  # the newest: they leave in ts order
+                self._observe(p, released)
             fences = self._fences[p]
             moved = {t: o for t, o in waiting.fences().items() if o > fences.get(t, -1)}
             if moved:
@@ -281,21 +283,29 @@ class Engagement:
         for p in queued:
             self._unsaved.pop(p, None)
 
-    def _observe(self, partition: int, ts: int) -> None:
-        seen = self._times.get(partition)
-        if seen is None or ts > seen[0]:
-            self._times[partition] = (ts, self._clock())
+    def _observe(self, partition: int, released: Sequence[ViewerEvent]) -> None:
+        """Each room's newest event time (they leave in ts order: the last per room)."""
+        times = self._times.setdefault(partition, {})
+        newest = {e.room_id: e.ts for e in released}
+        wall = self._clock()
+        for room, ts in newest.items():
+            seen = times.get(room)
+            if seen is None or ts > seen[0]:
+                times[room] = (ts, wall)
 
-    def _now(self, partition: int, behind: set[str]) -> int:
-        """The partition's event time; wall time stands in for events only when it is idle.
+    def _now(self, partition: int, behind: set[str]) -> dict[str, int]:
+        """Each room's event time in the partition; wall time stands in for events only when
+        the partition is idle.
 
         While an input is behind (or the worker is in a rebalance) the next events wait in
         Kafka: moving on by wall time would fire timers they cancel.
         """
-        event_ms, wall_s = self._times.get(partition, (0, self._clock()))
+        times = self._times.get(partition, {})
         if behind:
-            return event_ms
-        return now_of(event_ms, int(wall_s * 1000), wall_now_ms=int(self._clock() * 1000))
+            return {room: event_ms for room, (event_ms, _) in times.items()}
+        wall_now_ms = int(self._clock() * 1000)
+        return {room: now_of(event_ms, int(wall_s * 1000), wall_now_ms=wall_now_ms)
+                for room, (event_ms, wall_s) in times.items()}
 
     # --- effects ----------------------------------------------------------------------
 
