@@ -205,7 +205,10 @@ def check(rooms: tuple[str, ...]) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write the review as an HTML page with charts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the review as one JSON line.")
-def report(room: str, out: str | None, as_json: bool) -> None:
+@click.option("--broadcast", default=None,
+              help="Which broadcast of ROOM (an id from /v1/rooms/ROOM/broadcasts); "
+                   "default: the one on air, or the latest.")
+def report(room: str, out: str | None, as_json: bool, broadcast: str | None) -> None:
     """The post-live review (复盘) of ROOM, from the live system's Redis."""
     from pathlib import Path
 
@@ -222,12 +225,17 @@ def report(room: str, out: str | None, as_json: bool) -> None:
     async def read() -> object:
         redis = Redis.from_url(settings.redis_url)
         try:
-            return await review(redis, room,
+            return await review(redis, room, broadcast=broadcast,
                                 presence_timeout_ms=settings.presence_timeout_s * 1000)
         finally:
             await redis.aclose()
 
-    result = asyncio.run(read())
+    from stream.hostview.reader import UnknownBroadcast
+
+    try:
+        result = asyncio.run(read())
+    except UnknownBroadcast as exc:
+        raise click.BadParameter(str(exc), param_hint="--broadcast") from None
     if out is not None:
         Path(out).write_text(render_html(result), encoding="utf-8")  # type: ignore[arg-type]
         click.echo(f"wrote {out}", err=True)

@@ -172,6 +172,7 @@ class Rates(msgspec.Struct, frozen=True, kw_only=True):
 
 class RoomMetrics(msgspec.Struct, frozen=True, kw_only=True):
     room_id: str
+    broadcast_id: str | None  # None before the room's first broadcast.started
     now_ms: int
     started_at: int | None
     ended_at: int | None
@@ -233,7 +234,8 @@ def compute(raw: RoomRaw, *, low_stock_ratio: float = 0.1, low_stock_units: int 
     skus = [_sku(row, sum(st.get(f"m:{m}:units:{row.sku}", 0) for m in recent), window)
             for row in raw.skus]
     return RoomMetrics(
-        room_id=raw.room_id, now_ms=raw.now_ms, started_at=tl.started_at, ended_at=tl.ended_at,
+        room_id=raw.room_id, broadcast_id=tl.broadcast_id if tl.started_at is not None else None,
+        now_ms=raw.now_ms, started_at=tl.started_at, ended_at=tl.ended_at,
         totals=totals,
         per_minute=Rates(joins=rate("joins"), likes=rate("likes"), comments=rate("comments"),
                          cart_clicks=rate("cart_clicks"), orders=rate("orders"),

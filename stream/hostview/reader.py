@@ -7,11 +7,16 @@ import msgspec
 from redis.asyncio import Redis
 
 from stream.engine.state import PRESENCE_TIMEOUT_MS
+from stream.engine.timeline import RoomTimeline
 from stream.hostview.metrics import RoomRaw, SkuRow
 from stream.store import keys
 from stream.store.clocks import RoomClocks
 from stream.store.ledger import read_stats
 from stream.store.roomlog import RoomLog
+
+
+class UnknownBroadcast(LookupError):
+    """A broadcast id the room has no broadcast of."""
 
 
 class Viewer(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -38,26 +43,45 @@ class RoomReader:
         self._rooms = RoomLog(redis)
         self._clocks = RoomClocks(redis)
 
-    async def raw(self, room_id: str, *, wall_now_ms: int) -> RoomRaw:
-        redis = self._redis
+    async def room(self, room_id: str) -> RoomTimeline:
+        """The room as its host log says now (its broadcasts, oldest first)."""
         await self._rooms.refresh([room_id])
+        return self._rooms.get(room_id)
+
+    async def book(self, room_id: str, broadcast: str | None) -> int:
+        """The book of `broadcast` (default: the one on air, or the latest)."""
+        room = await self.room(room_id)
+        if broadcast is None:
+            return room.current_book()
+        book = room.book_of(broadcast)
+        if book is None:
+            raise UnknownBroadcast(f"broadcast: {broadcast!r} is not a broadcast of {room_id}")
+        return book
+
+    async def raw(self, room_id: str, *, wall_now_ms: int,
+                  broadcast: str | None = None) -> RoomRaw:
+        """One broadcast's counters (default: the one on air, or the latest). Stock is the
+        room's, not a broadcast's: the SKU rows are what the room holds now."""
+        redis = self._redis
+        book = await self.book(room_id, broadcast)
         skus = sorted(s.decode() for s in await redis.smembers(keys.skus(room_id)))
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.seconds(room_id))
-            pipe.hgetall(keys.nudged(room_id))
-            pipe.hgetall(keys.buyers(room_id))
+            pipe.hgetall(keys.seconds(room_id, book))
+            pipe.hgetall(keys.nudged(room_id, book))
+            pipe.hgetall(keys.buyers(room_id, book))
             for sku in skus:
                 pipe.hmget(keys.stock_prefix(room_id) + sku, "name", "price", "loaded",
                            "available", "reserved", "sold")
             seconds, nudged, buyers, *rows = await pipe.execute()
-        stats = await read_stats(redis, room_id)
+        stats = await read_stats(redis, room_id, book)
         clock = await self._clocks.now(room_id, wall_now_ms=wall_now_ms)
         now = clock if clock is not None else wall_now_ms
-        timeline = self._rooms.get(room_id)
+        timeline = self._rooms.timeline_of(room_id, book)
         # The presence script closes timed-out visits when the room's events move its
         # clock; a room gone quiet (or ended) still shows them gone: one ZCOUNT.
         upto = now if timeline.ended_at is None else min(now, timeline.ended_at)
-        stale = await redis.zcount(keys.last_seen(room_id), "-inf", upto - self._timeout_ms)
+        stale = await redis.zcount(keys.last_seen(room_id, book), "-inf",
+                                   upto - self._timeout_ms)
         if stale:
             stats["online"] = int(stats.get("online", 0)) - stale
         return RoomRaw(
@@ -74,15 +98,17 @@ class RoomReader:
             buyers={k.decode(): int(v) for k, v in buyers.items()},
         )
 
-    async def viewers(self, room_id: str, *, end_ms: int) -> list[Viewer]:
-        """Every viewer who joined, with what the review groups them by."""
+    async def viewers(self, room_id: str, *, end_ms: int,
+                      broadcast: str | None = None) -> list[Viewer]:
+        """Every viewer who joined the broadcast, with what the review groups them by."""
         redis = self._redis
+        book = await self.book(room_id, broadcast)
         async with redis.pipeline(transaction=False) as pipe:
             for key in (keys.profiles, keys.presence, keys.watched, keys.buyers, keys.spend):
-                pipe.hgetall(key(room_id))
-            pipe.smembers(keys.carted(room_id))
-            pipe.smembers(keys.pay_failed(room_id))
-            pipe.zrange(keys.last_seen(room_id), 0, -1, withscores=True)
+                pipe.hgetall(key(room_id, book))
+            pipe.smembers(keys.carted(room_id, book))
+            pipe.smembers(keys.pay_failed(room_id, book))
+            pipe.zrange(keys.last_seen(room_id, book), 0, -1, withscores=True)
             (profiles, presence, watched, buyers, spend, carted, failed,
              last_seen) = await pipe.execute()
         last = {v: int(ts) for v, ts in last_seen}

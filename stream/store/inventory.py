@@ -291,14 +291,15 @@ class Inventory:
             return ["release", event.order_id, "payment_failed", ""]
         raise TypeError(f"not an inventory event: {event!r}")  # pragma: no cover
 
-    async def queue(self, pipe: Redis, room_id: str, ops: Sequence[Op]) -> int:
-        """Queue `ops` for one room on `pipe`; returns how many calls (answers) it added."""
+    async def queue(self, pipe: Redis, room_id: str, ops: Sequence[Op], *, book: int = 0) -> int:
+        """Queue `ops` for one room on `pipe`, their outcomes counted on the books of the
+        room's broadcast `book`; returns how many calls (answers) it added."""
         calls = 0
         for lo in range(0, len(ops), CHUNK):
             await self._apply(
-                keys=[keys.stats(room_id), keys.deadlines(room_id), keys.skus(room_id),
-                      keys.stock_sets(room_id), keys.buyers(room_id), keys.spend(room_id),
-                      keys.seconds(room_id)],
+                keys=[keys.stats(room_id, book), keys.deadlines(room_id), keys.skus(room_id),
+                      keys.stock_sets(room_id), keys.buyers(room_id, book),
+                      keys.spend(room_id, book), keys.seconds(room_id, book)],
                 args=[keys.stock_prefix(room_id), keys.order_prefix(room_id),
                       ORDER_RETENTION_S, self.max_qty_per_line,
                       orjson.dumps(ops[lo:lo + CHUNK])],
@@ -306,15 +307,16 @@ class Inventory:
             calls += 1
         return calls
 
-    async def run(self, room_id: str, ops: Sequence[Op], *, ts: int) -> list[Outcome]:
+    async def run(self, room_id: str, ops: Sequence[Op], *, ts: int,
+                  book: int = 0) -> list[Outcome]:
         """Apply `ops` now and return one Outcome per op."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self.queue(pipe, room_id, ops)
+            await self.queue(pipe, room_id, ops, book=book)
             answers = await scripts.execute(pipe)
         return [parse(a, room_id=room_id, ts=ts) for chunk in answers for a in chunk]
 
-    async def expire_due(self, room_id: str, *, now_ms: int,
-                         limit: int = 500) -> list[tuple[str, Outcome]]:
+    async def expire_due(self, room_id: str, *, now_ms: int, limit: int = 500,
+                         book: int = 0) -> list[tuple[str, Outcome]]:
         """Release reservations whose deadline has passed on the room's clock.
 
         Returns (order_id, outcome) per due order; an outcome that is not fresh means
@@ -325,7 +327,7 @@ class Inventory:
         if not due:
             return []
         outcomes = await self.run(room_id, [["release", oid, "expired", str(now_ms)]
-                                            for oid in due], ts=now_ms)
+                                            for oid in due], ts=now_ms, book=book)
         return list(zip(due, outcomes, strict=True))
 
     async def levels(self, room_id: str) -> list[StockUpdate]:

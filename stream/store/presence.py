@@ -26,10 +26,11 @@ from collections.abc import Sequence
 import msgspec
 from redis.asyncio import Redis
 
-from stream.core.batch import Part, newest_by_room
+from stream.core.batch import BookOf, Part, by_book, newest_by_room
 from stream.core.counters import layer
 from stream.core.models import (
     CartAdded,
+    Event,
     OrderPaymentFailed,
     OrderPlaced,
     ViewerEvent,
@@ -38,6 +39,7 @@ from stream.core.models import (
 )
 from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.store import keys, scripts
+from stream.store.roomlog import RoomLog
 
 # KEYS: stats, presence, profiles, watched, carted, pay-failed, last-seen.
 # ARGV: a msgpack array of ops, 4 fields each: op ('j' join, 'l' leave, 'p' proof of
@@ -155,64 +157,81 @@ _pack = msgspec.msgpack.Encoder().encode
 class Presence:
     """Pipeline handler: visits, carts and failed payments into the room's keys."""
 
-    def __init__(self, redis: Redis, *, timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
+    def __init__(self, redis: Redis, *, timeout_ms: int = PRESENCE_TIMEOUT_MS,
+                 rooms: RoomLog | None = None) -> None:
         self._redis = redis
         self._script = redis.register_script(PRESENCE)
         self._timeout_ms = timeout_ms
+        self._rooms = rooms  # each broadcast on its own books; without, all in book 0
 
-    def ops(self, parts: Sequence[Part]) -> dict[str, list[str | int]]:
+    def ops(self, parts: Sequence[Part]) -> dict[tuple[str, int], list[str | int]]:
         """The script's ops per room, in event order per viewer. Of a run of one viewer's
         proofs only those that bound a gap of the timeout or more matter: the one before
         the run's last is dropped while the run stays shorter than the timeout (a heartbeat
         every 30 s plus views and likes would be ~5 ops a viewer a minute, ~1 this way)."""
         timeout = self._timeout_ms
-        by_room: dict[str, list[str | int]] = {}
-        # (room, viewer) -> index in its room's ops of the viewer's last two proofs of a run
-        runs: dict[tuple[str, str], tuple[int, int]] = {}
+        book_of = self._rooms.book_at if self._rooms is not None else None
+        by_room: dict[tuple[str, int], list[str | int]] = {}
+        # (room, book, viewer) -> index in its book's ops of the viewer's last two proofs
+        runs: dict[tuple[str, int, str], tuple[int, int]] = {}
         for part in parts:
-            for e in part.events:
-                cls = type(e)
-                if cls is OrderPlaced or cls is OrderPaymentFailed:
-                    by_room.setdefault(e.room_id, []).extend(
-                        ["c" if cls is OrderPlaced else "f", e.viewer_id, e.ts, ""])
-                    continue
-                if not isinstance(e, ViewerEvent) or e.role != "platform":
-                    continue
-                ops = by_room.get(e.room_id)
-                if ops is None:
-                    ops = by_room[e.room_id] = []
-                key = (e.room_id, e.viewer_id)
-                if cls is CartAdded:
-                    ops.extend(["c", e.viewer_id, e.ts, ""])
-                if isinstance(e, ViewerJoined):
-                    runs.pop(key, None)
-                    ops.extend(["j", e.viewer_id, e.ts, _profile(e)])
-                    continue
-                if cls is ViewerLeft:
-                    runs.pop(key, None)
-                    ops.extend(["l", e.viewer_id, e.ts, ""])
-                    continue
-                run = runs.get(key)
-                if run is not None and run[0] >= 0 and e.ts - int(ops[run[0] + 2]) < timeout:
-                    ops[run[1] + 2] = e.ts  # the run's last proof moves on
-                    continue
-                runs[key] = (run[1] if run is not None else -1, len(ops))
-                ops.extend(["p", e.viewer_id, e.ts, ""])
+            if len(part.rooms) == 1:  # the usual envelope: books looked up per piece
+                for book, events in by_book(part.events, next(iter(part.rooms)), book_of):
+                    self._add(events, book, book_of, timeout, by_room, runs)
+            else:
+                self._add(part.events, None, book_of, timeout, by_room, runs)
         return by_room
+
+    @staticmethod
+    def _add(events: Sequence[Event], book: int | None, book_of: BookOf | None, timeout: int,
+             by_room: dict[tuple[str, int], list[str | int]],
+             runs: dict[tuple[str, int, str], tuple[int, int]]) -> None:
+        for e in events:
+            b = book if book is not None else (book_of(e.room_id, e.ts) if book_of else 0)
+            cls = type(e)
+            if isinstance(e, OrderPlaced | OrderPaymentFailed):
+                by_room.setdefault((e.room_id, b), []).extend(
+                    ["c" if cls is OrderPlaced else "f", e.viewer_id, e.ts, ""])
+                continue
+            if not isinstance(e, ViewerEvent) or e.role != "platform":
+                continue
+            ops = by_room.get((e.room_id, b))
+            if ops is None:
+                ops = by_room[e.room_id, b] = []
+            key = (e.room_id, b, e.viewer_id)
+            if cls is CartAdded:
+                ops.extend(["c", e.viewer_id, e.ts, ""])
+            if isinstance(e, ViewerJoined):
+                runs.pop(key, None)
+                ops.extend(["j", e.viewer_id, e.ts, _profile(e)])
+                continue
+            if cls is ViewerLeft:
+                runs.pop(key, None)
+                ops.extend(["l", e.viewer_id, e.ts, ""])
+                continue
+            run = runs.get(key)
+            if run is not None and run[0] >= 0 and e.ts - int(ops[run[0] + 2]) < timeout:
+                ops[run[1] + 2] = e.ts  # the run's last proof moves on
+                continue
+            runs[key] = (run[1] if run is not None else -1, len(ops))
+            ops.extend(["p", e.viewer_id, e.ts, ""])
 
     async def handle(self, parts: Sequence[Part]) -> None:
         latest = newest_by_room(parts)
         if not latest:
             return
+        if self._rooms is not None:
+            await self._rooms.refresh(latest, since=min(part.record.taken for part in parts))
         by_room = self.ops(parts)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for room, ops in by_room.items():
-                await self._script(keys=room_keys(room), args=[_pack(ops), self._timeout_ms],
-                                   client=pipe)
+            for (room, book), ops in by_room.items():
+                await self._script(keys=room_keys(room, book),
+                                   args=[_pack(ops), self._timeout_ms], client=pipe)
             pipe.zadd(keys.METRIC_ROOMS, latest, gt=True)
             await scripts.execute(pipe)
 
 
-def room_keys(room: str) -> list[str]:
-    return [keys.stats(room), keys.presence(room), keys.profiles(room), keys.watched(room),
-            keys.carted(room), keys.pay_failed(room), keys.last_seen(room)]
+def room_keys(room: str, book: int = 0) -> list[str]:
+    return [keys.stats(room, book), keys.presence(room, book), keys.profiles(room, book),
+            keys.watched(room, book), keys.carted(room, book), keys.pay_failed(room, book),
+            keys.last_seen(room, book)]

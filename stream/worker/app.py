@@ -126,7 +126,7 @@ def create_app(settings: Settings) -> faust.App:
                      interval_s=settings.stock_interval_ms / 1000)
     rooms = RoomLog(redis)
     orders = Orders(redis=redis, inventory=Inventory(redis), feed=feed, send=send,
-                    topics=topics, stock=rooms.stock)
+                    topics=topics, stock=rooms.stock, rooms=rooms)
     watcher = RuleWatcher(settings.rules_dir)
     processed: dict[TP, int] = {}  # the next offset handed to the pipeline, per partition
 
@@ -151,8 +151,9 @@ def create_app(settings: Settings) -> faust.App:
     # mostly wait on Redis come first: their requests are out before the engine computes.
     ledger = Ledger(redis)
     pipeline = Pipeline(topics=topics, ledger=ledger, send=send,
-                        handlers=[orders, rooms, Presence(redis, timeout_ms=timeout_ms),
-                                  engagement],
+                        handlers=[orders, rooms,
+                                  Presence(redis, timeout_ms=timeout_ms, rooms=rooms),
+                                  engagement], book_of=rooms.book_at,
                         count=counters.count)
 
     @app.task

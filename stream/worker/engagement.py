@@ -320,17 +320,22 @@ class Engagement:
         """
         if not effects:
             return
-        by_room: dict[str, list[tuple[int, Effect, str]]] = {}
+        # Counted on the books of the effect's broadcast: by its time, a follow-up by the
+        # end it follows.
+        by_room: dict[tuple[str, int], list[tuple[int, Effect, str]]] = {}
+        rooms = self._rooms
         for p, effect in effects:
-            by_room.setdefault(effect.room_id, []).append((p, effect, once_id(effect)))
+            book = (rooms.ended_book(effect.room_id, effect.due_at)
+                    if isinstance(effect, FollowUp) else rooms.book_at(effect.room_id, effect.ts))
+            by_room.setdefault((effect.room_id, book), []).append((p, effect, once_id(effect)))
         self._round += 1
         mark = f"p:{int(self._clock() * 1000)}:{self._worker}:{self._round}"
-        self._claimed.update(by_room)
+        self._claimed.update(room for room, _ in by_room)
         async with self._redis.pipeline(transaction=False) as pipe:
-            slices = [group[i:i + SCRIPT_ITEMS] for group in by_room.values()
+            slices = [(book, group[i:i + SCRIPT_ITEMS]) for (_, book), group in by_room.items()
                       for i in range(0, len(group), SCRIPT_ITEMS)]
-            for group in slices:
-                await self._claims.claim(pipe, group[0][1].room_id, mark=mark,
+            for book, group in slices:
+                await self._claims.claim(pipe, group[0][1].room_id, mark=mark, book=book,
                                          items=[claim_item(e, once) for _, e, once in group])
             new_pairs = {(e.room_id, e.viewer_id) for _, e in effects if isinstance(e, TagChange)}
             new_pairs -= self._viewer_rooms
@@ -340,7 +345,7 @@ class Engagement:
         self._viewer_rooms |= new_pairs
         sends: list[tuple[int, Effect, str]] = []
         pending: list[tuple[int, Effect, int]] = []
-        for group in slices:
+        for _, group in slices:
             for (p, effect, once), answer in zip(group, answers.pop(0), strict=True):
                 if answer == 1:
                     if not isinstance(effect, Suppressed):

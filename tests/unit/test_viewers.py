@@ -517,3 +517,20 @@ def test_online_until_the_timeout_passes_the_last_event() -> None:
     show.advance(HOUR)
     assert [n.rule_id for n in show.nudges()] == ["dwell-50s"]
     assert show.suppressed() == [("dwell-70s", "exited")]
+
+
+def test_a_room_keeps_its_broadcasts_and_books_every_event_to_one() -> None:
+    room = RoomTimeline(room_id="r1")
+    assert room.book_at(T0) == 0 and room.broadcasts == []  # warm-up: the first show's
+    room.observe(_host(BroadcastStarted, T0))
+    room.observe(_host(BroadcastStarted, T0 + 1))  # a double click: the same show
+    room.observe(_host(BroadcastEnded, T0 + HOUR))
+    room.observe(_host(BroadcastStarted, T0 + DAY, broadcast_id="evening-2"))
+    assert [(b.broadcast_id, b.started_at, b.ended_at) for b in room.broadcasts] == [
+        (f"r1@{T0}", T0, T0 + HOUR), ("evening-2", T0 + DAY, None)]
+    assert room.broadcast_id == "evening-2" and room.current_book() == 1
+    assert [room.book_at(T0 + t) for t in (-MIN, 0, HOUR, HOUR + 1, DAY - MIN, DAY + HOUR)] \
+        == [0, 0, 0, 1, 1, 1]  # after an end and before the next start: the next show's
+    room.observe(_host(BroadcastEnded, T0 + DAY + 2 * HOUR))
+    assert room.book_at(T0 + HOUR) == 0 and room.book_at(T0 + DAY + 2 * HOUR + 1) == 2
+    assert (room.book_of("evening-2"), room.book_of("nope")) == (1, None)
