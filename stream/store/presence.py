@@ -92,16 +92,19 @@ local function reopen(viewer, j, l)
   bump(l, 1)
 end
 -- The viewer's entry as (state, join, last): 'o' open, 'x' lapsed, 'g' gone (left), nil.
+-- An open visit's join is read only when needed (`joined`): most ops are proofs that
+-- just move the last event on, one ZSCORE and one ZADD.
 local function state(viewer)
+  local last = redis.call('ZSCORE', seen, viewer)
+  if last then return 'o', nil, tonumber(last) end
   local raw = redis.call('HGET', presence, viewer)
   if not raw then return nil end
-  local c = string.sub(raw, 1, 1)
-  if c == '-' then return 'g', 0, tonumber(string.sub(raw, 2)) end
-  if c == '~' then
-    local j, l = string.match(raw, '~(%d+):(%d+)')
-    return 'x', tonumber(j), tonumber(l)
-  end
-  return 'o', tonumber(raw), tonumber(redis.call('ZSCORE', seen, viewer))
+  if string.sub(raw, 1, 1) == '-' then return 'g', 0, tonumber(string.sub(raw, 2)) end
+  local j, l = string.match(raw, '~(%d+):(%d+)')
+  return 'x', tonumber(j), tonumber(l)
+end
+local function joined(viewer, j)
+  return j or tonumber(redis.call('HGET', presence, viewer))
 end
 
 for i = 1, #ops, 4 do
@@ -112,9 +115,9 @@ for i = 1, #ops, 4 do
     if st ~= nil and ts > l then
       -- Lapsed by the clock yet younger than the timeout: the same visit goes on.
       if st == 'x' and ts - l < timeout then reopen(viewer, j, l); st = 'o' end
-      if st == 'o' and ts - l >= timeout then lapse(viewer, j, l); st = 'x' end
+      if st == 'o' and ts - l >= timeout then lapse(viewer, joined(viewer, j), l); st = 'x' end
       if op == 'l' then
-        if st == 'o' then close(viewer, j, ts, '-' .. ts)
+        if st == 'o' then j = joined(viewer, j); close(viewer, j, ts, '-' .. ts)
         else redis.call('HSET', presence, viewer, '-' .. ts) end
       elseif st == 'o' then
         redis.call('ZADD', seen, ts, viewer)
