@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from stream.core.batch import BookOf, Part, by_book, newest_by_room
 from stream.core.counters import layer
 from stream.core.models import (
+    EVENT_TYPES,
     CartAdded,
     Event,
     OrderPaymentFailed,
@@ -150,6 +151,13 @@ return online
 """
 
 
+# The app's events prove presence; orders come from the commerce backend (maybe paid
+# elsewhere): a placed order marks a cart, a failed payment the payment, nothing more.
+PROOFS: frozenset[type[Event]] = frozenset(
+    cls for cls in EVENT_TYPES.values() if issubclass(cls, ViewerEvent) and cls.role == "platform")
+HANDLED: frozenset[type[Event]] = PROOFS | {OrderPlaced, OrderPaymentFailed}
+
+
 def _profile(e: ViewerJoined) -> str:
     return f"{e.source}|{e.leader_id or ''}|{layer(e.returning)}|{e.region or ''}"
 
@@ -196,7 +204,7 @@ class Presence:
                 by_room.setdefault((e.room_id, b), []).extend(
                     ["c" if cls is OrderPlaced else "f", e.viewer_id, e.ts, ""])
                 continue
-            if not isinstance(e, ViewerEvent) or e.role != "platform":
+            if cls not in PROOFS or not isinstance(e, ViewerEvent):
                 continue
             ops = by_room.get((e.room_id, b))
             if ops is None:
