@@ -3,6 +3,8 @@ every viewer for the post-live review (written by stream/store/presence.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import msgspec
 from redis.asyncio import Redis
 
@@ -80,8 +82,11 @@ class RoomReader:
         # The presence script closes timed-out visits when the room's events move its
         # clock; a room gone quiet (or ended) still shows them gone: one ZCOUNT.
         upto = now if timeline.ended_at is None else min(now, timeline.ended_at)
-        stale = await redis.zcount(keys.last_seen(room_id, book), "-inf",
-                                   upto - self._timeout_ms)
+        async with redis.pipeline(transaction=False) as pipe:
+            for partition in _partitions(stats):
+                pipe.zcount(keys.last_seen(room_id, book, partition), "-inf",
+                            upto - self._timeout_ms)
+            stale = sum(await pipe.execute())
         if stale:
             stats["online"] = int(stats.get("online", 0)) - stale
         return RoomRaw(
@@ -108,10 +113,13 @@ class RoomReader:
                 pipe.hgetall(key(room_id, book))
             pipe.smembers(keys.carted(room_id, book))
             pipe.smembers(keys.pay_failed(room_id, book))
-            pipe.zrange(keys.last_seen(room_id, book), 0, -1, withscores=True)
+            pipe.hgetall(keys.stats(room_id, book))
             (profiles, presence, watched, buyers, spend, carted, failed,
-             last_seen) = await pipe.execute()
-        last = {v: int(ts) for v, ts in last_seen}
+             stats) = await pipe.execute()
+        async with redis.pipeline(transaction=False) as pipe:
+            for partition in _partitions({k.decode(): v for k, v in stats.items()}):
+                pipe.zrange(keys.last_seen(room_id, book, partition), 0, -1, withscores=True)
+            last = {v: int(ts) for scores in await pipe.execute() for v, ts in scores}
         # A buyer whose join never came (orders only) still counts, under no source.
         for raw_id in buyers.keys() - profiles.keys():
             profiles[raw_id] = b"(none)||unknown|"
@@ -141,3 +149,8 @@ class RoomReader:
         """Rooms with an event since `since_ms` (what Prometheus exports)."""
         return [r.decode() for r in await self._redis.zrangebyscore(
             keys.METRIC_ROOMS, since_ms, "+inf")]
+
+
+def _partitions(stats: Mapping[str, object]) -> list[int]:
+    """The input partitions presence has seen the room's viewers on (its clocks)."""
+    return [int(k.rsplit(":", 1)[1]) for k in stats if k.startswith("presence_clock:")]

@@ -170,10 +170,11 @@ def presence(room_id: str, book: int = 0) -> str:
     return f"{_book(room_id, book)}:presence"
 
 
-def last_seen(room_id: str, book: int = 0) -> str:
+def last_seen(room_id: str, book: int = 0, partition: int = 0) -> str:
     """Sorted set viewer -> ts of the last event of the viewer's open visit (its score),
-    for closing visits that the presence timeout has passed."""
-    return f"{_book(room_id, book)}:last-seen"
+    of the viewers of one input partition, for closing visits the presence timeout has
+    passed on that partition's clock."""
+    return f"{_book(room_id, book)}:last-seen:{partition}"
 
 
 def profiles(room_id: str, book: int = 0) -> str:

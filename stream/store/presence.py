@@ -11,12 +11,16 @@ A viewer is online while their last event of any type from the app (join, heartb
 view, like, cart...; not orders, which come from the commerce backend and may be paid
 elsewhere) is younger than the presence timeout of room event time. Past it the visit
 counts as ended at that last event (its watch time ends there); a later event opens a
-new visit, not a new viewer. Each open visit's last event is the score of a sorted set,
-so the script closes what is due as the room's event clock (its newest event time seen
-here) advances: amortised O(1) per event, no scan of every viewer. A close by the clock
-is provisional: a lagging partition may still bring an event of that viewer younger
-than the timeout, which reopens the same visit as if it never closed, so the counts
-depend on each viewer's own events only, not on how partitions interleave.
+new visit, not a new viewer. Each open visit's last event is the score of a sorted set
+per input partition (a viewer's events all come through one), so the script closes
+what is due as that partition's clock for the room (its newest event time seen here)
+advances: amortised O(1) per event, no scan of every viewer. Per partition, because a
+replay reads partitions minutes of show apart: the room's newest time would close the
+visits of a lagging partition only for their next events to reopen them (a first
+version did, and the viewer benchmark fell to a third). A close stays provisional: an
+event of that viewer younger than the timeout reopens the same visit as if it never
+closed, so the counts depend on each viewer's own events only. A partition with no more
+events of the room closes nothing; the reader still shows its timed-out viewers gone.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ from stream.store.roomlog import RoomLog
 # KEYS: stats, presence, profiles, watched, carted, pay-failed, last-seen.
 # ARGV: a msgpack array of ops, 4 fields each: op ('j' join, 'l' leave, 'p' proof of
 # presence, 'c' carted, 'f' payment failed), viewer, ts, profile (joins only:
-# `source|leader|layer|region`); then the timeout in ms.
+# `source|leader|layer|region`); then the timeout in ms, then the input partition whose
+# viewers these are (its last-seen set is KEYS[7], its clock `presence_clock:<p>`).
 # Presence value: join ts while in the room; '-' .. leave ts after a leave; '~' .. join
 # ts .. ':' .. last event ts after a timeout. `open_join_sum` is the sum of the open
 # visits' join times, so open watch time is online * now - open_join_sum.
@@ -55,7 +60,8 @@ PRESENCE = """
 local stats, presence, profiles, watched, seen = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7]
 local online = tonumber(redis.call('HGET', stats, 'online') or '0')
 local peak = tonumber(redis.call('HGET', stats, 'peak') or '0')
-local clock = tonumber(redis.call('HGET', stats, 'presence_clock') or '0')
+local clock_field = 'presence_clock:' .. ARGV[3]
+local clock = tonumber(redis.call('HGET', stats, clock_field) or '0')
 local ops = cmsgpack.unpack(ARGV[1])
 local timeout = tonumber(ARGV[2])
 
@@ -140,13 +146,13 @@ for i = 1, #ops, 4 do
     redis.call('SADD', KEYS[6], viewer)
   end
 end
--- Every open visit whose last event the room's clock has left a timeout behind.
+-- Every open visit whose last event the partition's clock has left a timeout behind.
 local due = redis.call('ZRANGEBYSCORE', seen, '-inf', clock - timeout, 'WITHSCORES')
 for k = 1, #due, 2 do
   local viewer = due[k]
   lapse(viewer, tonumber(redis.call('HGET', presence, viewer)), tonumber(due[k + 1]))
 end
-redis.call('HSET', stats, 'online', online, 'peak', peak, 'presence_clock', clock)
+redis.call('HSET', stats, 'online', online, 'peak', peak, clock_field, clock)
 return online
 """
 
@@ -175,40 +181,41 @@ class Presence:
         self._timeout_ms = timeout_ms
         self._rooms = rooms  # each broadcast on its own books; without, all in book 0
 
-    def ops(self, parts: Sequence[Part]) -> dict[tuple[str, int], list[str | int]]:
+    def ops(self, parts: Sequence[Part]) -> dict[tuple[str, int, int], list[str | int]]:
         """The script's ops per room, in event order per viewer. Of a run of one viewer's
         proofs only those that bound a gap of the timeout or more matter: the one before
         the run's last is dropped while the run stays shorter than the timeout (a heartbeat
         every 30 s plus views and likes would be ~5 ops a viewer a minute, ~1 this way)."""
         timeout = self._timeout_ms
         book_of = self._rooms.book_at if self._rooms is not None else None
-        by_room: dict[tuple[str, int], list[str | int]] = {}
+        by_room: dict[tuple[str, int, int], list[str | int]] = {}  # (room, book, partition)
         # (room, book, viewer) -> index in its book's ops of the viewer's last two proofs
         runs: dict[tuple[str, int, str], tuple[int, int]] = {}
         for part in parts:
+            p = part.record.partition
             if len(part.rooms) == 1:  # the usual envelope: books looked up per piece
                 for book, events in by_book(part.events, next(iter(part.rooms)), book_of):
-                    self._add(events, book, book_of, timeout, by_room, runs)
+                    self._add(events, book, p, book_of, timeout, by_room, runs)
             else:
-                self._add(part.events, None, book_of, timeout, by_room, runs)
+                self._add(part.events, None, p, book_of, timeout, by_room, runs)
         return by_room
 
     @staticmethod
-    def _add(events: Sequence[Event], book: int | None, book_of: BookOf | None, timeout: int,
-             by_room: dict[tuple[str, int], list[str | int]],
+    def _add(events: Sequence[Event], book: int | None, partition: int, book_of: BookOf | None,
+             timeout: int, by_room: dict[tuple[str, int, int], list[str | int]],
              runs: dict[tuple[str, int, str], tuple[int, int]]) -> None:
         for e in events:
             b = book if book is not None else (book_of(e.room_id, e.ts) if book_of else 0)
             cls = type(e)
             if isinstance(e, OrderPlaced | OrderPaymentFailed):
-                by_room.setdefault((e.room_id, b), []).extend(
+                by_room.setdefault((e.room_id, b, partition), []).extend(
                     ["c" if cls is OrderPlaced else "f", e.viewer_id, e.ts, ""])
                 continue
             if cls not in PROOFS or not isinstance(e, ViewerEvent):
                 continue
-            ops = by_room.get((e.room_id, b))
+            ops = by_room.get((e.room_id, b, partition))
             if ops is None:
-                ops = by_room[e.room_id, b] = []
+                ops = by_room[e.room_id, b, partition] = []
             key = (e.room_id, b, e.viewer_id)
             if cls is CartAdded:
                 ops.extend(["c", e.viewer_id, e.ts, ""])
@@ -235,14 +242,14 @@ class Presence:
             await self._rooms.refresh(latest, since=min(part.record.taken for part in parts))
         by_room = self.ops(parts)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for (room, book), ops in by_room.items():
-                await self._script(keys=room_keys(room, book),
-                                   args=[_pack(ops), self._timeout_ms], client=pipe)
+            for (room, book, partition), ops in by_room.items():
+                await self._script(keys=room_keys(room, book, partition),
+                                   args=[_pack(ops), self._timeout_ms, partition], client=pipe)
             pipe.zadd(keys.METRIC_ROOMS, latest, gt=True)
             await scripts.execute(pipe)
 
 
-def room_keys(room: str, book: int = 0) -> list[str]:
+def room_keys(room: str, book: int = 0, partition: int = 0) -> list[str]:
     return [keys.stats(room, book), keys.presence(room, book), keys.profiles(room, book),
             keys.watched(room, book), keys.carted(room, book), keys.pay_failed(room, book),
-            keys.last_seen(room, book)]
+            keys.last_seen(room, book, partition)]
