@@ -108,7 +108,10 @@ local function state(viewer)
   if not raw then return nil end
   if string.sub(raw, 1, 1) == '-' then return 'g', 0, tonumber(string.sub(raw, 2)) end
   local j, l = string.match(raw, '~(%d+):(%d+)')
-  return 'x', tonumber(j), tonumber(l)
+  if j then return 'x', tonumber(j), tonumber(l) end
+  -- Open in another partition's set: the viewer's events came through two partitions (a
+  -- producer keying other than by viewer). The visit goes on here from its join.
+  return 'o', tonumber(raw), tonumber(raw)
 end
 local function joined(viewer, j)
   return j or tonumber(redis.call('HGET', presence, viewer))
@@ -150,7 +153,10 @@ end
 local due = redis.call('ZRANGEBYSCORE', seen, '-inf', clock - timeout, 'WITHSCORES')
 for k = 1, #due, 2 do
   local viewer = due[k]
-  lapse(viewer, tonumber(redis.call('HGET', presence, viewer)), tonumber(due[k + 1]))
+  local raw = redis.call('HGET', presence, viewer)
+  local j = raw and string.match(raw, '^%d+$') and tonumber(raw)
+  if j then lapse(viewer, j, tonumber(due[k + 1]))
+  else redis.call('ZREM', seen, viewer) end  -- closed through another partition's set
 end
 redis.call('HSET', stats, 'online', online, 'peak', peak, clock_field, clock)
 return online
@@ -189,8 +195,8 @@ class Presence:
         timeout = self._timeout_ms
         book_of = self._rooms.book_at if self._rooms is not None else None
         by_room: dict[tuple[str, int, int], list[str | int]] = {}  # (room, book, partition)
-        # (room, book, viewer) -> index in its book's ops of the viewer's last two proofs
-        runs: dict[tuple[str, int, str], tuple[int, int]] = {}
+        # (room, book, partition, viewer) -> index in its ops of the viewer's last two proofs
+        runs: dict[tuple[str, int, int, str], tuple[int, int]] = {}
         for part in parts:
             p = part.record.partition
             if len(part.rooms) == 1:  # the usual envelope: books looked up per piece
@@ -203,7 +209,7 @@ class Presence:
     @staticmethod
     def _add(events: Sequence[Event], book: int | None, partition: int, book_of: BookOf | None,
              timeout: int, by_room: dict[tuple[str, int, int], list[str | int]],
-             runs: dict[tuple[str, int, str], tuple[int, int]]) -> None:
+             runs: dict[tuple[str, int, int, str], tuple[int, int]]) -> None:
         for e in events:
             b = book if book is not None else (book_of(e.room_id, e.ts) if book_of else 0)
             cls = type(e)
@@ -216,7 +222,7 @@ class Presence:
             ops = by_room.get((e.room_id, b, partition))
             if ops is None:
                 ops = by_room[e.room_id, b, partition] = []
-            key = (e.room_id, b, e.viewer_id)
+            key = (e.room_id, b, partition, e.viewer_id)
             if cls is CartAdded:
                 ops.extend(["c", e.viewer_id, e.ts, ""])
             if isinstance(e, ViewerJoined):
