@@ -500,7 +500,7 @@ def test_a_silent_viewer_has_left_when_the_timeout_passes() -> None:
     for show in (beating, silent):
         show.advance(HOUR)
     assert [n.ts for n in beating.nudges()] == [T0 + 1 + 3 * MIN]
-    assert silent.nudges() == [] and silent.suppressed() == [("dwell-3min", "exited")]
+    assert silent.nudges() == [] and silent.suppressed() == [("dwell-3min", "exit:left")]
     state = decode_state(silent.engine.export_dirty()["r1", "v1"])
     assert (state.visits, state.watched, state.joined) == (2, 1, T0 + 4 * MIN)
 
@@ -516,7 +516,7 @@ def test_online_until_the_timeout_passes_the_last_event() -> None:
     show.send("viewer.heartbeat", 5 * MIN)
     show.advance(HOUR)
     assert [n.rule_id for n in show.nudges()] == ["dwell-50s"]
-    assert show.suppressed() == [("dwell-70s", "exited")]
+    assert show.suppressed() == [("dwell-70s", "exit:left")]
 
 
 def test_a_room_keeps_its_broadcasts_and_books_every_event_to_one() -> None:
