@@ -38,7 +38,7 @@ CHUNK = 500
 
 # One script applies a list of operations on one room, in order, atomically.
 # KEYS: stats hash, deadlines zset, skus set, applied stock.set ids, buyers hash, spend hash,
-# seconds hash.
+# seconds hash, the broadcast's set of order ids (its pick lists read them back).
 # ARGV: stock key prefix, order key prefix, retention s, max qty per line, JSON list of ops:
 #   ["set", event_id, sku, qty, name, price]       stock.set: `available` := qty
 #   ["place", order_id, viewer, deadline, [[sku, qty, price], ...], minute, second, ts]
@@ -50,11 +50,13 @@ CHUNK = 500
 # Fresh outcomes are counted in the stats hash here, so those counts are exactly-once too:
 # totals, and for the host's view per event-time minute (`m:<minute>:…` in stats) and
 # second (`<second>:…` in the seconds hash, summed per show segment when read); a
-# payment also records its buyer (first paid ts, spend).
+# payment also records its buyer (first paid ts, spend). A fresh `place` adds the order
+# to the broadcast's set (accepted or rejected: the pick list counts the rejected apart)
+# and keeps each line's price (`prices`: `sku price;…`) for the amount per SKU.
 # SKU and order keys are built from the prefixes: same `{room}` hash tag, same slot.
 APPLY = """
 local stats, deadlines, skus, stock_sets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local buyers, spend, seconds = KEYS[5], KEYS[6], KEYS[7]
+local buyers, spend, seconds, placed = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local stock, orders = ARGV[1], ARGV[2]
 local retention, max_qty = ARGV[3], tonumber(ARGV[4])
 
@@ -158,6 +160,8 @@ local function place(op)
   local key = orders .. op[2]
   local o = redis.call('HMGET', key, 'placed', 'placed_reason', 'viewer', 'paid_early')
   if o[1] then return {'dup', o[1], o[2] or '', o[3] or ''} end
+  redis.call('SADD', placed, op[2])
+  redis.call('EXPIRE', placed, retention)
   local reason = nil
   for _, l in ipairs(op[5]) do
     local available = redis.call('HGET', stock .. l[1], 'available')
@@ -173,15 +177,17 @@ local function place(op)
     return {'new', 'rejected', reason, op[3]}
   end
   local out = {'new', 'reserved', '', op[3]}
-  local text, amount = {}, 0
+  local text, prices, amount = {}, {}, 0
   for _, l in ipairs(op[5]) do
     move(l[1], 'available', 'reserved', l[2])
     level(l[1], out)
     text[#text + 1] = l[1] .. ' ' .. l[2]
+    prices[#prices + 1] = l[1] .. ' ' .. tostring(l[3])
     amount = amount + l[2] * l[3]
   end
   redis.call('HSET', key, 'status', 'reserved', 'reason', '', 'viewer', op[3],
-             'lines', table.concat(text, ';'), 'deadline', op[4], 'amount', tostring(amount),
+             'lines', table.concat(text, ';'), 'prices', table.concat(prices, ';'),
+             'deadline', op[4], 'amount', tostring(amount),
              'placed', 'reserved', 'placed_reason', '')
   redis.call('EXPIRE', key, retention)
   redis.call('HINCRBY', stats, 'orders_reserved', 1)
@@ -299,7 +305,8 @@ class Inventory:
             await self._apply(
                 keys=[keys.stats(room_id, book), keys.deadlines(room_id), keys.skus(room_id),
                       keys.stock_sets(room_id), keys.buyers(room_id, book),
-                      keys.spend(room_id, book), keys.seconds(room_id, book)],
+                      keys.spend(room_id, book), keys.seconds(room_id, book),
+                      keys.book_orders(room_id, book)],
                 args=[keys.stock_prefix(room_id), keys.order_prefix(room_id),
                       ORDER_RETENTION_S, self.max_qty_per_line,
                       orjson.dumps(ops[lo:lo + CHUNK])],
