@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
@@ -241,6 +241,88 @@ def report(room: str, out: str | None, as_json: bool, broadcast: str | None) -> 
         click.echo(f"wrote {out}", err=True)
     if as_json:
         click.echo(msgspec.json.encode(result).decode())
+
+
+_BROADCAST_HELP = ("Which broadcast of ROOM (an id from /v1/rooms/ROOM/broadcasts); "
+                   "default: the one on air, or the latest.")
+
+
+def _after_show(read: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    """Run `read(AfterShow)` against the configured Redis; a bad broadcast is a usage error."""
+    from redis.asyncio import Redis
+
+    from stream.hostview.afterreads import AfterShow
+    from stream.hostview.reader import RoomReader, UnknownBroadcast
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.UsageError("set LIVECOMMERCE_REDIS_URL")
+
+    async def run() -> Any:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            reader = RoomReader(redis, presence_timeout_ms=settings.presence_timeout_s * 1000)
+            return await read(AfterShow(redis, reader=reader))
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(run())
+    except UnknownBroadcast as exc:
+        raise click.BadParameter(str(exc), param_hint="--broadcast") from None
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """Columns padded to their widest cell (CJK characters count as two)."""
+    import unicodedata
+
+    def width(cell: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in cell)
+
+    widths = [max([width(h), *(width(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        click.echo("  ".join(c + " " * (w - width(c)) for c, w in zip(row, widths, strict=True))
+                   .rstrip())
+
+
+@main.command()
+@click.argument("room")
+@click.option("--by", type=click.Choice(["sku", "leader", "customer"]), default="sku",
+              show_default=True, help="One total per product, per pickup point (团长), or "
+                                      "per buyer.")
+@click.option("--broadcast", default=None, help=_BROADCAST_HELP)
+@click.option("--csv", "as_csv", is_flag=True, help="CSV (UTF-8 with a BOM) on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="The pick list as one JSON line.")
+def picklist(room: str, by: str, broadcast: str | None, as_csv: bool, as_json: bool) -> None:
+    """The pick list (分拣单) of ROOM's paid orders, from the live system's Redis."""
+    from stream.hostview import picklist as pl
+
+    pick = _after_show(lambda after: after.picklist(room, by=by, broadcast=broadcast))
+    if as_csv:
+        click.echo(pl.picklist_csv(pick), nl=False)
+    elif as_json:
+        click.echo(msgspec.json.encode(pick).decode())
+    else:
+        _print_table(pl.header(pick), pl.table(pick))
+        left_out = ", ".join(f"{n} {k}" for k, n in pick.excluded.items() if n) or "none"
+        click.echo(f"{pick.paid_orders} paid orders, {pick.units} units, "
+                   f"{pick.amount:,.2f}; not picked: {left_out}", err=True)
+
+
+@main.command()
+@click.argument("room")
+@click.option("--broadcast", default=None, help=_BROADCAST_HELP)
+@click.option("--csv", "as_csv", is_flag=True, help="CSV (UTF-8 with a BOM) on stdout.")
+def followups(room: str, broadcast: str | None, as_csv: bool) -> None:
+    """ROOM's follow-ups (viewer_id, segment, action, due_at, leader) for the SCRM."""
+    from stream.hostview.afterreads import FOLLOWUP_HEADER, followup_rows
+    from stream.hostview.picklist import to_csv
+
+    export = _after_show(lambda after: after.followups(room, broadcast=broadcast))
+    if as_csv:
+        click.echo(to_csv(FOLLOWUP_HEADER, followup_rows(export)), nl=False)
+    else:
+        click.echo(msgspec.json.encode(export).decode())
 
 
 @main.group()
