@@ -13,7 +13,6 @@ and a store wants the orders paid a second ago on its sheet.
 from __future__ import annotations
 
 import re
-from typing import cast
 
 import msgspec
 from aiohttp import web
@@ -22,7 +21,7 @@ from redis.asyncio import Redis
 from stream.core.auth import TokenRole
 from stream.hostview.access import refusal_unless
 from stream.hostview.afterreads import FOLLOWUP_HEADER, AfterShow, followup_rows
-from stream.hostview.picklist import VIEWS, By, picklist_csv, to_csv
+from stream.hostview.picklist import VIEWS, picklist_csv, to_csv
 from stream.hostview.reader import RoomReader, UnknownBroadcast
 
 _ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,64}\Z")
@@ -80,7 +79,7 @@ async def picklist(request: web.Request) -> web.Response:
         return params
     room, broadcast, as_csv = params
     try:
-        pick = await request.app[AFTER_SHOW].picklist(room, by=cast(By, by),
+        pick = await request.app[AFTER_SHOW].picklist(room, by=by,
                                                       broadcast=broadcast)
     except UnknownBroadcast as exc:
         return _error(404, str(exc))
