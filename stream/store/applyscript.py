@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
+# Loading a SKU's level: `available` becomes the loaded quantity and `loaded` moves by the
+# difference, so available + reserved + sold == loaded holds. Shared by the room's APPLY
+# script and a bucket's script, each placing it before its own code.
+SET_LEVEL = """
+local function set_level(key, qty)
+  local before = tonumber(redis.call('HGET', key, 'available') or '0')
+  redis.call('HINCRBY', key, 'loaded', qty - before)
+  redis.call('HSET', key, 'available', qty)
+  redis.call('HSETNX', key, 'reserved', 0)
+  redis.call('HSETNX', key, 'sold', 0)
+  redis.call('HINCRBY', key, 'version', 1)
+end
+"""
+
 # One script applies a list of operations on one room, in order, atomically.
 # KEYS: stats hash, deadlines zset, skus set, applied stock.set ids, buyers hash, spend hash,
 # seconds hash, bucketed SKUs hash.
@@ -26,7 +40,7 @@ from __future__ import annotations
 # second (`<second>:…` in the seconds hash, summed per show segment when read); a
 # payment also records its buyer (first paid ts, spend).
 # SKU and order keys are built from the prefixes: same `{room}` hash tag, same slot.
-APPLY = """
+APPLY = SET_LEVEL + """
 local stats, deadlines, skus, stock_sets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local buyers, spend, seconds, bucketed = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local stock, orders = ARGV[1], ARGV[2]
@@ -86,13 +100,7 @@ local function stock_set(op)
   local fresh = redis.call('SADD', stock_sets, op[2]) == 1
   if fresh then
     if not n then
-      local qty = tonumber(op[4])
-      local before = tonumber(redis.call('HGET', key, 'available') or '0')
-      redis.call('HINCRBY', key, 'loaded', qty - before)
-      redis.call('HSET', key, 'available', qty)
-      redis.call('HSETNX', key, 'reserved', 0)
-      redis.call('HSETNX', key, 'sold', 0)
-      redis.call('HINCRBY', key, 'version', 1)
+      set_level(key, tonumber(op[4]))
     end
     if op[5] ~= '' then redis.call('HSET', key, 'name', op[5]) end
     if op[6] ~= '' then redis.call('HSET', key, 'price', op[6]) end

@@ -28,6 +28,7 @@ import orjson
 
 from stream.core.models import StockUpdate
 from stream.store import keys, scripts
+from stream.store.applyscript import SET_LEVEL
 from stream.store.connect import Client
 
 NUMERIC = ("available", "reserved", "sold", "loaded", "version")
@@ -40,7 +41,7 @@ NUMERIC = ("available", "reserved", "sold", "loaded", "version")
 #   ["free", order_id]        what the order took: reserved -> available
 # Returns per op: the order's record here ('' for set), available, reserved, sold, version.
 # A repeated op changes nothing and returns the same record.
-BUCKET = """
+BUCKET = SET_LEVEL + """
 local stock, orders, sets = KEYS[1], KEYS[2], KEYS[3]
 local retention = ARGV[1]
 
@@ -71,13 +72,7 @@ for i, op in ipairs(cjson.decode(ARGV[2])) do
   local rec = ''
   if op[1] == 'set' then
     if redis.call('SADD', sets, op[2]) == 1 then
-      local qty = tonumber(op[3])
-      local before = tonumber(redis.call('HGET', stock, 'available') or '0')
-      redis.call('HINCRBY', stock, 'loaded', qty - before)
-      redis.call('HSET', stock, 'available', qty)
-      redis.call('HSETNX', stock, 'reserved', 0)
-      redis.call('HSETNX', stock, 'sold', 0)
-      redis.call('HINCRBY', stock, 'version', 1)
+      set_level(stock, tonumber(op[3]))
     end
   elseif op[1] == 'take' then
     rec = redis.call('HGET', orders, op[2])
