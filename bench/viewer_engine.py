@@ -33,14 +33,13 @@ from stream.core.topics import Topics, key_of, partition_for
 from stream.engine.rules import load_dir
 from stream.engine.stock import StockBook
 from stream.engine.stockmodel import StockModel
-from stream.engine.timeline import RoomTimeline
+from stream.engine.timeline import RoomTimeline, fold
 from stream.engine.viewers import ViewerEngine
 from stream.local import showplan
 from stream.local.embedded import EmbeddedStack
 from stream.local.runner import spawn, stop_processes
 from stream.store import keys
 from stream.store.ledger import read_stats
-from stream.store.roomlog import fold
 from stream.worker.admin import ensure_topics
 from stream.worker.engagement import GRACE_MS
 

@@ -7,6 +7,7 @@ the tags and the host's metrics read it.
 from __future__ import annotations
 
 from bisect import bisect_right, insort
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -75,4 +76,15 @@ class RoomTimeline(msgspec.Struct, kw_only=True):
             self.ended_at = event.ts
 
 
-__all__ = ["Product", "RoomTimeline"]
+def fold(room: RoomTimeline, events: Iterable[HostEvent]) -> RoomTimeline:
+    """A copy of `room` with `events` observed, in their order (pure): the one fold of host
+    events, for the worker's room log, the host's reader and the offline oracle alike."""
+    out = RoomTimeline(room_id=room.room_id, started_at=room.started_at,
+                       ended_at=room.ended_at, segments=list(room.segments),
+                       pins=list(room.pins), products=dict(room.products))
+    for event in events:
+        out.observe(event)
+    return out
+
+
+__all__ = ["Product", "RoomTimeline", "fold"]

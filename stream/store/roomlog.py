@@ -17,15 +17,10 @@ from stream.core.batch import Part
 from stream.core.codec import encode
 from stream.core.models import (
     AnyEvent,
-    BroadcastEnded,
-    BroadcastStarted,
     HostEvent,
-    ProductPinned,
-    SegmentStarted,
-    StockSet,
 )
 from stream.engine.stock import StockBook
-from stream.engine.timeline import Product, RoomTimeline
+from stream.engine.timeline import RoomTimeline, fold
 from stream.store import keys, scripts
 from stream.store.connect import Client
 from stream.store.stocklog import fold_points
@@ -37,37 +32,6 @@ return 1
 """
 
 _decode = msgspec.json.Decoder(AnyEvent).decode
-
-
-def _first(entry: tuple[object, ...]) -> int:
-    """The timestamp a (ts, ...) entry sorts by."""
-    ts = entry[0]
-    assert isinstance(ts, int)
-    return ts
-
-
-def fold(room: RoomTimeline, events: Iterable[HostEvent]) -> RoomTimeline:
-    """A timeline with `events` added (pure); segments and pins kept sorted by time."""
-    segments, pins = list(room.segments), list(room.pins)
-    products = dict(room.products)
-    started, ended = room.started_at, room.ended_at
-    for event in events:
-        if isinstance(event, SegmentStarted):
-            segments.append((event.ts, event.segment, event.sku))
-        elif isinstance(event, ProductPinned):
-            pins.append((event.ts, event.sku))
-        elif isinstance(event, StockSet):
-            known = products.get(event.sku)
-            products[event.sku] = Product(
-                name=event.name or (known.name if known else event.sku),
-                price=event.price if event.price is not None else (known.price if known else None))
-        elif isinstance(event, BroadcastStarted):
-            started = event.ts if started is None else max(started, event.ts)
-        elif isinstance(event, BroadcastEnded):
-            ended = event.ts if ended is None else max(ended, event.ts)
-    return RoomTimeline(room_id=room.room_id, started_at=started, ended_at=ended,
-                        segments=sorted(segments, key=_first), pins=sorted(pins, key=_first),
-                        products=products)
 
 
 class HostLog:

@@ -15,7 +15,7 @@ from stream.core.models import (
     SegmentStarted,
     ViewerJoined,
 )
-from stream.engine.timeline import RoomTimeline
+from stream.engine.timeline import RoomTimeline, fold
 from stream.hostview.metrics import (
     RoomRaw,
     SkuRow,
@@ -24,7 +24,6 @@ from stream.hostview.metrics import (
 )
 from stream.hostview.reader import Viewer
 from stream.hostview.report import UNCONVERTED, build, render_html, unconverted_reason
-from stream.store.roomlog import fold
 
 T0 = 1_767_225_600_000  # a minute boundary
 M0 = minute_of(T0)
