@@ -374,7 +374,10 @@ def check(rooms: tuple[str, ...]) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write the review as an HTML page with charts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the review as one JSON line.")
-def report(room: str, out: str | None, as_json: bool) -> None:
+@click.option("--broadcast", default=None,
+              help="Which broadcast of ROOM (an id from /v1/rooms/ROOM/broadcasts); "
+                   "default: the one on air, or the latest.")
+def report(room: str, out: str | None, as_json: bool, broadcast: str | None) -> None:
     """The post-live review (复盘) of ROOM, from the live system's Redis."""
     from stream.hostview.report import render_html, review
     from stream.local.errors import require_room
@@ -391,11 +394,17 @@ def report(room: str, out: str | None, as_json: bool) -> None:
                               timeout_s=system.settings.redis_connect_timeout_s)
         try:
             await require_room(redis, room)
-            return await review(redis, room)
+            return await review(redis, room, broadcast=broadcast,
+                                presence_timeout_ms=system.settings.presence_timeout_s * 1000)
         finally:
             await redis.aclose()
 
-    result = _run(read())
+    from stream.hostview.reader import UnknownBroadcast
+
+    try:
+        result = _run(read())
+    except UnknownBroadcast as exc:
+        raise click.BadParameter(str(exc), param_hint="--broadcast") from None
     if out is not None:
         Path(out).write_text(render_html(result), encoding="utf-8")  # type: ignore[arg-type]
         click.echo(f"wrote {out}", err=True)

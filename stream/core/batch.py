@@ -7,7 +7,7 @@ the worker, so both can name them without importing each other.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Protocol
@@ -42,6 +42,26 @@ class Send(Protocol):
 
 
 _ts = attrgetter("ts")
+
+
+BookOf = Callable[[str, int], int]
+"""(room, event ts) -> the broadcast (book) of the room the event counts for."""
+
+
+def by_book(events: Sequence[Event], room: str, book_of: BookOf | None,
+            ) -> list[tuple[int, Sequence[Event]]]:
+    """One room's events split by book; books grow with time, so events whose earliest and
+    latest share a book are all of it (the usual case: one pass in C, two look-ups)."""
+    if book_of is None or not events:
+        return [(0, events)]
+    times = list(map(_ts, events))
+    first = book_of(room, min(times))
+    if first == book_of(room, max(times)):
+        return [(first, events)]
+    out: dict[int, list[Event]] = {}
+    for e in events:
+        out.setdefault(book_of(room, e.ts), []).append(e)
+    return list(out.items())
 
 
 def newest_by_room(parts: Sequence[Part]) -> dict[str, int]:

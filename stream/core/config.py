@@ -68,6 +68,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # After each inventory script, wait until this many replicas have its writes (WAIT)
     # before the order result goes out; 0 = do not wait (see README: failover).
     redis_wait_replicas: int = 0
+    # A viewer is online while their last event is younger than this, in room event time;
+    # 60 s is two of the app's 30 s heartbeats, so one lost heartbeat drops no one.
+    presence_timeout_s: int = 60
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -78,7 +81,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 _INTS = {"http_port", "partitions", "max_future_ms", "dedupe_ttl_s", "max_body_bytes",
          "stock_interval_ms", "read_timeout_s", "max_subscribers",
          "nudge_hold_s", "reservation_ttl_s", "redis_connect_timeout_s",
-         "redis_wait_replicas", "produce_timeout_ms"}
+         "redis_wait_replicas", "produce_timeout_ms", "presence_timeout_s"}
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+\Z")
 
 

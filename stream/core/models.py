@@ -163,7 +163,8 @@ class ProductPinned(HostEvent, tag="product.pinned", frozen=True, kw_only=True):
 
 
 class BroadcastStarted(HostEvent, tag="broadcast.started", frozen=True, kw_only=True):
-    pass
+    # The host console may name the broadcast; else it is `<room_id>@<ts>`.
+    broadcast_id: Id | None = None
 
 
 class BroadcastEnded(HostEvent, tag="broadcast.ended", frozen=True, kw_only=True):

@@ -33,6 +33,7 @@ from stream.core.models import (
     ViewerEvent,
 )
 from stream.engine.rules import Rules
+from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.engine.stock import StockBook
 from stream.engine.stockmodel import StockModel
 from stream.engine.timeline import RoomTimeline
@@ -102,7 +103,8 @@ def select(events: Sequence[Event], *, room_id: str, broadcast: str | None = Non
 
 
 def replay(events: Iterable[Event], *, room_id: str, rules: Rules, grace_ms: int = 0,
-           since: int | None = None, until: int | None = None) -> list[Effect]:
+           since: int | None = None, until: int | None = None,
+           presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> list[Effect]:
     """Every effect the engine decides for the room's events under `rules` (pure).
 
     Events at or before `since` (an earlier broadcast) only move the stock and name
@@ -122,7 +124,8 @@ def replay(events: Iterable[Event], *, room_id: str, rules: Rules, grace_ms: int
             room.observe(e)
         for sku, ts, available, version in model.apply(e):
             book.observe(room_id, sku, ts, available, version)
-    engine = ViewerEngine(rules, grace_ms=grace_ms, stock=book)
+    engine = ViewerEngine(rules, grace_ms=grace_ms, stock=book,
+                          presence_timeout_ms=presence_timeout_ms)
     out: list[Effect] = []
     shown = [e for e in ordered if isinstance(e, ViewerEvent)
              and (since is None or e.ts > since)]

@@ -16,6 +16,10 @@ from stream.engine.nudges import Kind
 
 Timer = tuple[int, str, str, Kind]  # (due, rule id, sku or "", kind)
 
+# A viewer is online while their last event from the app is younger than this (room event
+# time; LIVECOMMERCE_PRESENCE_TIMEOUT_S, 60 s: two of the app's 30 s heartbeats).
+PRESENCE_TIMEOUT_MS = 60_000
+
 
 class ViewerState(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
     """One viewer in one room's broadcast. All times are event-time epoch ms.
@@ -26,7 +30,9 @@ class ViewerState(msgspec.Struct, array_like=True, omit_defaults=True, gc=False)
 
     broadcast: int = 0  # the room's started_at this state belongs to; 0: not known yet
     joined: int = -1  # last viewer.joined (-1: never)
-    left: int = -1  # the leave that closed the last visit; -1 while in it (and never)
+    # The leave that closed the last visit, or when a visit timed out (its last event + the
+    # timeout); -1 while in it (and never).
+    left: int = -1
     seen: int = -1  # last proof of presence in the current visit
     watched: int = 0  # ms of closed visits
     visits: int = 0
@@ -61,13 +67,14 @@ def in_room(s: ViewerState) -> bool:
     return s.joined >= 0 and s.left < s.joined
 
 
-def present_at(s: ViewerState, ts: int) -> bool:
+def present_at(s: ViewerState, ts: int, timeout_ms: int = PRESENCE_TIMEOUT_MS) -> bool:
     """Was the viewer in the room at `ts`? Before the current visit, unless in a recent
-    absence (a join without a leave, or in the ms of the leave, was never away)."""
+    absence (a join without a leave, or in the ms of the leave, was never away). An open
+    visit is online until its last event is `timeout_ms` old (as the host's count is)."""
     if s.joined < 0:
         return False
     if s.joined <= ts:
-        return in_room(s) or s.left > ts
+        return ts < s.seen + timeout_ms if in_room(s) else s.left > ts
     away = s.away or ()
     return not any(away[i] <= ts < away[i + 1] for i in range(0, len(away), 2))
 
@@ -107,6 +114,6 @@ def tags_in(blob: bytes) -> dict[str, list[str]]:
     return decode_state(blob).tags
 
 
-__all__ = ["NEVER", "Timer", "ViewerState", "any_by", "decode_state", "earliest",
-           "encode_state", "in_room", "pack_times", "present_at", "tags_in", "unpack_times",
-           "zone_at"]
+__all__ = ["NEVER", "PRESENCE_TIMEOUT_MS", "Timer", "ViewerState", "any_by", "decode_state",
+           "earliest", "encode_state", "in_room", "pack_times", "present_at", "tags_in",
+           "unpack_times", "zone_at"]

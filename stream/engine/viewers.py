@@ -66,6 +66,7 @@ from stream.engine.nudges import (
 from stream.engine.rules import FollowUpRule, Rules
 from stream.engine.state import (
     NEVER,
+    PRESENCE_TIMEOUT_MS,
     Timer,
     ViewerState,
     any_by,
@@ -112,15 +113,19 @@ class ViewerEngine:
     """All viewers of one partition: events and time in, effects out. Deterministic."""
 
     def __init__(self, rules: Rules, *, grace_ms: int = 0,
-                 stock: StockBook | None = None) -> None:
+                 stock: StockBook | None = None,
+                 presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
         self.grace_ms = grace_ms
+        self.presence_timeout_ms = presence_timeout_ms
         self.rules = rules
         # Stock levels by event time, shared by the worker's engines (read only here).
         self.stock = stock if stock is not None else StockBook()
         self._states: dict[str, dict[str, ViewerState]] = {}  # room -> viewer -> state
         self._rooms: dict[str, RoomTimeline] = {}  # latest timeline seen per room
-        self._heap: list[HeapEntry] = []
-        self._ends: list[tuple[int, str]] = []  # (ended_at, room) not yet processed, sorted
+        # Each room on its own time: one room's events never fire another's timers (the
+        # same viewers in two shows of different hours must be judged by each show's clock).
+        self._heaps: dict[str, list[HeapEntry]] = {}  # room -> its timers
+        self._ends: dict[str, int] = {}  # room -> ended_at not yet processed
         self._ended: dict[str, str] = {}  # room -> broadcast id whose end was processed
         self._end_seen: dict[str, tuple[int | None, int]] = {}  # room -> (started, ended)
         self._dirty: set[tuple[str, str]] = set()
@@ -142,6 +147,8 @@ class ViewerEngine:
             OrderPaymentFailed: self._on_payment_failed,
         }
         self._type_names = {cls: str(cls.__struct_config__.tag) for cls in self._handlers}
+        # The app's events prove presence (orders come from the commerce backend).
+        self._proofs = {cls for cls in self._handlers if cls.role == "platform"}
 
     # --- rules (hot reload keeps all state; timers are judged by the rules at fire time) ---
 
@@ -181,15 +188,19 @@ class ViewerEngine:
         return out
 
     def _apply(self, event: ViewerEvent, room: RoomTimeline, out: list[Effect]) -> None:
-        ts = event.ts
+        ts, room_id = event.ts, event.room_id
         limit = ts - self.grace_ms - 1  # timers due at ts wait: an order at ts may still come
-        if (self._heap and self._heap[0][0] <= limit) or (self._ends and self._ends[0][0] <= limit):
-            self._run_until(limit, out)
+        heap = self._heaps.get(room_id)
+        if (heap and heap[0][0] <= limit) or self._ends.get(room_id, NEVER) <= limit:
+            self._run_until(room_id, limit, out)
         handler = self._handlers.get(type(event))
         if handler is None:
             return
-        room_id, viewer_id = event.room_id, event.viewer_id
+        viewer_id = event.viewer_id
         s = self._state(room_id, viewer_id, room, ts, out)
+        if (s.left < s.joined and ts - s.seen >= self.presence_timeout_ms
+                and type(event) in self._proofs):
+            self._lapse(s, ts)
         handler(s, event, room, out)
         if self._plan.counts:
             counting = self._plan.counts.get(self._type_names[type(event)])
@@ -201,13 +212,18 @@ class ViewerEngine:
             # A viewer first seen after the end was processed (a late or straggling event).
             self._end_viewer(s, room_id, viewer_id, room, out)
 
-    def advance(self, now_ms: int, rooms: Mapping[str, RoomTimeline]) -> list[Effect]:
+    def advance(self, now_ms: int | Mapping[str, int],
+                rooms: Mapping[str, RoomTimeline]) -> list[Effect]:
         """Fire every timer due at or before `now_ms` (in due order, with ts = due time) and
-        every room end at or before it (follow-ups and end-of-show tags, once per viewer)."""
+        every room end at or before it (follow-ups and end-of-show tags, once per viewer).
+        `now_ms` is one time for every room, or each room's own (rooms not in it wait)."""
         out: list[Effect] = []
         for room in rooms.values():
             self._see_room(room)
-        self._run_until(now_ms - self.grace_ms, out)
+        for room_id in sorted(self._heaps.keys() | self._ends.keys()):
+            now = now_ms if isinstance(now_ms, int) else now_ms.get(room_id)
+            if now is not None:
+                self._run_until(room_id, now - self.grace_ms, out)
         return out
 
     def export_dirty(self) -> dict[tuple[str, str], bytes]:
@@ -226,7 +242,8 @@ class ViewerEngine:
             s = decode_state(blob)
             self._states.setdefault(room_id, {})[viewer_id] = s
             for due, rule_id, sku, kind in s.timers or ():
-                heapq.heappush(self._heap, (due, room_id, viewer_id, rule_id, sku, kind))
+                heapq.heappush(self._heaps.setdefault(room_id, []),
+                               (due, room_id, viewer_id, rule_id, sku, kind))
 
     def state_bytes(self, room_id: str, viewer_id: str) -> int:
         s = self._states.get(room_id, {}).get(viewer_id)
@@ -243,7 +260,8 @@ class ViewerEngine:
         self._rooms.pop(room_id, None)
         self._ended.pop(room_id, None)
         self._end_seen.pop(room_id, None)
-        self._ends = [e for e in self._ends if e[1] != room_id]
+        self._ends.pop(room_id, None)
+        self._heaps.pop(room_id, None)
         self._dirty = {k for k in self._dirty if k[0] != room_id}
         return len(gone)
 
@@ -261,31 +279,28 @@ class ViewerEngine:
             return  # the common case after the end: nothing new about this room
         self._end_seen[room.room_id] = seen
         if self._ended.get(room.room_id) != room.broadcast_id:
-            self._ends = sorted([e for e in self._ends if e[1] != room.room_id]
-                                + [(room.ended_at, room.room_id)])
+            self._ends[room.room_id] = room.ended_at
 
-    def _run_until(self, limit: int, out: list[Effect]) -> None:
-        """Fire timers and room ends due at or before `limit`, earliest first."""
-        heap, deferred = self._heap, []
+    def _run_until(self, room_id: str, limit: int, out: list[Effect]) -> None:
+        """Fire the room's timers and its end due at or before `limit`, earliest first."""
+        room = self._rooms.get(room_id)
+        if room is None:  # restored, and no event or advance has shown this room yet
+            return
+        heap = self._heaps.get(room_id) or []
         while True:
             t_timer = heap[0][0] if heap else NEVER
-            t_end = self._ends[0][0] if self._ends else NEVER
+            t_end = self._ends.get(room_id, NEVER)
             if min(t_timer, t_end) > limit:
                 break
             if t_end < t_timer:  # at a tie timers go first: they are judged as of their due
-                self._end_room(self._ends.pop(0)[1], out)
+                del self._ends[room_id]
+                self._end_room(room_id, out)
                 continue
             group = [heapq.heappop(heap)]
-            due, room_id, viewer_id = group[0][:3]
-            while heap and heap[0][:3] == (due, room_id, viewer_id):
+            due, _, viewer_id = group[0][:3]
+            while heap and heap[0][0] == due and heap[0][2] == viewer_id:
                 group.append(heapq.heappop(heap))
-            room = self._rooms.get(room_id)
-            if room is None:  # restored, and no event or advance has shown this room yet
-                deferred.extend(group)
-                continue
             self._fire(group, room, out)
-        for entry in deferred:
-            heapq.heappush(heap, entry)
 
     # --- states ---------------------------------------------------------------------------
 
@@ -360,7 +375,10 @@ class ViewerEngine:
             s.timers = [timer]
         else:
             s.timers.append(timer)
-        heapq.heappush(self._heap, (due, room_id, viewer_id, rule.id, sku, rule.kind))
+        heap = self._heaps.get(room_id)
+        if heap is None:
+            heap = self._heaps[room_id] = []
+        heapq.heappush(heap, (due, room_id, viewer_id, rule.id, sku, rule.kind))
 
     def _disarm(self, s: ViewerState, kind: Kind, sku: str, ts: int) -> None:
         """Drop `kind` timers for `sku` due at or after `ts`; earlier ones were already due."""
@@ -451,7 +469,8 @@ class ViewerEngine:
         quiet hours, then the caps (a nudge that could not be shown uses no cap)."""
         ended = room.ended_at is not None and room.ended_at <= ts
         exited = exit_reason(rule.rule.exit, ordered=self._ordered(s, rule, sku, ts),
-                             present=present_at(s, ts), ended=ended)
+                             present=present_at(s, ts, self.presence_timeout_ms),
+                             ended=ended)
         if exited is not None:
             return exited
         if sku:
@@ -535,6 +554,15 @@ class ViewerEngine:
 
     # --- event handlers -----------------------------------------------------------------
 
+    def _lapse(self, s: ViewerState, ts: int) -> None:
+        """The open visit's last event is a timeout older than `ts`: it ended there, and the
+        viewer went offline when the timeout passed (as the host's count has it)."""
+        s.watched += s.seen - s.joined
+        s.left = min(s.seen + self.presence_timeout_ms, ts - 1)  # before `ts` opens a visit
+        if s.focus:
+            self._disarm(s, DWELL, s.focus, ts)
+            s.focus = ""
+
     def _open_visit(self, s: ViewerState, ts: int) -> None:
         if not in_room(s):
             since = s.left if s.joined >= 0 else 0  # away since the leave, or since ever
@@ -552,8 +580,10 @@ class ViewerEngine:
         if in_room(s):
             if ts > s.seen:
                 s.seen = ts
-        elif s.joined < 0:
-            self._open_visit(s, ts)  # the join was lost: this event proves the viewer is here
+        elif ts > s.left:
+            # The join was lost, or the viewer is back after a leave or a timeout: this event
+            # proves they are here, a new visit.
+            self._open_visit(s, ts)
 
     def _on_presence(self, s: ViewerState, e: ViewerEvent, room: RoomTimeline,
                      out: list[Effect]) -> None:

@@ -96,7 +96,7 @@ def create_app(*, settings: Settings, tokens: Tokens, redis: Client,
     app.on_startup.append(lambda _: relay.start())
     app.on_cleanup.append(lambda _: relay.stop())
     app.add_routes(live_routes(app[STOCK_HUB], tokens, viewer_feeds=[relay.feed]))
-    add_host_view(app, redis)
+    add_host_view(app, redis, presence_timeout_ms=settings.presence_timeout_s * 1000)
     add_screen(app, redis)
     # Last: both read the finished route table (CORS by path; the document of every route).
     apply_cors(app, origins=origins)

@@ -17,6 +17,7 @@ import msgspec
 from aiohttp import hdrs, web
 
 from stream.core.models import AnyEvent, Id
+from stream.hostview.dashboard import Broadcasts
 from stream.hostview.metrics import RoomMetrics
 
 REF = "#/components/schemas/{name}"
@@ -75,7 +76,7 @@ EventList = list[AnyEvent]
 _NAMED: dict[str, Any] = {"Events": EventList, "ErrorAnswer": ErrorAnswer,
                           "Accepted": Accepted, "StockSnapshot": StockSnapshot,
                           "ViewerTags": ViewerTags, "Health": Health,
-                          "RoomMetrics": RoomMetrics, "Id": Id}
+                          "RoomMetrics": RoomMetrics, "Broadcasts": Broadcasts, "Id": Id}
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
@@ -165,9 +166,19 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                       "403": _error("a token of another role than commerce"),
                       "429": _error("this token's rate limit; see Retry-After")}},
     ("GET", "/v1/rooms/{room}/metrics"): {
-        "summary": "The room's live metrics (host data: host or monitor token)",
-        "security": BEARER, "parameters": [ROOM],
+        "summary": "One broadcast's live metrics (host data: host or monitor token)",
+        "security": BEARER,
+        "parameters": [ROOM, {"name": "broadcast", "in": "query", "required": False,
+                              "schema": {"$ref": REF.format(name="Id")},
+                              "description": "a broadcast id of the room (default: the "
+                                             "one on air, or the latest)"}],
         "responses": {"200": _json("RoomMetrics", "the metrics"), **BAD_ROOM, **HOST_DATA,
+                      "404": _error("the room has no broadcast of that id"),
+                      "429": _error("this token's rate limit; see Retry-After")}},
+    ("GET", "/v1/rooms/{room}/broadcasts"): {
+        "summary": "The room's broadcasts, newest first (host data: host or monitor token)",
+        "security": BEARER, "parameters": [ROOM],
+        "responses": {"200": _json("Broadcasts", "the broadcasts"), **BAD_ROOM, **HOST_DATA,
                       "429": _error("this token's rate limit; see Retry-After")}},
     ("GET", "/dashboard/{room}"): {
         "summary": "The host's live dashboard page (its data needs a host or monitor "

@@ -17,10 +17,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.exceptions import RedisError
 
+from stream.engine.state import PRESENCE_TIMEOUT_MS
+from stream.engine.timeline import Broadcast
 from stream.hostview.access import host_data
 from stream.hostview.metrics import RoomMetrics, compute
 from stream.hostview.prom import RoomCollector
-from stream.hostview.reader import RoomReader
+from stream.hostview.reader import RoomReader, UnknownBroadcast
 from stream.store.connect import Client
 
 log = logging.getLogger(__name__)
@@ -35,19 +37,26 @@ STATIC = resources.files("stream.hostview") / "static"
 class HostView:
     """Computes rooms' metrics from Redis, with a short per-room cache."""
 
-    def __init__(self, redis: Client) -> None:
-        self._reader = RoomReader(redis)
+    def __init__(self, redis: Client, *, presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
+        self._reader = RoomReader(redis, presence_timeout_ms=presence_timeout_ms)
         self._cache: dict[str, tuple[float, RoomMetrics]] = {}
 
-    async def metrics(self, room_id: str) -> RoomMetrics:
-        hit = self._cache.get(room_id)
+    async def metrics(self, room_id: str, broadcast: str | None = None) -> RoomMetrics:
+        """One broadcast's metrics (default: the one on air, or the latest)."""
+        key = f"{room_id}|{broadcast or ''}"
+        hit = self._cache.get(key)
         now = time.monotonic()
         if hit is not None and now - hit[0] < CACHE_S:
             return hit[1]
-        raw = await self._reader.raw(room_id, wall_now_ms=int(time.time() * 1000))
+        raw = await self._reader.raw(room_id, wall_now_ms=int(time.time() * 1000),
+                                     broadcast=broadcast)
         result = compute(raw)
-        self._cache[room_id] = (now, result)
+        self._cache[key] = (now, result)
         return result
+
+    async def broadcasts(self, room_id: str) -> Broadcasts:
+        room = await self._reader.room(room_id)
+        return Broadcasts(room_id=room_id, broadcasts=room.broadcasts[::-1])
 
     async def exposition(self) -> bytes:
         """The recent rooms' metrics in Prometheus text format."""
@@ -58,13 +67,22 @@ class HostView:
         return generate_latest(registry)
 
 
+class Broadcasts(msgspec.Struct, frozen=True, kw_only=True):
+    """`GET /v1/rooms/{room}/broadcasts`: the room's broadcasts, newest first."""
+
+    room_id: str
+    broadcasts: list[Broadcast]
+
+
 HOST_VIEW = web.AppKey("host_view", HostView)
 
 
-def add_host_view(app: web.Application, redis: Client) -> None:
+def add_host_view(app: web.Application, redis: Client, *,
+                  presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
     """Routes: `/v1/rooms/{room}/metrics`, `/dashboard/{room}` and its assets."""
-    app[HOST_VIEW] = HostView(redis)
+    app[HOST_VIEW] = HostView(redis, presence_timeout_ms=presence_timeout_ms)
     app.router.add_get("/v1/rooms/{room}/metrics", room_metrics)
+    app.router.add_get("/v1/rooms/{room}/broadcasts", room_broadcasts)
     app.router.add_get("/dashboard/{room}", dashboard_page)
     app.router.add_get("/dashboard/assets/{name}", asset)
 
@@ -91,8 +109,22 @@ def _room(request: web.Request) -> str:
 
 @host_data
 async def room_metrics(request: web.Request) -> web.Response:
-    metrics = await request.app[HOST_VIEW].metrics(_room(request))
+    room = _room(request)
+    broadcast = request.query.get("broadcast") or None
+    if broadcast is not None and not _ROOM_ID.match(broadcast):
+        raise web.HTTPBadRequest(text="broadcast: expected [A-Za-z0-9._:@-]{1,64}")
+    try:
+        metrics = await request.app[HOST_VIEW].metrics(room, broadcast)
+    except UnknownBroadcast as exc:
+        raise web.HTTPNotFound(text=str(exc)) from None
     return web.Response(body=msgspec.json.encode(metrics), content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+
+@host_data
+async def room_broadcasts(request: web.Request) -> web.Response:
+    listing = await request.app[HOST_VIEW].broadcasts(_room(request))
+    return web.Response(body=msgspec.json.encode(listing), content_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
 

@@ -10,8 +10,9 @@ Counter names in the room's stats hash (besides the pipeline's `events`, `ev:<ty
 and the inventory's `orders_*`, `gmv`):
 - `m:<minute>:<name>`: per event-time minute (epoch ms // 60000): joins, leaves, likes,
   comments, cart_clicks, payment_failed (ledger); orders, paid, gmv, units:<sku>
-  (inventory); online, the count after the minute's last join or leave (presence).
-- `online`, `peak`, `viewers`, `watch_ms`, `open_join_sum`, `src:<source>:viewers`,
+  (inventory); online_d, visits opened minus visits ended in the minute (presence).
+- `online`, `peak`, `viewers`, `watch_ms`, `open_join_sum`, `presence_clock`,
+  `src:<source>:viewers`,
   `layer:<new|returning|unknown>:viewers` (presence).
 
 And in the room's seconds hash, `<epoch second>:<name>`: cart_clicks (ledger); orders,
@@ -171,6 +172,7 @@ class Rates(msgspec.Struct, frozen=True, kw_only=True):
 
 class RoomMetrics(msgspec.Struct, frozen=True, kw_only=True):
     room_id: str
+    broadcast_id: str | None  # None before the room's first broadcast.started
     now_ms: int
     started_at: int | None
     ended_at: int | None
@@ -232,7 +234,8 @@ def compute(raw: RoomRaw, *, low_stock_ratio: float = 0.1, low_stock_units: int 
     skus = [_sku(row, sum(st.get(f"m:{m}:units:{row.sku}", 0) for m in recent), window)
             for row in raw.skus]
     return RoomMetrics(
-        room_id=raw.room_id, now_ms=raw.now_ms, started_at=tl.started_at, ended_at=tl.ended_at,
+        room_id=raw.room_id, broadcast_id=tl.broadcast_id if tl.started_at is not None else None,
+        now_ms=raw.now_ms, started_at=tl.started_at, ended_at=tl.ended_at,
         totals=totals,
         per_minute=Rates(joins=rate("joins"), likes=rate("likes"), comments=rate("comments"),
                          cart_clicks=rate("cart_clicks"), orders=rate("orders"),
@@ -274,10 +277,11 @@ def _series(st: dict[str, float], started_at: int | None, now: int,
     first = min(first, *buckets) if buckets else first
     first = max(first, last - max_points + 1)
     out: list[Point] = []
-    online = 0
+    # Online at a minute's end: visits opened minus visits ended up to it, by event time.
+    online = int(sum(b.get("online_d", 0) for m, b in buckets.items() if m < first))
     for minute in range(first, last + 1):
         b = buckets.get(minute, {})
-        online = int(b.get("online", online))  # unchanged through a quiet minute
+        online += int(b.get("online_d", 0))
         out.append(Point(t=minute * MINUTE_MS, online=online, joins=int(b.get("joins", 0)),
                          likes=int(b.get("likes", 0)), comments=int(b.get("comments", 0)),
                          cart_clicks=int(b.get("cart_clicks", 0)),

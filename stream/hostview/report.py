@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
+from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.hostview.metrics import NudgeMetrics, RoomMetrics, SegmentMetrics, Totals, compute
 from stream.hostview.reader import RoomReader, Viewer
 from stream.store.connect import Client
@@ -35,6 +36,7 @@ class Group(msgspec.Struct, frozen=True, kw_only=True):
 
 class Review(msgspec.Struct, frozen=True, kw_only=True):
     room_id: str
+    broadcast_id: str | None
     started_at: int | None
     ended_at: int | None
     totals: Totals
@@ -79,7 +81,8 @@ def build(metrics: RoomMetrics, viewers: list[Viewer]) -> Review:
     """The review from the room's final metrics and its viewers (pure)."""
     unconverted = {g.key: g for g in _groups(viewers, unconverted_reason)}
     return Review(
-        room_id=metrics.room_id, started_at=metrics.started_at, ended_at=metrics.ended_at,
+        room_id=metrics.room_id, broadcast_id=metrics.broadcast_id,
+        started_at=metrics.started_at, ended_at=metrics.ended_at,
         totals=metrics.totals,
         sources=_groups(viewers, lambda v: v.source),
         segments=metrics.segments,
@@ -93,12 +96,15 @@ def build(metrics: RoomMetrics, viewers: list[Viewer]) -> Review:
     )
 
 
-async def review(redis: Client, room_id: str) -> Review:
-    """Read the room and build its review (the room's clock caps open watch time)."""
-    reader = RoomReader(redis)
-    metrics = compute(await reader.raw(room_id, wall_now_ms=int(time.time() * 1000)))
+async def review(redis: Client, room_id: str, *, broadcast: str | None = None,
+                 presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> Review:
+    """Read one broadcast of the room (default: the one on air, or the latest) and build
+    its review (the room's clock caps open watch time)."""
+    reader = RoomReader(redis, presence_timeout_ms=presence_timeout_ms)
+    metrics = compute(await reader.raw(room_id, wall_now_ms=int(time.time() * 1000),
+                                       broadcast=broadcast))
     end = metrics.now_ms if metrics.ended_at is None else min(metrics.now_ms, metrics.ended_at)
-    return build(metrics, await reader.viewers(room_id, end_ms=end))
+    return build(metrics, await reader.viewers(room_id, end_ms=end, broadcast=broadcast))
 
 
 # --- HTML ---------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ async def backtest(settings: Settings, *, room_id: str, broadcast: str | None = 
     chosen, mine, since = select(events, room_id=room_id, broadcast=broadcast)
     sides = []
     for directory, rules in ((running_dir, running), (candidate_dir, candidate)):
-        effects = replay(mine, room_id=room_id, rules=rules, grace_ms=GRACE_MS, since=since)
+        effects = replay(mine, room_id=room_id, rules=rules, grace_ms=GRACE_MS, since=since,
+                         presence_timeout_ms=settings.presence_timeout_s * 1000)
         sides.append(Side(rules_dir=str(directory), digest=rules.digest,
                           rules=outcomes(effects, rules=rules)))
     return BacktestReport(room_id=room_id, broadcast=chosen, events=len(mine), source=source,

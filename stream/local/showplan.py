@@ -79,6 +79,9 @@ class Plan(msgspec.Struct, kw_only=True):
     seed: int
     start_ms: int
     products: list[Product]
+    # Viewer ids are the room's own unless an audience is named: shows of one audience
+    # (a store's regulars, hopping between its rooms) share the same viewer ids.
+    audience: str = ""
 
     def __post_init__(self) -> None:
         if self.viewers < 0:
@@ -99,12 +102,13 @@ class Plan(msgspec.Struct, kw_only=True):
 
 def plan_for(*, room_id: str = "demo-room", viewers: int = 200, duration_s: float = 30,
              speed: float = 20, seed: int = 1, now_ms: int | None = None,
-             products: list[Product] | None = None) -> Plan:
+             products: list[Product] | None = None, audience: str = "") -> Plan:
     """A plan whose show ends at `now_ms`, so every event ts is in the past when sent."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     return Plan(room_id=room_id, viewers=viewers, duration_s=duration_s, speed=speed,
                 seed=seed, start_ms=now - round(duration_s * speed * 1000),
-                products=list(DEFAULT_PRODUCTS if products is None else products))
+                products=list(DEFAULT_PRODUCTS if products is None else products),
+                audience=audience)
 
 
 # --- flavour ----------------------------------------------------------------------------
@@ -189,6 +193,7 @@ class _Show:
         # Keep viewer activity strictly inside the show, clear of start and end.
         self.edge = min(1.0, self.length * 0.01)
         self.prefix = _prefix(plan)
+        self.audience = plan.audience or self.prefix
         self.segments = _segments(plan)
         demos = [s for s in self.segments if s.kind == "demo"]
         self._pin_at = [s.start for s in demos]
@@ -243,7 +248,7 @@ class _Viewer:
     def __init__(self, show: _Show, index: int) -> None:
         self.show = show
         self.rng = show.rng
-        self.id = f"v-{show.prefix}-{index:06d}"
+        self.id = f"v-{show.audience}-{index:06d}"
         self.arrive = self._arrival()
         watch = max(20.0, self.rng.lognormvariate(math.log(200), 1.0))
         self.stays = self.arrive + watch >= show.length - show.edge

@@ -73,10 +73,12 @@ class Claims:
         self._done = redis.register_script(DONE)
 
     async def claim(self, pipe: AnyPipeline, room: str, *, mark: str,
-                    items: list[tuple[object, ...]]) -> None:
-        """Queue the claim of `items` (from `claim_item`) under this round's `mark`."""
+                    items: list[tuple[object, ...]], book: int = 0) -> None:
+        """Queue the claim of `items` (from `claim_item`) under this round's `mark`,
+        counted on the books of the room's broadcast `book`."""
         await scripts.call(self._claim,
-                           keys=[keys.stats(room), keys.nudged(room), keys.acked(room)],
+                           keys=[keys.stats(room, book), keys.nudged(room, book),
+                                 keys.acked(room)],
                            args=[keys.once(room, ""), ONCE_TTL_S, mark, _pack(items)],
                            client=pipe)
 

@@ -168,15 +168,18 @@ class Inventory:
             return ["release", event.order_id, "payment_failed", ""]
         raise TypeError(f"not an inventory event: {event!r}")  # pragma: no cover
 
-    async def queue(self, pipe: AnyPipeline, room_id: str, ops: Sequence[Op]) -> int:
-        """Queue `ops` for one room on `pipe`; returns how many calls (answers) it added."""
+    async def queue(self, pipe: AnyPipeline, room_id: str, ops: Sequence[Op], *,
+                    book: int = 0) -> int:
+        """Queue `ops` for one room on `pipe`, their outcomes counted on the books of the
+        room's broadcast `book`; returns how many calls (answers) it added."""
         calls = 0
         for lo in range(0, len(ops), CHUNK):
             await scripts.call(
                 self._apply,
-                keys=[keys.stats(room_id), keys.deadlines(room_id), keys.skus(room_id),
-                      keys.stock_sets(room_id), keys.buyers(room_id), keys.spend(room_id),
-                      keys.seconds(room_id), keys.bucketed(room_id)],
+                keys=[keys.stats(room_id, book), keys.deadlines(room_id), keys.skus(room_id),
+                      keys.stock_sets(room_id), keys.buyers(room_id, book),
+                      keys.spend(room_id, book), keys.seconds(room_id, book),
+                      keys.bucketed(room_id)],
                 args=[keys.stock_prefix(room_id), keys.order_prefix(room_id),
                       ORDER_RETENTION_S, self.max_qty_per_line,
                       orjson.dumps(ops[lo:lo + CHUNK])],
@@ -184,10 +187,11 @@ class Inventory:
             calls += 1
         return calls
 
-    async def run(self, room_id: str, ops: Sequence[Op], *, ts: int) -> list[Outcome]:
+    async def run(self, room_id: str, ops: Sequence[Op], *, ts: int,
+                  book: int = 0) -> list[Outcome]:
         """Apply `ops` now and return one Outcome per op."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            calls = await self.queue(pipe, room_id, ops)
+            calls = await self.queue(pipe, room_id, ops, book=book)
             waits = self.queue_wait(pipe, [room_id])
             answers = await scripts.execute(pipe)
         self.check_wait(answers[calls:calls + waits])
@@ -257,18 +261,18 @@ class Inventory:
                                  walked=walked)
 
     async def apply(self, room_id: str, events: Sequence[StockSet | OrderEvent], *,
-                    ts: int) -> tuple[list[Outcome], list[StockUpdate]]:
+                    ts: int, book: int = 0) -> tuple[list[Outcome], list[StockUpdate]]:
         """Walk, run and follow `events` of one room, as the worker does a batch:
         (an outcome per event, the summed levels of bucketed SKUs that moved)."""
         walks = await self.walk({room_id: list(events)})
-        outcomes = await self.run(room_id, self.ops(events, walks), ts=ts)
+        outcomes = await self.run(room_id, self.ops(events, walks), ts=ts, book=book)
         return outcomes, await self.follow_events(room_id, events, outcomes, walks, ts=ts)
 
     async def follow(self, room_id: str, *, ts: int,
                      loads: Sequence[tuple[str, str, int, int]] = (),
                      moves: Sequence[tuple[str, Move]] = (),
                      frees: Sequence[tuple[str, str, list[int]]] = (),
-                     walked: Sequence[Walk] = ()
+                     walked: Sequence[Walk] = (), book: int = 0,
                      ) -> list[StockUpdate]:
         """What the room's answers ask of bucketed SKUs: their loads, the sells and frees
         of (order_id, move), and (order_id, sku, buckets) to give back that walks took
@@ -283,15 +287,15 @@ class Inventory:
             *((order_id, sku, "free", buckets) for order_id, sku, buckets in frees)])
         settled = sorted({oid for oid, _ in moves})
         if settled:
-            await self.run(room_id, [["settle", oid] for oid in settled], ts=ts)
+            await self.run(room_id, [["settle", oid] for oid in settled], ts=ts, book=book)
         touched = ({sku for _, sku, _, _ in loads} | {m.sku for _, m in moves}
                    | {w.sku for w in walked})
         split = (await counts(self.redis, [room_id])).get(room_id, {})
         return await self.buckets.levels(
             room_id, {sku: split[sku] for sku in sorted(touched) if sku in split}, ts=ts)
 
-    async def expire_due(self, room_id: str, *, now_ms: int,
-                         limit: int = 500) -> list[tuple[str, Outcome]]:
+    async def expire_due(self, room_id: str, *, now_ms: int, limit: int = 500,
+                         book: int = 0) -> list[tuple[str, Outcome]]:
         """Release reservations whose deadline has passed on the room's clock.
 
         Returns (order_id, outcome) per due order; an outcome that is not fresh means
@@ -302,14 +306,15 @@ class Inventory:
         if not due:
             return []
         outcomes = await self.run(room_id, [["release", oid, "expired", str(now_ms)]
-                                            for oid in due], ts=now_ms)
+                                            for oid in due], ts=now_ms, book=book)
         return list(zip(due, outcomes, strict=True))
 
-    async def expire_and_follow(self, room_id: str, *, now_ms: int, limit: int = 500
+    async def expire_and_follow(self, room_id: str, *, now_ms: int, limit: int = 500,
+                                book: int = 0,
                                 ) -> tuple[list[tuple[str, Outcome]], list[StockUpdate]]:
         """`expire_due`, then what it asks of bucketed SKUs: (due, summed levels)."""
-        due = await self.expire_due(room_id, now_ms=now_ms, limit=limit)
-        levels = await self.follow(room_id, ts=now_ms, moves=[
+        due = await self.expire_due(room_id, now_ms=now_ms, limit=limit, book=book)
+        levels = await self.follow(room_id, ts=now_ms, book=book, moves=[
             (oid, m) for oid, outcome in due for m in outcome.moves])
         return due, levels
 

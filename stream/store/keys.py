@@ -17,14 +17,22 @@ def _room(room_id: str) -> str:
     return f"{PREFIX}:{{{room_id}}}"
 
 
+def _book(room_id: str, book: int) -> str:
+    """A broadcast's own keys, under its room's hash tag (one script still touches a room's
+    stock and its broadcast's counters). Book 0, a room's first broadcast, keeps the
+    room's plain names; book n is the room's (n+1)-th broadcast (see RoomTimeline)."""
+    return _room(room_id) if book == 0 else f"{_room(room_id)}:b{book}"
+
+
 def fences(room_id: str) -> str:
-    """Hash `topic:partition` -> last Kafka offset whose effects on this room are applied."""
+    """Hash `topic:partition[:b<book>]` -> last Kafka offset whose effects on this room (on
+    that broadcast's books) are applied."""
     return f"{_room(room_id)}:fences"
 
 
-def stats(room_id: str) -> str:
+def stats(room_id: str, book: int = 0) -> str:
     """Hash of the room's counters (events processed, by type, dead letters, ...)."""
-    return f"{_room(room_id)}:stats"
+    return f"{_book(room_id, book)}:stats"
 
 
 def seen_event(event_id: str) -> str:
@@ -182,45 +190,53 @@ HELD_ROOMS = f"{PREFIX}:held-rooms"
 
 # --- the host's view (metrics and the post-live review) ----------------------------------
 
-def presence(room_id: str) -> str:
-    """Hash viewer -> join ts while in the room, or -(leave ts) after leaving."""
-    return f"{_room(room_id)}:presence"
+def presence(room_id: str, book: int = 0) -> str:
+    """Hash viewer -> join ts while in the room, `-<leave ts>` after leaving, or
+    `~<join ts>:<last event ts>` after the presence timeout passed."""
+    return f"{_book(room_id, book)}:presence"
 
 
-def profiles(room_id: str) -> str:
+def last_seen(room_id: str, book: int = 0, partition: int = 0) -> str:
+    """Sorted set viewer -> ts of the last event of the viewer's open visit (its score),
+    of the viewers of one input partition, for closing visits the presence timeout has
+    passed on that partition's clock."""
+    return f"{_book(room_id, book)}:last-seen:{partition}"
+
+
+def profiles(room_id: str, book: int = 0) -> str:
     """Hash viewer -> `source|leader|region|layer`, from the viewer's first join."""
-    return f"{_room(room_id)}:profiles"
+    return f"{_book(room_id, book)}:profiles"
 
 
-def watched(room_id: str) -> str:
+def watched(room_id: str, book: int = 0) -> str:
     """Hash viewer -> ms watched in closed visits."""
-    return f"{_room(room_id)}:watched"
+    return f"{_book(room_id, book)}:watched"
 
 
-def buyers(room_id: str) -> str:
+def buyers(room_id: str, book: int = 0) -> str:
     """Hash viewer -> event time of the viewer's first confirmed payment."""
-    return f"{_room(room_id)}:buyers"
+    return f"{_book(room_id, book)}:buyers"
 
 
-def spend(room_id: str) -> str:
+def spend(room_id: str, book: int = 0) -> str:
     """Hash viewer -> GMV of the viewer's confirmed orders."""
-    return f"{_room(room_id)}:spend"
+    return f"{_book(room_id, book)}:spend"
 
 
-def carted(room_id: str) -> str:
+def carted(room_id: str, book: int = 0) -> str:
     """Set of viewers who added to cart or placed an order."""
-    return f"{_room(room_id)}:carted"
+    return f"{_book(room_id, book)}:carted"
 
 
-def pay_failed(room_id: str) -> str:
+def pay_failed(room_id: str, book: int = 0) -> str:
     """Set of viewers with a failed payment."""
-    return f"{_room(room_id)}:pay-failed"
+    return f"{_book(room_id, book)}:pay-failed"
 
 
-def seconds(room_id: str) -> str:
+def seconds(room_id: str, book: int = 0) -> str:
     """Hash `<epoch second>:<name>` of cart clicks, orders, paid and GMV per event-time
     second; summed per show segment when read, so a late segment start still counts."""
-    return f"{_room(room_id)}:seconds"
+    return f"{_book(room_id, book)}:seconds"
 
 
 def acked(room_id: str) -> str:
@@ -229,9 +245,9 @@ def acked(room_id: str) -> str:
     return f"{_room(room_id)}:acked"
 
 
-def nudged(room_id: str) -> str:
+def nudged(room_id: str, book: int = 0) -> str:
     """Hash `rule|viewer` -> `variant|ts` of the viewer's first nudge by that rule."""
-    return f"{_room(room_id)}:nudged"
+    return f"{_book(room_id, book)}:nudged"
 
 
 METRIC_ROOMS = f"{PREFIX}:metric-rooms"

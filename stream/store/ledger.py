@@ -41,6 +41,7 @@ class RoomBatch:
     room_id: str
     topic: str
     partition: int
+    book: int = 0  # the broadcast whose counters these are (see RoomTimeline.book_at)
     # offset -> counter -> delta: an envelope's events share one offset, so a batch of
     # thousands of events sums into a few Counters as it is built.
     counts: dict[int, Counter[str]] = field(default_factory=dict)
@@ -56,7 +57,7 @@ class RoomBatch:
         self.at(offset)[name] += delta
 
     def after(self, fence: int) -> RoomBatch:
-        return RoomBatch(self.room_id, self.topic, self.partition,
+        return RoomBatch(self.room_id, self.topic, self.partition, self.book,
                          {o: c for o, c in self.counts.items() if o > fence})
 
     def total(self) -> int:
@@ -86,8 +87,9 @@ class Ledger:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for b in pending:
                     await scripts.call(
-                        self._script, keys=[keys.fences(b.room_id), keys.stats(b.room_id),
-                                            keys.seconds(b.room_id)],
+                        self._script, keys=[keys.fences(b.room_id),
+                                            keys.stats(b.room_id, b.book),
+                                            keys.seconds(b.room_id, b.book)],
                         args=_args(b), client=pipe)
                 answers = await scripts.execute(pipe)
             retry = []
@@ -103,8 +105,9 @@ class Ledger:
 
 
 def _args(batch: RoomBatch) -> list[str | int]:
-    args: list[str | int] = [f"{batch.topic}:{batch.partition}", min(batch.counts),
-                             max(batch.counts)]
+    # A fence per book: a record whose events straddle a broadcast's end counts in two.
+    fence = f"{batch.topic}:{batch.partition}" + (f":b{batch.book}" if batch.book else "")
+    args: list[str | int] = [fence, min(batch.counts), max(batch.counts)]
     totals: Counter[str] = Counter()
     for c in batch.counts.values():
         totals.update(c)
@@ -113,7 +116,8 @@ def _args(batch: RoomBatch) -> list[str | int]:
     return args
 
 
-async def read_stats(redis: Client, room_id: str) -> dict[str, int | float]:
-    """The room's counters; money (`gmv`) is a float, every count an int."""
-    raw = await redis.hgetall(keys.stats(room_id))
+async def read_stats(redis: Client, room_id: str, book: int = 0) -> dict[str, int | float]:
+    """The counters of a room's broadcast (its first by default); money (`gmv`) is a float,
+    every count an int."""
+    raw = await redis.hgetall(keys.stats(room_id, book))
     return {text(k): number(v) for k, v in raw.items()}

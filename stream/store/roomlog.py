@@ -61,6 +61,7 @@ class RoomLog:
         self._log = HostLog(redis)
         self._clock = clock
         self.rooms: dict[str, RoomTimeline] = {}
+        self._events: dict[str, list[HostEvent]] = {}  # each room's host events, as logged
         self._read: dict[str, int] = {}  # entries of each room's log already folded in
         # Each room's stock changes (its stock log), read alongside the host log.
         self.stock = StockBook()
@@ -106,8 +107,31 @@ class RoomLog:
                 continue
             self._read[room] = self._read.get(room, 0) + len(entries)
             events = [e for e in map(_decode, entries) if isinstance(e, HostEvent)]
+            self._events.setdefault(room, []).extend(events)
             self.rooms[room] = fold(self.rooms.get(room, RoomTimeline(room_id=room)), events)
 
     def get(self, room_id: str) -> RoomTimeline:
         return self.rooms.get(room_id) or self.rooms.setdefault(
             room_id, RoomTimeline(room_id=room_id))
+
+    def book_at(self, room_id: str, ts: int) -> int:
+        """The broadcast (book) of the room an event at `ts` counts for."""
+        room = self.rooms.get(room_id)
+        return 0 if room is None else room.book_at(ts)
+
+    def ended_book(self, room_id: str, ts: int) -> int:
+        """The book of the room's latest broadcast ended at or before `ts` (a follow-up's)."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return 0
+        ended = [i for i, b in enumerate(room.broadcasts)
+                 if b.ended_at is not None and b.ended_at <= ts]
+        return ended[-1] if ended else room.book_at(ts)
+
+    def timeline_of(self, room_id: str, book: int) -> RoomTimeline:
+        """One broadcast's timeline: the host events booked to it, folded."""
+        room = self.get(room_id)
+        if book == room.current_book() and book == room.book_at(room.started_at or 0):
+            return room  # the current broadcast: the timeline itself
+        mine = [e for e in self._events.get(room_id, []) if room.book_at(e.ts) == book]
+        return fold(RoomTimeline(room_id=room_id), mine)

@@ -136,7 +136,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
                     inventory=Inventory(redis,
                                         reservation_ttl_ms=settings.reservation_ttl_s * 1000,
                                         wait_replicas=settings.redis_wait_replicas),
-                    partitions=settings.partitions)
+                    partitions=settings.partitions, rooms=rooms)
     watcher = RuleWatcher(settings.rules_dir)
     processed: dict[TP, int] = {}  # the next offset handed to the pipeline, per partition
 
@@ -149,7 +149,9 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         high = app.consumer.highwater(tp)
         return high is None or high > processed.get(tp, high)
 
+    timeout_ms = settings.presence_timeout_s * 1000
     engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms,
+                            presence_timeout_ms=timeout_ms,
                             send=send_many,
                             topics=topics, bootstrap=settings.kafka_bootstrap,
                             behind=behind, generation=lambda: app.consumer_generation_id,
@@ -159,7 +161,9 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
     # mostly wait on Redis come first: their requests are out before the engine computes.
     ledger = Ledger(redis)
     pipeline = Pipeline(topics=topics, ledger=ledger, send=send,
-                        handlers=[orders, rooms, Presence(redis), engagement],
+                        handlers=[orders, rooms,
+                                  Presence(redis, timeout_ms=timeout_ms, rooms=rooms),
+                                  engagement], book_of=rooms.book_at,
                         count=counters.count)
 
     @app.task

@@ -32,6 +32,7 @@ from stream.core.models import FollowUp, Nudge, TagChange, ViewerEvent
 from stream.core.topics import Topics
 from stream.engine.reorder import Reorder
 from stream.engine.rules import Rules
+from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.engine.viewers import Effect, Suppressed, ViewerEngine
 from stream.store import keys, nudgebox, scripts
 from stream.store.buckets import stock_rows
@@ -69,9 +70,11 @@ class Engagement:
                  topics: Topics, bootstrap: str,
                  behind: Callable[[str, int], bool] = lambda topic, partition: False,
                  generation: Callable[[], int] = lambda: 0,
-                 clock: Callable[[], float] = time.time, nudge_hold_s: int = 60) -> None:
+                 clock: Callable[[], float] = time.time, nudge_hold_s: int = 60,
+                 presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
         self._redis = redis
         self._nudge_hold_s = nudge_hold_s
+        self._presence_timeout_ms = presence_timeout_ms
         self._bootstrap = bootstrap
         self._rules = rules
         self._rooms = rooms
@@ -92,7 +95,9 @@ class Engagement:
         self._waiting: dict[int, Reorder[ViewerEvent]] = {}
         self._ahead_since: dict[int, float] = {}  # partition -> when orders got ahead
         self._epoch = 0  # moves on every revoke: a load that spans one is stale
-        self._times: dict[int, tuple[int, float]] = {}  # partition -> (event ms, wall s)
+        # partition -> room -> (newest event ms, wall s it was seen): each room's own clock,
+        # so one show's later events never fire another's timers.
+        self._times: dict[int, dict[str, tuple[int, float]]] = {}
         # What the next settle must do: acks to await, effects to mark done, offsets whose
         # effects are in the state to save.
         self._acks: dict[tuple[str, int], Awaitable[object]] = {}  # last ack per topic-partition
@@ -158,7 +163,7 @@ class Engagement:
             released = waiting.release(behind)
             if released:
                 effects += [(p, e) for e in engine.apply_all(released, self._rooms.get)]
-                self._observe(p, released[-1].ts)  # the newest: they leave in ts order
+                self._observe(p, released)
             fences = self._fences[p]
             moved = {t: o for t, o in waiting.fences().items() if o > fences.get(t, -1)}
             if moved:
@@ -264,7 +269,8 @@ class Engagement:
         if epoch != self._epoch:
             return  # a rebalance meanwhile: these may not be ours, and get re-read if they are
         for p, (states, offsets) in zip(missing, saved, strict=True):
-            engine = ViewerEngine(self._rules(), grace_ms=GRACE_MS, stock=self._rooms.stock)
+            engine = ViewerEngine(self._rules(), grace_ms=GRACE_MS, stock=self._rooms.stock,
+                                  presence_timeout_ms=self._presence_timeout_ms)
             engine.restore(states)
             self.engines[p] = engine
             self._waiting[p] = Reorder(self._inputs, ts=_ts)
@@ -299,21 +305,29 @@ class Engagement:
         since = self._ahead_since.setdefault(partition, self._clock())
         return {views} if self._clock() - since < HOLD_ORDERS_S else set()
 
-    def _observe(self, partition: int, ts: int) -> None:
-        seen = self._times.get(partition)
-        if seen is None or ts > seen[0]:
-            self._times[partition] = (ts, self._clock())
+    def _observe(self, partition: int, released: Sequence[ViewerEvent]) -> None:
+        """Each room's newest event time (they leave in ts order: the last per room)."""
+        times = self._times.setdefault(partition, {})
+        newest = {e.room_id: e.ts for e in released}
+        wall = self._clock()
+        for room, ts in newest.items():
+            seen = times.get(room)
+            if seen is None or ts > seen[0]:
+                times[room] = (ts, wall)
 
-    def _now(self, partition: int, behind: set[str]) -> int:
-        """The partition's event time; wall time stands in for events only when it is idle.
+    def _now(self, partition: int, behind: set[str]) -> dict[str, int]:
+        """Each room's event time in the partition; wall time stands in for events only when
+        the partition is idle.
 
         While an input is behind (or the worker is in a rebalance) the next events wait in
         Kafka: moving on by wall time would fire timers they cancel.
         """
-        event_ms, wall_s = self._times.get(partition, (0, self._clock()))
+        times = self._times.get(partition, {})
         if behind:
-            return event_ms
-        return now_of(event_ms, int(wall_s * 1000), wall_now_ms=int(self._clock() * 1000))
+            return {room: event_ms for room, (event_ms, _) in times.items()}
+        wall_now_ms = int(self._clock() * 1000)
+        return {room: now_of(event_ms, int(wall_s * 1000), wall_now_ms=wall_now_ms)
+                for room, (event_ms, wall_s) in times.items()}
 
     # --- effects ----------------------------------------------------------------------
 
@@ -328,17 +342,22 @@ class Engagement:
         """
         if not effects:
             return
-        by_room: dict[str, list[tuple[int, Effect, str]]] = {}
+        # Counted on the books of the effect's broadcast: by its time, a follow-up by the
+        # end it follows.
+        by_room: dict[tuple[str, int], list[tuple[int, Effect, str]]] = {}
+        rooms = self._rooms
         for p, effect in effects:
-            by_room.setdefault(effect.room_id, []).append((p, effect, once_id(effect)))
+            book = (rooms.ended_book(effect.room_id, effect.due_at)
+                    if isinstance(effect, FollowUp) else rooms.book_at(effect.room_id, effect.ts))
+            by_room.setdefault((effect.room_id, book), []).append((p, effect, once_id(effect)))
         self._round += 1
         mark = f"p:{int(self._clock() * 1000)}:{self._worker}:{self._round}"
-        self._claimed.update(by_room)
+        self._claimed.update(room for room, _ in by_room)
         async with self._redis.pipeline(transaction=False) as pipe:
-            slices = [group[i:i + SCRIPT_ITEMS] for group in by_room.values()
+            slices = [(book, group[i:i + SCRIPT_ITEMS]) for (_, book), group in by_room.items()
                       for i in range(0, len(group), SCRIPT_ITEMS)]
-            for group in slices:
-                await self._claims.claim(pipe, group[0][1].room_id, mark=mark,
+            for book, group in slices:
+                await self._claims.claim(pipe, group[0][1].room_id, mark=mark, book=book,
                                          items=[claim_item(e, once) for _, e, once in group])
             new_pairs = {(e.room_id, e.viewer_id) for _, e in effects if isinstance(e, TagChange)}
             new_pairs -= self._viewer_rooms
@@ -348,7 +367,7 @@ class Engagement:
         self._viewer_rooms |= new_pairs
         sends: list[tuple[int, Effect, str]] = []
         pending: list[tuple[int, Effect, int]] = []
-        for group in slices:
+        for _, group in slices:
             for (p, effect, once), answer in zip(group, answers.pop(0), strict=True):
                 if answer == 1:
                     if not isinstance(effect, Suppressed):

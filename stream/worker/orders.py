@@ -20,6 +20,7 @@ from stream.store.clocks import RoomClocks
 from stream.store.connect import Client
 from stream.store.inventory import Inventory, Outcome, parse
 from stream.store.replies import text
+from stream.store.roomlog import RoomLog
 from stream.worker.stockfeed import StockFeed
 
 
@@ -28,13 +29,14 @@ class Orders:
 
     def __init__(self, *, redis: Client, inventory: Inventory, feed: StockFeed, send: Send,
                  topics: Topics, partitions: int, clock: Callable[[], float] = time.time,
-                 stock: StockBook | None = None) -> None:
+                 stock: StockBook | None = None, rooms: RoomLog | None = None) -> None:
         self._redis = redis
         self._partitions = partitions
         # This worker's engines learn its own orders' levels at once, uncoalesced; other
         # workers' come through the room's stock log. Under a backlog the feed's 100 ms
         # of wall time is many seconds of show, past the timers' 3 s grace.
         self._stock = stock
+        self._books = rooms  # each broadcast's outcomes on its own books
         self._inventory = inventory
         self._feed = feed
         self._send = send
@@ -56,6 +58,8 @@ class Orders:
             return
         walks = await self._inventory.walk({room: [e for _, e in group]
                                             for room, group in by_room.items()})
+        if self._books is not None:
+            await self._books.refresh(by_room, since=min(part.record.taken for part in parts))
         wall_ms = int(self._clock() * 1000)
         new_rooms = [r for r in by_room if r not in self._rooms]
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -63,8 +67,9 @@ class Orders:
                 await self._clocks.advance(pipe, room, event_ms=ts, wall_ms=wall_ms)
             if new_rooms:
                 pipe.sadd(keys.ROOMS, *new_rooms)
-            calls = [await self._inventory.queue(
-                pipe, room, self._inventory.ops([e for _, e in group], walks))
+            calls = [sum([await self._inventory.queue(
+                pipe, room, self._inventory.ops([e for _, e in run], walks), book=book)
+                for book, run in self._by_book(room, group)])
                 for room, group in by_room.items()]
             waits = self._inventory.queue_wait(pipe, list(by_room))
             answers = await scripts.execute(pipe)
@@ -89,6 +94,21 @@ class Orders:
             self._observe(summed)
         await self._feed.flush()
 
+    def _by_book(self, room: str, group: list[tuple[Record, StockSet | OrderEvent]],
+                 ) -> list[tuple[int, list[tuple[Record, StockSet | OrderEvent]]]]:
+        """The room's operations in order, cut where the book changes (runs, not groups:
+        operations must reach the script in their order)."""
+        if self._books is None:
+            return [(0, group)]
+        runs: list[tuple[int, list[tuple[Record, StockSet | OrderEvent]]]] = []
+        for item in group:
+            book = self._books.book_at(room, item[1].ts)
+            if runs and runs[-1][0] == book:
+                runs[-1][1].append(item)
+            else:
+                runs.append((book, [item]))
+        return runs
+
     async def sweep(self) -> int:
         """Release reservations past their deadline on each room's clock."""
         wall_ms = int(self._clock() * 1000)
@@ -98,7 +118,8 @@ class Orders:
             now = await self._clocks.now(room, wall_now_ms=wall_ms)
             if now is None:
                 continue
-            due, levels = await self._inventory.expire_and_follow(room, now_ms=now)
+            book = self._books.book_at(room, now) if self._books is not None else 0
+            due, levels = await self._inventory.expire_and_follow(room, now_ms=now, book=book)
             self._feed.offer(levels)
             self._observe(levels)
             for order_id, outcome in due:

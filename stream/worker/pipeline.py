@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from stream.core.batch import Handler, Part, Record, Send
+from stream.core.batch import BookOf, Handler, Part, Record, Send, by_book
 from stream.core.codec import BodyError, decode_events, encode
 from stream.core.deadletters import dead_letter, room_of
 from stream.core.models import Event, Origin
@@ -37,8 +37,10 @@ class Pipeline:
                  handlers: Sequence[Handler] = (),
                  count: Callable[[Sequence[Event], Counter[str]], None] | None = None,
                  clock: Callable[[], float] = time.time,
-                 retry_delays: Sequence[float] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)) -> None:
+                 retry_delays: Sequence[float] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+                 book_of: BookOf | None = None) -> None:
         self._topics = topics
+        self._book_of = book_of
         self._ledger = ledger
         self._send = send
         self._handlers = list(handlers)
@@ -54,12 +56,12 @@ class Pipeline:
 
     async def process(self, records: Sequence[Record]) -> None:
         parts: list[Part] = []
-        counts: dict[tuple[str, str, int], RoomBatch] = {}
+        counts: dict[tuple[str, int, str, int], RoomBatch] = {}
 
-        def counter(room: str, record: Record) -> Counter[str]:
-            key = (room, record.topic, record.partition)
+        def counter(room: str, record: Record, book: int = 0) -> Counter[str]:
+            key = (room, book, record.topic, record.partition)
             batch = counts.get(key) or counts.setdefault(
-                key, RoomBatch(room, record.topic, record.partition))
+                key, RoomBatch(room, record.topic, record.partition, book))
             return batch.at(record.offset)
 
         letters: list[bytes] = []
@@ -69,7 +71,9 @@ class Pipeline:
             origin = Origin(source="kafka", topic=record.topic, partition=record.partition,
                             offset=record.offset, index=index)
             letters.append(dead_letter(raw, error, origin, now_ms=now_ms))
-            counter(room_of(raw), record)["dead_letters"] += 1
+            room = room_of(raw)  # no trusted event time: the book on air now
+            book = self._book_of(room, now_ms) if self._book_of is not None else 0
+            counter(room, record, book)["dead_letters"] += 1
 
         for record in records:
             try:
@@ -97,14 +101,15 @@ class Pipeline:
         self.events_processed += sum(len(part.events) for part in parts)
         for part in parts:
             for room in part.rooms:
-                mine = part.events if len(part.rooms) == 1 else [
+                in_room = part.events if len(part.rooms) == 1 else [
                     e for e in part.events if e.room_id == room]
-                c = counter(room, part.record)
-                c["events"] += len(mine)
-                for cls, n in Counter(map(type, mine)).items():
-                    c[self._tag(cls)] += n
-                if self._count is not None:
-                    self._count(mine, c)
+                for book, mine in by_book(in_room, room, self._book_of):
+                    c = counter(room, part.record, book)
+                    c["events"] += len(mine)
+                    for cls, n in Counter(map(type, mine)).items():
+                        c[self._tag(cls)] += n
+                    if self._count is not None:
+                        self._count(mine, c)
         for letter in letters:
             await self._send(self._topics.dead_letters, letter)
         ends: dict[str, int] = {}

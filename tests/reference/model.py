@@ -7,8 +7,9 @@ What it assumes (say so when the engine's semantics change):
   the order topic, then arrival. Everything is judged as of event time.
 - The end of the show is judged as of its ts, after the viewer's events at or before it;
   a viewer with no visit by then gets the end's effects after their first visit.
-- A viewer is in the room from a join (or the first presence event of a viewer never seen
-  to join) until a leave, without a presence timeout.
+- A viewer is in the room from a join (or a presence event while out and after the last
+  leave) until a leave, or until their newest app event is the presence timeout (60 s)
+  old; the engine learns of a timeout at the viewer's next app event (see viewer.visits).
 """
 
 from __future__ import annotations

@@ -25,12 +25,20 @@ from stream.core.models import (
 # Events that prove the viewer is in the room (a lost join is made up by the first one).
 PRESENCE = (ViewerHeartbeat, ProductViewed, Like, Comment, Share, FanJoined, CartClicked,
             CartAdded)
+# Every event from the app proves it, a join or a leave too; orders come from the commerce
+# backend and prove nothing.
+PROOFS = (ViewerJoined, ViewerLeft, *PRESENCE)
+# A visit is over once its newest proof is this old (LIVECOMMERCE_PRESENCE_TIMEOUT_S's
+# default, 60 s: two of the app's 30 s heartbeats).
+TIMEOUT_MS = 60_000
 
 
 @dataclass(frozen=True)
 class Visit:
     start: int
-    stop: int | None  # the leave, or the join that restarted it; None: still in the room
+    # The leave, the join that restarted it, or when it timed out; None: still in the room
+    # (until its newest event is the timeout old).
+    stop: int | None
     watched: int  # ms counted for it once it is over (to the leave, or to its last event)
     last_seen: int  # its newest event
 
@@ -38,53 +46,63 @@ class Visit:
 @dataclass(frozen=True)
 class After:
     """The viewer as of just after one event: watch ms, visits, in the room, whether the
-    event was a leave that closed a visit."""
+    event was a leave that closed a visit, whether the event found the visit timed out."""
 
     watch: int
     visits: int
     in_room: bool
     closed: bool
+    lapsed: bool = False
 
 
-def visits(events: list[ViewerEvent]) -> tuple[list[Visit], list[After]]:
+def visits(events: list[ViewerEvent], *,
+           timeout_ms: int = TIMEOUT_MS) -> tuple[list[Visit], list[After]]:
     """The visits, and the viewer after each event.
 
-    A visit opens at a join, or at the first presence event of a viewer never seen to join;
-    a leave closes it at the leave; a second join without a leave closes it at its last
-    event. Presence events after a leave do not reopen one.
+    A visit opens at a join, or at a presence event while out of the room and later than
+    the last leave (a lost join, or back after a leave or a timeout); a leave closes it at
+    the leave; a second join without a leave closes it at its last event. A proof that
+    comes when the visit's newest event is `timeout_ms` old or more finds it over: it ended
+    at that newest event, the viewer gone from when the timeout passed (but before this
+    proof, which is then taken as usual).
     """
     done: list[Visit] = []
     start: int | None = None
     seen = 0
-    ever = False
+    left = -1  # the last leave or timeout; -1: none
     after: list[After] = []
     for e in events:
-        closed = False
+        closed = lapsed = False
+        if start is not None and isinstance(e, PROOFS) and e.ts - seen >= timeout_ms:
+            left = min(seen + timeout_ms, e.ts - 1)
+            done.append(Visit(start, left, seen - start, seen))
+            start, lapsed = None, True
         if isinstance(e, ViewerJoined):
             if start is not None:
                 done.append(Visit(start, e.ts, seen - start, seen))
             start = seen = e.ts
-            ever = True
         elif isinstance(e, ViewerLeft):
             if start is not None:
                 done.append(Visit(start, e.ts, max(0, e.ts - start), e.ts))
-                start, closed = None, True
+                start, closed, left = None, True, e.ts
         elif isinstance(e, PRESENCE):
             if start is not None:
                 seen = max(seen, e.ts)
-            elif not ever:
+            elif e.ts > left:
                 start = seen = e.ts
-                ever = True
         watch = sum(v.watched for v in done) + (seen - start if start is not None else 0)
-        after.append(After(watch, len(done) + (start is not None), start is not None, closed))
+        after.append(After(watch, len(done) + (start is not None), start is not None, closed,
+                           lapsed))
     if start is not None:
         done.append(Visit(start, None, seen - start, seen))
     return done, after
 
 
-def present_at(visits: list[Visit], ts: int) -> bool:
-    """In a visit at `ts`: from its start (inclusive) to its stop (exclusive)."""
-    return any(v.start <= ts and (v.stop is None or ts < v.stop) for v in visits)
+def present_at(visits: list[Visit], ts: int, *, timeout_ms: int = TIMEOUT_MS) -> bool:
+    """In a visit at `ts`: from its start (inclusive) to its stop (exclusive); a visit still
+    open stops when its newest event is `timeout_ms` old."""
+    return any(v.start <= ts < (v.stop if v.stop is not None else v.last_seen + timeout_ms)
+               for v in visits)
 
 
 @dataclass(frozen=True)
@@ -99,11 +117,15 @@ class Focus:
 
 
 def focus_spans(events: list[ViewerEvent], after: list[After]) -> list[Focus]:
-    """A product.viewed of a product not in focus opens a span; another product or a leave
-    that closes a visit ends it. Viewing the product in focus again changes nothing."""
+    """A product.viewed of a product not in focus opens a span; another product, a leave
+    that closes a visit, or an event that finds the visit timed out ends it (that event
+    may open the next). Viewing the product in focus again changes nothing."""
     spans: list[Focus] = []
     current: tuple[str, int, int] | None = None
     for i, e in enumerate(events):
+        if after[i].lapsed and current is not None:
+            spans.append(Focus(current[0], current[1], e.ts, current[2], i))
+            current = None
         if isinstance(e, ProductViewed) and (current is None or current[0] != e.sku):
             if current is not None:
                 spans.append(Focus(current[0], current[1], e.ts, current[2], i))

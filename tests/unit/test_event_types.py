@@ -57,12 +57,9 @@ REGISTRIES = {
     "per-event counters": (lambda: _tags(counters._COUNTERS), {
         "viewer.heartbeat", "product.viewed", "interaction.share", "fan.joined",
         "cart.added", "order.placed", "order.paid", "order.cancelled", *HOST}),
-    # Presence keeps visits, carts and failed payments per viewer; the rest say nothing
-    # about whether a viewer is in the room or why they did not buy.
-    "presence": (lambda: _tags(presence._OPS), {
-        "viewer.heartbeat", "product.viewed", "interaction.like", "interaction.comment",
-        "interaction.share", "fan.joined", "cart.clicked", "order.paid", "order.cancelled",
-        *HOST}),
+    # Presence keeps visits (every app event proves presence), carts and failed payments
+    # per viewer; payments and cancels say nothing about whether a viewer is in the room.
+    "presence": (lambda: _tags(presence.HANDLED), {"order.paid", "order.cancelled", *HOST}),
     # The simulator's show sends every type but a cancel (its buyers pay or fail).
     "simulator": (lambda: set(_simulated()), {"order.cancelled"}),
 }

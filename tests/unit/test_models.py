@@ -64,7 +64,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "order.payment_failed": {**_ORDER, "reason": "card_declined"},
     "segment.started": {**_COMMON, "segment": "intro"},
     "product.pinned": {**_COMMON, "sku": "rice-5kg"},
-    "broadcast.started": dict(_COMMON),
+    "broadcast.started": {**_COMMON, "broadcast_id": "evening-1"},
     "broadcast.ended": dict(_COMMON),
     "stock.set": {**_COMMON, "sku": "rice-5kg", "qty": 0},
 }

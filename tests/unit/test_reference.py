@@ -116,11 +116,13 @@ def engine_and_model(events: list[Event], rules: Rules, **kw: int,
 
 def test_back_in_the_ms_of_leaving_is_still_in_the_room() -> None:
     """A leave and a join in one ms (a reconnect): the engine used to take the viewer as
-    gone for good, so no watch time counted after it and no reminder fired (not present)."""
+    gone for good, so no watch time counted after it and no reminder fired (not present).
+    The app's heartbeats (every 30 s) keep the visit open past the presence timeout."""
     rules = load_dir(RULES)
     events = show(e(ViewerJoined, 10, source="douyin"), e(ViewerLeft, 20),
                   e(ViewerJoined, 20, source="douyin"),
-                  e(CartAdded, 30, sku="rice", qty=1), e(ViewerHeartbeat, 400))
+                  e(CartAdded, 30, sku="rice", qty=1),
+                  *(e(ViewerHeartbeat, t) for t in range(60, 401, 30)))
     (nudges, tags), (want_nudges, want_tags) = engine_and_model(events, rules)
     assert [n.rule_id for n in nudges] == [n.rule_id for n in want_nudges] == ["cart-unpaid-5min"]
     assert sorted(map(str, tags)) == sorted(map(str, want_tags))
@@ -129,9 +131,11 @@ def test_back_in_the_ms_of_leaving_is_still_in_the_room() -> None:
 
 def test_a_join_without_a_leave_just_after_the_due_time_does_not_exit() -> None:
     """A dwell due at T and an app restart (join, no leave) at T+1 s: the engine judged T
-    with the new visit only, as if the viewer had been away."""
+    with the new visit only, as if the viewer had been away. Heartbeats every 30 s keep
+    the visit open until the restart."""
     rules = load_dir(RULES)
     events = show(e(ViewerJoined, 10, source="douyin"), e(ProductViewed, 20, sku="rice"),
+                  *(e(ViewerHeartbeat, t) for t in range(50, 200, 30)),
                   e(ViewerJoined, 201, source="douyin"), e(ViewerHeartbeat, 300))
     (nudges, _), (want, _) = engine_and_model(events, rules)
     assert [(n.rule_id, n.ts - T0) for n in nudges] == [(n.rule_id, n.ts - T0) for n in want] \

@@ -124,6 +124,8 @@ def sold_out_show() -> list[Event]:
     for i in range(6):
         events += [ev("viewer.joined", S, viewer_id=f"v{i}", source="douyin"),
                    ev("product.viewed", 2 * S, viewer_id=f"v{i}", sku="rice")]
+        # The app's heartbeats: without them the presence timeout (60 s) has them leave.
+        events += [ev("viewer.heartbeat", k * 30 * S, viewer_id=f"v{i}") for k in range(1, 8)]
     events += [order(MIN, "o1", "buyer", "rice", 2), ev("broadcast.ended", 10 * MIN)]
     return events
 

@@ -38,6 +38,7 @@ from stream.engine.rules import (
     TagFile,
     load_dir,
 )
+from stream.engine.state import decode_state
 from stream.engine.timeline import Product, RoomTimeline
 from stream.engine.viewers import Effect, Suppressed, ViewerEngine
 from stream.local import showplan
@@ -78,13 +79,19 @@ DWELL = rule("dwell-3min", priority=10)
 _convert = msgspec.convert
 
 
+# The hand-written shows send no heartbeats: their viewers stay until they leave.
+NO_TIMEOUT = 10 * DAY
+
+
 class Show:
     """One room, one engine; `at` is ms after T0. Collects every effect in `out`."""
 
-    def __init__(self, rules: Rules | None = None, *, grace_ms: int = 0) -> None:
+    def __init__(self, rules: Rules | None = None, *, grace_ms: int = 0,
+                 presence_timeout_ms: int = NO_TIMEOUT) -> None:
         self.room = RoomTimeline(room_id="r1", started_at=T0, products={
             "rice": Product("有机胚芽米", 59.9), "oil": Product("花生油", 89.0)})
-        self.engine = ViewerEngine(rules or make_rules(DWELL), grace_ms=grace_ms)
+        self.engine = ViewerEngine(rules or make_rules(DWELL), grace_ms=grace_ms,
+                                   presence_timeout_ms=presence_timeout_ms)
         self.out: list[Effect] = []
         self._n = 0
 
@@ -343,7 +350,7 @@ def test_restore_before_the_room_is_seen_again_defers_its_timers() -> None:
     show.send("product.viewed", 0, sku="rice")
     blobs = show.engine.export_dirty()
     assert show.engine.export_dirty() == {}  # nothing changed since
-    fresh = ViewerEngine(show.engine.rules)
+    fresh = ViewerEngine(show.engine.rules, presence_timeout_ms=NO_TIMEOUT)
     fresh.restore(blobs)
     assert fresh.advance(T0 + HOUR, {}) == []  # no timeline for r1 yet: wait for it
     [nudge] = fresh.advance(T0 + HOUR, {"r1": show.room})
@@ -469,3 +476,53 @@ def test_the_simulated_broadcast_end_to_end(shipped_rules: Rules) -> None:
     assert {f.segment for f in followups} == {"ordered", "cart_unpaid", "watched_only"}
     sizes = [engine.state_bytes(room.room_id, f.viewer_id) for f in followups]
     assert max(sizes) <= 1024 and sum(sizes) / len(sizes) < 300
+
+
+# --- the presence timeout ------------------------------------------------------------------
+
+def test_a_silent_viewer_has_left_when_the_timeout_passes() -> None:
+    """Dwell waits 3 minutes; heartbeats every 30 s keep the viewer in, silence does not."""
+    beating, silent = Show(presence_timeout_ms=MIN), Show(presence_timeout_ms=MIN)
+    for show in (beating, silent):
+        show.join(0)
+        show.send("product.viewed", 1, sku="rice")
+    for k in range(1, 10):
+        beating.send("viewer.heartbeat", k * 30 * S)
+    silent.send("viewer.heartbeat", 4 * MIN)  # back after 4 minutes: a new visit
+    for show in (beating, silent):
+        show.advance(HOUR)
+    assert [n.ts for n in beating.nudges()] == [T0 + 1 + 3 * MIN]
+    assert silent.nudges() == [] and silent.suppressed() == [("dwell-3min", "exit:left")]
+    state = decode_state(silent.engine.export_dirty()["r1", "v1"])
+    assert (state.visits, state.watched, state.joined) == (2, 1, T0 + 4 * MIN)
+
+
+def test_online_until_the_timeout_passes_the_last_event() -> None:
+    """A timer due within the timeout of the last event finds the viewer in the room,
+    whatever comes later; one due after it finds them gone."""
+    rules = make_rules(rule("dwell-50s", trigger={"seconds": 50}),
+                       rule("dwell-70s", trigger={"seconds": 70}))
+    show = Show(rules, presence_timeout_ms=MIN)
+    show.join(0)
+    show.send("product.viewed", 0, sku="rice")
+    show.send("viewer.heartbeat", 5 * MIN)
+    show.advance(HOUR)
+    assert [n.rule_id for n in show.nudges()] == ["dwell-50s"]
+    assert show.suppressed() == [("dwell-70s", "exit:left")]
+
+
+def test_a_room_keeps_its_broadcasts_and_books_every_event_to_one() -> None:
+    room = RoomTimeline(room_id="r1")
+    assert room.book_at(T0) == 0 and room.broadcasts == []  # warm-up: the first show's
+    room.observe(_host(BroadcastStarted, T0))
+    room.observe(_host(BroadcastStarted, T0 + 1))  # a double click: the same show
+    room.observe(_host(BroadcastEnded, T0 + HOUR))
+    room.observe(_host(BroadcastStarted, T0 + DAY, broadcast_id="evening-2"))
+    assert [(b.broadcast_id, b.started_at, b.ended_at) for b in room.broadcasts] == [
+        (f"r1@{T0}", T0, T0 + HOUR), ("evening-2", T0 + DAY, None)]
+    assert room.broadcast_id == "evening-2" and room.current_book() == 1
+    assert [room.book_at(T0 + t) for t in (-MIN, 0, HOUR, HOUR + 1, DAY - MIN, DAY + HOUR)] \
+        == [0, 0, 0, 1, 1, 1]  # after an end and before the next start: the next show's
+    room.observe(_host(BroadcastEnded, T0 + DAY + 2 * HOUR))
+    assert room.book_at(T0 + HOUR) == 0 and room.book_at(T0 + DAY + 2 * HOUR + 1) == 2
+    assert (room.book_of("evening-2"), room.book_of("nope")) == (1, None)

@@ -1,0 +1,149 @@
+"""Each show on its own books: the same show run under three room ids on one system, by
+the same viewers, fires the same nudges and tags in each room, equal to the offline
+engine run on that room's events alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+import aiohttp
+import msgspec
+import pytest
+from helpers import read_all
+from test_hostview import get_json, recount
+from test_oracle import RULES, SPEED, final_tags, oracle
+
+from stream.core.codec import decode_events
+from stream.core.config import Settings
+from stream.core.models import BroadcastStarted, HostEvent, Nudge, TagChange, ViewerEvent
+from stream.core.topics import Topics
+from stream.engine.timeline import RoomTimeline, fold
+from stream.local import sender, showplan
+from stream.local.runner import running
+from stream.store.ledger import read_stats
+
+pytestmark = pytest.mark.integration
+
+
+def room_inputs(log: list[tuple[str, int, int, bytes]], topics: Topics, room_id: str,
+                ) -> tuple[RoomTimeline, dict[int, list[ViewerEvent]]]:
+    """One room's timeline and each partition's viewer events of that room, in event-time
+    order (as the oracle test orders them)."""
+    hosts: list[HostEvent] = []
+    by_partition: dict[int, list[tuple[int, int, ViewerEvent]]] = defaultdict(list)
+    for topic, partition, offset, value in sorted(log, key=lambda r: (r[0], r[1], r[2])):
+        for index, event in decode_events(value).events:
+            if event.room_id != room_id:
+                continue
+            if isinstance(event, HostEvent):
+                hosts.append(event)
+            elif isinstance(event, ViewerEvent):
+                rank = 0 if topic == topics.viewer_events else 1
+                by_partition[partition].append((event.ts, rank * 10**9 + offset * 1000 + index,
+                                                event))
+    room = fold(RoomTimeline(room_id=room_id), sorted(hosts, key=lambda e: e.ts))
+    return room, {p: [e for _, _, e in sorted(items, key=lambda x: (x[0], x[1]))]
+                  for p, items in by_partition.items()}
+
+
+async def test_the_same_show_in_three_rooms_fires_the_same_in_each(settings: Settings) -> None:
+    settings = msgspec.structs.replace(settings, rules_dir=RULES)
+    topics = Topics(settings.topic_prefix)
+    rooms = [f"store-{i}-{int(time.time())}" for i in range(3)]
+    async with running(settings, workers=2) as run:
+        for room in rooms:  # one evening: the same regulars hop from room to room
+            # At 10x, as the oracle test: the engine's grace (3 s) is 0.3 s of wall time.
+            plan = showplan.plan_for(room_id=room, viewers=300, duration_s=30, speed=SPEED,
+                                      seed=1, audience="regulars")
+            sent = await sender.run(plan, gateway=run.gateway_url, tokens=run.tokens,
+                                       progress=False)
+            assert sent.rejected == 0, sent.errors
+            deadline = time.monotonic() + 90
+            while True:  # every event processed, and the end-of-show follow-ups out
+                stats = await read_stats(run.redis, room)
+                if (stats.get("events", 0) >= sent.accepted
+                        and stats.get("followups", 0) >= stats.get("ev:viewer.joined", 0)):
+                    break
+                assert time.monotonic() < deadline, f"not settled: {stats}"
+                await asyncio.sleep(0.5)
+        await asyncio.sleep(2)  # the last acks
+        outputs = await read_all(run.settings, [topics.nudges, topics.tags])
+        inputs = await read_all(run.settings, list(topics.inputs))
+    nudges = [msgspec.json.decode(v, type=Nudge) for t, _, _, v in outputs if t == topics.nudges]
+    tags = [msgspec.json.decode(v, type=TagChange) for t, _, _, v in outputs if t == topics.tags]
+    seen = []
+    for room in rooms:
+        timeline, by_partition = room_inputs(inputs, topics, room)
+        assert timeline.ended_at is not None
+        want, want_tags = oracle(timeline, by_partition)
+        t0 = timeline.started_at or 0
+        # Relative to each show's start: the same show, whatever the evening's clock.
+        got = {(n.viewer_id, n.rule_id, n.sku, n.variant, n.ts - t0) for n in nudges
+               if n.room_id == room and n.ts <= timeline.ended_at}
+        assert got == {(*n[:4], n[4] - t0) for n in want if n[4] <= timeline.ended_at}, room
+        held = final_tags([t for t in tags if t.room_id == room])
+        assert held == want_tags, room
+        seen.append((got, held))
+    assert seen[0][0] and seen[0][1]
+    assert seen[0] == seen[1] == seen[2]
+
+
+async def test_a_room_live_twice_keeps_each_broadcast_on_its_own_books(
+        settings: Settings) -> None:
+    """Two evenings of one room: each broadcast's metrics equal a recount of its own
+    events, and the broadcasts endpoint lists both, newest first."""
+    room = f"twice-{int(time.time())}"
+    now = int(time.time() * 1000)
+    async with running(settings, workers=2) as run:
+        shows = []
+        for seed, now_ms in ((3, now - 400_000), (4, None)):  # the second after the first
+            plan = showplan.plan_for(room_id=room, viewers=150, duration_s=15, speed=20,
+                                      seed=seed, now_ms=now_ms)
+            sent = await sender.run(plan, gateway=run.gateway_url, tokens=run.tokens,
+                                       progress=False)
+            assert sent.rejected == 0, sent.errors
+            shows.append((plan, [e for _, e in showplan.broadcast(plan)], sent))
+        total = sum(sent.events_sent for _, _, sent in shows)
+        deadline = time.monotonic() + 90
+        while True:
+            counted = [(await read_stats(run.redis, room, book)).get("events", 0)
+                       for book in (0, 1)]
+            if sum(counted) >= total:
+                break
+            assert time.monotonic() < deadline, counted
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(1.5)  # the last batch's presence and engagement scripts
+        base = f"{run.gateway_url}/v1/rooms/{room}"
+        token = run.tokens.for_role("monitor")
+        listing = await get_json(f"{base}/broadcasts", token=token)
+        latest = await get_json(f"{base}/metrics", token=token)
+        each = [await get_json(f"{base}/metrics?broadcast={b['broadcast_id']}", token=token)
+                for b in listing["broadcasts"][::-1]]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/metrics?broadcast={room}@1",
+                                   headers={"Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 404
+            async with session.get(f"{base}/broadcasts") as resp:
+                assert resp.status == 401  # host data: a host or monitor token
+    starts = [min(e.ts for e in events if isinstance(e, BroadcastStarted))
+              for _, events, _ in shows]
+    assert listing == {"room_id": room, "broadcasts": [
+        {"broadcast_id": f"{room}@{starts[1]}", "started_at": starts[1],
+         "ended_at": max(e.ts for e in shows[1][1])},
+        {"broadcast_id": f"{room}@{starts[0]}", "started_at": starts[0],
+         "ended_at": max(e.ts for e in shows[0][1])}]}
+    assert latest["broadcast_id"] == each[1]["broadcast_id"] == f"{room}@{starts[1]}"
+    for (_, events, _), m in zip(shows, each, strict=True):
+        want, t = recount(events), m["totals"]
+        assert t["orders"] > 5 and t["viewers"] > 100  # a real show ran
+        for key in ("joins", "likes", "comments", "cart_clicks", "orders", "paid", "buyers",
+                    "viewers", "online", "payment_failed"):
+            assert t[key] == want[key], key
+        assert t["gmv"] == pytest.approx(want["gmv"], abs=0.01)
+        assert t["avg_watch_s"] == pytest.approx(want["avg_watch_s"], abs=0.11)
+        for point in m["series"]:
+            minute = want["minutes"].get(point["t"] // 60_000, {})
+            for key in ("joins", "orders", "paid", "cart_clicks"):
+                assert point[key] == minute.get(key, 0), (point["t"], key)
