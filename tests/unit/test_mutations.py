@@ -1,4 +1,4 @@
-"""The reference model catches bugs: five deliberately broken engines, each run offline
+"""The reference model catches bugs: seven deliberately broken engines, each run offline
 over small random shows, must disagree with it (and the real engine agrees, see
 test_reference.py). Plus the comparison the fault test uses, with one record dropped.
 """
@@ -21,6 +21,7 @@ from stream.engine import viewers
 from stream.engine.nudges import CART
 from stream.engine.rules import Rules, load_dir
 from stream.engine.state import ViewerState
+from stream.engine.state import present_at as real_present
 from stream.engine.timeline import RoomTimeline
 from stream.engine.viewers import ViewerEngine
 
@@ -97,12 +98,41 @@ def swapped_segment(monkeypatch: pytest.MonkeyPatch) -> type[ViewerEngine]:
     return ViewerEngine
 
 
+class NoPresenceTimeout(ViewerEngine):
+    """Broken: a visit never times out (present until a leave, as before presence did)."""
+
+    def _lapse(self, s: ViewerState, ts: int) -> None:
+        pass
+
+
+def no_presence_timeout(monkeypatch: pytest.MonkeyPatch) -> type[ViewerEngine]:
+    monkeypatch.setattr(viewers, "present_at", lambda s, ts, timeout_ms=0: real_present(
+        s, ts, 10**12))
+    return NoPresenceTimeout
+
+
+class LapseKeepsFocus(ViewerEngine):
+    """Broken: a visit that timed out keeps its product in focus (and its dwell timer)."""
+
+    def _lapse(self, s: ViewerState, ts: int) -> None:
+        focus = s.focus
+        s.focus = ""
+        super()._lapse(s, ts)
+        s.focus = focus
+
+
+def lapse_keeps_focus(monkeypatch: pytest.MonkeyPatch) -> type[ViewerEngine]:
+    return LapseKeepsFocus
+
+
 MUTANTS: dict[str, Callable[[pytest.MonkeyPatch], type[ViewerEngine]]] = {
     "exits not re-checked at fire time": no_exits,
     "cooldown ignored": no_cooldown,
     "quiet-hours zone ignored": no_zone,
     "cart_unpaid timer not cancelled by payment": payment_keeps_cart,
     "a follow-up segment swapped": swapped_segment,
+    "presence never times out": no_presence_timeout,
+    "a timed-out visit keeps its focus": lapse_keeps_focus,
 }
 
 

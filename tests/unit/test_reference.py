@@ -13,6 +13,7 @@ from reference import shows
 from reference.compare import differences
 from reference.model import expect
 from reference.offline import processing_order, run_engine
+from reference.viewer import visits
 
 from stream.core.models import (
     BroadcastEnded,
@@ -27,6 +28,7 @@ from stream.core.models import (
     ProductViewed,
     StockSet,
     TagChange,
+    ViewerEvent,
     ViewerHeartbeat,
     ViewerJoined,
     ViewerLeft,
@@ -75,6 +77,18 @@ def test_random_shows_reach_every_aspect(fuzz_rules: Rules) -> None:
                                  "household", "interest")} | {
         ("high_potential", "remove"), ("drop_off", "remove"), ("source", "remove")}
     assert {f.segment for f in want.followups} == {"ordered", "cart_unpaid", "watched_only"}
+    # Visits that timed out, and ones opened by an app event after a leave.
+    lapsed = reopened = 0
+    for seed in range(4):
+        by_viewer: dict[str, list[ViewerEvent]] = {}
+        for ev in processing_order(shows.show(seed)):
+            by_viewer.setdefault(ev.viewer_id, []).append(ev)
+        for evs in by_viewer.values():
+            _, after = visits(evs)
+            lapsed += sum(a.lapsed for a in after)
+            reopened += sum(1 for i in range(1, len(evs)) if after[i - 1].closed
+                            and after[i].in_room and not isinstance(evs[i], ViewerJoined))
+    assert lapsed and reopened
 
 
 def test_simulated_show_on_the_shipped_rules_matches_the_model() -> None:
@@ -194,3 +208,32 @@ def test_quiet_hours_in_the_zone_the_viewer_had_at_the_due_time(tmp_path: Path) 
     (nudges, _), (want, _) = engine_and_model(events, rules)
     offair = [n for n in nudges if n.rule_id == "dwell-offair"]
     assert offair == [n for n in want if n.rule_id == "dwell-offair"] == []
+
+
+def test_a_silent_viewer_times_out() -> None:
+    """No app event for the presence timeout (60 s): the visit ended at the last one, so a
+    dwell due later finds the viewer gone (exit:left); with the app's heartbeats it fires."""
+    rules = load_dir(RULES)
+    silent = show(e(ViewerJoined, 10, source="douyin"), e(ProductViewed, 20, sku="rice"),
+                  e(ViewerHeartbeat, 400))
+    (nudges, tags), (want, want_tags) = engine_and_model(silent, rules)
+    assert [n.rule_id for n in nudges] == [n.rule_id for n in want] == []
+    assert sorted(map(str, tags)) == sorted(map(str, want_tags))
+    beating = show(e(ViewerJoined, 10, source="douyin"), e(ProductViewed, 20, sku="rice"),
+                   *(e(ViewerHeartbeat, t) for t in range(50, 401, 30)))
+    (nudges, _), (want, _) = engine_and_model(beating, rules)
+    assert [(n.rule_id, n.ts - T0) for n in nudges] == [(n.rule_id, n.ts - T0) for n in want] \
+        == [("dwell-3min", 200_000)]
+
+
+def test_an_app_event_after_a_leave_opens_a_visit() -> None:
+    """A heartbeat after viewer.left (the leave was the app's mistake, or the viewer came
+    back and the join was lost) is a new visit: the viewer is present for the dwell."""
+    rules = load_dir(RULES)
+    events = show(e(ViewerJoined, 10, source="douyin"), e(ViewerLeft, 20),
+                  e(ViewerHeartbeat, 30), e(ProductViewed, 40, sku="rice"),
+                  *(e(ViewerHeartbeat, t) for t in range(70, 251, 30)))
+    (nudges, tags), (want, want_tags) = engine_and_model(events, rules)
+    assert [(n.rule_id, n.ts - T0) for n in nudges] == [(n.rule_id, n.ts - T0) for n in want] \
+        == [("dwell-3min", 220_000)]
+    assert sorted(map(str, tags)) == sorted(map(str, want_tags))
