@@ -15,7 +15,7 @@ from reference.compare import differences
 from reference.kafkalog import inputs
 from reference.model import expect
 from reference.room import room_of
-from test_hostview import get_json, recount
+from test_hostview import get_json, metrics_settled, recount
 from test_oracle import RULES, SPEED
 
 from stream.core.config import Settings
@@ -105,9 +105,12 @@ async def test_a_room_live_twice_keeps_each_broadcast_on_its_own_books(
                 break
             assert time.monotonic() < deadline, counted
             await asyncio.sleep(0.3)
-        await asyncio.sleep(1.5)  # the last batch's presence and engagement scripts
         base = f"{run.gateway_url}/v1/rooms/{room}"
         token = run.tokens.for_role("monitor")
+        for _, events, _ in shows:  # the last batch's presence and engagement scripts
+            start = min(e.ts for e in events if isinstance(e, BroadcastStarted))
+            await metrics_settled(f"{base}/metrics?broadcast={room}@{start}", recount(events),
+                                  token=token)
         listing = await get_json(f"{base}/broadcasts", token=token)
         latest = await get_json(f"{base}/metrics", token=token)
         each = [await get_json(f"{base}/metrics?broadcast={b['broadcast_id']}", token=token)
