@@ -421,7 +421,8 @@ def rules() -> None:
 @click.argument("directory", required=False, type=click.Path())
 def rules_check(directory: str | None) -> None:
     """Validate the rule files in DIRECTORY (default: LIVECOMMERCE_RULES_DIR or ./rules)."""
-    from stream.engine.rules import FILES, RuleError
+    from stream.engine.rules import RuleError
+    from stream.local.rulecheck import rule_lines
     from stream.worker.rulewatch import load_rules
 
     path = Path(directory) if directory is not None else _settings().rules_dir
@@ -430,29 +431,11 @@ def rules_check(directory: str | None) -> None:
     except RuleError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    for name in FILES:
-        file = path / name
-        if not file.is_file():
-            click.echo(f"{file}: absent, defaults")
-        elif name == "nudges.toml":
-            rules_ = ", ".join(f"{r.id} v{r.version}" + ("" if r.enabled else " disabled")
-                               for r in loaded.nudges)
-            click.echo(f"{file}: {_count(len(loaded.nudges), 'nudge rule')} ({rules_}), "
-                       f"at most {loaded.limits.per_viewer_per_hour} per viewer per hour")
-        elif name == "tags.toml":
-            tags = loaded.tags
-            buckets = " | ".join(b.value for b in tags.watch_depth)
-            keywords = ", ".join(k.id for k in tags.keyword)
-            click.echo(f"{file}: watch depth {buckets}; "
-                       f"{_count(len(tags.keyword), 'keyword rule')} ({keywords}); "
-                       f"{_count(len(tags.private_sources), 'private source')}")
-        elif name == "followups.toml":
-            follow = ", ".join(f"{f.segment} +{f.after_s}s" for f in loaded.followups)
-            click.echo(f"{file}: {_count(len(loaded.followups), 'follow-up')} ({follow})")
-    # load_dir reads only the known names; a misnamed file would be silently ignored.
-    for stray in sorted(p.name for p in path.glob("*.toml") if p.name not in FILES):
-        click.echo(f"warning: {path / stray}: ignored (known files: {', '.join(FILES)})",
-                   err=True)
+    lines, warnings = rule_lines(path, loaded)
+    for line in lines:
+        click.echo(line)
+    for warning in warnings:
+        click.echo(warning, err=True)
     click.echo(f"ok (digest {loaded.digest})")
 
 
@@ -481,7 +464,3 @@ def rules_backtest(room: str, broadcast: str | None, rules_dir: str | None,
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo(msgspec.json.encode(report).decode() if as_json else format_text(report))
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
