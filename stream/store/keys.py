@@ -245,6 +245,18 @@ def acked(room_id: str) -> str:
     return f"{_room(room_id)}:acked"
 
 
+def book_orders(room_id: str, book: int = 0) -> str:
+    """Set of the ids of the orders placed on the broadcast's books (accepted or not),
+    for its pick lists; each order's hash is under `order_prefix`."""
+    return f"{_book(room_id, book)}:orders"
+
+
+def followups(room_id: str, book: int = 0) -> str:
+    """Hash `viewer|due_at` -> the follow-up (JSON) decided at the broadcast's end, kept
+    when its claim is new (once per follow-up), for the SCRM export."""
+    return f"{_book(room_id, book)}:followups"
+
+
 def nudged(room_id: str, book: int = 0) -> str:
     """Hash `rule|viewer` -> `variant|ts` of the viewer's first nudge by that rule."""
     return f"{_book(room_id, book)}:nudged"
