@@ -14,7 +14,7 @@ import csv
 import io
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -71,8 +71,10 @@ class CustomerPick(msgspec.Struct, frozen=True, kw_only=True):
     amount: float
 
 
-class PickList(msgspec.Struct, frozen=True, kw_only=True):
-    """`GET /v1/rooms/{room}/picklist`: one view of a broadcast's paid orders."""
+class PickList(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """`GET /v1/rooms/{room}/picklist`: one view of a broadcast's paid orders; its rows
+    are in the list named for the view (`skus`, `leaders` or `customers`), the others
+    left out (one list type per field: a JSON schema and decoder can name each)."""
 
     room_id: str
     broadcast_id: str | None
@@ -82,7 +84,16 @@ class PickList(msgspec.Struct, frozen=True, kw_only=True):
     amount: float
     buyers: int
     excluded: dict[str, int]  # orders not picked, by EXCLUDED reason
-    rows: list[SkuPick] | list[LeaderPick] | list[CustomerPick]
+    skus: list[SkuPick] = []
+    leaders: list[LeaderPick] = []
+    customers: list[CustomerPick] = []
+
+    @property
+    def rows(self) -> list[SkuPick] | list[LeaderPick] | list[CustomerPick]:
+        """The view's rows."""
+        if self.by == "sku":
+            return self.skus
+        return self.leaders if self.by == "leader" else self.customers
 
 
 def excluded_reason(order: Order) -> str | None:
@@ -116,19 +127,19 @@ def build(orders: Iterable[Order], profiles: Mapping[str, Profile], *, by: By,
             paid.append(order)
         else:
             excluded[why] += 1
-    rows: list[SkuPick] | list[LeaderPick] | list[CustomerPick]
+    views: dict[str, Any] = {}
     if by == "sku":
-        rows = _by_sku(paid, names, prices)
+        views["skus"] = _by_sku(paid, names, prices)
     elif by == "leader":
-        rows = _by_leader(paid, profiles, prices)
+        views["leaders"] = _by_leader(paid, profiles, prices)
     else:
-        rows = _by_customer(paid, profiles, names, prices)
+        views["customers"] = _by_customer(paid, profiles, names, prices)
     amount = sum(_line_amount(line.qty, line.price, line.sku, prices)
                  for order in paid for line in order.lines)
     return PickList(room_id=room_id, broadcast_id=broadcast_id, by=by, paid_orders=len(paid),
                     units=sum(line.qty for order in paid for line in order.lines),
                     amount=round(amount, 2), buyers=len({o.viewer_id for o in paid}),
-                    excluded=excluded, rows=rows)
+                    excluded=excluded, **views)
 
 
 def _by_sku(paid: list[Order], names: Mapping[str, str],

@@ -117,5 +117,5 @@ def claim_item(effect: Effect, once: str) -> tuple[object, ...]:
                 f"{effect.rule_id}|{effect.viewer_id}", f"{effect.variant}|{effect.ts}")
     if isinstance(effect, FollowUp):
         return (once, _FOLLOWUP_STATS, None, None, f"{effect.viewer_id}|{effect.due_at}",
-                encode(effect))
+                encode(effect).decode())  # a str: cmsgpack cannot read bin
     return (once, (stat_field(effect.rule_id, effect.reason),))
