@@ -264,7 +264,9 @@ def _figure(kpi: str, value: float | None) -> str:
         return f"{value:+.1%}" if kpi == "nudge_uplift" else f"{value:.1%}"
     if kpi in ("gmv", "gpm"):
         return f"¥{value:,.2f}"
-    return f"{value:,.1f}" if kpi == "avg_watch_s" else f"{value:,.0f}"
+    # Counts are whole, but a median of an even number of shows may end in .5.
+    whole = kpi != "avg_watch_s" and float(value).is_integer()
+    return f"{value:,.0f}" if whole else f"{value:,.1f}"
 
 
 def _comparison_html(c: Comparison) -> str:
