@@ -204,7 +204,7 @@ def last_seen(room_id: str, book: int = 0, partition: int = 0) -> str:
 
 
 def profiles(room_id: str, book: int = 0) -> str:
-    """Hash viewer -> `source|leader|region|layer`, from the viewer's first join."""
+    """Hash viewer -> `source|leader|layer|region`, from the viewer's first join."""
     return f"{_book(room_id, book)}:profiles"
 
 
