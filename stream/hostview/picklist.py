@@ -245,12 +245,31 @@ def _money(x: float) -> str:
     return f"{x:.2f}"
 
 
+# A cell a spreadsheet would run as a formula (OWASP's CSV injection list). Product names
+# and regions are free text (a viewer's app sends its own region on viewer.joined), so
+# `=HYPERLINK(...)` as a region would run in the store's Excel.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(cell: str) -> str:
+    """`cell`, with a leading `'` when a spreadsheet would read it as a formula (a number,
+    negative or not, stays as it is)."""
+    if not cell.startswith(_FORMULA_START):
+        return cell
+    try:
+        float(cell)
+    except ValueError:
+        return "'" + cell
+    return cell
+
+
 def to_csv(headers: list[str], rows: Iterable[list[str]]) -> str:
-    """CSV text a spreadsheet opens cleanly: a UTF-8 BOM, a header row, CRLF lines."""
+    """CSV text a spreadsheet opens cleanly: a UTF-8 BOM, a header row, CRLF lines, and
+    no cell it would run as a formula (`safe_cell`)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(headers)
-    writer.writerows(rows)
+    writer.writerow([safe_cell(h) for h in headers])
+    writer.writerows([safe_cell(c) for c in row] for row in rows)
     return BOM + buffer.getvalue()
 
 

@@ -14,6 +14,7 @@ from stream.hostview.picklist import (
     SkuPick,
     build,
     picklist_csv,
+    safe_cell,
 )
 from stream.store.orderbook import Line, Order, decode_lines
 
@@ -90,3 +91,19 @@ def test_a_line_without_its_price_is_valued_at_the_skus() -> None:
     pick = build([paid], {}, by="sku", room_id="r", broadcast_id=None, prices={"oil": 10.0})
     assert [(r.sku, r.amount) for r in pick.rows if isinstance(r, SkuPick)] == [
         ("oil", 10.0), ("rice", 119.8)]
+
+
+def test_no_csv_cell_is_a_formula_a_spreadsheet_would_run() -> None:
+    """A region comes from the viewer's own app (viewer.joined), a name from the stock
+    feed: either may be `=HYPERLINK(...)`, which Excel runs unless the cell is quoted."""
+    orders = [order("o1", "v1", "confirmed", ("rice", 2, 59.9))]
+    profiles = {"v1": Profile(leader="-leader", region="=HYPERLINK(\"http://x\",\"杭州\")")}
+    names = {"rice": "@SUM(A1)"}
+    by_customer = build(orders, profiles, by="customer", room_id="r", broadcast_id=None,
+                        names=names)
+    [row] = list(csv.DictReader(io.StringIO(picklist_csv(by_customer).removeprefix(BOM))))
+    assert (row["leader"], row["region"], row["name"]) == (
+        "'-leader", "'=HYPERLINK(\"http://x\",\"杭州\")", "'@SUM(A1)")
+    assert (row["viewer_id"], row["qty"], row["amount"]) == ("v1", "2", "119.80")
+    assert [safe_cell(c) for c in ("-1.5", "+3", "plain", "\tx", "")] == [
+        "-1.5", "+3", "plain", "'\tx", ""]
