@@ -191,8 +191,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/v1/rooms/{room}/picklist"): {
         "summary": "A broadcast's pick list from its paid orders, by SKU, leader (pickup "
                    "point) or customer; JSON or CSV (UTF-8 with a BOM)",
-        "description": "by=sku and by=leader: commerce, host or monitor token; by=customer "
-                       "(personal data): commerce or host only.",
+        "description": "A commerce or host token for every view (by=customer names "
+                       "buyers); a monitor token gets 403.",
         "security": BEARER,
         "parameters": [ROOM, BROADCAST,
                        {"name": "by", "in": "query", "required": False,

@@ -1,8 +1,8 @@
 """After the show, on the gateway: a broadcast's pick lists and follow-ups, JSON or CSV.
 
-- `GET /v1/rooms/{room}/picklist?broadcast=ID&by=sku|leader|customer[&format=csv]`: the
-  by-SKU and by-leader views are aggregates (commerce, host or monitor token); the
-  by-customer view names buyers (personal data: commerce or host, never monitor).
+- `GET /v1/rooms/{room}/picklist?broadcast=ID&by=sku|leader|customer[&format=csv]`: a
+  commerce or host token, for every view: the by-customer view names buyers (personal
+  data), and the others are the store's business, not an operator's (never monitor).
 - `GET /v1/rooms/{room}/followups?broadcast=ID[&format=csv]`: who to follow up and how,
   per viewer (personal data: commerce or host).
 
@@ -25,8 +25,7 @@ from stream.hostview.reader import RoomReader, UnknownBroadcast
 from stream.store.connect import Client
 
 _ID = re.compile(r"^[A-Za-z0-9._:@\-]{1,64}\Z")
-AGGREGATE_READERS: frozenset[TokenRole] = frozenset({"commerce", "host", "monitor"})
-PERSONAL_READERS: frozenset[TokenRole] = frozenset({"commerce", "host"})
+READERS: frozenset[TokenRole] = frozenset({"commerce", "host"})
 AFTER_SHOW = web.AppKey("after_show", AfterShow)
 
 
@@ -70,8 +69,7 @@ async def picklist(request: web.Request) -> web.Response:
     by = request.query.get("by", "sku")
     if by not in VIEWS:
         return _error(400, f"by: expected one of {', '.join(VIEWS)}, got {by[:20]!r}")
-    readers = PERSONAL_READERS if by == "customer" else AGGREGATE_READERS
-    refused = refusal_unless(request, readers, what=f"the pick list by {by}")
+    refused = refusal_unless(request, READERS, what=f"the pick list by {by}")
     if refused is not None:
         return refused
     params = _params(request)
@@ -88,7 +86,7 @@ async def picklist(request: web.Request) -> web.Response:
 
 
 async def followups(request: web.Request) -> web.Response:
-    refused = refusal_unless(request, PERSONAL_READERS, what="follow-ups")
+    refused = refusal_unless(request, READERS, what="follow-ups")
     if refused is not None:
         return refused
     params = _params(request)

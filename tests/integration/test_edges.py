@@ -33,10 +33,10 @@ pytestmark = pytest.mark.integration
 HOST_DATA_PATHS = ["/v1/rooms/{room}/metrics", "/v1/rooms/{room}/broadcasts"]
 # After-show data, narrower than host data: (path, role -> status).
 AFTER_SHOW_PATHS = {
-    "/v1/rooms/{room}/picklist?by=sku": {"commerce": 200, "host": 200, "monitor": 200,
+    "/v1/rooms/{room}/picklist?by=sku": {"commerce": 200, "host": 200, "monitor": 403,
                                          "platform": 403},
     "/v1/rooms/{room}/picklist?by=leader&format=csv": {"commerce": 200, "host": 200,
-                                                       "monitor": 200, "platform": 403},
+                                                       "monitor": 403, "platform": 403},
     "/v1/rooms/{room}/picklist?by=customer": {"commerce": 200, "host": 200, "monitor": 403,
                                               "platform": 403},
     "/v1/rooms/{room}/followups": {"commerce": 200, "host": 200, "monitor": 403,
