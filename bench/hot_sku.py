@@ -49,7 +49,8 @@ OPS_PER_CALL = 500  # the worker's chunk (inventory.CHUNK)
 
 def room_keys(room: str) -> list[str]:
     return [keys.stats(room), keys.deadlines(room), keys.skus(room), keys.stock_sets(room),
-            keys.buyers(room), keys.spend(room), keys.seconds(room), keys.bucketed(room)]
+            keys.buyers(room), keys.spend(room), keys.seconds(room), keys.bucketed(room),
+            keys.book_orders(room)]
 
 
 def room_args(room: str, ops: list[list[object]]) -> list[object]:

@@ -105,7 +105,9 @@ async def raw_script(sys_: System, n: int) -> float:
             for i in range(lo, min(n, lo + 1000)):
                 op = ["place", f"o{i}", f"v{i}", deadline, [[SKU, 1, 59.9]]]
                 await script(keys=[keys.stats(room), keys.deadlines(room), keys.skus(room),
-                                   keys.stock_sets(room)],
+                                   keys.stock_sets(room), keys.buyers(room), keys.spend(room),
+                                   keys.seconds(room), keys.bucketed(room),
+                                   keys.book_orders(room)],
                              args=[keys.stock_prefix(room), keys.order_prefix(room),
                                    ORDER_RETENTION_S, 10, orjson.dumps([op])], client=pipe)
             await pipe.execute()

@@ -369,14 +369,16 @@ def check(rooms: tuple[str, ...]) -> None:
     sys.exit(1 if _run(audit()) else 0)
 
 
+_BROADCAST_HELP = ("Which broadcast of ROOM (an id from /v1/rooms/ROOM/broadcasts); "
+                   "default: the one on air, or the latest.")
+
+
 @main.command()
 @click.argument("room")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Write the review as an HTML page with charts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the review as one JSON line.")
-@click.option("--broadcast", default=None,
-              help="Which broadcast of ROOM (an id from /v1/rooms/ROOM/broadcasts); "
-                   "default: the one on air, or the latest.")
+@click.option("--broadcast", default=None, help=_BROADCAST_HELP)
 def report(room: str, out: str | None, as_json: bool, broadcast: str | None) -> None:
     """The post-live review (复盘) of ROOM, from the live system's Redis."""
     from stream.hostview.report import render_html, review
@@ -412,6 +414,57 @@ def report(room: str, out: str | None, as_json: bool, broadcast: str | None) -> 
         click.echo(msgspec.json.encode(result).decode())
 
 
+def _after_show(room: str, read: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    """Run `read(AfterShow)` against the system's Redis; a bad broadcast is a usage error."""
+    from stream.hostview.reader import UnknownBroadcast
+    from stream.local.aftershow import read_after_show
+    from stream.local.state import find_system
+
+    system = find_system(_settings(), need_redis=True)
+    click.echo(system.describe(), err=True)
+    try:
+        return _run(read_after_show(system.settings, room, read))
+    except UnknownBroadcast as exc:
+        raise click.BadParameter(str(exc), param_hint="--broadcast") from None
+
+
+@main.command()
+@click.argument("room")
+@click.option("--by", type=click.Choice(["sku", "leader", "customer"]), default="sku",
+              show_default=True, help="One total per product, per pickup point (团长), or "
+                                      "per buyer.")
+@click.option("--broadcast", default=None, help=_BROADCAST_HELP)
+@click.option("--csv", "as_csv", is_flag=True, help="CSV (UTF-8 with a BOM) on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="The pick list as one JSON line.")
+def picklist(room: str, by: str, broadcast: str | None, as_csv: bool, as_json: bool) -> None:
+    """The pick list (分拣单) of ROOM's paid orders, from the live system's Redis."""
+    from stream.hostview.picklist import picklist_csv
+    from stream.local.aftershow import picklist_text
+
+    pick = _after_show(room, lambda after: after.picklist(room, by=by, broadcast=broadcast))
+    if as_csv or as_json:
+        click.echo(picklist_csv(pick) if as_csv else msgspec.json.encode(pick).decode(),
+                   nl=as_json)
+    else:
+        table, summary = picklist_text(pick)
+        click.echo(table)
+        click.echo(summary, err=True)
+
+
+@main.command()
+@click.argument("room")
+@click.option("--broadcast", default=None, help=_BROADCAST_HELP)
+@click.option("--csv", "as_csv", is_flag=True, help="CSV (UTF-8 with a BOM) on stdout.")
+def followups(room: str, broadcast: str | None, as_csv: bool) -> None:
+    """ROOM's follow-ups (viewer_id, segment, action, due_at, leader) for the SCRM."""
+    from stream.hostview.afterreads import FOLLOWUP_HEADER, followup_rows
+    from stream.hostview.picklist import to_csv
+
+    export = _after_show(room, lambda after: after.followups(room, broadcast=broadcast))
+    click.echo(to_csv(FOLLOWUP_HEADER, followup_rows(export)) if as_csv
+               else msgspec.json.encode(export).decode(), nl=not as_csv)
+
+
 @main.group()
 def rules() -> None:
     """Nudge, tag and follow-up rules (`rules/*.toml`)."""
@@ -421,7 +474,8 @@ def rules() -> None:
 @click.argument("directory", required=False, type=click.Path())
 def rules_check(directory: str | None) -> None:
     """Validate the rule files in DIRECTORY (default: LIVECOMMERCE_RULES_DIR or ./rules)."""
-    from stream.engine.rules import FILES, RuleError
+    from stream.engine.rules import RuleError
+    from stream.local.rulecheck import rule_lines
     from stream.worker.rulewatch import load_rules
 
     path = Path(directory) if directory is not None else _settings().rules_dir
@@ -430,29 +484,11 @@ def rules_check(directory: str | None) -> None:
     except RuleError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    for name in FILES:
-        file = path / name
-        if not file.is_file():
-            click.echo(f"{file}: absent, defaults")
-        elif name == "nudges.toml":
-            rules_ = ", ".join(f"{r.id} v{r.version}" + ("" if r.enabled else " disabled")
-                               for r in loaded.nudges)
-            click.echo(f"{file}: {_count(len(loaded.nudges), 'nudge rule')} ({rules_}), "
-                       f"at most {loaded.limits.per_viewer_per_hour} per viewer per hour")
-        elif name == "tags.toml":
-            tags = loaded.tags
-            buckets = " | ".join(b.value for b in tags.watch_depth)
-            keywords = ", ".join(k.id for k in tags.keyword)
-            click.echo(f"{file}: watch depth {buckets}; "
-                       f"{_count(len(tags.keyword), 'keyword rule')} ({keywords}); "
-                       f"{_count(len(tags.private_sources), 'private source')}")
-        elif name == "followups.toml":
-            follow = ", ".join(f"{f.segment} +{f.after_s}s" for f in loaded.followups)
-            click.echo(f"{file}: {_count(len(loaded.followups), 'follow-up')} ({follow})")
-    # load_dir reads only the known names; a misnamed file would be silently ignored.
-    for stray in sorted(p.name for p in path.glob("*.toml") if p.name not in FILES):
-        click.echo(f"warning: {path / stray}: ignored (known files: {', '.join(FILES)})",
-                   err=True)
+    lines, warnings = rule_lines(path, loaded)
+    for line in lines:
+        click.echo(line)
+    for warning in warnings:
+        click.echo(warning, err=True)
     click.echo(f"ok (digest {loaded.digest})")
 
 
@@ -481,7 +517,3 @@ def rules_backtest(room: str, broadcast: str | None, rules_dir: str | None,
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo(msgspec.json.encode(report).decode() if as_json else format_text(report))
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"

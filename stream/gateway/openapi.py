@@ -17,8 +17,10 @@ import msgspec
 from aiohttp import hdrs, web
 
 from stream.core.models import AnyEvent, Id
+from stream.hostview.afterreads import FollowUps
 from stream.hostview.dashboard import Broadcasts
 from stream.hostview.metrics import RoomMetrics
+from stream.hostview.picklist import PickList
 
 REF = "#/components/schemas/{name}"
 
@@ -76,7 +78,8 @@ EventList = list[AnyEvent]
 _NAMED: dict[str, Any] = {"Events": EventList, "ErrorAnswer": ErrorAnswer,
                           "Accepted": Accepted, "StockSnapshot": StockSnapshot,
                           "ViewerTags": ViewerTags, "Health": Health,
-                          "RoomMetrics": RoomMetrics, "Broadcasts": Broadcasts, "Id": Id}
+                          "RoomMetrics": RoomMetrics, "Broadcasts": Broadcasts, "Id": Id,
+                          "PickList": PickList, "FollowUps": FollowUps}
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
@@ -105,6 +108,11 @@ SSE_EVENT = {"type": "object", "required": ["event", "data"],
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 HOST_DATA = {"401": _error("no token, or an unknown one"),
              "403": _error("a token of another role than host or monitor")}
+BROADCAST = {"name": "broadcast", "in": "query", "required": False,
+             "description": "a broadcast id (default: the one on air, or the latest)",
+             "schema": {"$ref": REF.format(name="Id")}}
+FORMAT = {"name": "format", "in": "query", "required": False,
+          "schema": {"enum": ["json", "csv"]}}
 BAD_ROOM = {"400": _error("the room id does not match [A-Za-z0-9._:@-]{1,64}")}
 
 # (method, path) -> operation. Paths as aiohttp registers them ("{room}").
@@ -179,6 +187,38 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "summary": "The room's broadcasts, newest first (host data: host or monitor token)",
         "security": BEARER, "parameters": [ROOM],
         "responses": {"200": _json("Broadcasts", "the broadcasts"), **BAD_ROOM, **HOST_DATA,
+                      "429": _error("this token's rate limit; see Retry-After")}},
+    ("GET", "/v1/rooms/{room}/picklist"): {
+        "summary": "A broadcast's pick list from its paid orders, by SKU, leader (pickup "
+                   "point) or customer; JSON or CSV (UTF-8 with a BOM)",
+        "description": "A commerce or host token for every view (by=customer names "
+                       "buyers); a monitor token gets 403.",
+        "security": BEARER,
+        "parameters": [ROOM, BROADCAST,
+                       {"name": "by", "in": "query", "required": False,
+                        "schema": {"enum": ["sku", "leader", "customer"]}},
+                       FORMAT],
+        "responses": {"200": {"description": "the pick list",
+                              "content": {"application/json": {
+                                  "schema": {"$ref": REF.format(name="PickList")}},
+                                  "text/csv": {"schema": {"type": "string"}}}},
+                      "400": _error("a room, broadcast, by or format that is not valid"),
+                      "401": _error("no token, or an unknown one"),
+                      "403": _error("a token of a role that may not read this view"),
+                      "404": _error("the room has no broadcast of that id"),
+                      "429": _error("this token's rate limit; see Retry-After")}},
+    ("GET", "/v1/rooms/{room}/followups"): {
+        "summary": "A broadcast's follow-ups (viewer_id, segment, action, due_at, leader) "
+                   "for the SCRM; JSON or CSV (UTF-8 with a BOM); commerce or host token",
+        "security": BEARER, "parameters": [ROOM, BROADCAST, FORMAT],
+        "responses": {"200": {"description": "the follow-ups",
+                              "content": {"application/json": {
+                                  "schema": {"$ref": REF.format(name="FollowUps")}},
+                                  "text/csv": {"schema": {"type": "string"}}}},
+                      "400": _error("a room, broadcast or format that is not valid"),
+                      "401": _error("no token, or an unknown one"),
+                      "403": _error("a token of another role than commerce or host"),
+                      "404": _error("the room has no broadcast of that id"),
                       "429": _error("this token's rate limit; see Retry-After")}},
     ("GET", "/dashboard/{room}"): {
         "summary": "The host's live dashboard page (its data needs a host or monitor "

@@ -60,3 +60,19 @@ def host_data(handler: Handler) -> Handler:
 def _error(status: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps({"error": message}), status=status,
                         content_type="application/json", headers=headers)
+
+
+def refusal_unless(request: web.Request, roles: frozenset[TokenRole], *,
+                   what: str) -> web.Response | None:
+    """The `401`/`403` answer for a request whose token is not of one of `roles` (for
+    data narrower than host data: personal data, the pick lists), else None."""
+    token = bearer(request.headers.get("Authorization"))
+    role = role_of(request)
+    if role in roles:
+        return None
+    needed = " or ".join(sorted(roles))
+    if role is None:
+        why = "missing bearer token" if token is None else "unknown token"
+        return _error(401, f"{why}: {what} needs a {needed} token",
+                      headers={"WWW-Authenticate": f'Bearer realm="{what}"'})
+    return _error(403, f"{what} needs a {needed} token, this one is {role}")

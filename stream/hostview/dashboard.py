@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.engine.timeline import Broadcast
 from stream.hostview.access import host_data
+from stream.hostview.exports import add_exports
 from stream.hostview.metrics import RoomMetrics, compute
 from stream.hostview.prom import RoomCollector
 from stream.hostview.reader import RoomReader, UnknownBroadcast
@@ -38,7 +39,7 @@ class HostView:
     """Computes rooms' metrics from Redis, with a short per-room cache."""
 
     def __init__(self, redis: Client, *, presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
-        self._reader = RoomReader(redis, presence_timeout_ms=presence_timeout_ms)
+        self.reader = RoomReader(redis, presence_timeout_ms=presence_timeout_ms)
         self._cache: dict[str, tuple[float, RoomMetrics]] = {}
 
     async def metrics(self, room_id: str, broadcast: str | None = None) -> RoomMetrics:
@@ -48,20 +49,20 @@ class HostView:
         now = time.monotonic()
         if hit is not None and now - hit[0] < CACHE_S:
             return hit[1]
-        raw = await self._reader.raw(room_id, wall_now_ms=int(time.time() * 1000),
+        raw = await self.reader.raw(room_id, wall_now_ms=int(time.time() * 1000),
                                      broadcast=broadcast)
         result = compute(raw)
         self._cache[key] = (now, result)
         return result
 
     async def broadcasts(self, room_id: str) -> Broadcasts:
-        room = await self._reader.room(room_id)
+        room = await self.reader.room(room_id)
         return Broadcasts(room_id=room_id, broadcasts=room.broadcasts[::-1])
 
     async def exposition(self) -> bytes:
         """The recent rooms' metrics in Prometheus text format."""
         since = int(time.time() * 1000) - EXPORT_WINDOW_MS
-        rooms = [await self.metrics(r) for r in await self._reader.recent_rooms(since_ms=since)]
+        rooms = [await self.metrics(r) for r in await self.reader.recent_rooms(since_ms=since)]
         registry = CollectorRegistry(auto_describe=False)
         registry.register(RoomCollector(rooms))
         return generate_latest(registry)
@@ -83,6 +84,7 @@ def add_host_view(app: web.Application, redis: Client, *,
     app[HOST_VIEW] = HostView(redis, presence_timeout_ms=presence_timeout_ms)
     app.router.add_get("/v1/rooms/{room}/metrics", room_metrics)
     app.router.add_get("/v1/rooms/{room}/broadcasts", room_broadcasts)
+    add_exports(app, redis, reader=app[HOST_VIEW].reader)
     app.router.add_get("/dashboard/{room}", dashboard_page)
     app.router.add_get("/dashboard/assets/{name}", asset)
 

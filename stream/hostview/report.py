@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 
 from stream.engine.state import PRESENCE_TIMEOUT_MS
+from stream.hostview.compare import BASELINE, KPIS, Comparison, compare
 from stream.hostview.metrics import NudgeMetrics, RoomMetrics, SegmentMetrics, Totals, compute
 from stream.hostview.reader import RoomReader, Viewer
 from stream.store.connect import Client
@@ -48,6 +49,8 @@ class Review(msgspec.Struct, frozen=True, kw_only=True):
     regions: list[Group]
     # Per rule: uplift with its 95% interval and verdict, suppressions by reason.
     nudges: list[NudgeMetrics] = []
+    # This show against the room's last shows (None when built without them).
+    comparison: Comparison | None = None
 
 
 def _groups(viewers: Iterable[Viewer], key: Callable[[Viewer], str | None]) -> list[Group]:
@@ -77,8 +80,10 @@ def unconverted_reason(v: Viewer) -> str | None:
     return "cart_unpaid" if v.carted else "watched_only"
 
 
-def build(metrics: RoomMetrics, viewers: list[Viewer]) -> Review:
-    """The review from the room's final metrics and its viewers (pure)."""
+def build(metrics: RoomMetrics, viewers: list[Viewer],
+          before: list[RoomMetrics] | None = None) -> Review:
+    """The review from the room's final metrics and its viewers, compared with `before`
+    (the room's earlier shows' metrics, newest first) when given (pure)."""
     unconverted = {g.key: g for g in _groups(viewers, unconverted_reason)}
     return Review(
         room_id=metrics.room_id, broadcast_id=metrics.broadcast_id,
@@ -93,6 +98,7 @@ def build(metrics: RoomMetrics, viewers: list[Viewer]) -> Review:
         leaders=_groups(viewers, lambda v: v.leader or None),
         regions=_groups(viewers, lambda v: v.region or "(unknown)"),
         nudges=metrics.nudges,
+        comparison=None if before is None else compare(metrics, before),
     )
 
 
@@ -101,10 +107,16 @@ async def review(redis: Client, room_id: str, *, broadcast: str | None = None,
     """Read one broadcast of the room (default: the one on air, or the latest) and build
     its review (the room's clock caps open watch time)."""
     reader = RoomReader(redis, presence_timeout_ms=presence_timeout_ms)
-    metrics = compute(await reader.raw(room_id, wall_now_ms=int(time.time() * 1000),
-                                       broadcast=broadcast))
+    wall = int(time.time() * 1000)
+    metrics = compute(await reader.raw(room_id, wall_now_ms=wall, broadcast=broadcast))
     end = metrics.now_ms if metrics.ended_at is None else min(metrics.now_ms, metrics.ended_at)
-    return build(metrics, await reader.viewers(room_id, end_ms=end, broadcast=broadcast))
+    # The room's broadcasts list is the source of the shows before this one.
+    shows = (await reader.room(room_id)).broadcasts
+    book = await reader.book(room_id, broadcast)
+    before = [compute(await reader.raw(room_id, wall_now_ms=wall, broadcast=b.broadcast_id))
+              for b in shows[max(0, book - BASELINE):book][::-1]]
+    return build(metrics, await reader.viewers(room_id, end_ms=end, broadcast=broadcast),
+                 before)
 
 
 # --- HTML ---------------------------------------------------------------------------------
@@ -118,6 +130,7 @@ td,th{padding:4px 8px;border-bottom:1px solid #d0d7de;text-align:right}
 td:first-child,th:first-child{text-align:left}.kpis{display:flex;flex-wrap:wrap;gap:12px}
 .kpi{background:#f6f8fa;border-radius:6px;padding:8px 12px;min-width:130px}
 .kpi b{display:block;font-size:20px}.muted{color:#656d76}svg text{font-size:11px;fill:#1f2328}
+.up{color:#1a7f37}.down{color:#cf222e}
 """
 
 _UNCONVERTED_LABELS = {"payment_failed": "支付失败 payment failed",
@@ -226,6 +239,9 @@ def render_html(r: Review) -> str:
     ]
     sections.append(("nudges", "6. 提醒效果 Nudges: uplift and why not shown",
                      _nudge_table(r.nudges)))
+    if r.comparison is not None:
+        sections.append(("comparison", "7. 本场 vs 往期 This show against the room's last shows",
+                         _comparison_html(r.comparison)))
     body = "".join(f'<section id="{sid}"><h2>{html.escape(title)}</h2>{content}</section>'
                    for sid, title, content in sections)
     kpi_html = "".join(f'<div class="kpi"><b>{html.escape(str(v))}</b>'
@@ -235,3 +251,40 @@ def render_html(r: Review) -> str:
             f"<h1>直播复盘 Post-live review · {html.escape(r.room_id)}</h1>"
             f'<p class="muted">{_when(r.started_at)} – {_when(r.ended_at)}</p>'
             f'<div class="kpis" id="totals">{kpi_html}</div>{body}</body></html>')
+
+
+_ARROWS = {"up": '<span class="up">▲</span>', "down": '<span class="down">▼</span>',
+           "same": '<span class="muted">=</span>'}
+
+
+def _figure(kpi: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    if kpi in ("conversion", "nudge_uplift"):
+        return f"{value:+.1%}" if kpi == "nudge_uplift" else f"{value:.1%}"
+    if kpi in ("gmv", "gpm"):
+        return f"¥{value:,.2f}"
+    # Counts are whole, but a median of an even number of shows may end in .5.
+    whole = kpi != "avg_watch_s" and float(value).is_integer()
+    return f"{value:,.0f}" if whole else f"{value:,.1f}"
+
+
+def _comparison_html(c: Comparison) -> str:
+    """A table: this show, the previous one, the median of the last shows, with the change
+    marked up (green) or down (red) against each."""
+    if not c.baseline:
+        return '<p class="muted">the room\'s first show: nothing to compare with yet</p>'
+    labels = dict(KPIS)
+    rows = []
+    for ch in c.changes:
+        cells = [labels[ch.kpi], _figure(ch.kpi, ch.this),
+                 _figure(ch.kpi, ch.previous), _ARROWS.get(ch.vs_previous or "", "–"),
+                 _figure(ch.kpi, ch.median), _ARROWS.get(ch.vs_median or "", "–")]
+        rows.append("<tr>" + "".join(
+            f"<td>{cell if '<span' in cell else html.escape(cell)}</td>" for cell in cells)
+            + "</tr>")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in (
+        "", "this show", "previous", "", f"median of last {len(c.baseline)}", ""))
+    shows = ", ".join(html.escape(f.broadcast_id or "–") for f in c.baseline)
+    return (f'<table id="compare"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
+            f'</tbody></table><p class="muted">earlier shows, newest first: {shows}</p>')

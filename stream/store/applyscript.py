@@ -18,7 +18,8 @@ end
 
 # One script applies a list of operations on one room, in order, atomically.
 # KEYS: stats hash, deadlines zset, skus set, applied stock.set ids, buyers hash, spend hash,
-# seconds hash, bucketed SKUs hash.
+# seconds hash, bucketed SKUs hash, the broadcast's set of order ids (its pick lists read
+# them back).
 # ARGV: stock key prefix, order key prefix, retention s, max qty per line, JSON list of ops:
 #   ["set", event_id, sku, qty, name, price, buckets]
 #                                                   stock.set: `available` := qty
@@ -38,11 +39,14 @@ end
 # Fresh outcomes are counted in the stats hash here, so those counts are exactly-once too:
 # totals, and for the host's view per event-time minute (`m:<minute>:…` in stats) and
 # second (`<second>:…` in the seconds hash, summed per show segment when read); a
-# payment also records its buyer (first paid ts, spend).
+# payment also records its buyer (first paid ts, spend). A fresh `place` adds the order
+# to the broadcast's set (accepted or rejected: the pick list counts the rejected apart)
+# and keeps each line's price (`prices`: `sku price;…`) for the amount per SKU.
 # SKU and order keys are built from the prefixes: same `{room}` hash tag, same slot.
 APPLY = SET_LEVEL + """
 local stats, deadlines, skus, stock_sets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local buyers, spend, seconds, bucketed = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local placed = KEYS[9]
 local stock, orders = ARGV[1], ARGV[2]
 local retention, max_qty = ARGV[3], tonumber(ARGV[4])
 
@@ -188,6 +192,8 @@ local function place(op)
     emit(out, o[5], o[6])
     return out
   end
+  redis.call('SADD', placed, op[2])
+  redis.call('EXPIRE', placed, retention)
   local reason = nil
   for _, l in ipairs(op[5]) do
     if l[4] then
@@ -210,7 +216,7 @@ local function place(op)
     return {'new', 'rejected', reason, op[3]}
   end
   local out = {'new', 'reserved', '', op[3]}
-  local text, amount, bks = {}, 0, {}
+  local text, prices, amount, bks = {}, {}, 0, {}
   for _, l in ipairs(op[5]) do
     if l[4] then
       bks[#bks + 1] = l[1] .. ' ' .. l[4]
@@ -219,10 +225,12 @@ local function place(op)
       level(l[1], out)
     end
     text[#text + 1] = l[1] .. ' ' .. l[2]
+    prices[#prices + 1] = l[1] .. ' ' .. tostring(l[3])
     amount = amount + l[2] * l[3]
   end
   redis.call('HSET', key, 'status', 'reserved', 'reason', '', 'viewer', op[3],
-             'lines', table.concat(text, ';'), 'deadline', op[4], 'amount', tostring(amount),
+             'lines', table.concat(text, ';'), 'prices', table.concat(prices, ';'),
+             'deadline', op[4], 'amount', tostring(amount),
              'placed', 'reserved', 'placed_reason', '')
   if #bks > 0 then
     redis.call('HSET', key, 'bk', table.concat(bks, ';'))

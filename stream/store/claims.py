@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
+from stream.core.codec import encode
 from stream.core.models import FollowUp, Nudge, TagChange
 from stream.core.reasons import stat_field
 from stream.engine.viewers import Effect
@@ -23,10 +24,12 @@ ONCE_TTL_S = 3 * 24 * 3600
 # thousands of arguments cost the worker more than the script costs Redis.
 
 # Effects of one room in one call. KEYS: the room's stats hash, its first-nudge hash, its
-# acked hash. ARGV: once-key prefix, ttl, this round's mark `p:<wall ms>:<worker>:<round>`,
-# then a msgpack array with per effect [id, stat fields, a, b]: a nudge has a
-# `rule|viewer` and b `variant|ts`, kept if the first of that rule for that viewer (the
-# host's uplift). Returns per effect: 1 = new, deliver it; 0 = delivered
+# acked hash, its follow-ups hash. ARGV: once-key prefix, ttl, this round's mark
+# `p:<wall ms>:<worker>:<round>`, then a msgpack array with per effect
+# [id, stat fields, a, b, c, d]: a nudge has a `rule|viewer` and b `variant|ts`, kept if
+# the first of that rule for that viewer (the host's uplift); a follow-up has c
+# `viewer|due_at` and d the follow-up as JSON, kept for the export (claimed once, so
+# kept once). Returns per effect: 1 = new, deliver it; 0 = delivered
 # ('d', or a round its worker has marked acked); or the mark of a round a worker may have
 # died in before Kafka acked it. Counts, tag sets and first nudges change only when new.
 # One mark per round, not a 'd' per effect after the ack: half the writes.
@@ -47,6 +50,7 @@ for i, e in ipairs(cmsgpack.unpack(ARGV[4])) do
   else
     for _, field in ipairs(e[2]) do counts[field] = (counts[field] or 0) + 1 end
     if e[3] then redis.call('HSETNX', KEYS[2], e[3], e[4]) end
+    if e[5] then redis.call('HSETNX', KEYS[4], e[5], e[6]) end
     out[i] = 1
   end
 end
@@ -78,7 +82,7 @@ class Claims:
         counted on the books of the room's broadcast `book`."""
         await scripts.call(self._claim,
                            keys=[keys.stats(room, book), keys.nudged(room, book),
-                                 keys.acked(room)],
+                                 keys.acked(room), keys.followups(room, book)],
                            args=[keys.once(room, ""), ONCE_TTL_S, mark, _pack(items)],
                            client=pipe)
 
@@ -105,12 +109,13 @@ _FOLLOWUP_STATS = ("followups",)
 
 
 def claim_item(effect: Effect, once: str) -> tuple[object, ...]:
-    """[id, stat fields, a, b] of one effect, for CLAIM."""
+    """[id, stat fields, a, b, c, d] of one effect, for CLAIM."""
     if isinstance(effect, TagChange):
         return (once, _TAG_STATS[effect.op])
     if isinstance(effect, Nudge):
         return (once, ("nudges", f"nudges:{effect.rule_id}:{effect.variant}"),
                 f"{effect.rule_id}|{effect.viewer_id}", f"{effect.variant}|{effect.ts}")
     if isinstance(effect, FollowUp):
-        return (once, _FOLLOWUP_STATS)
+        return (once, _FOLLOWUP_STATS, None, None, f"{effect.viewer_id}|{effect.due_at}",
+                encode(effect).decode())  # a str: cmsgpack cannot read bin
     return (once, (stat_field(effect.rule_id, effect.reason),))

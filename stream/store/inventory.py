@@ -179,7 +179,7 @@ class Inventory:
                 keys=[keys.stats(room_id, book), keys.deadlines(room_id), keys.skus(room_id),
                       keys.stock_sets(room_id), keys.buyers(room_id, book),
                       keys.spend(room_id, book), keys.seconds(room_id, book),
-                      keys.bucketed(room_id)],
+                      keys.bucketed(room_id), keys.book_orders(room_id, book)],
                 args=[keys.stock_prefix(room_id), keys.order_prefix(room_id),
                       ORDER_RETENTION_S, self.max_qty_per_line,
                       orjson.dumps(ops[lo:lo + CHUNK])],

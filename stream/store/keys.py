@@ -204,7 +204,7 @@ def last_seen(room_id: str, book: int = 0, partition: int = 0) -> str:
 
 
 def profiles(room_id: str, book: int = 0) -> str:
-    """Hash viewer -> `source|leader|region|layer`, from the viewer's first join."""
+    """Hash viewer -> `source|leader|layer|region`, from the viewer's first join."""
     return f"{_book(room_id, book)}:profiles"
 
 
@@ -243,6 +243,18 @@ def acked(room_id: str) -> str:
     """Hash worker -> the last claim round of it whose effects Kafka has acked (the
     once-marks it wrote up to that round count as delivered)."""
     return f"{_room(room_id)}:acked"
+
+
+def book_orders(room_id: str, book: int = 0) -> str:
+    """Set of the ids of the orders placed on the broadcast's books (accepted or not),
+    for its pick lists; each order's hash is under `order_prefix`."""
+    return f"{_book(room_id, book)}:orders"
+
+
+def followups(room_id: str, book: int = 0) -> str:
+    """Hash `viewer|due_at` -> the follow-up (JSON) decided at the broadcast's end, kept
+    when its claim is new (once per follow-up), for the SCRM export."""
+    return f"{_book(room_id, book)}:followups"
 
 
 def nudged(room_id: str, book: int = 0) -> str:

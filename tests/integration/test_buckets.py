@@ -167,3 +167,37 @@ async def test_moves_cut_short_are_redone_once(inv: Inventory, room: str) -> Non
     [late], _ = await inv.apply(room, [paid(room, "c")], ts=T0)
     assert (late.status, late.reason) == ("rejected", "expired")
     assert await level(inv, room) == (5, 0, 1)
+
+
+async def test_a_bucketed_skus_pick_list_equals_its_sold(inv: Inventory, room: str) -> None:
+    """The pick list reads the orders' own lines, the stock everyone sees sums the buckets:
+    for a hot SKU beside a plain one they must still agree, replays and walks included."""
+    from stream.hostview.afterreads import AfterShow
+
+    plain = StockSet(event_id=uuid.uuid4().hex, room_id=room, ts=T0, sku="plain", qty=10,
+                     name="鸡蛋", price=2.5)
+    await inv.load([load(room, 10, buckets=4), plain])  # shares 3, 3, 2, 2
+
+    def order(order_id: str, **qty: int) -> OrderPlaced:
+        return OrderPlaced(event_id=uuid.uuid4().hex, room_id=room, ts=T0, viewer_id=order_id,
+                           order_id=order_id,
+                           items=[OrderItem(sku=s, qty=q, price=9.9 if s == "hot" else 2.5)
+                                  for s, q in qty.items()])
+
+    walker = order("walker", hot=4, plain=1)  # more than any one bucket holds
+    events = [walker, order("small", hot=2), order("gone", hot=3), order("greedy", hot=20),
+              order("unpaid", hot=1), order("eggs", plain=3)]
+    await inv.apply(room, events, ts=T0)
+    pays = [paid(room, "walker"), paid(room, "small"), paid(room, "eggs")]
+    cancel = OrderCancelled(event_id="c", room_id=room, ts=T0, viewer_id="gone",
+                            order_id="gone")
+    await inv.apply(room, [*pays, cancel], ts=T0)
+    await inv.apply(room, [walker, *pays, cancel], ts=T0)  # a redelivered batch
+    pick = await AfterShow(inv.redis).picklist(room, by="sku")
+    sold = {s.sku: s.sold for s in await inv.levels(room)}
+    assert {r.sku: r.units for r in pick.skus} == sold == {"hot": 6, "plain": 4}
+    assert {k: n for k, n in pick.excluded.items() if n} == {
+        "cancelled": 1, "rejected": 1, "unpaid": 1}
+    assert {r.sku: r.amount for r in pick.skus} == pytest.approx({"hot": 6 * 9.9,
+                                                                  "plain": 4 * 2.5})
+    assert (await inv.audit(room)).problems == []

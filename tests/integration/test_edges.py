@@ -30,7 +30,18 @@ from stream.store import keys
 pytestmark = pytest.mark.integration
 
 # Every host-data endpoint; later host-view endpoints (broadcasts, …) belong here too.
-HOST_DATA_PATHS = ["/v1/rooms/{room}/metrics"]
+HOST_DATA_PATHS = ["/v1/rooms/{room}/metrics", "/v1/rooms/{room}/broadcasts"]
+# After-show data, narrower than host data: (path, role -> status).
+AFTER_SHOW_PATHS = {
+    "/v1/rooms/{room}/picklist?by=sku": {"commerce": 200, "host": 200, "monitor": 403,
+                                         "platform": 403},
+    "/v1/rooms/{room}/picklist?by=leader&format=csv": {"commerce": 200, "host": 200,
+                                                       "monitor": 403, "platform": 403},
+    "/v1/rooms/{room}/picklist?by=customer": {"commerce": 200, "host": 200, "monitor": 403,
+                                              "platform": 403},
+    "/v1/rooms/{room}/followups": {"commerce": 200, "host": 200, "monitor": 403,
+                                   "platform": 403},
+}
 
 
 def new_room() -> str:
@@ -68,6 +79,21 @@ async def test_host_data_answers_by_role(gateway: tuple[Gateway, str, Tokens],
                     assert "host or monitor token" in body["error"], body
                 if status == 401:
                     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("path", AFTER_SHOW_PATHS)
+async def test_after_show_data_answers_by_role(gateway: tuple[Gateway, str, Tokens],
+                                               path: str) -> None:
+    _, url, tokens = gateway
+    target = url + path.format(room=new_room())
+    async with ClientSession() as http:
+        async with http.get(target) as resp:
+            assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+        for role, status in AFTER_SHOW_PATHS[path].items():
+            async with http.get(target, headers=auth(tokens, role)) as resp:
+                assert resp.status == status, (role, await resp.text())
+                if status == 403:
+                    assert role in (await resp.json())["error"]
 
 
 async def test_a_monitor_token_sends_no_events(gateway: tuple[Gateway, str, Tokens]) -> None:
