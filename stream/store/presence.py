@@ -170,8 +170,8 @@ prefetch(wanted)
 
 for i = 1, #ops, 4 do
   local op, viewer, ts = ops[i], ops[i + 1], tonumber(ops[i + 2])
-  if ts > clock then clock = ts end
   if op == 'j' or op == 'l' or op == 'p' then
+    if ts > clock then clock = ts end
     local st, j, l = state(viewer)
     if st ~= nil and ts > l then
       -- Lapsed by the clock yet younger than the timeout: the same visit goes on.
