@@ -6,8 +6,9 @@
   every client of each gateway.
 - The contention sale (tests/scenarios/test_contention.py) with its orders spread over
   both gateways: 100 units, 5,000 orders, exactly 100 reserved.
-- The oracle show (tests/scenarios/test_oracle.py): 2,000 viewers on the cluster, with
-  nudges, tags and follow-ups equal to the offline oracle.
+- The oracle show (tests/scenarios/test_oracle.py): 2,000 viewers on the cluster, spread
+  over both gateways, two workers, with nudges, tags and follow-ups equal to the offline
+  oracle.
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ async def test_contention_sale_on_cluster_behind_two_gateways(
             await stop_processes([proc])
 
 
-async def test_oracle_show_on_cluster(cluster_settings: Settings, tmp_path: Path) -> None:
+async def test_oracle_show_on_cluster_behind_two_gateways(cluster_settings: Settings,
+                                                         tmp_path: Path) -> None:
+    """The oracle show with its viewers spread over two gateway processes, two workers."""
     await oracle_show.assert_matches_oracle(cluster_settings, tmp_path, kill=False,
-                                            room_id="cluster-oracle-room", seed=13)
+                                            room_id="cluster-oracle-room", seed=13,
+                                            gateways=2)
