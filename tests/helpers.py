@@ -22,6 +22,10 @@ from stream.worker.admin import ensure_topics
 
 _ids = itertools.count()
 
+# The reservation TTL of the `inv` fixture (tests/conftest.py): long enough that no
+# reservation expires during a test unless the test moves the clock past it.
+INVENTORY_TTL_MS = 60_000
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
