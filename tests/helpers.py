@@ -7,10 +7,13 @@ import contextlib
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import orjson
+from aiohttp import ClientSession
 from aiokafka import AIOKafkaConsumer
 
 from stream.core.auth import Tokens
@@ -89,3 +92,44 @@ async def running_gateway(settings: Settings, *, tokens: Tokens | None = None,
         yield gateway, f"http://127.0.0.1:{port}", tokens
     finally:
         await gateway.stop()
+
+
+@dataclass
+class Poster:
+    """POSTs events to one gateway, or to several of one deployment (one set of tokens)
+    in turn, request by request, as a load balancer without stickiness would; every
+    answer must be a 202. The sale tests' client."""
+
+    session: ClientSession
+    urls: list[str]
+    tokens: Tokens
+    _turn: Iterator[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        assert self.urls, "urls: no gateway"
+        self._turn = itertools.cycle(self.urls)
+
+    @property
+    def url(self) -> str:
+        """The first gateway (where a test's SSE clients connect)."""
+        return self.urls[0]
+
+    async def post(self, events: list[dict[str, Any]], role: str) -> dict[str, Any]:
+        """One request to the next gateway; its answer (`accepted`, `rejected`)."""
+        headers = {"Authorization": f"Bearer {self.tokens.for_role(role)}"}  # type: ignore[arg-type]
+        async with self.session.post(f"{next(self._turn)}/v1/events",
+                                     data=orjson.dumps(events), headers=headers) as resp:
+            assert resp.status == 202, await resp.text()
+            answer: dict[str, Any] = await resp.json()
+            return answer
+
+    async def post_all(self, bodies: list[list[dict[str, Any]]], role: str, *,
+                       in_flight: int) -> list[dict[str, Any]]:
+        """Every body, `in_flight` requests at a time; the answers in the bodies' order."""
+        gate = asyncio.Semaphore(in_flight)
+
+        async def one(body: list[dict[str, Any]]) -> dict[str, Any]:
+            async with gate:
+                return await self.post(body, role)
+
+        return await asyncio.gather(*(one(b) for b in bodies))

@@ -14,11 +14,9 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ import pytest
 import test_contention as contention
 import test_oracle as oracle_show
 from aiohttp import ClientSession, ClientTimeout
-from helpers import now_ms, running_gateway
+from helpers import Poster, now_ms, running_gateway
 from redis.asyncio.cluster import RedisCluster
 
 from stream.core.config import Settings
@@ -48,23 +46,6 @@ async def cluster_redis(cluster_settings: Settings) -> AsyncIterator[Client]:
     assert isinstance(client, RedisCluster)
     yield client
     await client.aclose()
-
-
-@dataclass
-class TwoGateways(contention.Http):
-    """The contention test's client, its POSTs alternating between two gateways."""
-
-    other: str = ""
-
-    def __post_init__(self) -> None:
-        self._turn = itertools.cycle([self.url, self.other])
-
-    async def post(self, events: list[dict[str, Any]], role: str) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.tokens.for_role(role)}"}  # type: ignore[arg-type]
-        async with self.session.post(f"{next(self._turn)}/v1/events",
-                                     data=orjson.dumps(events), headers=headers) as resp:
-            assert resp.status == 202, await resp.text()
-            return await resp.json()
 
 
 async def post(session: ClientSession, url: str, token: str,
@@ -146,7 +127,8 @@ async def test_contention_sale_on_cluster_behind_two_gateways(
         try:
             async with ClientSession(timeout=ClientTimeout(total=None,
                                                            sock_read=None)) as session:
-                http = TwoGateways(session, url, tokens, other=other)
+                # The contention sale, its POSTs alternating between the two gateways.
+                http = Poster(session, [url, other], tokens)
                 await contention.test_hot_sku_sale(settings, http, cluster_redis,  # type: ignore[arg-type]
                                                    tmp_path, kill=False)
         finally:
