@@ -21,6 +21,8 @@ from stream.core.config import Settings
 from stream.core.topics import Topics
 from stream.gateway.app import Gateway
 from stream.local.embedded import free_port
+from stream.store import keys
+from stream.store.inventory import Audit, Inventory
 from stream.worker.admin import ensure_topics
 
 _ids = itertools.count()
@@ -92,6 +94,36 @@ async def running_gateway(settings: Settings, *, tokens: Tokens | None = None,
         yield gateway, f"http://127.0.0.1:{port}", tokens
     finally:
         await gateway.stop()
+
+
+@dataclass
+class Sample:
+    """One look at a room's books while a sale runs."""
+
+    refused_before: int  # sold_out refusals counted before the books were read
+    audit: Audit
+    available: int       # summed over the room's SKUs (and a bucketed SKU's buckets)
+
+
+@dataclass
+class Auditor:
+    """Samples the room's books every ~50 ms while a sale runs (`run` as a task)."""
+
+    inventory: Inventory
+    room: str
+    samples: list[Sample] = field(default_factory=list)
+
+    async def run(self) -> None:
+        while True:
+            # The refusals first: a sold_out counted before books that still show stock
+            # is an order refused while there was some (underselling).
+            refused = await self.inventory.redis.hget(keys.stats(self.room),
+                                                      "orders_rejected:sold_out")
+            audit = await self.inventory.audit(self.room)
+            levels = await self.inventory.levels(self.room)
+            self.samples.append(Sample(int(refused or 0), audit,
+                                       sum(u.available for u in levels)))
+            await asyncio.sleep(0.05)
 
 
 @dataclass

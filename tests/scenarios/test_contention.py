@@ -26,13 +26,13 @@ import orjson
 import pytest
 from aiohttp import ClientSession, ClientTimeout
 from aiokafka import AIOKafkaConsumer
-from helpers import Poster, now_ms, running_gateway
+from helpers import Auditor, Poster, now_ms, running_gateway
 from redis.asyncio import Redis
 
 from stream.core.config import Settings, to_env
 from stream.core.models import OrderResult
 from stream.core.topics import Topics
-from stream.store.inventory import Audit, Inventory
+from stream.store.inventory import Inventory
 from stream.store.ledger import read_stats
 
 pytestmark = pytest.mark.integration
@@ -89,20 +89,6 @@ async def gateway(settings: Settings) -> AsyncIterator[Poster]:
 
 
 # --------------------------------------------------------------------------- observers
-
-@dataclass
-class Auditor:
-    """Samples the room's books every ~50 ms while the sale runs."""
-
-    inventory: Inventory
-    room: str
-    samples: list[Audit] = field(default_factory=list)
-
-    async def run(self) -> None:
-        while True:
-            self.samples.append(await self.inventory.audit(self.room))
-            await asyncio.sleep(0.05)
-
 
 @dataclass
 class StockStream:
@@ -326,7 +312,7 @@ async def test_hot_sku_sale(settings: Settings, gateway: Poster, redis: Redis,
               f"sse status {stream.status}, sse stock events {stream.events}, "
               f"{len(results.seen)} results for {len({r.order_id for r in results.seen})} orders")
 
-    bad = [a for a in auditor.samples if a.problems or a.oversold]
+    bad = [s.audit for s in auditor.samples if s.audit.problems or s.audit.oversold]
     assert not bad, bad[:3]
     assert len(auditor.samples) >= 20
     assert stream.status == 200, f"stock stream answered {stream.status}"

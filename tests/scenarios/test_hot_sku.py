@@ -17,13 +17,12 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import pytest
 from aiohttp import ClientSession, ClientTimeout
-from helpers import Poster, now_ms
+from helpers import Auditor, Poster, now_ms
 from redis.asyncio import Redis
 
 from stream.core.auth import Tokens
@@ -32,7 +31,7 @@ from stream.core.topics import Topics
 from stream.local.runner import spawn, spawn_gateway, stop_processes
 from stream.store import keys
 from stream.store.buckets import home
-from stream.store.inventory import Audit, Inventory
+from stream.store.inventory import Inventory
 from stream.store.ledger import read_stats
 from stream.worker.admin import ensure_topics
 
@@ -41,30 +40,6 @@ pytestmark = pytest.mark.integration
 SKU, UNITS, BUCKETS = "flash-1", 1_000, 8
 ORDERS, VIEWERS, PER_REQUEST, IN_FLIGHT = 20_000, 5_000, 100, 8
 SETTLE_TIMEOUT_S = 120.0
-
-
-@dataclass
-class Sample:
-    refused_before: int  # sold_out refusals counted before the books were read
-    audit: Audit
-    available: int
-
-
-@dataclass
-class Auditor:
-    inventory: Inventory
-    room: str
-    samples: list[Sample] = field(default_factory=list)
-
-    async def run(self) -> None:
-        while True:
-            refused = await self.inventory.redis.hget(keys.stats(self.room),
-                                                      "orders_rejected:sold_out")
-            audit = await self.inventory.audit(self.room)
-            levels = await self.inventory.levels(self.room)
-            self.samples.append(Sample(int(refused or 0), audit,
-                                       sum(u.available for u in levels)))
-            await asyncio.sleep(0.05)
 
 
 def hot_spot_ids(room: str, n: int) -> list[str]:
