@@ -31,6 +31,7 @@ from stream.core.models import (
     ViewerJoined,
     ViewerLeft,
 )
+from stream.local.demo import simulate
 from stream.local.sender import run
 from stream.local.showplan import DEFAULT_PRODUCTS, Plan, broadcast, plan_for
 
@@ -329,6 +330,23 @@ async def test_run_spreads_viewers_over_gateways_each_viewer_on_one() -> None:
             want = [e.event_id for _, e in expected
                     if e.event_id in mine and type(e).role == role]
             assert [i for i in sent if roles[i] == role] == want, (n, role)
+
+
+async def test_simulate_takes_several_gateways_comma_separated() -> None:
+    """`livecommerce simulate --gateway URL1,URL2`: both gateways get viewers."""
+    gateways = [_Gateway(), _Gateway()]
+    servers = [await _serve(g) for g in gateways]
+    plan = _plan(viewers=20, duration_s=0.3, speed=1000, seed=5)
+    try:
+        summary = await simulate(plan, gateway_url=",".join(str(s.make_url(""))
+                                                            for s in servers),
+                                 tokens=TOKENS, redis=None, progress=False)
+    finally:
+        for server in servers:
+            await server.close()
+    assert summary.events_accepted == summary.events_sent == len(broadcast(plan))
+    assert all(any(i.get("viewer_id") for _, items in g.bodies for i in items)
+               for g in gateways), "a gateway got no viewer"
 
 
 async def test_run_reports_rejections() -> None:
