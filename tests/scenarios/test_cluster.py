@@ -135,6 +135,10 @@ async def test_contention_sale_on_cluster_behind_two_gateways(
             await stop_processes([proc])
 
 
+# The same show as test_oracle's, with its known flake under load (README, Open gaps: the
+# simulator's platform stream trailing its commerce stream by more than the grace): one
+# rerun, as there.
+@pytest.mark.flaky(reruns=1)
 async def test_oracle_show_on_cluster_behind_two_gateways(cluster_settings: Settings,
                                                          tmp_path: Path) -> None:
     """The oracle show with its viewers spread over two gateway processes, two workers."""
