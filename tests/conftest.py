@@ -6,10 +6,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from helpers import INVENTORY_TTL_MS
 from redis.asyncio import Redis
 
 from stream.core.config import Settings
 from stream.local.embedded import EmbeddedStack
+from stream.store.inventory import Inventory
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +37,20 @@ async def redis(stack: EmbeddedStack) -> AsyncIterator[Redis]:
     client = Redis.from_url(stack.redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def inv(stack: EmbeddedStack) -> AsyncIterator[Inventory]:
+    """The inventory scripts on the shared valkey, reservations held INVENTORY_TTL_MS."""
+    client = Redis.from_url(stack.redis_url)
+    yield Inventory(client, reservation_ttl_ms=INVENTORY_TTL_MS)
+    await client.aclose()
+
+
+@pytest.fixture
+def room() -> str:
+    """A room id of the test's own."""
+    return f"room-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="session")

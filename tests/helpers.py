@@ -7,10 +7,13 @@ import contextlib
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import orjson
+from aiohttp import ClientSession
 from aiokafka import AIOKafkaConsumer
 
 from stream.core.auth import Tokens
@@ -18,9 +21,15 @@ from stream.core.config import Settings
 from stream.core.topics import Topics
 from stream.gateway.app import Gateway
 from stream.local.embedded import free_port
+from stream.store import keys
+from stream.store.inventory import Audit, Inventory
 from stream.worker.admin import ensure_topics
 
 _ids = itertools.count()
+
+# The reservation TTL of the `inv` fixture (tests/conftest.py): long enough that no
+# reservation expires during a test unless the test moves the clock past it.
+INVENTORY_TTL_MS = 60_000
 
 
 def now_ms() -> int:
@@ -85,3 +94,74 @@ async def running_gateway(settings: Settings, *, tokens: Tokens | None = None,
         yield gateway, f"http://127.0.0.1:{port}", tokens
     finally:
         await gateway.stop()
+
+
+@dataclass
+class Sample:
+    """One look at a room's books while a sale runs."""
+
+    refused_before: int  # sold_out refusals counted before the books were read
+    audit: Audit
+    available: int       # summed over the room's SKUs (and a bucketed SKU's buckets)
+
+
+@dataclass
+class Auditor:
+    """Samples the room's books every ~50 ms while a sale runs (`run` as a task)."""
+
+    inventory: Inventory
+    room: str
+    samples: list[Sample] = field(default_factory=list)
+
+    async def run(self) -> None:
+        while True:
+            # The refusals first: a sold_out counted before books that still show stock
+            # is an order refused while there was some (underselling).
+            refused = await self.inventory.redis.hget(keys.stats(self.room),
+                                                      "orders_rejected:sold_out")
+            audit = await self.inventory.audit(self.room)
+            levels = await self.inventory.levels(self.room)
+            self.samples.append(Sample(int(refused or 0), audit,
+                                       sum(u.available for u in levels)))
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Poster:
+    """POSTs events to one gateway, or to several of one deployment (one set of tokens)
+    in turn, request by request, as a load balancer without stickiness would; every
+    answer must be a 202. The sale tests' client."""
+
+    session: ClientSession
+    urls: list[str]
+    tokens: Tokens
+    _turn: Iterator[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        assert self.urls, "urls: no gateway"
+        self._turn = itertools.cycle(self.urls)
+
+    @property
+    def url(self) -> str:
+        """The first gateway (where a test's SSE clients connect)."""
+        return self.urls[0]
+
+    async def post(self, events: list[dict[str, Any]], role: str) -> dict[str, Any]:
+        """One request to the next gateway; its answer (`accepted`, `rejected`)."""
+        headers = {"Authorization": f"Bearer {self.tokens.for_role(role)}"}  # type: ignore[arg-type]
+        async with self.session.post(f"{next(self._turn)}/v1/events",
+                                     data=orjson.dumps(events), headers=headers) as resp:
+            assert resp.status == 202, await resp.text()
+            answer: dict[str, Any] = await resp.json()
+            return answer
+
+    async def post_all(self, bodies: list[list[dict[str, Any]]], role: str, *,
+                       in_flight: int) -> list[dict[str, Any]]:
+        """Every body, `in_flight` requests at a time; the answers in the bodies' order."""
+        gate = asyncio.Semaphore(in_flight)
+
+        async def one(body: list[dict[str, Any]]) -> dict[str, Any]:
+            async with gate:
+                return await self.post(body, role)
+
+        return await asyncio.gather(*(one(b) for b in bodies))

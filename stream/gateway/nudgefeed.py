@@ -29,10 +29,19 @@ _decode = msgspec.json.Decoder(Nudge).decode
 
 # How often each gateway expires held nudges: a count a second late is still exact.
 SWEEP_EVERY_S = 1.0
+# How long a gateway's stop waits for a sweep under way: its calls take milliseconds,
+# and a Redis that does not answer must not hold the shutdown (its grace is 10 s).
+STOP_SWEEP_S = 2.0
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _read_outcome(task: asyncio.Task[int]) -> None:
+    """Mark a task's outcome seen: a sweep cut short at a stop is nothing to report."""
+    if not task.cancelled():
+        task.exception()
 
 
 def message(nudge: Nudge) -> str:
@@ -51,6 +60,7 @@ class NudgeRelay:
         self._viewers: dict[tuple[str, str], dict[asyncio.Queue[str], None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._sweeping: asyncio.Task[int] | None = None  # the sweep's current Redis call
 
     def on_payload(self, data: bytes) -> None:
         try:
@@ -132,6 +142,15 @@ class NudgeRelay:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._sweeper = None
+        sweeping, self._sweeping = self._sweeping, None
+        if sweeping is not None:
+            # The shielded call runs on past the cancel: let it finish (one script per
+            # room that held a nudge lately), so it does not outlive the Redis client,
+            # but hold the stop no longer than STOP_SWEEP_S; its outcome is read here,
+            # whenever it comes, so it never dies unseen.
+            sweeping.add_done_callback(_read_outcome)
+            await asyncio.wait([sweeping], timeout=STOP_SWEEP_S)
+            sweeping.cancel()
 
     async def _sweep(self) -> None:
         assert self._box is not None
@@ -140,7 +159,8 @@ class NudgeRelay:
             try:
                 # Shielded: redis-py can swallow a cancel that lands mid-command, and
                 # this loop would then outlive `stop` (and hang the gateway's shutdown).
-                await asyncio.shield(self._box.sweep(now_ms=_now_ms()))
+                self._sweeping = asyncio.ensure_future(self._box.sweep(now_ms=_now_ms()))
+                await asyncio.shield(self._sweeping)
             except RedisError as exc:
                 log.warning("nudge relay: expiry sweep failed (%r); next in %.0f s", exc,
                             SWEEP_EVERY_S)

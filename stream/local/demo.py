@@ -50,13 +50,16 @@ class Summary(msgspec.Struct, kw_only=True):
 
 async def simulate(plan: showplan.Plan, *, gateway_url: str, tokens: Tokens,
                    redis: Client | None, progress: bool) -> Summary:
-    """Send `plan` to a running gateway; with `redis`, wait for the workers and count.
+    """Send `plan` to a running gateway (or to several of one deployment, their URLs
+    comma-separated: the viewers are spread over them); with `redis`, wait for the
+    workers and count.
 
     Counters are per room and add up over shows, so the summary is the difference
     between the room's counters before and after this show."""
     started = time.monotonic()
     before = await room_totals(redis, plan.room_id) if redis is not None else {}
-    sent = await sender.run(plan, gateway=gateway_url, tokens=tokens, progress=progress)
+    urls = [u.strip() for u in gateway_url.split(",") if u.strip()]
+    sent = await sender.run(plan, gateway=urls, tokens=tokens, progress=progress)
     if redis is None:
         return _summary(plan, sent, None, None, started)
     expected = sent.events_sent + before.get("events", 0) + before.get("dead_letters", 0)

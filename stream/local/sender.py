@@ -2,6 +2,9 @@
 
 `run(plan)` sends the schedule `stream.local.showplan.broadcast` makes, one request per
 role and batch window, retrying what the gateway may take later, with a progress bar.
+Given several gateways, it spreads the viewers over them as a sticky load balancer
+would: each viewer's events always go to the same gateway (by a hash of its id), and
+host events, which belong to no viewer, to the first.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import zlib
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Sequence
@@ -20,7 +24,7 @@ from tqdm import tqdm
 
 from stream.core.auth import SENDERS, Tokens
 from stream.core.codec import encode
-from stream.core.models import Event, Role, StockSet
+from stream.core.models import Event, Role, StockSet, ViewerEvent
 from stream.local.showplan import Plan, broadcast
 
 
@@ -94,38 +98,48 @@ def _tag(event: Event) -> str:
 
 
 class _Sender:
-    """Posts batches, in order per role; counts the gateway's verdicts."""
+    """Posts batches, in order per role and gateway; counts the gateways' verdicts."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, tokens: Tokens,
+    def __init__(self, session: aiohttp.ClientSession, urls: Sequence[str], tokens: Tokens,
                  stats: SimStats) -> None:
         self.session = session
-        self.url = url
+        self.urls = list(urls)
         self.headers = {role: {"Authorization": f"Bearer {tokens.for_role(role)}",
                                "Content-Type": "application/json"} for role in SENDERS}
         self.stats = stats
         self.slots = asyncio.Semaphore(_MAX_IN_FLIGHT)
-        # One request in flight per role: a viewer's order.paid must not overtake its
-        # order.placed (asyncio.Lock wakes waiters first come, first served).
-        self.in_order = {role: asyncio.Lock() for role in SENDERS}
+        # One request in flight per role and gateway: a viewer's order.paid must not
+        # overtake its order.placed (asyncio.Lock wakes waiters first come, first served),
+        # and a viewer's events all go through one gateway, so its order holds.
+        self.in_order = {(role, gw): asyncio.Lock() for role in SENDERS
+                         for gw in range(len(self.urls))}
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def send(self, events: Sequence[Event]) -> None:
-        """Queue `events`: one request per role (and per _MAX_BATCH), order kept."""
-        by_role: dict[Role, list[Event]] = {}
-        for event in events:
-            by_role.setdefault(type(event).role, []).append(event)
-        for role, group in by_role.items():
-            for i in range(0, len(group), _MAX_BATCH):
-                await self._submit(role, group[i:i + _MAX_BATCH])
+    def gateway_of(self, event: Event) -> int:
+        """The gateway a viewer's events go to, by a hash of its id (crc32: the same in
+        every run, unlike `hash`); the first for events of no viewer."""
+        if len(self.urls) == 1 or not isinstance(event, ViewerEvent):
+            return 0
+        return zlib.crc32(event.viewer_id.encode()) % len(self.urls)
 
-    async def _submit(self, role: Role, events: list[Event]) -> None:
+    async def send(self, events: Sequence[Event]) -> None:
+        """Queue `events`: one request per role and gateway (and per _MAX_BATCH), order
+        kept."""
+        lanes: dict[tuple[Role, int], list[Event]] = {}
+        for event in events:
+            lanes.setdefault((type(event).role, self.gateway_of(event)), []).append(event)
+        for lane, group in lanes.items():
+            for i in range(0, len(group), _MAX_BATCH):
+                await self._submit(lane, group[i:i + _MAX_BATCH])
+
+    async def _submit(self, lane: tuple[Role, int], events: list[Event]) -> None:
         # Waiting for a slot is the back-pressure: when behind, batches just grow.
         await self.slots.acquire()
         self.stats.events_sent += len(events)
         counts = Counter(_tag(e) for e in events)
         for tag, n in counts.items():
             self.stats.by_type[tag] = self.stats.by_type.get(tag, 0) + n
-        task = asyncio.create_task(self._post(role, events))
+        task = asyncio.create_task(self._post(lane, events))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -137,22 +151,24 @@ class _Sender:
         for task in list(self.tasks):
             task.cancel()
 
-    async def _post(self, role: Role, events: list[Event]) -> None:
+    async def _post(self, lane: tuple[Role, int], events: list[Event]) -> None:
         try:
-            async with self.in_order[role]:
-                await self._post_with_retries(role, events)
+            async with self.in_order[lane]:
+                await self._post_with_retries(lane, events)
         except Exception as exc:  # a bug here must not kill the run; report it instead
             self._fail(events, f"{type(exc).__name__}: {exc}")
         finally:
             self.slots.release()
 
-    async def _post_with_retries(self, role: Role, events: list[Event]) -> None:
+    async def _post_with_retries(self, lane: tuple[Role, int], events: list[Event]) -> None:
+        role, gateway = lane
+        url = f"{self.urls[gateway]}/v1/events"
         body = encode(events)
         last, attempt = "", 0
         give_up = time.monotonic() + _RETRY_FOR_S
         while True:
             try:
-                async with self.session.post(self.url, data=body,
+                async with self.session.post(url, data=body,
                                              headers=self.headers[role]) as resp:
                     if resp.status >= 500 or resp.status == 429:
                         raise _Retryable(f"HTTP {resp.status}", resp.headers.get("Retry-After"))
@@ -248,16 +264,21 @@ async def _wait_for_stock(session: aiohttp.ClientSession, gateway: str, room_id:
         await asyncio.sleep(0.2)
 
 
-async def run(plan: Plan, *, gateway: str, tokens: Tokens, progress: bool = True,
-              batch_window_s: float = 0.05) -> SimStats:
-    """Send the show to `{gateway}/v1/events` on its schedule; return what happened."""
+async def run(plan: Plan, *, gateway: str | Sequence[str], tokens: Tokens,
+              progress: bool = True, batch_window_s: float = 0.05) -> SimStats:
+    """Send the show to `{gateway}/v1/events` on its schedule; return what happened.
+    `gateway` may be several base URLs of one deployment (one set of tokens): the
+    viewers are spread over them (see the module's docstring)."""
+    urls = [u.rstrip("/") for u in ([gateway] if isinstance(gateway, str) else gateway)]
+    if not urls:
+        raise ValueError("gateway: no gateway URL given")
     schedule = broadcast(plan)
     stats = SimStats()
-    url = gateway.rstrip("/") + "/v1/events"
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        await probe(session, gateway.rstrip("/"))
-        sender = _Sender(session, url, tokens, stats)
+        for url in urls:
+            await probe(session, url)
+        sender = _Sender(session, urls, tokens, stats)
         # Like an operator: load the stock and see it on the gateway before going live.
         # Topics are not ordered against each other, so without this a worker that is
         # still joining may see the first orders before the stock they are for.
@@ -265,7 +286,7 @@ async def run(plan: Plan, *, gateway: str, tokens: Tokens, progress: bool = True
         await sender.send(opening)
         await sender.drain()
         if not stats.rejected:  # refused stock will never show; the stats say why
-            await _wait_for_stock(session, gateway.rstrip("/"), plan.room_id,
+            await _wait_for_stock(session, urls[0], plan.room_id,
                                   {e.sku for e in opening})
         schedule = [(o, e) for o, e in schedule if not (o == 0 and isinstance(e, StockSet))]
         # The bar counts show seconds; tqdm's rate would read "20.00s/s" at 20x, so the

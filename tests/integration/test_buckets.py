@@ -9,13 +9,11 @@ walk, the room's script and the bucket moves) is finished by the replay, once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis
+from helpers import INVENTORY_TTL_MS
 
 from stream.core.models import OrderCancelled, OrderItem, OrderPaid, OrderPlaced, StockSet
-from stream.local.embedded import EmbeddedStack
 from stream.store import keys
 from stream.store.buckets import home, shares
 from stream.store.inventory import Inventory
@@ -23,19 +21,7 @@ from stream.store.inventory import Inventory
 pytestmark = pytest.mark.integration
 
 T0 = 1_750_000_000_000
-TTL_MS = 60_000
-
-
-@pytest.fixture
-async def inv(stack: EmbeddedStack) -> AsyncIterator[Inventory]:
-    client = Redis.from_url(stack.redis_url)
-    yield Inventory(client, reservation_ttl_ms=TTL_MS)
-    await client.aclose()
-
-
-@pytest.fixture
-def room() -> str:
-    return f"bk-{uuid.uuid4().hex[:12]}"
+TTL_MS = INVENTORY_TTL_MS  # the `inv` fixture's (tests/conftest.py)
 
 
 def load(room: str, qty: int, *, buckets: int | None, event_id: str | None = None) -> StockSet:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis
 import pytest
+from helpers import INVENTORY_TTL_MS
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -33,7 +33,7 @@ from stream.store.inventory import Inventory, Outcome
 pytestmark = pytest.mark.integration
 
 T0 = 1_750_000_000_000
-TTL_MS = 60_000
+TTL_MS = INVENTORY_TTL_MS  # the `inv` fixture's (tests/conftest.py)
 _ids = itertools.count()
 
 
@@ -119,18 +119,6 @@ async def assert_sound(inv: Inventory, room: str) -> None:
 
 def triple(outcome: Outcome) -> tuple[bool, str, str]:
     return outcome.fresh, outcome.status, outcome.reason
-
-
-@pytest.fixture
-async def inv(stack: EmbeddedStack) -> AsyncIterator[Inventory]:
-    client = Redis.from_url(stack.redis_url)
-    yield Inventory(client, reservation_ttl_ms=TTL_MS)
-    await client.aclose()
-
-
-@pytest.fixture
-def room() -> str:
-    return f"inv-{uuid.uuid4().hex[:12]}"
 
 
 # --------------------------------------------------------------------------- golden cases

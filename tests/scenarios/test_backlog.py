@@ -3,7 +3,8 @@
 Stock is loaded and orders are placed into a backlog before any worker has joined, as
 when a show's workers scale up or take over after a crash; the worker that then starts
 reads the order topic and the host topic in whatever order it likes. Every order must
-be reserved: refusing orders while there is stock (少卖) is a loss for the brand.
+be reserved: refusing orders while there is stock (少卖) is a loss for the brand. On a
+single Redis node and on the 3-master embedded cluster (the `cluster_settings` fixture).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import orjson
 import pytest
 from aiohttp import ClientSession
 from helpers import ev, now_ms, read_all, running_gateway
+from redis.asyncio.cluster import RedisCluster
 from test_contention import workers
 
 from stream.core.config import Settings
@@ -30,12 +32,22 @@ UNITS, ORDERS = 50, 20
 RESULTS_TIMEOUT_S = 60.0
 
 
+@pytest.fixture(params=["single-node", "cluster"])
+def on(request: pytest.FixtureRequest) -> tuple[Settings, bool]:
+    """The test's settings on the shared single-node valkey, or on the 3-master cluster;
+    and whether it is the cluster."""
+    cluster = request.param == "cluster"
+    return request.getfixturevalue("cluster_settings" if cluster else "settings"), cluster
+
+
 async def test_orders_in_a_backlog_see_the_stock_loaded_before_them(
-        settings: Settings, tmp_path: Path) -> None:
+        on: tuple[Settings, bool], tmp_path: Path) -> None:
+    settings, cluster = on
     room = f"backlog-{uuid.uuid4().hex[:8]}"
     topics = Topics(settings.topic_prefix)
     loaded_at = now_ms() - 60_000  # the orders' event time is 40 s after the load
     async with running_gateway(settings) as (gateway, url, tokens), ClientSession() as http:
+        assert isinstance(gateway.redis, RedisCluster) == cluster
         async def post(events: list[dict[str, object]], role: str) -> None:
             async with http.post(f"{url}/v1/events", data=orjson.dumps(events),
                                  headers={"Authorization": f"Bearer {tokens.for_role(role)}"}

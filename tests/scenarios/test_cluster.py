@@ -6,18 +6,17 @@
   every client of each gateway.
 - The contention sale (tests/scenarios/test_contention.py) with its orders spread over
   both gateways: 100 units, 5,000 orders, exactly 100 reserved.
-- The oracle show (tests/scenarios/test_oracle.py): 2,000 viewers on the cluster, with
-  nudges, tags and follow-ups equal to the offline oracle.
+- The oracle show (tests/scenarios/test_oracle.py): 2,000 viewers on the cluster, spread
+  over both gateways, two workers, with nudges, tags and follow-ups equal to the offline
+  oracle.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import pytest
 import test_contention as contention
 import test_oracle as oracle_show
 from aiohttp import ClientSession, ClientTimeout
-from helpers import now_ms, running_gateway
+from helpers import Poster, now_ms, running_gateway
 from redis.asyncio.cluster import RedisCluster
 
 from stream.core.config import Settings
@@ -47,23 +46,6 @@ async def cluster_redis(cluster_settings: Settings) -> AsyncIterator[Client]:
     assert isinstance(client, RedisCluster)
     yield client
     await client.aclose()
-
-
-@dataclass
-class TwoGateways(contention.Http):
-    """The contention test's client, its POSTs alternating between two gateways."""
-
-    other: str = ""
-
-    def __post_init__(self) -> None:
-        self._turn = itertools.cycle([self.url, self.other])
-
-    async def post(self, events: list[dict[str, Any]], role: str) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.tokens.for_role(role)}"}  # type: ignore[arg-type]
-        async with self.session.post(f"{next(self._turn)}/v1/events",
-                                     data=orjson.dumps(events), headers=headers) as resp:
-            assert resp.status == 202, await resp.text()
-            return await resp.json()
 
 
 async def post(session: ClientSession, url: str, token: str,
@@ -145,13 +127,21 @@ async def test_contention_sale_on_cluster_behind_two_gateways(
         try:
             async with ClientSession(timeout=ClientTimeout(total=None,
                                                            sock_read=None)) as session:
-                http = TwoGateways(session, url, tokens, other=other)
+                # The contention sale, its POSTs alternating between the two gateways.
+                http = Poster(session, [url, other], tokens)
                 await contention.test_hot_sku_sale(settings, http, cluster_redis,  # type: ignore[arg-type]
                                                    tmp_path, kill=False)
         finally:
             await stop_processes([proc])
 
 
-async def test_oracle_show_on_cluster(cluster_settings: Settings, tmp_path: Path) -> None:
+# The same show as test_oracle's, with its known flake under load (README, Open gaps: the
+# simulator's platform stream trailing its commerce stream by more than the grace): one
+# rerun, as there.
+@pytest.mark.flaky(reruns=1)
+async def test_oracle_show_on_cluster_behind_two_gateways(cluster_settings: Settings,
+                                                         tmp_path: Path) -> None:
+    """The oracle show with its viewers spread over two gateway processes, two workers."""
     await oracle_show.assert_matches_oracle(cluster_settings, tmp_path, kill=False,
-                                            room_id="cluster-oracle-room", seed=13)
+                                            room_id="cluster-oracle-room", seed=13,
+                                            gateways=2)

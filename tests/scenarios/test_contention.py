@@ -26,14 +26,13 @@ import orjson
 import pytest
 from aiohttp import ClientSession, ClientTimeout
 from aiokafka import AIOKafkaConsumer
-from helpers import now_ms, running_gateway
+from helpers import Auditor, Poster, now_ms, running_gateway
 from redis.asyncio import Redis
 
-from stream.core.auth import Tokens
 from stream.core.config import Settings, to_env
 from stream.core.models import OrderResult
 from stream.core.topics import Topics
-from stream.store.inventory import Audit, Inventory
+from stream.store.inventory import Inventory
 from stream.store.ledger import read_stats
 
 pytestmark = pytest.mark.integration
@@ -79,45 +78,17 @@ def workers(settings: Settings, tmp_path: Path, n: int) -> Iterator[list[subproc
             log.close()
 
 
-@dataclass
-class Http:
-    session: ClientSession
-    url: str
-    tokens: Tokens
-
-    async def post(self, events: list[dict[str, Any]], role: str) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.tokens.for_role(role)}"}  # type: ignore[arg-type]
-        async with self.session.post(f"{self.url}/v1/events", data=orjson.dumps(events),
-                                     headers=headers) as resp:
-            assert resp.status == 202, await resp.text()
-            return await resp.json()
-
-
 @pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[Http]:
+async def gateway(settings: Settings) -> AsyncIterator[Poster]:
     async with running_gateway(settings) as (_, url, tokens):
         async with ClientSession(timeout=ClientTimeout(total=None, sock_read=None)) as session:
-            yield Http(session, url, tokens)
+            yield Poster(session, [url], tokens)
         t = time.monotonic()
     # aiohttp waits up to 60 s for open handlers: a stream that ignores shutdown shows here.
     assert time.monotonic() - t < 10, f"Gateway.stop() took {time.monotonic() - t:.0f} s"
 
 
 # --------------------------------------------------------------------------- observers
-
-@dataclass
-class Auditor:
-    """Samples the room's books every ~50 ms while the sale runs."""
-
-    inventory: Inventory
-    room: str
-    samples: list[Audit] = field(default_factory=list)
-
-    async def run(self) -> None:
-        while True:
-            self.samples.append(await self.inventory.audit(self.room))
-            await asyncio.sleep(0.05)
-
 
 @dataclass
 class StockStream:
@@ -214,20 +185,8 @@ def chunks(events: list[dict[str, Any]], rng: random.Random) -> list[list[dict[s
     return out
 
 
-async def post_all(http: Http, bodies: list[list[dict[str, Any]]],
-                   role: str) -> list[dict[str, Any]]:
-    """POST every body, IN_FLIGHT at a time."""
-    gate = asyncio.Semaphore(IN_FLIGHT)
-
-    async def one(body: list[dict[str, Any]]) -> dict[str, Any]:
-        async with gate:
-            return await http.post(body, role)
-
-    return await asyncio.gather(*(one(b) for b in bodies))
-
-
 @pytest.mark.parametrize("kill", [False, True], ids=["2-workers", "one-worker-killed"])
-async def test_hot_sku_sale(settings: Settings, gateway: Http, redis: Redis,
+async def test_hot_sku_sale(settings: Settings, gateway: Poster, redis: Redis,
                             tmp_path: Path, kill: bool) -> None:
     """With `kill`, one worker is SIGKILLed mid-sale: its partitions are redelivered
     to the other (after the group's session timeout) and must change nothing twice."""
@@ -269,13 +228,13 @@ async def test_hot_sku_sale(settings: Settings, gateway: Http, redis: Redis,
             t = time.monotonic()
             if kill:
                 half = len(bodies) // 2
-                answers = await post_all(gateway, bodies[:half], "commerce")
+                answers = await gateway.post_all(bodies[:half], "commerce", in_flight=IN_FLIGHT)
                 await results.read_until(lambda: len(results.seen) >= ORDERS // 4,
                                          timeout=RESULTS_TIMEOUT_S)
                 procs[1].kill()   # results out, offsets (mostly) not committed yet
-                answers += await post_all(gateway, bodies[half:], "commerce")
+                answers += await gateway.post_all(bodies[half:], "commerce", in_flight=IN_FLIGHT)
             else:
-                answers = await post_all(gateway, bodies, "commerce")
+                answers = await gateway.post_all(bodies, "commerce", in_flight=IN_FLIGHT)
             timings["post 5,750 events"] = time.monotonic() - t
             accepted = sum(a["accepted"] for a in answers)
             refused = [r["error"] for a in answers for r in a["rejected"]]
@@ -312,7 +271,7 @@ async def test_hot_sku_sale(settings: Settings, gateway: Http, redis: Redis,
                       + [follow_up("order.cancelled", o) for o in cancelling])
             rng.shuffle(second)
             t = time.monotonic()
-            answers = await post_all(gateway, chunks(second, rng), "commerce")
+            answers = await gateway.post_all(chunks(second, rng), "commerce", in_flight=IN_FLIGHT)
             assert sum(a["accepted"] for a in answers) == UNITS
 
             def settled() -> bool:
@@ -353,7 +312,7 @@ async def test_hot_sku_sale(settings: Settings, gateway: Http, redis: Redis,
               f"sse status {stream.status}, sse stock events {stream.events}, "
               f"{len(results.seen)} results for {len({r.order_id for r in results.seen})} orders")
 
-    bad = [a for a in auditor.samples if a.problems or a.oversold]
+    bad = [s.audit for s in auditor.samples if s.audit.problems or s.audit.oversold]
     assert not bad, bad[:3]
     assert len(auditor.samples) >= 20
     assert stream.status == 200, f"stock stream answered {stream.status}"

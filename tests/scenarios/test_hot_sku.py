@@ -13,27 +13,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-import orjson
 import pytest
 from aiohttp import ClientSession, ClientTimeout
-from helpers import now_ms
+from helpers import Auditor, Poster, now_ms
 from redis.asyncio import Redis
 
 from stream.core.auth import Tokens
 from stream.core.config import Settings
 from stream.core.topics import Topics
-from stream.local.embedded import free_port
-from stream.local.runner import spawn, stop_processes
+from stream.local.runner import spawn, spawn_gateway, stop_processes
 from stream.store import keys
 from stream.store.buckets import home
-from stream.store.inventory import Audit, Inventory
+from stream.store.inventory import Inventory
 from stream.store.ledger import read_stats
 from stream.worker.admin import ensure_topics
 
@@ -42,30 +40,6 @@ pytestmark = pytest.mark.integration
 SKU, UNITS, BUCKETS = "flash-1", 1_000, 8
 ORDERS, VIEWERS, PER_REQUEST, IN_FLIGHT = 20_000, 5_000, 100, 8
 SETTLE_TIMEOUT_S = 120.0
-
-
-@dataclass
-class Sample:
-    refused_before: int  # sold_out refusals counted before the books were read
-    audit: Audit
-    available: int
-
-
-@dataclass
-class Auditor:
-    inventory: Inventory
-    room: str
-    samples: list[Sample] = field(default_factory=list)
-
-    async def run(self) -> None:
-        while True:
-            refused = await self.inventory.redis.hget(keys.stats(self.room),
-                                                      "orders_rejected:sold_out")
-            audit = await self.inventory.audit(self.room)
-            levels = await self.inventory.levels(self.room)
-            self.samples.append(Sample(int(refused or 0), audit,
-                                       sum(u.available for u in levels)))
-            await asyncio.sleep(0.05)
 
 
 def hot_spot_ids(room: str, n: int) -> list[str]:
@@ -78,23 +52,15 @@ def hot_spot_ids(room: str, n: int) -> list[str]:
 @contextlib.asynccontextmanager
 async def gateways(settings: Settings, tmp_path: Path, n: int) -> AsyncIterator[list[str]]:
     """`n` gateway processes (`livecommerce gateway`) on free ports; their base URLs."""
-    procs, urls = [], []
-    for i in range(n):
-        port = free_port()
-        procs.append(spawn(["gateway"], msgspec.structs.replace(settings, http_port=port),
-                           tmp_path / f"gateway-{i}.log"))
-        urls.append(f"http://127.0.0.1:{port}")
+    procs: list[subprocess.Popen[bytes]] = []
+    urls = []
     try:
-        async with ClientSession() as http:
-            for url in urls:
-                deadline = time.monotonic() + 60  # a busy 2-core machine: imports alone take 5 s
-                while True:
-                    with contextlib.suppress(OSError):
-                        async with http.get(f"{url}/healthz") as resp:
-                            if resp.status == 200:
-                                break
-                    assert time.monotonic() < deadline, f"{url} did not come up"
-                    await asyncio.sleep(0.1)
+        for i in range(n):
+            # 60 s: on a busy 2-core machine a gateway's imports alone take 5 s.
+            proc, url = await spawn_gateway(settings, tmp_path / f"gateway-{i}.log",
+                                            timeout_s=60)
+            procs.append(proc)
+            urls.append(url)
         yield urls
     finally:
         await stop_processes(procs)
@@ -113,17 +79,12 @@ async def test_hot_sku_in_buckets_from_two_gateways(settings: Settings, redis: R
     try:
         async with gateways(settings, tmp_path, 2) as urls, ClientSession(
                 timeout=ClientTimeout(total=60)) as http:
-            async def post(url: str, events: list[dict[str, object]], role: str) -> None:
-                headers = {"Authorization": f"Bearer {tokens.for_role(role)}"}  # type: ignore[arg-type]
-                async with http.post(f"{url}/v1/events", data=orjson.dumps(events),
-                                     headers=headers) as resp:
-                    body = await resp.json()
-                    assert resp.status == 202 and body["accepted"] == len(events), body
-
+            gateway = Poster(http, urls, tokens)  # its POSTs alternate between the two
             t0 = now_ms() - 60_000
-            await post(urls[0], [{"type": "stock.set", "event_id": f"{room}-load",
-                                  "room_id": room, "ts": t0, "sku": SKU, "qty": UNITS,
-                                  "buckets": BUCKETS}], "host")
+            load = await gateway.post([{"type": "stock.set", "event_id": f"{room}-load",
+                                        "room_id": room, "ts": t0, "sku": SKU, "qty": UNITS,
+                                        "buckets": BUCKETS}], "host")
+            assert load["accepted"] == 1, load
             # The gateway applied the load before its 202 (test_backlog): no wait for it.
             assert [(u.available, u.sold) for u in await inventory.levels(room)] == [(UNITS, 0)]
             auditor = Auditor(inventory, room)
@@ -133,14 +94,8 @@ async def test_hot_sku_in_buckets_from_two_gateways(settings: Settings, redis: R
                        "order_id": order_id, "items": [{"sku": SKU, "qty": 1, "price": 9.9}]}
                       for i, order_id in enumerate(hot_spot_ids(room, ORDERS))]
             batches = [orders[i:i + PER_REQUEST] for i in range(0, ORDERS, PER_REQUEST)]
-            slots = asyncio.Semaphore(IN_FLIGHT)
-
-            async def send(url: str, batch: list[dict[str, object]]) -> None:
-                async with slots:
-                    await post(url, batch, "commerce")
-
-            await asyncio.gather(*(send(url, batch)
-                                   for url, batch in zip(itertools.cycle(urls), batches)))
+            answers = await gateway.post_all(batches, "commerce", in_flight=IN_FLIGHT)
+            assert [a["accepted"] for a in answers] == [len(b) for b in batches]
             deadline = time.monotonic() + SETTLE_TIMEOUT_S
             while True:
                 stats = await read_stats(redis, room)

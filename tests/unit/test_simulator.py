@@ -31,6 +31,7 @@ from stream.core.models import (
     ViewerJoined,
     ViewerLeft,
 )
+from stream.local.demo import simulate
 from stream.local.sender import run
 from stream.local.showplan import DEFAULT_PRODUCTS, Plan, broadcast, plan_for
 
@@ -294,6 +295,58 @@ async def test_run_sends_every_event_once_with_the_right_token(fail_first: int) 
     roles = {e.event_id: type(e).role for _, e in expected}
     for auth, items in gateway.bodies:
         assert {token[roles[i["event_id"]]] for i in items} == {auth}
+
+
+async def test_run_spreads_viewers_over_gateways_each_viewer_on_one() -> None:
+    """Two gateways: every event reaches exactly one; a viewer's events all reach the
+    same gateway in the order of the schedule; host events go to the first."""
+    gateways = [_Gateway(), _Gateway()]
+    servers = [await _serve(g) for g in gateways]
+    plan = _plan(viewers=60, duration_s=0.6, speed=1000, seed=5)
+    try:
+        stats = await run(plan, gateway=[str(s.make_url("")) for s in servers],
+                          tokens=TOKENS, progress=False)
+    finally:
+        for server in servers:
+            await server.close()
+    expected = broadcast(plan)
+    assert (stats.accepted, stats.rejected, stats.errors) == (len(expected), 0, [])
+    got = [[i for _, items in g.bodies for i in items] for g in gateways]
+    assert sorted(i["event_id"] for g in got for i in g) == sorted(e.event_id
+                                                                  for _, e in expected)
+    homes: dict[str, set[int]] = defaultdict(set)
+    for n, items in enumerate(got):
+        for item in items:
+            homes[item.get("viewer_id", "")].add(n)
+    assert homes.pop("") == {0}, "a host event went to the second gateway"
+    assert all(len(h) == 1 for h in homes.values()), "a viewer split over gateways"
+    assert {n for h in homes.values() for n in h} == {0, 1}, "one gateway got no viewer"
+    roles = {e.event_id: type(e).role for _, e in expected}
+    for n, items in enumerate(got):
+        sent = [i["event_id"] for i in items if i.get("viewer_id")]
+        mine = set(sent)
+        # Per role the gateway sees its viewers' events in schedule order.
+        for role in ("platform", "commerce"):
+            want = [e.event_id for _, e in expected
+                    if e.event_id in mine and type(e).role == role]
+            assert [i for i in sent if roles[i] == role] == want, (n, role)
+
+
+async def test_simulate_takes_several_gateways_comma_separated() -> None:
+    """`livecommerce simulate --gateway URL1,URL2`: both gateways get viewers."""
+    gateways = [_Gateway(), _Gateway()]
+    servers = [await _serve(g) for g in gateways]
+    plan = _plan(viewers=20, duration_s=0.3, speed=1000, seed=5)
+    try:
+        summary = await simulate(plan, gateway_url=",".join(str(s.make_url(""))
+                                                            for s in servers),
+                                 tokens=TOKENS, redis=None, progress=False)
+    finally:
+        for server in servers:
+            await server.close()
+    assert summary.events_accepted == summary.events_sent == len(broadcast(plan))
+    assert all(any(i.get("viewer_id") for _, items in g.bodies for i in items)
+               for g in gateways), "a gateway got no viewer"
 
 
 async def test_run_reports_rejections() -> None:
