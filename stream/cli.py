@@ -290,9 +290,8 @@ def gateway(host: str, port: int | None) -> None:
 
 @main.command()
 @click.option("--gateway", "gateway_url", default=None,
-              help="e.g. http://127.0.0.1:8080, or several gateways of one deployment, "
-                   "comma-separated: the viewers are spread over them (default: the "
-                   "`livecommerce up` running here).")
+              help="e.g. http://127.0.0.1:8080, or several, comma-separated (viewers are "
+                   "spread over them); default: the `livecommerce up` running here.")
 @click.option("--room", default=ROOM, show_default=True)
 @click.option("--viewers", type=int, default=300, show_default=True)
 @click.option("--duration", type=float, default=30.0, show_default=True,
