@@ -373,9 +373,14 @@ class ViewerEngine:
         held = s.tags.get(T.WATCH_DEPTH)
         if held is None or held[0] != depth:
             self._add_tag(s, room_id, viewer_id, T.WATCH_DEPTH, depth, ts, out)
-        if (s.placed is None and T.HIGH_POTENTIAL not in s.tags
+        if (not s.potential_done and T.HIGH_POTENTIAL not in s.tags
+                and not any_by(s.placed, ts - 1)  # at a tie the view goes first
                 and self._tags.high_potential(watch, s.visits, ordered=False)):
+            s.potential_done = True
             self._add_tag(s, room_id, viewer_id, T.HIGH_POTENTIAL, "true", ts, out)
+            if s.placed:  # placed after ts, applied first (orders read ahead): removed as then
+                self._remove_tag(s, room_id, viewer_id, T.HIGH_POTENTIAL, "true",
+                                 min(s.placed.values()), out)
 
     # --- timers in the state ------------------------------------------------------------
 

@@ -8,13 +8,23 @@ events give in event-time order, whatever the two inputs' skew.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from reference import shows
+from reference.compare import differences
+from reference.model import expect
+from reference.offline import orders_ahead, processing_order, run_engine
 from test_viewers import DWELL, MIN, S, Show
 
-from stream.core.models import Nudge, OrderEvent, ViewerEvent
+from stream.core.models import Event, HostEvent, Nudge, OrderEvent, ViewerEvent
+from stream.engine.rules import Rules, load_dir
 from stream.engine.viewers import Effect
 from stream.engine.watermark import INPUT_IDLE_MS, QUIET_MS
+from stream.local import showplan
 
 GRACE_MS = 3000  # the worker's
+RULES = Path(__file__).resolve().parents[2] / "rules"
 
 
 def skewed_show(*, order_lead_ms: int) -> tuple[list[ViewerEvent], list[ViewerEvent]]:
@@ -114,3 +124,36 @@ def test_a_silent_room_fires_once_its_clock_is_quiet_past_its_newest_event() -> 
     assert show.advance(185 * S + QUIET_MS - 1) == []
     assert dwell_nudges(show.advance(185 * S + QUIET_MS)) == [
         ("v1", "rice", show.room.started_at + 181 * S)]
+
+
+# --- the reference model (tests/reference) with the order topic read ahead ----------------
+
+@pytest.fixture(scope="module")
+def fuzz_rules(tmp_path_factory: pytest.TempPathFactory) -> Rules:
+    return load_dir(shows.write_rules(tmp_path_factory.mktemp("rules")))
+
+
+def model_differences(rules: Rules, events: list[Event], *, lead_ms: int) -> list[str]:
+    """The engine fed with orders `lead_ms` ahead of the views, against the model over
+    the events in event-time order."""
+    want = expect(rules, [e for e in events if isinstance(e, HostEvent)],
+                  processing_order(events))
+    got = run_engine(rules, events, grace_ms=GRACE_MS, order=orders_ahead(lead_ms))
+    return differences(want, *got)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_shows_with_orders_read_ahead_match_the_model(fuzz_rules: Rules,
+                                                              seed: int) -> None:
+    events = shows.show(seed)
+    for lead_ms in (7 * S, INPUT_IDLE_MS - S):
+        assert orders_ahead(lead_ms)(events) != processing_order(events)
+        assert model_differences(fuzz_rules, events, lead_ms=lead_ms) == [], lead_ms
+
+
+def test_the_simulated_show_with_orders_read_7s_ahead_matches_the_model() -> None:
+    """The oracle scenario's skew on its own show and the shipped rules, without a stack."""
+    plan = showplan.plan_for(room_id="sim", viewers=300, duration_s=60, speed=10, seed=3,
+                              now_ms=shows.START_MS)
+    events = [e for _, e in showplan.broadcast(plan)]
+    assert model_differences(load_dir(RULES), events, lead_ms=7 * S) == []
