@@ -11,9 +11,10 @@ How a replay sees the show, as the live engine does (`stream.worker.engagement`)
   inventory's rules (`stream.engine.stockmodel`);
 - viewer and order events in event-time order (ties in the order given: the viewer
   topic's before the order topic's, then by offset), once each by event id;
-- timers held `grace_ms` past their due time, and after the last event the clock moved
-  on to `until` (default: the end of the show plus the longest trigger delay of the rules
-  and the grace, so off-air reminders after the show are decided too).
+- timers held `grace_ms` past their due time and below the inputs' watermark
+  (`stream.engine.watermark`), and after the last event the clock moved on to `until`
+  (default: the end of the show plus the longest trigger delay of the rules and the
+  grace, so off-air reminders after the show are decided too).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def replay(events: Iterable[Event], *, room_id: str, rules: Rules, grace_ms: int
                            if hasattr(r.trigger, "seconds")), default=0)
             last = room.ended_at if room.ended_at is not None else shown[-1].ts
             until = last + longest * 1000 + 2 * grace_ms + 1
-        out += engine.advance(until, {room_id: room})
+        out += engine.advance(until, {room_id: room}, drained=True)  # no input holds: all read
     return out
 
 

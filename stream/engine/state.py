@@ -61,6 +61,10 @@ class ViewerState(msgspec.Struct, array_like=True, omit_defaults=True, gc=False)
     # a join that brought a new zone is judged in the zone the viewer had then.
     tz_was: str = ""
     tz_at: int = 0
+    # high_potential was added (it comes once a broadcast, before the first order). Not
+    # `placed is None`: with the order topic read ahead, an order may be applied before
+    # the view, a few seconds earlier in event time, that made the viewer high potential.
+    potential_done: bool = False
 
 
 def in_room(s: ViewerState) -> bool:

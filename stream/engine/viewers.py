@@ -82,6 +82,7 @@ from stream.engine.state import (
 from stream.engine.stock import StockBook
 from stream.engine.tags import TagPlan
 from stream.engine.timeline import RoomTimeline
+from stream.engine.watermark import COMMERCE, PLATFORM, Watermarks
 
 # How long past the grace an absence is kept: a minute of margin for out-of-order events.
 AWAY_KEPT_MS = 60_000
@@ -114,8 +115,11 @@ class ViewerEngine:
 
     def __init__(self, rules: Rules, *, grace_ms: int = 0,
                  stock: StockBook | None = None,
-                 presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
+                 presence_timeout_ms: int = PRESENCE_TIMEOUT_MS,
+                 watermarks: Watermarks | None = None) -> None:
         self.grace_ms = grace_ms
+        # Timers run up to the input furthest behind, not the newest event of either.
+        self.watermarks = watermarks if watermarks is not None else Watermarks()
         self.presence_timeout_ms = presence_timeout_ms
         self.rules = rules
         # Stock levels by event time, shared by the worker's engines (read only here).
@@ -149,6 +153,8 @@ class ViewerEngine:
         self._type_names = {cls: str(cls.__struct_config__.tag) for cls in self._handlers}
         # The app's events prove presence (orders come from the commerce backend).
         self._proofs = {cls for cls in self._handlers if cls.role == "platform"}
+        self._source = {cls: PLATFORM if cls.role == "platform" else COMMERCE
+                        for cls in self._handlers}
 
     # --- rules (hot reload keeps all state; timers are judged by the rules at fire time) ---
 
@@ -189,7 +195,9 @@ class ViewerEngine:
 
     def _apply(self, event: ViewerEvent, room: RoomTimeline, out: list[Effect]) -> None:
         ts, room_id = event.ts, event.room_id
-        limit = ts - self.grace_ms - 1  # timers due at ts wait: an order at ts may still come
+        # Timers due at the watermark wait: an order at it may still come.
+        limit = self.watermarks.heard(
+            room_id, self._source.get(type(event), PLATFORM), ts) - self.grace_ms - 1
         heap = self._heaps.get(room_id)
         if (heap and heap[0][0] <= limit) or self._ends.get(room_id, NEVER) <= limit:
             self._run_until(room_id, limit, out)
@@ -212,10 +220,11 @@ class ViewerEngine:
             # A viewer first seen after the end was processed (a late or straggling event).
             self._end_viewer(s, room_id, viewer_id, room, out)
 
-    def advance(self, now_ms: int | Mapping[str, int],
-                rooms: Mapping[str, RoomTimeline]) -> list[Effect]:
+    def advance(self, now_ms: int | Mapping[str, int], rooms: Mapping[str, RoomTimeline],
+                *, drained: bool = False) -> list[Effect]:
         """Fire every timer due at or before `now_ms` (in due order, with ts = due time) and
-        every room end at or before it (follow-ups and end-of-show tags, once per viewer).
+        every room end at or before it (follow-ups and end-of-show tags, once per viewer),
+        as far as the inputs' watermark lets (`drained`: no input holds, all is read).
         `now_ms` is one time for every room, or each room's own (rooms not in it wait)."""
         out: list[Effect] = []
         for room in rooms.values():
@@ -223,6 +232,7 @@ class ViewerEngine:
         for room_id in sorted(self._heaps.keys() | self._ends.keys()):
             now = now_ms if isinstance(now_ms, int) else now_ms.get(room_id)
             if now is not None:
+                now = self.watermarks.until(room_id, now, drained=drained)
                 self._run_until(room_id, now - self.grace_ms, out)
         return out
 
@@ -262,6 +272,7 @@ class ViewerEngine:
         self._end_seen.pop(room_id, None)
         self._ends.pop(room_id, None)
         self._heaps.pop(room_id, None)
+        self.watermarks.forget(room_id)
         self._dirty = {k for k in self._dirty if k[0] != room_id}
         return len(gone)
 
@@ -362,9 +373,14 @@ class ViewerEngine:
         held = s.tags.get(T.WATCH_DEPTH)
         if held is None or held[0] != depth:
             self._add_tag(s, room_id, viewer_id, T.WATCH_DEPTH, depth, ts, out)
-        if (s.placed is None and T.HIGH_POTENTIAL not in s.tags
+        if (not s.potential_done and T.HIGH_POTENTIAL not in s.tags
+                and not any_by(s.placed, ts - 1)  # at a tie the view goes first
                 and self._tags.high_potential(watch, s.visits, ordered=False)):
+            s.potential_done = True
             self._add_tag(s, room_id, viewer_id, T.HIGH_POTENTIAL, "true", ts, out)
+            if s.placed:  # placed after ts, applied first (orders read ahead): removed as then
+                self._remove_tag(s, room_id, viewer_id, T.HIGH_POTENTIAL, "true",
+                                 min(s.placed.values()), out)
 
     # --- timers in the state ------------------------------------------------------------
 

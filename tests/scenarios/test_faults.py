@@ -43,10 +43,13 @@ from stream.store.inventory import Inventory
 from stream.store.ledger import read_stats
 from stream.worker.app import group_id
 
-# Known to flake under load (README, Open gaps): on a busy machine the simulator's
-# platform stream can trail its commerce stream by more than the 3 s grace at this
-# replay speed, and one dwell nudge fires that a late view would have cancelled.
-# One rerun; the first failure still shows in the run's summary as RERUN.
+# Known to flake under load (README, Open gaps), and not for the oracle's reason (the
+# views trailing the orders; fixed by the inputs' watermark, stream/engine/watermark.py):
+# on a machine at load ~16-20, about one run in two ends with 1-4 viewers whose orders
+# the viewer engine never applied after the kill and the Redis outage (their
+# conversion_node tag missing, a dwell nudge their order exits, a cart_unpaid follow-up
+# instead of `ordered`), with the old engine as with the new. One rerun; the first
+# failure still shows in the run's summary as RERUN.
 pytestmark = [pytest.mark.integration, pytest.mark.flaky(reruns=1)]
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
