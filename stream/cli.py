@@ -266,6 +266,7 @@ def gateway(host: str, port: int | None) -> None:
     """One HTTP gateway against the configured Kafka and Redis."""
     from stream.core.auth import Tokens
     from stream.gateway.app import Gateway
+    from stream.gateway.gctune import tune_gc
 
     settings = _settings()
     if not settings.kafka_url or not settings.redis_url or settings.tokens_file is None:
@@ -279,6 +280,7 @@ def gateway(host: str, port: int | None) -> None:
         gw = Gateway(settings, tokens)
         try:
             await gw.start(host=host)
+            tune_gc()  # a connect storm is bound by the collector otherwise (gctune.py)
             stop = _stop_event()
             click.echo(f"gateway listening on {host}:{settings.http_port}", err=True)
             await stop.wait()
