@@ -266,7 +266,6 @@ def gateway(host: str, port: int | None) -> None:
     """One HTTP gateway against the configured Kafka and Redis."""
     from stream.core.auth import Tokens
     from stream.gateway.app import Gateway
-    from stream.gateway.gctune import tune_gc
 
     settings = _settings()
     if not settings.kafka_url or not settings.redis_url or settings.tokens_file is None:
@@ -279,8 +278,7 @@ def gateway(host: str, port: int | None) -> None:
     async def serve() -> None:
         gw = Gateway(settings, tokens)
         try:
-            await gw.start(host=host)
-            tune_gc()  # a connect storm is bound by the collector otherwise (gctune.py)
+            await gw.start(host=host, tune_gc=True)  # this process is the gateway's own
             stop = _stop_event()
             click.echo(f"gateway listening on {host}:{settings.http_port}", err=True)
             await stop.wait()
