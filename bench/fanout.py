@@ -490,7 +490,8 @@ async def main() -> None:
                         help="new WebSocket subscribers connecting at once (0: none)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile-storm", type=Path, metavar="FILE",
-                        help="py-spy the gateway during its storm (raw stacks into FILE)")
+                        help="py-spy the gateway during its storm (raw stacks into FILE; "
+                             "needs `pip install py-spy`, not a dependency)")
     parser.add_argument("--serve-raw", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client-process", help=argparse.SUPPRESS)
     args = parser.parse_args()
