@@ -32,6 +32,7 @@ class System:
     url: str
     redis: Redis
     stack: EmbeddedStack
+    gateway_pid: int  # for a profiler to attach to (bench/fanout.py --profile-storm)
 
 
 @contextlib.asynccontextmanager
@@ -56,7 +57,7 @@ async def system(*, workers: int = 1, partitions: int = 8) -> AsyncIterator[Syst
             url = f"http://127.0.0.1:{port}"
             try:
                 await _wait_http(url + "/healthz")
-                yield System(settings, tokens, url, redis, stack)
+                yield System(settings, tokens, url, redis, stack, procs[0].pid)
             finally:
                 await stop_processes(procs)
                 await redis.aclose()

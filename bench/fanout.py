@@ -28,17 +28,22 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
+import signal
 import struct
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import formatdate
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aiohttp
+import orjson
+import psutil
 from common import emit, pct, system
 
 from stream.core.codec import encode
@@ -210,10 +215,11 @@ async def client_process(port: int, n_ws: int, n_sse: int, first: int, source: i
     clients: list[Client] = []
     while line := (await reader.readline()).decode().strip():
         if line == "go":
+            cpu = time.process_time()
             clients = await connect_all(
                 port, makers_for("ws", n_ws, first) + makers_for("sse", n_sse, first),
                 parallel=500, sources=1, source_base=source)
-            say({"ready": len(clients)})
+            say({"ready": len(clients), "cpu_s": time.process_time() - cpu})
         elif line.startswith("report "):
             sent = {int(v): at for v, at in json.loads(line[7:]).items()}
             lat, missing = latencies(clients, sent)
@@ -231,6 +237,7 @@ class ClientProcesses:
         self.port, self.n_ws, self.n_sse = port, n_ws, n_sse
         self.first_source = first_source
         self.procs: list[asyncio.subprocess.Process] = []
+        self.cpu_s = 0.0  # CPU seconds the client processes spent in the last `connect`
 
     async def _ask(self, line: str) -> list[dict]:
         for proc in self.procs:
@@ -268,6 +275,7 @@ class ClientProcesses:
         started = time.perf_counter()
         ready = await self._ask("go")
         assert sum(r["ready"] for r in ready) == self.n_ws + self.n_sse
+        self.cpu_s = sum(r["cpu_s"] for r in ready)
         return time.perf_counter() - started
 
     async def report(self, sent: dict[int, float]) -> tuple[list[float], int]:
@@ -315,43 +323,73 @@ async def snapshots_from_redis(url: str) -> float:
 
 
 async def gateway_fanout(n_clients: int, ws_share: float, n_rounds: int,
-                         storm: int) -> dict:
+                         storm: int, *, profile: Path | None = None) -> dict:
     async with system(workers=0) as sys_:
         port = sys_.settings.http_port
         n_ws = round(n_clients * ws_share)
-        clients = ClientProcesses(port, n_ws=n_ws, n_sse=n_clients - n_ws, first_source=2)
-        await clients.start()
-        try:
-            connect_s = await clients.connect()
+        lat: list[float] = []
+        connect_s, missing = 0.0, 0
+        if n_clients:
+            clients = ClientProcesses(port, n_ws=n_ws, n_sse=n_clients - n_ws, first_source=2)
+            await clients.start()
+            try:
+                connect_s = await clients.connect()
 
-            async def publish(version: int) -> None:
-                await sys_.redis.publish(keys.STOCK_CHANNEL, encode([update(version)]))
+                async def publish(version: int) -> None:
+                    await sys_.redis.publish(keys.STOCK_CHANNEL, encode([update(version)]))
 
-            sent = await rounds(publish, n_rounds, gap_s=1.5)
-            lat, missing = await clients.report(sent)
-        finally:
-            await clients.stop()
+                sent = await rounds(publish, n_rounds, gap_s=1.5)
+                lat, missing = await clients.report(sent)
+            finally:
+                await clients.stop()
         # The connect storm: that many new WebSocket viewers at once, on other source
         # addresses; their snapshots should come from the hub's room cache.
-        storm_s, storm_reads = None, None
+        storm_s, storm_reads, storm_cpu = None, None, 0.0
         if storm:
-            await asyncio.sleep(2.0)  # the gateway notices the closed sockets
+            if n_clients:
+                await asyncio.sleep(2.0)  # the gateway notices the closed sockets
             crowd = ClientProcesses(port, n_ws=storm, n_sse=0, first_source=40)
             await crowd.start()
             try:
                 before = await snapshots_from_redis(sys_.url)
-                storm_s = await crowd.connect()
+                async with profiled(sys_.gateway_pid, profile):
+                    cpu = cpu_s(sys_.gateway_pid)
+                    storm_s = await crowd.connect()
+                    storm_cpu = cpu_s(sys_.gateway_pid) - cpu
                 storm_reads = await snapshots_from_redis(sys_.url) - before
             finally:
                 await crowd.stop()
     return {"clients": n_clients, "ws": n_ws, "sse": n_clients - n_ws,
             "connect_s": round(connect_s, 1), "lat": lat, "missing": missing,
-            "storm": storm, "storm_s": storm_s, "storm_redis_reads": storm_reads}
+            "storm": storm, "storm_s": storm_s, "storm_redis_reads": storm_reads,
+            "storm_cpu_s": storm_cpu if storm else None,
+            "storm_client_cpu_s": crowd.cpu_s if storm else None}
+
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_WS_KEY = re.compile(rb"Sec-WebSocket-Key: *([A-Za-z0-9+/=]+)", re.I)
+
+
+def raw_ws_answer(request: bytes) -> bytes:
+    """The bare server's answer to a WebSocket upgrade: the headers aiohttp sends (101,
+    the accept key, Date, Server) and one text frame holding a snapshot of the same size
+    as the gateway's, so the storm's baseline costs the clients what the gateway's does."""
+    match = _WS_KEY.search(request)
+    key = match[1] if match else b""
+    accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+    snapshot = orjson.dumps({"type": "snapshot", "room_id": ROOM, "skus": [
+        {"sku": SKU, "available": 100_000, "reserved": 0, "sold": 0, "version": 1}]})
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n"
+            b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
+            b"Server: Python/3.11 aiohttp/3\r\n\r\n"
+            + bytes([0x81, len(snapshot)]) + snapshot)
 
 
 async def serve_raw() -> None:
     """The floor, as its own process: a bare asyncio server that writes pre-encoded SSE
-    bytes to every socket when told a version on its control connection (stdin-like)."""
+    bytes to every socket when told a version on its control connection (stdin-like),
+    and answers a WebSocket upgrade with the handshake and a snapshot (the storm's floor)."""
     raise_open_files()
     writers: list[asyncio.StreamWriter] = []
 
@@ -363,42 +401,84 @@ async def serve_raw() -> None:
                 for w in writers:  # what the hub does, minus everything else
                     w.write(frame)
             return
+        writers.append(writer)
+        if b"Upgrade: websocket" in request:
+            writer.write(raw_ws_answer(request))
+            return
         writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
                      b"event: snapshot\ndata: {}\n\n")
-        writers.append(writer)
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=4096)
     print(server.sockets[0].getsockname()[1], flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until closed
 
 
-async def raw_fanout(n_clients: int, n_rounds: int) -> dict:
+async def raw_fanout(n_clients: int, n_rounds: int, storm: int) -> dict:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--serve-raw", stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stdin is not None
+    lat: list[float] = []
+    connect_s, storm_s, storm_cpu = None, None, 0.0
+    crowd = None
     try:
         port = int(await asyncio.wait_for(proc.stdout.readline(), 30))
         _, control = await asyncio.open_connection("127.0.0.1", port)
         control.write(b"CONTROL\r\n\r\n")
-        clients = ClientProcesses(port, n_ws=0, n_sse=n_clients, first_source=20)
-        await clients.start()
-        try:
-            connect_s = await clients.connect()
+        if n_clients:
+            clients = ClientProcesses(port, n_ws=0, n_sse=n_clients, first_source=20)
+            await clients.start()
+            try:
+                connect_s = await clients.connect()
 
-            async def publish(version: int) -> None:
-                control.write(b"%d\n" % version)
-                await control.drain()
+                async def publish(version: int) -> None:
+                    control.write(b"%d\n" % version)
+                    await control.drain()
 
-            sent = await rounds(publish, n_rounds, gap_s=1.5)
-            lat, missing = await clients.report(sent)
-        finally:
-            await clients.stop()
+                sent = await rounds(publish, n_rounds, gap_s=1.5)
+                lat, missing = await clients.report(sent)
+            finally:
+                await clients.stop()
+        if storm:  # the same crowd as the gateway's, on the same kind of processes
+            crowd = ClientProcesses(port, n_ws=storm, n_sse=0, first_source=60)
+            await crowd.start()
+            try:
+                cpu = cpu_s(proc.pid)
+                storm_s = await crowd.connect()
+                storm_cpu = cpu_s(proc.pid) - cpu
+            finally:
+                await crowd.stop()
         control.close()
     finally:
         proc.stdin.close()
         await asyncio.wait_for(proc.wait(), 10)
-    return {"lat": lat, "missing": missing, "connect_s": connect_s}
+    return {"lat": lat, "missing": missing if n_clients else 0, "connect_s": connect_s,
+            "storm_s": storm_s, "storm_cpu_s": storm_cpu if storm else None,
+            "storm_client_cpu_s": crowd.cpu_s if crowd else None}
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+@contextlib.asynccontextmanager
+async def profiled(pid: int, out: Path | None) -> AsyncIterator[None]:
+    """py-spy on process `pid` while the block runs (raw collapsed stacks into `out`)."""
+    if out is None:
+        yield
+        return
+    spy = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+        "--rate", "250", "--format", "raw", "--output", str(out),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    await asyncio.sleep(1.0)  # attached before the first connect
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        await spy.wait()
 
 
 async def main() -> None:
@@ -409,6 +489,9 @@ async def main() -> None:
     parser.add_argument("--storm", type=int, default=10_000,
                         help="new WebSocket subscribers connecting at once (0: none)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--profile-storm", type=Path, metavar="FILE",
+                        help="py-spy the gateway during its storm (raw stacks into FILE; "
+                             "needs `pip install py-spy`, not a dependency)")
     parser.add_argument("--serve-raw", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client-process", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -427,10 +510,12 @@ async def main() -> None:
         print(f"open-file limit {limit} (hard, not raisable here): {clients:,} subscribers "
               f"and a storm of {storm:,} instead of {args.clients:,} and {args.storm:,}",
               file=sys.stderr)
-    gw = await gateway_fanout(clients, args.ws_share, args.rounds, storm)
+    gw = await gateway_fanout(clients, args.ws_share, args.rounds, storm,
+                              profile=args.profile_storm)
     print(f"gateway: received {len(gw['lat']):,}; p99 "
-          f"{pct(gw['lat'], 99) if gw['lat'] else None} ms", file=sys.stderr)
-    raw = await raw_fanout(clients, args.rounds)
+          f"{pct(gw['lat'], 99) if gw['lat'] else None} ms; storm {gw['storm_s']} s",
+          file=sys.stderr)
+    raw = await raw_fanout(clients, args.rounds, storm)
     expected = clients * args.rounds
     lat = gw["lat"]
     figures = {
@@ -450,7 +535,21 @@ async def main() -> None:
         "storm_s": round(gw["storm_s"], 2) if gw["storm_s"] else None,
         "connects_per_s": round(gw["storm"] / gw["storm_s"]) if gw["storm_s"] else None,
         "storm_redis_reads": gw["storm_redis_reads"],
+        # The same storm (clients, processes, handshake bytes and snapshot size) against
+        # the bare server: the ceiling of the load generator on this machine.
+        "raw_storm_s": round(raw["storm_s"], 2) if raw["storm_s"] else None,
+        "raw_storm_connects_per_s": round(storm / raw["storm_s"]) if raw["storm_s"] else None,
+        # CPU per connect (user + system, microseconds): less noisy than a rate on a
+        # shared machine, and it says which side of the loopback the time goes to.
+        "storm_cpu_us": round(gw["storm_cpu_s"] / storm * 1e6) if storm else None,
+        "storm_client_cpu_us": round(gw["storm_client_cpu_s"] / storm * 1e6) if storm else None,
+        "raw_storm_cpu_us": round(raw["storm_cpu_s"] / storm * 1e6) if storm else None,
+        "raw_storm_client_cpu_us": (round(raw["storm_client_cpu_s"] / storm * 1e6)
+                                    if storm else None),
     }
+    figures["storm_ratio"] = (
+        round(figures["connects_per_s"] / figures["raw_storm_connects_per_s"], 3)
+        if figures["connects_per_s"] and figures["raw_storm_connects_per_s"] else None)
     figures["ratio"] = (round(figures["raw_p99_ms"] / figures["p99_ms"], 3)
                         if figures["p99_ms"] and figures["raw_p99_ms"] else None)
     print(f"{clients:,} subscribers ({gw['ws']:,} WebSocket, {gw['sse']:,} SSE) on one "
@@ -463,8 +562,12 @@ async def main() -> None:
     if storm:
         print(f"connect storm: {storm:,} new WebSocket subscribers in {figures['storm_s']} s = "
               f"{figures['connects_per_s']:,}/s (target >= 5,000/s); snapshots read from "
-              f"Redis meanwhile: {figures['storm_redis_reads']:.0f}; the bare server took "
-              f"{figures['raw_connects_per_s']:,} connects/s (its {clients:,} clients)")
+              f"Redis meanwhile: {figures['storm_redis_reads']:.0f}; the same storm on the bare "
+              f"server: {figures['raw_storm_connects_per_s']:,}/s (ratio "
+              f"{figures['storm_ratio']}); CPU per connect: gateway "
+              f"{figures['storm_cpu_us']} us (bare server {figures['raw_storm_cpu_us']} us), "
+              f"clients {figures['storm_client_cpu_us']} us "
+              f"({figures['raw_storm_client_cpu_us']} us on the bare server)")
     emit(figures, args.json)
 
 

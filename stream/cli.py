@@ -278,7 +278,7 @@ def gateway(host: str, port: int | None) -> None:
     async def serve() -> None:
         gw = Gateway(settings, tokens)
         try:
-            await gw.start(host=host)
+            await gw.start(host=host, tune_gc=True)  # this process is the gateway's own
             stop = _stop_event()
             click.echo(f"gateway listening on {host}:{settings.http_port}", err=True)
             await stop.wait()

@@ -33,6 +33,7 @@ from stream.gateway.appkeys import (
 from stream.gateway.cors import apply_cors, websocket_origin
 from stream.gateway.errors import json_errors
 from stream.gateway.fdlimit import open_files, raise_open_files
+from stream.gateway.gctune import tune_gc as tune_collector
 from stream.gateway.halfopen import KEEPALIVE_S, guard_headers
 from stream.gateway.hub import LiveHub
 from stream.gateway.ingest import post_events
@@ -161,8 +162,11 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._app: web.Application | None = None
 
-    async def start(self, *, host: str = "127.0.0.1", port: int | None = None) -> None:
-        """Connect (`RedisUnusable` within ~25 s for a wrong Redis), then serve."""
+    async def start(self, *, host: str = "127.0.0.1", port: int | None = None,
+                    tune_gc: bool = False) -> None:
+        """Connect (`RedisUnusable` within ~25 s for a wrong Redis), then serve.
+        `tune_gc`: tune this process's garbage collector for connect storms
+        (`gctune.py`); for the `livecommerce gateway` process, not a shared one (tests)."""
         raise_open_files()  # one socket per live viewer
         # A blocking pool: a burst of requests (400 viewers leaving at once) waits for a
         # connection instead of failing with redis-py's "Too many connections".
@@ -186,6 +190,8 @@ class Gateway:
         # (5,000 viewers a second when the host says "link is up"), and each dropped SYN
         # costs its viewer a 1 s retransmit. The kernel caps it at net.core.somaxconn.
         await web.TCPSite(self._runner, host, port, backlog=BACKLOG).start()
+        if tune_gc:
+            tune_collector()
 
     async def stop(self) -> None:
         # First: ends the streaming handlers, which the runner would wait 60 s for.

@@ -76,8 +76,11 @@ def _ws_stock(update: StockUpdate) -> bytes:
 
 @functools.lru_cache(maxsize=4096)
 def _ws_stock_frame(update: StockUpdate) -> bytes:
+    return _text_frame(_ws_stock(update))
+
+
+def _text_frame(payload: bytes) -> bytes:
     """The whole server-to-client WebSocket frame: FIN + text, unmasked, no compression."""
-    payload = _ws_stock(update)
     n = len(payload)
     if n < 126:
         header = struct.pack("!BB", 0x81, n)
@@ -109,6 +112,27 @@ def _direct(request: web.Request, frame: Callable[[StockUpdate], bytes], kind: K
         return True
 
     return write
+
+
+class _EventStream(web.StreamResponse):
+    """An SSE response whose headers leave in one write with the first event (the
+    snapshot): in a connect storm each extra segment on loopback wakes the client once
+    more, and the two writes cost the gateway 2 of its ~500 us per connect."""
+
+    _send_headers_immediately = False
+
+
+class _Socket(web.WebSocketResponse):
+    """A WebSocket whose 101 headers leave in one write with its first frame (the
+    snapshot), for the reason `_EventStream` gives."""
+
+    _send_headers_immediately = False
+
+    async def send_first(self, frame: bytes) -> None:
+        """Send `frame` (a whole frame, see `_text_frame`) with the buffered headers.
+        WebSocketResponse refuses `write`; the base class's writes the raw bytes
+        through the same HTTP writer that holds the headers."""
+        await web.StreamResponse.write(self, frame)
 
 
 def room_id_of(request: web.Request) -> str:
@@ -179,7 +203,7 @@ class LiveRoutes:
                 levels = await self.hub.snapshot(sub)
             except RedisError as exc:
                 return _unavailable(exc)
-            resp = web.StreamResponse(headers={
+            resp = _EventStream(headers={
                 "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"})  # nginx would otherwise hold events back
             await resp.prepare(request)
@@ -221,7 +245,7 @@ class LiveRoutes:
                 return _unavailable(exc)
             # No permessage-deflate: a zlib context per viewer costs more memory than tiny
             # JSON saves. A short close timeout: a stuck client must not hold up shutdown.
-            ws = web.WebSocketResponse(heartbeat=30.0, compress=False, timeout=2.0)
+            ws = _Socket(heartbeat=30.0, compress=False, timeout=2.0)
             await ws.prepare(request)
             _cap_send_buffer(request)
             lock = asyncio.Lock()
@@ -233,9 +257,9 @@ class LiveRoutes:
                     else:
                         await ws.send_str(text)
 
-            try:
-                await send(orjson.dumps({"type": "snapshot", **_snapshot(room_id, levels)})
-                           .decode())
+            try:  # with the 101 headers, which wait for it (`_Socket`)
+                await ws.send_first(_text_frame(
+                    orjson.dumps({"type": "snapshot", **_snapshot(room_id, levels)})))
             except ConnectionResetError:
                 return ws
             if not ws.compress:  # our frames are uncompressed (as asked above)
