@@ -42,6 +42,7 @@ from stream.worker.rulewatch import RuleWatcher
 from stream.worker.status import EVERY_S as STATUS_EVERY_S
 from stream.worker.status import Status, attach_handler, joining
 from stream.worker.status import log as status_log
+from stream.worker.statusfile import StatusFile
 from stream.worker.stockfeed import StockFeed
 from stream.worker.transport import App
 
@@ -138,6 +139,8 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
                                         wait_replicas=settings.redis_wait_replicas),
                     partitions=settings.partitions, rooms=rooms)
     watcher = RuleWatcher(settings.rules_dir)
+    status_file = (StatusFile(settings.status_dir, pid=os.getpid(), clock=time.time)
+                   if settings.status_dir is not None else None)
     processed: dict[TP, int] = {}  # the next offset handed to the pipeline, per partition
 
     def behind(topic: str, partition: int) -> bool:
@@ -197,6 +200,8 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
             starts[tp] = min(marks, default=0)
             if tp in viewer_tps:
                 processed[tp] = starts[tp]
+        if status_file is not None:
+            status_file.started(starts, generation=app.consumer_generation_id)
         return starts
 
     app.resume_offsets = resume_offsets
@@ -207,6 +212,8 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # as on_revoked
     def on_assigned(sender: object, assigned: set[TP], **_: object) -> None:
         status.assigned(assigned)
+        if status_file is not None:
+            status_file.assigned(assigned, generation=app.consumer_generation_id)
 
     @app.timer(STATUS_EVERY_S)
     async def report_status() -> None:
@@ -217,6 +224,11 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
             done = processed.get(tp, 0 if high == 0 else None)
             lag[tp] = None if high is None or done is None else max(0, high - done)
         status.progress(lag)
+
+    if status_file is not None:
+        @app.timer(1.0)
+        async def write_status() -> None:
+            status_file.rules(watcher.current.digest, watcher.last_error)
 
     # faust types a receiver as taking `signal=` by keyword; ours takes it in `**_`.
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -245,12 +257,19 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
             # an older generation, and so must we: their partition has been re-sought (or
             # given away), so they would reach the state ahead of the records before them.
             generation = app.consumer_generation_id
-            records = _records([e for e in events if e.message.generation_id == generation],
-                               taken=time.monotonic())
+            current = [e for e in events if e.message.generation_id == generation]
+            stale = len(events) - len(current)
+            records = _records(current, taken=time.monotonic())
             for chunk in _chunks(records, CHUNK_BYTES):
                 for r in chunk:
                     processed[TP(r.topic, r.partition)] = r.offset + 1
                 await pipeline.process(chunk)
+                if status_file is not None:
+                    status_file.read([(r.topic, r.partition, r.offset) for r in chunk],
+                                     stale=stale)
+                    stale = 0
+            if stale and status_file is not None:
+                status_file.read([], stale=stale)
 
     # One agent reads a viewer's two topics, so one coroutine owns each viewer's state.
     viewers = app.topic(topics.viewer_events, topics.order_events, value_serializer="raw",

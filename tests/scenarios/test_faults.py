@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from helpers import assert_nothing_twice, read_all, running_gateway
+from helpers import assert_nothing_twice, kill_mattered, read_all, running_gateway
 from redis.asyncio import Redis
 from reference.compare import differences, order_differences
 from reference.inventory import outcomes
@@ -42,6 +42,7 @@ from stream.store import keys
 from stream.store.inventory import Inventory
 from stream.store.ledger import read_stats
 from stream.worker.app import group_id
+from stream.worker.statusfile import path_for, read_status
 
 # Known to flake under load (README, Open gaps), and not for the oracle's reason (the
 # views trailing the orders; fixed by the inputs' watermark, stream/engine/watermark.py):
@@ -70,7 +71,8 @@ async def durable(tmp_path: Path) -> AsyncIterator[EmbeddedStack]:
 async def test_kill_add_and_redis_outage_mid_show(durable: EmbeddedStack,
                                                   tmp_path: Path) -> None:
     settings = Settings(kafka_url=durable.kafka_url, redis_url=durable.redis_url,
-                        topic_prefix=f"f{uuid.uuid4().hex[:6]}.", partitions=6, rules_dir=RULES)
+                        topic_prefix=f"f{uuid.uuid4().hex[:6]}.", partitions=6, rules_dir=RULES,
+                        status_dir=tmp_path / "status")
     topics = Topics(settings.topic_prefix)
     async with running_gateway(settings) as (_, url, tokens):
         logs = [tmp_path / f"w{i}.log" for i in range(4)]
@@ -81,6 +83,7 @@ async def test_kill_add_and_redis_outage_mid_show(durable: EmbeddedStack,
             show = asyncio.create_task(sender.run(plan, gateway=url,
                                                      tokens=tokens, progress=False))
             await asyncio.sleep(12)
+            killed_at = time.time()
             workers[0].send_signal(signal.SIGKILL)
             workers[0].wait()
             workers.append(spawn(["worker"], settings, logs[3]))
@@ -93,6 +96,10 @@ async def test_kill_add_and_redis_outage_mid_show(durable: EmbeddedStack,
             assert sent.retries > 0, "the gateway never refused during the outage?"
             await settled(redis, settings, topics, accepted=sent.accepted)
             survivors = workers[1:]
+            assert settings.status_dir is not None
+            assert kill_mattered(read_status(path_for(settings.status_dir, workers[0].pid)),
+                                 [read_status(path_for(settings.status_dir, w.pid))
+                                  for w in survivors], killed_at=killed_at) == []
             assert all(w.poll() is None for w in survivors), "a worker died"
             audit = await Inventory(redis).audit(ROOM)
             assert audit.oversold == 0 and not audit.problems, audit
