@@ -229,6 +229,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         @app.timer(1.0)
         async def write_status() -> None:
             status_file.rules(watcher.current.digest, watcher.last_error)
+            status_file.dropped(engagement.stale)
 
     # faust types a receiver as taking `signal=` by keyword; ours takes it in `**_`.
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -253,23 +254,26 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         # `take_events` is faust-streaming's own, missing from its StreamT protocol.
         async for events in stream.take_events(  # type: ignore[attr-defined]
                 BATCH_MAX, within=BATCH_WITHIN_S):
-            # take() buffers across a rebalance; faust's own loop drops records fetched in
-            # an older generation, and so must we: their partition has been re-sought (or
-            # given away), so they would reach the state ahead of the records before them.
-            generation = app.consumer_generation_id
-            current = [e for e in events if e.message.generation_id == generation]
-            stale = len(events) - len(current)
-            records = _records(current, taken=time.monotonic())
-            for chunk in _chunks(records, CHUNK_BYTES):
-                for r in chunk:
-                    processed[TP(r.topic, r.partition)] = r.offset + 1
-                await pipeline.process(chunk)
-                if status_file is not None:
-                    status_file.read([(r.topic, r.partition, r.offset) for r in chunk],
-                                     stale=stale)
-                    stale = 0
-            if stale and status_file is not None:
-                status_file.read([], stale=stale)
+            await handle_batch(events)
+
+    async def handle_batch(events: Sequence[EventT[Any]]) -> None:
+        # take() buffers across a rebalance; faust's own loop drops records fetched in
+        # an older generation, and so must we: their partition has been re-sought (or
+        # given away), so they would reach the state ahead of the records before them.
+        generation = app.consumer_generation_id
+        current = [e for e in events if e.message.generation_id == generation]
+        stale = len(events) - len(current)
+        records = _records(current, taken=time.monotonic())
+        for chunk in _chunks(records, CHUNK_BYTES):
+            for r in chunk:
+                processed[TP(r.topic, r.partition)] = r.offset + 1
+            await pipeline.process(chunk)
+            if status_file is not None:
+                status_file.read([(r.topic, r.partition, r.offset) for r in chunk],
+                                 stale=stale)
+                stale = 0
+        if stale and status_file is not None:
+            status_file.read([], stale=stale)
 
     # One agent reads a viewer's two topics, so one coroutine owns each viewer's state.
     viewers = app.topic(topics.viewer_events, topics.order_events, value_serializer="raw",

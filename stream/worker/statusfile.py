@@ -42,6 +42,9 @@ class WorkerStatus(msgspec.Struct, kw_only=True):
     starts: list[Start] = msgspec.field(default_factory=list)
     # Records a take() batch held from an older generation, dropped after a rebalance.
     stale: int = 0
+    # Viewer records the engine dropped as of an older generation: a take() batch still
+    # in the pipeline when a rebalance began (the other handlers have applied them).
+    engine_stale: int = 0
     rules_digest: str = ""
     rules_error: str | None = None
 
@@ -85,6 +88,11 @@ class StatusFile:
             read[key] = max(read.get(key, 0), offset + 1)
         self.status.stale += stale
         self.write()
+
+    def dropped(self, engine_stale: int) -> None:
+        if engine_stale != self.status.engine_stale:
+            self.status.engine_stale = engine_stale
+            self.write()
 
     def rules(self, digest: str, error: str | None) -> None:
         if (digest, error) != (self.status.rules_digest, self.status.rules_error):
