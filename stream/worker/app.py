@@ -38,6 +38,7 @@ from stream.worker.admin import ensure_topics
 from stream.worker.engagement import Engagement
 from stream.worker.orders import Orders
 from stream.worker.pipeline import Pipeline
+from stream.worker.resume import start_of
 from stream.worker.rulewatch import RuleWatcher
 from stream.worker.status import EVERY_S as STATUS_EVERY_S
 from stream.worker.status import Status, attach_handler, joining
@@ -189,15 +190,10 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         consumed = await pipeline.retrying(ledger.consumed)
         starts: dict[TP, int] = {}
         for tp, at in committed.items():
-            marks = [at] if at is not None else []
-            if (done := consumed.get(f"{tp.topic}:{tp.partition}")) is not None:
-                marks.append(done + 1)
-            if (fence := fences.get(tp.partition, {}).get(tp.topic)) is not None:
-                marks.append(fence + 1)
-            # Nothing known: from the start (an offset gone to retention resets to the
-            # earliest there is). Always an explicit seek: it also drops what the fetcher
-            # read ahead for the old generation, which the agent then discards.
-            starts[tp] = min(marks, default=0)
+            # Always an explicit seek: it also drops what the fetcher read ahead for the
+            # old generation, which the agent then discards.
+            starts[tp] = start_of(committed=at, consumed=consumed.get(f"{tp.topic}:{tp.partition}"),
+                                  fence=fences.get(tp.partition, {}).get(tp.topic))
             if tp in viewer_tps:
                 processed[tp] = starts[tp]
         if status_file is not None:

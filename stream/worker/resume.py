@@ -1,0 +1,23 @@
+"""Where a worker starts a partition after a rebalance: pure, so it is tested alone.
+
+faust seeks each partition to its committed offset, but that commit can be past records
+whose effects never reached our state (faust acks a take() batch a rebalance
+interrupts). So a partition starts at the lowest of faust's commit, the pipeline's
+consumed mark and, for the viewer engine's topics, the viewer state's fence; records
+read twice change nothing (every effect is idempotent).
+"""
+
+from __future__ import annotations
+
+
+def start_of(*, committed: int | None, consumed: int | None, fence: int | None) -> int:
+    """The offset to start at: `committed` (faust's next offset), `consumed` (the last
+    offset whose counts are in), `fence` (the last offset in the viewer state)."""
+    marks = [committed] if committed is not None else []
+    if consumed is not None:
+        marks.append(consumed + 1)
+    if fence is not None:
+        marks.append(fence + 1)
+    # Nothing known: from the start (an offset gone to retention resets to the earliest
+    # there is).
+    return min(marks, default=0)
