@@ -193,7 +193,8 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
             # Always an explicit seek: it also drops what the fetcher read ahead for the
             # old generation, which the agent then discards.
             starts[tp] = start_of(committed=at, consumed=consumed.get(f"{tp.topic}:{tp.partition}"),
-                                  fence=fences.get(tp.partition, {}).get(tp.topic))
+                                  fence=fences.get(tp.partition, {}).get(tp.topic),
+                                  engine=tp in viewer_tps)
             if tp in viewer_tps:
                 processed[tp] = starts[tp]
         if status_file is not None:
