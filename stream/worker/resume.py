@@ -22,7 +22,7 @@ def start_of(*, committed: int | None, consumed: int | None, fence: int | None,
     and records still waiting in its reorder are dropped with a revoked partition. The
     fence covers both once one is saved; before that, the start is 0. Found by a worker
     joining mid-show (tests/scenarios/test_faults.py): a partition's first order records
-    never reached the engine in 3 of 5 runs, and their buyers got the cart-unpaid
+    never reached the engine in 3 of 6 runs, and their buyers got the cart-unpaid
     follow-up and tag.
     """
     if engine and fence is None:
