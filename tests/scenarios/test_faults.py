@@ -81,6 +81,10 @@ async def test_kill_add_and_redis_outage_mid_show(durable: EmbeddedStack,
         redis = Redis.from_url(settings.redis_url)
         plan = showplan.plan_for(room_id=ROOM, viewers=800, duration_s=40, speed=10, seed=5)
         try:
+            # The group formed first: under load three workers can take longer than the
+            # 12 s below to join, and the kill would then hit one holding nothing.
+            for worker in workers:
+                await status_when(settings.status_dir, worker, lambda s: bool(s.assigned))
             show = asyncio.create_task(sender.run(plan, gateway=url,
                                                      tokens=tokens, progress=False))
             await asyncio.sleep(12)
