@@ -191,7 +191,6 @@ async def test_a_worker_joining_mid_show_rebalances_a_take_in_flight_and_loses_n
                             (topics.followups, FollowUp))}
     assert all(decoded.values()), {t: len(v) for t, v in decoded.items()}
     assert_nothing_twice(*decoded.values())
-    print("STAT", [(w.pid, w.stale, w.engine_stale) for w in (status_of(workers[0]), b)])
     found = await losses(settings, topics, decoded[topics.nudges], decoded[topics.tags],
                          decoded[topics.followups], room=room)
     assert found == []
