@@ -24,6 +24,7 @@ from stream.local.embedded import free_port
 from stream.store import keys
 from stream.store.inventory import Audit, Inventory
 from stream.worker.admin import ensure_topics
+from stream.worker.statusfile import WorkerStatus
 
 _ids = itertools.count()
 
@@ -165,3 +166,30 @@ class Poster:
                 return await self.post(body, role)
 
         return await asyncio.gather(*(one(b) for b in bodies))
+
+
+def kill_mattered(victim: WorkerStatus, survivors: Sequence[WorkerStatus], *,
+                  killed_at: float) -> list[str]:
+    """Why killing `victim` at `killed_at` (wall clock) tested nothing, or [] if it did.
+
+    It did when the victim held partitions when it died (its last assignment) and a
+    survivor, after the kill, started one of them below the offset the victim had read
+    it to: then the survivor re-read records the victim had processed, and what the test
+    checks afterwards (nothing lost, nothing twice) was at stake. A clean stop after a
+    full commit, or a victim without partitions, leaves nothing to re-read.
+    """
+    problems = []
+    if not victim.assigned:
+        problems.append(f"worker {victim.pid} held no partition when it was killed")
+    reread = [(start.topic, start.partition, start.offset, done)
+              for topic, partition in victim.assigned
+              if (done := victim.read.get(f"{topic}:{partition}")) is not None
+              for survivor in survivors for start in survivor.starts
+              if start.at > killed_at and (start.topic, start.partition) == (topic, partition)
+              and start.offset < done]
+    if not reread:
+        after = [(s.topic, s.partition, s.offset) for w in survivors for s in w.starts
+                 if s.at > killed_at]
+        problems.append(f"no survivor re-read a record worker {victim.pid} had processed "
+                        f"(it had read {victim.read}; starts after the kill: {after})")
+    return problems

@@ -71,6 +71,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # A viewer is online while their last event is younger than this, in room event time;
     # 60 s is two of the app's 30 s heartbeats, so one lost heartbeat drops no one.
     presence_timeout_s: int = 60
+    # A worker writes its assignment, read offsets, starts and rules in force to
+    # `worker-<pid>.json` here (stream.worker.statusfile); unset, no file. For tests and
+    # for an operator's look at one worker, not for monitoring (that is /metrics).
+    status_dir: Path | None = None
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -110,7 +114,7 @@ def from_env(environ: dict[str, str] | None = None, **overrides: object) -> Sett
             except ValueError:
                 name = ENV_PREFIX + field.upper()
                 raise ValueError(f"{name}: expected an integer, got {raw!r}") from None
-        elif field in ("rules_dir", "tokens_file", "state"):
+        elif field in ("rules_dir", "tokens_file", "state", "status_dir"):
             values[field] = Path(raw)
         else:
             values[field] = raw

@@ -38,10 +38,12 @@ from stream.worker.admin import ensure_topics
 from stream.worker.engagement import Engagement
 from stream.worker.orders import Orders
 from stream.worker.pipeline import Pipeline
+from stream.worker.resume import start_of
 from stream.worker.rulewatch import RuleWatcher
 from stream.worker.status import EVERY_S as STATUS_EVERY_S
 from stream.worker.status import Status, attach_handler, joining
 from stream.worker.status import log as status_log
+from stream.worker.statusfile import StatusFile
 from stream.worker.stockfeed import StockFeed
 from stream.worker.transport import App
 
@@ -138,6 +140,8 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
                                         wait_replicas=settings.redis_wait_replicas),
                     partitions=settings.partitions, rooms=rooms)
     watcher = RuleWatcher(settings.rules_dir)
+    status_file = (StatusFile(settings.status_dir, pid=os.getpid(), clock=time.time)
+                   if settings.status_dir is not None else None)
     processed: dict[TP, int] = {}  # the next offset handed to the pipeline, per partition
 
     def behind(topic: str, partition: int) -> bool:
@@ -186,17 +190,15 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         consumed = await pipeline.retrying(ledger.consumed)
         starts: dict[TP, int] = {}
         for tp, at in committed.items():
-            marks = [at] if at is not None else []
-            if (done := consumed.get(f"{tp.topic}:{tp.partition}")) is not None:
-                marks.append(done + 1)
-            if (fence := fences.get(tp.partition, {}).get(tp.topic)) is not None:
-                marks.append(fence + 1)
-            # Nothing known: from the start (an offset gone to retention resets to the
-            # earliest there is). Always an explicit seek: it also drops what the fetcher
-            # read ahead for the old generation, which the agent then discards.
-            starts[tp] = min(marks, default=0)
+            # Always an explicit seek: it also drops what the fetcher read ahead for the
+            # old generation, which the agent then discards.
+            starts[tp] = start_of(committed=at, consumed=consumed.get(f"{tp.topic}:{tp.partition}"),
+                                  fence=fences.get(tp.partition, {}).get(tp.topic),
+                                  engine=tp in viewer_tps)
             if tp in viewer_tps:
                 processed[tp] = starts[tp]
+        if status_file is not None:
+            status_file.started(starts, generation=app.consumer_generation_id)
         return starts
 
     app.resume_offsets = resume_offsets
@@ -207,6 +209,8 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # as on_revoked
     def on_assigned(sender: object, assigned: set[TP], **_: object) -> None:
         status.assigned(assigned)
+        if status_file is not None:
+            status_file.assigned(assigned, generation=app.consumer_generation_id)
 
     @app.timer(STATUS_EVERY_S)
     async def report_status() -> None:
@@ -217,6 +221,12 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
             done = processed.get(tp, 0 if high == 0 else None)
             lag[tp] = None if high is None or done is None else max(0, high - done)
         status.progress(lag)
+
+    if status_file is not None:
+        @app.timer(1.0)
+        async def write_status() -> None:
+            status_file.rules(watcher.current.digest, watcher.last_error)
+            status_file.dropped(engagement.stale)
 
     # faust types a receiver as taking `signal=` by keyword; ours takes it in `**_`.
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -241,16 +251,26 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         # `take_events` is faust-streaming's own, missing from its StreamT protocol.
         async for events in stream.take_events(  # type: ignore[attr-defined]
                 BATCH_MAX, within=BATCH_WITHIN_S):
-            # take() buffers across a rebalance; faust's own loop drops records fetched in
-            # an older generation, and so must we: their partition has been re-sought (or
-            # given away), so they would reach the state ahead of the records before them.
-            generation = app.consumer_generation_id
-            records = _records([e for e in events if e.message.generation_id == generation],
-                               taken=time.monotonic())
-            for chunk in _chunks(records, CHUNK_BYTES):
-                for r in chunk:
-                    processed[TP(r.topic, r.partition)] = r.offset + 1
-                await pipeline.process(chunk)
+            await handle_batch(events)
+
+    async def handle_batch(events: Sequence[EventT[Any]]) -> None:
+        # take() buffers across a rebalance; faust's own loop drops records fetched in
+        # an older generation, and so must we: their partition has been re-sought (or
+        # given away), so they would reach the state ahead of the records before them.
+        generation = app.consumer_generation_id
+        current = [e for e in events if e.message.generation_id == generation]
+        stale = len(events) - len(current)
+        records = _records(current, taken=time.monotonic())
+        for chunk in _chunks(records, CHUNK_BYTES):
+            for r in chunk:
+                processed[TP(r.topic, r.partition)] = r.offset + 1
+            await pipeline.process(chunk)
+            if status_file is not None:
+                status_file.read([(r.topic, r.partition, r.offset) for r in chunk],
+                                 stale=stale)
+                stale = 0
+        if stale and status_file is not None:
+            status_file.read([], stale=stale)
 
     # One agent reads a viewer's two topics, so one coroutine owns each viewer's state.
     viewers = app.topic(topics.viewer_events, topics.order_events, value_serializer="raw",

@@ -91,6 +91,9 @@ class Engagement:
         self._round = 0  # the last claim round started
         self._claimed: set[str] = set()  # rooms claimed in since the last settle
         self.engines: dict[int, ViewerEngine] = {}
+        # Records dropped as of an older generation (a rebalance began while their batch
+        # was in the pipeline): the new owner re-reads them (the resume offsets).
+        self.stale = 0
         self._fences: dict[int, dict[str, int]] = {}
         self._waiting: dict[int, Reorder[ViewerEvent]] = {}
         self._ahead_since: dict[int, float] = {}  # partition -> when orders got ahead
@@ -120,8 +123,9 @@ class Engagement:
     async def handle(self, parts: Sequence[Part]) -> None:
         generation = self._generation()
         # The pipeline keeps each event on its own topic: these hold viewer events only.
-        mine = [part for part in parts
-                if part.record.topic in self._inputs and part.record.generation == generation]
+        ours = [part for part in parts if part.record.topic in self._inputs]
+        mine = [part for part in ours if part.record.generation == generation]
+        self.stale += len(ours) - len(mine)
         if not mine:
             return
         async with self._lock:

@@ -25,7 +25,7 @@ import msgspec
 import pytest
 from aiohttp import ClientSession
 from aiokafka import AIOKafkaConsumer
-from helpers import assert_nothing_twice, read_all, running_gateway
+from helpers import assert_nothing_twice, kill_mattered, read_all, running_gateway
 from reference.compare import differences
 from reference.compare import held as held_by
 from reference.kafkalog import inputs
@@ -56,6 +56,7 @@ from stream.store import keys
 from stream.store.connect import connect
 from stream.store.currenttags import held_tags
 from stream.store.ledger import read_stats
+from stream.worker.statusfile import path_for, read_status
 
 # No rerun: the simulator's platform stream trailing its commerce stream by more than
 # the grace (up to 7 s of show at this speed on a busy machine) once fired a dwell
@@ -85,7 +86,8 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
     """2,000 viewers, a 5-minute show at 10x, through 2 workers (one killed if `kill`)
     and `gateways` gateways (this process's, then `livecommerce gateway` children), the
     viewers spread over them."""
-    settings = msgspec.structs.replace(settings, rules_dir=RULES)
+    settings = msgspec.structs.replace(settings, rules_dir=RULES,
+                                       status_dir=tmp_path / "status")
     topics = Topics(settings.topic_prefix)
     async with running_gateway(settings) as (_, url, tokens):
         redis = await connect(settings.redis_url)
@@ -106,6 +108,7 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
                                                      tokens=tokens, progress=False))
             if kill:
                 await asyncio.sleep(20)  # well into the show
+                killed_at = time.time()
                 workers[0].send_signal(signal.SIGKILL)
                 workers[0].wait()
                 workers.append(spawn(["worker"], settings, tmp_path / "w2.log"))
@@ -122,6 +125,10 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
                     break
                 assert time.monotonic() < deadline, f"not settled: {stats}"
                 await asyncio.sleep(0.5)
+            if kill:  # the kill had work at stake: the victim's partitions, re-read
+                assert settings.status_dir is not None
+                statuses = [read_status(path_for(settings.status_dir, w.pid)) for w in workers]
+                assert kill_mattered(statuses[0], statuses[1:], killed_at=killed_at) == []
             # A worker's graceful stop flushes its producer: once every live worker has
             # exited by itself (not SIGKILLed after the grace), all it sent is in Kafka.
             live = [w for w in workers if w.poll() is None]
