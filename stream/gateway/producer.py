@@ -41,6 +41,9 @@ class EnvelopeProducer:
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        # Envelopes shipped and not yet handed to the Kafka client, per partition, oldest
+        # first; a partition's list exists while its drain task runs.
+        self._queues: dict[tuple[str, int], list[_Pending]] = {}
         self.records_sent = 0
 
     async def start(self) -> None:
@@ -78,20 +81,50 @@ class EnvelopeProducer:
 
     def _ship(self, topic: str, partition: int) -> None:
         pending = self._pending.pop((topic, partition))
-        task = asyncio.create_task(self._send(topic, partition, pending))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        queue = self._queues.setdefault((topic, partition), [])
+        queue.append(pending)
+        if len(queue) == 1:  # else the partition's drain task takes it in its turn
+            task = asyncio.create_task(self._drain(topic, partition, queue))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
 
-    async def _send(self, topic: str, partition: int, pending: _Pending) -> None:
-        value = pending.parts[0] if len(pending.parts) == 1 else envelope(pending.parts)
+    async def _drain(self, topic: str, partition: int, queue: list[_Pending]) -> None:
+        """Hand a partition's envelopes to the Kafka client one after the other, in the
+        order they were shipped, and wait for their acks concurrently.
+
+        One task per partition, because aiokafka's `send` keeps no order between callers:
+        a caller that finds the partition's batch full waits for it to drain, and a later
+        caller scheduled before that one wakes opens the next batch first (seen as a
+        record 315 events out of place in tests/integration/test_envelopes.py under load),
+        which would break a viewer's order across two requests."""
+        acks: list[asyncio.Task[None]] = []
+        while queue:
+            pending = queue[0]
+            value = pending.parts[0] if len(pending.parts) == 1 else envelope(pending.parts)
+            try:
+                sent = await self._producer.send(topic, value, partition=partition)
+            except Exception as exc:
+                _settle(pending, exc)
+            else:
+                acks.append(asyncio.ensure_future(self._acked(sent, pending)))
+            queue.pop(0)
+        del self._queues[(topic, partition)]
+        await asyncio.gather(*acks)
+
+    async def _acked(self, sent: asyncio.Future[object], pending: _Pending) -> None:
         try:
-            await self._producer.send_and_wait(topic, value, partition=partition)
+            await sent
         except Exception as exc:
-            for waiter in pending.waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
+            _settle(pending, exc)
             return
         self.records_sent += 1
-        for waiter in pending.waiters:
-            if not waiter.done():
+        _settle(pending, None)
+
+
+def _settle(pending: _Pending, exc: BaseException | None) -> None:
+    for waiter in pending.waiters:
+        if not waiter.done():
+            if exc is None:
                 waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)

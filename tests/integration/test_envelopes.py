@@ -47,3 +47,31 @@ async def test_envelopes_split_at_500_events_and_256_kib(settings: Settings) -> 
     # Every record but the last is full: 500 events or 256 KiB; the big ones by size.
     assert all(len(s) == MAX_EVENTS or sum(s) >= MAX_BYTES for s in sizes[:-1])
     assert sum(1 for s in sizes[2:-1] if len(s) < MAX_EVENTS and sum(s) >= MAX_BYTES) >= 2
+
+
+async def test_envelopes_of_one_partition_reach_kafka_in_the_order_shipped(
+        settings: Settings) -> None:
+    # Each envelope is past the client's 16 KiB batch, so every send finds the partition's
+    # batch full and waits for it to drain, while new envelopes keep being shipped between
+    # the waits: the case where aiokafka's own send lets a later caller go first.
+    topics = Topics(settings.topic_prefix)
+    await ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.partitions)
+    # 20 comments of ~1.6 KB an envelope: ~32 KB a record.
+    producer = EnvelopeProducer(bootstrap=settings.kafka_bootstrap, max_events=20)
+    await producer.start()
+    n = 2400
+    try:
+        waiters = []
+        for i in range(n):
+            waiters.append(producer.add(topics.viewer_events, 3, encode(Comment(
+                event_id=f"order-{i}", room_id="r-order", viewer_id="v", text="米" * 500,
+                ts=1_780_000_200_000 + i))))
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(*waiters), timeout=60)
+    finally:
+        await producer.stop()
+    records = sorted(await read_all(settings, [topics.viewer_events]), key=lambda r: r[2])
+    ids = [e.event_id for _, p, _, v in records if p == 3
+           for _, e in decode_events(v).events if e.event_id.startswith("order-")]
+    assert ids == [f"order-{i}" for i in range(n)]
