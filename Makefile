@@ -25,12 +25,10 @@ demo: $(STAMP)
 	@echo "      until Ctrl-C; open the dashboard URL it prints (the host token is in it), then"
 	@echo "      $(BIN)/livecommerce report demo-room --out report.html  and  $(BIN)/livecommerce check demo-room"
 
-# Two processes (pytest-xdist): most tests wait on a broker, a Redis or a show, not on a
-# core; tests/conftest.py groups them (a file per process, the kill-9 shows on one).
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	$(BIN)/pytest -q
 
 # The dashboard and report tests drive Debian's chromium (a CJK font for the Chinese
 # labels), installed here when we can (root with apt-get). Without it `make test` fails

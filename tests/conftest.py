@@ -11,21 +11,6 @@ from redis.asyncio import Redis
 from stream.core.config import Settings
 from stream.local.embedded import EmbeddedStack
 
-# `make test` runs pytest-xdist on 2 processes with `--dist loadgroup`. Each file is one
-# group (its module-scoped system, e.g. test_hostview's 25 s show, starts once), and the
-# shows that kill a master or a worker mid-show and compare with a model share one group:
-# they are the ones that flake when two of them compete for the 2 cores (README, Open
-# gaps), so they run one after another on one process while the other takes the rest.
-KILL_SHOWS = frozenset({"test_oracle.py", "test_faults.py", "test_failover.py",
-                        "test_cluster.py"})
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        group = ("kill-shows" if item.path.name in KILL_SHOWS
-                 else str(item.path.relative_to(item.config.rootpath)))
-        item.add_marker(pytest.mark.xdist_group(group))
-
 
 @pytest.fixture(scope="session")
 async def stack() -> AsyncIterator[EmbeddedStack]:
