@@ -17,8 +17,9 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/dev.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# DEMO_ARGS are passed on (`make demo DEMO_ARGS="--viewers 1000"`); none by default.
 demo: $(STAMP)
-	$(BIN)/livecommerce demo
+	$(BIN)/livecommerce demo $(DEMO_ARGS)
 	@echo ""
 	@echo "Next: $(BIN)/livecommerce demo --keep   runs the show again and keeps the system up"
 	@echo "      until Ctrl-C; open the dashboard URL it prints (the host token is in it), then"

@@ -41,11 +41,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+Ran = list[tuple[str, subprocess.CompletedProcess[str]]]
+
+
 def _run_section(section: str, tmp_path: Path, edits: dict[str, str] | None = None,
-                 while_up: Callable[[str], None] | None = None,
+                 while_up: Callable[[str, Ran], None] | None = None,
                  ) -> tuple[str, list[subprocess.CompletedProcess[str]]]:
     """Run a section's blocks in a fresh checkout; `up`'s output and each run's result.
-    `while_up(output)` runs after the blocks, before the Ctrl-C."""
+    `while_up(output, ran)` runs after the blocks, before the Ctrl-C; `ran` pairs each
+    run block, as edited, with its result."""
     blocks = _blocks(section)
     kinds = [kind for kind, _ in blocks]
     assert kinds[0] == "up" and "run" in kinds, f"{section}: marked blocks {kinds}"
@@ -68,12 +72,13 @@ def _run_section(section: str, tmp_path: Path, edits: dict[str, str] | None = No
             if READY in line:
                 break
         assert any(READY in line for line in lines), "".join(lines)
-        results = [shell(edit(code), cwd=view, env=env) for kind, code in blocks[1:]
-                   if kind == "run"]
+        ran = [(edit(code), shell(edit(code), cwd=view, env=env)) for kind, code in blocks[1:]
+               if kind == "run"]
+        results = [result for _, result in ran]
         for result in results:
             assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         if while_up is not None:
-            while_up("".join(lines))
+            while_up("".join(lines), ran)
         os.killpg(up.pid, signal.SIGINT)  # Ctrl-C in the first terminal
         rest, _ = up.communicate(timeout=60)
         assert up.returncode == 0, "".join(lines) + rest
@@ -109,11 +114,20 @@ def test_locust(tmp_path: Path) -> None:
     assert re.search(r"locust-room: \d+ skus, oversold 0, ok", run.stdout), run.stdout
 
 
-def test_the_hosts_view(tmp_path: Path) -> None:
-    """After the blocks the dashboard's data is a full show, not an empty page."""
-    seen: dict[str, object] = {}
+def _typed(code: str) -> list[str]:
+    """A block's command lines as a reader types them, without their comments."""
+    return [line.split("  #", 1)[0].strip() for line in code.splitlines() if line.strip()]
 
-    def dashboard_data(output: str) -> None:
+
+def test_the_hosts_view(tmp_path: Path) -> None:
+    """After the blocks the dashboard's data is a full show, not an empty page. And every
+    command `up` prints (simulate, report, check) runs as printed from the checkout, in
+    the order a user would: those a block holds word for word were run by the block
+    (a second show would add ~40 s to the suite), the others are run here."""
+    seen: dict[str, object] = {}
+    view = tmp_path / "checkout"
+
+    def dashboard_data(output: str, ran: Ran) -> None:
         page = _value(output, "dashboard")
         base, token = page.split("/dashboard/")[0], page.split("#token=", 1)[1]
         request = urllib.request.Request(f"{base}/v1/rooms/demo-room/metrics",
@@ -122,6 +136,28 @@ def test_the_hosts_view(tmp_path: Path) -> None:
             seen.update(json.load(resp)["totals"])
         with urllib.request.urlopen(page.split("#")[0], timeout=10) as resp:
             assert resp.status == 200
+        printed_commands_run_as_printed(output, ran)
+
+    def printed_commands_run_as_printed(output: str, ran: Ran) -> None:
+        state = json.loads((view / ".livecommerce" / "up.json").read_text())
+        assert state["gateway_url"] == _value(output, "gateway")
+        assert "#token=" in _value(output, "dashboard")
+        done = {line: result for code, result in ran for line in _typed(code)}
+        out: dict[str, subprocess.CompletedProcess[str]] = {}
+        for label in ("simulate", "report", "check"):
+            command = _value(output, label)
+            assert command.startswith(".venv/bin/livecommerce "), (label, command)
+            out[label] = done.get(command) or shell(command, cwd=view, env=user_env())
+            assert out[label].returncode == 0, out[label].stdout + out[label].stderr
+        show = out["simulate"]
+        assert state["gateway_url"] in show.stderr  # it says which system it talks to
+        [summary] = [json.loads(line) for line in show.stdout.splitlines()
+                     if line.startswith("{")]
+        assert summary["events_sent"] == summary["events_accepted"] > 1000
+        assert summary["events_processed"] == summary["events_sent"]
+        assert summary["orders"] > 0 and summary["nudges"] > 0 and summary["oversold"] == 0
+        assert "<svg" in (view / "report.html").read_text(encoding="utf-8")
+        assert "oversold 0, ok" in out["check"].stdout, out["check"].stdout
 
     _run_section("The host's view", tmp_path, while_up=dashboard_data)
     assert seen["orders"] > 0 and seen["paid"] > 0 and seen["gmv"] > 0, seen  # type: ignore[operator]
