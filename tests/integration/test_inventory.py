@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis
+import msgspec
 import pytest
 from helpers import INVENTORY_TTL_MS
 from hypothesis import HealthCheck, given
@@ -388,6 +389,72 @@ async def test_a_batch_longer_than_a_script_chunk(inv: Inventory, room: str) -> 
     assert triple(outs[-1]) == (True, "confirmed", "")
     assert await stock(inv, room) == {"a": (0, 699, 1)}
     await assert_sound(inv, room)
+
+
+async def test_one_batch_expires_on_event_time(inv: Inventory, room: str) -> None:
+    """A backlog read in one burst: a payment 600 s past its order's deadline finds it
+    expired first (as the sweeper would have, had it run in time), then re-reserves it; a
+    cancel's ts expires too. A replay of the batch reports no expiry again."""
+    await apply(inv, stock_set(room, "a", 2))
+    late = T0 + TTL_MS + 600_000
+    events: list[StockSet | OrderEvent] = [
+        placed(room, "o1", ("a", 1), ts=T0, viewer="v7"),
+        msgspec.structs.replace(paid(room, "o1"), ts=late),
+        placed(room, "o2", ("a", 1), ts=late + 1, viewer="v8"),
+        msgspec.structs.replace(cancelled(room, "o2"), ts=late + 1 + TTL_MS + 1)]
+    outs = await apply_all(inv, room, events)
+    assert [triple(o) for o in outs] == [
+        (True, "reserved", ""), (True, "confirmed", "re-reserved after expired"),
+        (True, "reserved", ""), (False, "released", "expired")]
+    assert [[(oid, x.viewer_id, *triple(x)) for oid, x in o.expired] for o in outs] == [
+        [], [("o1", "v7", True, "released", "expired")],
+        [], [("o2", "v8", True, "released", "expired")]]
+    # Each expiry's levels come before its trigger's: the unit back, then sold again.
+    assert [(u.available, u.reserved, u.sold) for u in outs[1].expired[0][1].levels] == [
+        (2, 0, 0)]
+    assert [(u.available, u.reserved, u.sold) for u in outs[1].levels] == [(1, 0, 1)]
+    assert await stock(inv, room) == {"a": (1, 0, 1)}
+    before = await dump(inv.redis, room)
+    again = await apply_all(inv, room, events)
+    assert [o.fresh or o.expired for o in again] == [()] * 4
+    assert await dump(inv.redis, room) == before
+    s = await stats(inv.redis, room)
+    assert (s["orders_released:expired"], s["orders_paid"]) == ("2", "1")
+    await assert_sound(inv, room)
+
+
+async def test_a_unit_expired_within_a_batch_is_there_for_a_later_order(
+        inv: Inventory, room: str) -> None:
+    """One unit: an order at o1's deadline still finds it held (expiry is for events after
+    the deadline, as the sweeper's `deadline <= now`), one a millisecond later gets it."""
+    await apply(inv, stock_set(room, "a", 1))
+    events: list[StockSet | OrderEvent] = [
+        placed(room, "o1", ("a", 1), ts=T0),
+        placed(room, "o2", ("a", 1), ts=T0 + TTL_MS, viewer="v2"),
+        placed(room, "o3", ("a", 1), ts=T0 + TTL_MS + 1, viewer="v3")]
+    outs = await apply_all(inv, room, events)
+    assert [triple(o) for o in outs] == [(True, "reserved", ""),
+                                         (True, "rejected", "sold_out"),
+                                         (True, "reserved", "")]
+    assert [[oid for oid, _ in o.expired] for o in outs] == [[], [], ["o1"]]
+    assert await stock(inv, room) == {"a": (0, 1, 0)}
+    # The sweeper finds nothing left to do for o1, and o3 is due at its own deadline.
+    assert [oid for oid, _ in await inv.expire_due(room, now_ms=T0 + 2 * TTL_MS + 1)] == ["o3"]
+    await assert_sound(inv, room)
+
+
+async def test_bucketed_orders_are_left_to_the_sweeper(inv: Inventory, room: str) -> None:
+    """A bucketed order's units go back to buckets after the script, too late for this
+    batch's walks: the event ts does not expire it; the sweeper does."""
+    await inv.apply(room, [msgspec.structs.replace(stock_set(room, "a", 4), buckets=2)],
+                    ts=T0)
+    events: list[StockSet | OrderEvent] = [
+        placed(room, "o1", ("a", 1), ts=T0),
+        placed(room, "o2", ("a", 1), ts=T0 + 10 * TTL_MS)]
+    outs, _ = await inv.apply(room, events, ts=T0)
+    assert [(triple(o), o.expired) for o in outs] == [((True, "reserved", ""), ())] * 2
+    due, _ = await inv.expire_and_follow(room, now_ms=T0 + TTL_MS)
+    assert [(oid, triple(o)) for oid, o in due] == [("o1", (True, "released", "expired"))]
 
 
 # --------------------------------------------------------------------------- the oracle
