@@ -654,9 +654,28 @@ def build(op: Op, room: str, now: int, *, buckets: int | None = None) -> StockSe
     return OrderPaymentFailed(**common, reason="declined")
 
 
-async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = None) -> None:
-    """Replay `script` on Redis and on the model; compare after every step. With `buckets`
-    every SKU is split into that many buckets: the same outcomes, but no re-reserve."""
+@dataclass
+class Step:
+    """One event of a batch and what the model says of it."""
+
+    where: str
+    event: StockSet | OrderEvent
+    want: tuple[bool, str, str]
+    expired: list[str]  # what its event ts expires first, by the model
+    before: dict[str, tuple[int, int, int]]  # levels after those expiries
+    after: dict[str, tuple[int, int, int]]  # levels after the event
+
+
+def levels_of(model: Model) -> dict[str, tuple[int, int, int]]:
+    return {k: (s.available, s.reserved, s.sold) for k, s in model.skus.items()}
+
+
+async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = None,
+                  cuts: list[int] | None = None) -> None:
+    """Replay `script` on Redis and on the model; compare after every batch. With `buckets`
+    every SKU is split into that many buckets: the same outcomes, but no re-reserve, and
+    expiry by the sweeper only. `cuts`: the sizes of the batches (cycled; 1 each if none),
+    each applied as the worker applies one (one script call; `expire` ops end a batch)."""
     redis = Redis.from_url(redis_url)
     try:
         room = f"fuzz-{uuid.uuid4().hex[:12]}"
@@ -664,9 +683,42 @@ async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = Non
         model = Model(max_qty=FUZZ_MAX_QTY, ttl_ms=FUZZ_TTL_MS, re_reserve=buckets is None)
         now = T0
         history: list[StockSet | OrderEvent] = []
+        sizes = itertools.cycle(cuts or [1])
+        size, batch = next(sizes), []
+
+        async def flush() -> None:
+            if not batch:
+                return
+            outs, summed = await inv.apply(room, [b.event for b in batch], ts=now)
+            for b, out in zip(batch, outs, strict=True):
+                assert triple(out) == b.want, f"{b.where}: {b.event}"
+                assert sorted(oid for oid, _ in out.expired) == b.expired, b.where
+                assert all(triple(x) == (True, "released", "expired") and x.viewer_id == "v"
+                           for _, x in out.expired), b.where
+                if out.expired:
+                    hypothesis.event(f"expired by an event's ts, batch of {len(batch)}")
+                # The last expiry to touch a SKU shows its level after them all.
+                last = {u.sku: u for _, x in out.expired for u in x.levels}
+                for level in last.values():
+                    assert (level.available, level.reserved, level.sold) == (
+                        b.before[level.sku]), b.where
+                for level in out.levels:
+                    assert (level.available, level.reserved, level.sold) == (
+                        b.after[level.sku]), b.where
+                hypothesis.event(f"{type(b.event).__name__} {out.status} {out.reason}".strip())
+            for level in summed:  # bucketed SKUs' sums, after the batch's moves
+                assert (level.available, level.reserved, level.sold) == (
+                    levels_of(model)[level.sku]), batch[-1].where
+            batch.clear()
+            audit = await inv.audit(room)
+            assert audit.problems == [] and audit.oversold == 0, (where, audit)
+            levels = await inv.levels(room)
+            assert all(min(u.available, u.reserved, u.sold) >= 0 for u in levels), where
+
         for step, op in enumerate(script):
             where = f"step {step}: {op}"
             if op[0] == "expire":
+                await flush()
                 now += op[1]
                 due, _ = await inv.expire_and_follow(room, now_ms=now)
                 got = [(oid, out.viewer_id, out) for oid, out in due]
@@ -675,27 +727,26 @@ async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = Non
                 assert sorted(oid for oid, _, _ in got) == model.expire(now), where
                 if got:
                     hypothesis.event("expired some")
+                continue
+            if op[0] == "dup":
+                if not history:
+                    continue
+                event = history[op[1] % len(history)]
             else:
-                if op[0] == "dup":
-                    if not history:
-                        continue
-                    event = history[op[1] % len(history)]
-                else:
-                    now += 1000
-                    event = build(op, room, now, buckets=buckets)
-                    history.append(event)
-                want = model.apply(event)
-                [out], summed = await inv.apply(room, [event], ts=now)
-                assert triple(out) == want, f"{where}: {event}"
-                hypothesis.event(f"{type(event).__name__} {out.status} {out.reason}".strip())
-                for level in (*out.levels, *summed):
-                    m = model.skus[level.sku]
-                    assert (level.available, level.reserved, level.sold) == (
-                        m.available, m.reserved, m.sold), where
-            audit = await inv.audit(room)
-            assert audit.problems == [] and audit.oversold == 0, (where, audit)
-            levels = await inv.levels(room)
-            assert all(min(u.available, u.reserved, u.sold) >= 0 for u in levels), where
+                now += 1000
+                event = build(op, room, now, buckets=buckets)
+                history.append(event)
+            # The room's script expires what is due before each order event (not a load);
+            # bucketed orders wait for the sweeper.
+            expired = (model.expire(event.ts - 1)
+                       if buckets is None and not isinstance(event, StockSet) else [])
+            before = levels_of(model)
+            want = model.apply(event)
+            batch.append(Step(where, event, want, expired, before, levels_of(model)))
+            if len(batch) >= size:
+                await flush()
+                size = next(sizes)
+        await flush()
         final = {u.sku: (u.available, u.reserved, u.sold) for u in await inv.levels(room)}
         assert final == {k: (s.available, s.reserved, s.sold) for k, s in model.skus.items()}
         raw = {k.decode(): float(v) for k, v in (await redis.hgetall(keys.stats(room))).items()}
@@ -713,12 +764,14 @@ async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = Non
 
 
 @hsettings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
-@given(script=scripts)
-def test_inventory_matches_the_model(stack: EmbeddedStack, script: list[Op]) -> None:
-    """Random operations, duplicates included: Redis agrees with the model at every step."""
+@given(script=scripts, cuts=st.lists(st.integers(1, 8), min_size=1, max_size=8))
+def test_inventory_matches_the_model(stack: EmbeddedStack, script: list[Op],
+                                     cuts: list[int]) -> None:
+    """Random operations, duplicates included, in batches of random sizes (deadlines pass
+    within a batch): Redis agrees with the model at every step."""
     loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(run_ops(stack.redis_url, script))
+        loop.run_until_complete(run_ops(stack.redis_url, script, cuts=cuts))
     finally:
         loop.close()
 
