@@ -306,7 +306,9 @@ end
 -- orders are left to the sweeper: their units return to buckets only after this script,
 -- too late for the walks of this batch. Skipped entries stay at the head of the due range
 -- (sorted by deadline), so `skip` carries over the ops of this call: each is read once
--- per call, not once per op.
+-- per call, not once per op (only a place more than a TTL older than an earlier op of the
+-- call could slip in before them and wait for the sweeper). 100 ids a page: most ops find
+-- none due, and a burst of expiries pages on without one reply of thousands.
 local skip, expired = 0, {}
 local PAGE = 100
 local function expire(i, ts)
@@ -317,7 +319,9 @@ local function expire(i, ts)
       if not redis.call('HGET', orders .. oid, 'bk') then
         out = release({'release', oid, 'expired', ''})
       end
-      if out and out[1] == 'new' then
+      -- Fresh releases leave the zset; anything else stays, so it is skipped from now on
+      -- (which also ends this loop: every entry read is either removed or skipped).
+      if out and out[1] == 'new' and out[2] == 'released' then
         table.insert(out, 1, oid)
         table.insert(out, 1, i)
         expired[#expired + 1] = out

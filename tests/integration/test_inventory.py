@@ -443,6 +443,23 @@ async def test_a_unit_expired_within_a_batch_is_there_for_a_later_order(
     await assert_sound(inv, room)
 
 
+async def test_due_entries_the_script_cannot_release_are_skipped(inv: Inventory,
+                                                                  room: str) -> None:
+    """Ids on the due list with no reservation behind them (a paid order put back by a
+    sweeper's stale read, orders long gone), more than a page of them: an event after
+    their deadline reports none of them and still expires the one real reservation."""
+    await apply(inv, stock_set(room, "a", 3))
+    await apply(inv, placed(room, "o1", ("a", 1)))
+    await apply(inv, paid(room, "o1"))
+    await apply(inv, placed(room, "o2", ("a", 1), ts=T0 + 1))
+    await inv.redis.zadd(keys.deadlines(room), {"o1": T0, **{f"gone{i}": T0 for i in range(250)}})
+    outs = await apply_all(inv, room, [
+        placed(room, "o3", ("a", 1), ts=T0 + 2 * TTL_MS),
+        placed(room, "o4", ("a", 1), ts=T0 + 2 * TTL_MS + 1)])
+    assert [[oid for oid, _ in o.expired] for o in outs] == [["o2"], []]
+    assert await stock(inv, room) == {"a": (0, 2, 1)}
+
+
 async def test_bucketed_orders_are_left_to_the_sweeper(inv: Inventory, room: str) -> None:
     """A bucketed order's units go back to buckets after the script, too late for this
     batch's walks: the event ts does not expire it; the sweeper does."""
