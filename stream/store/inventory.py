@@ -66,11 +66,29 @@ class Outcome:
     viewer_id: str
     levels: tuple[StockUpdate, ...]
     moves: tuple[Move, ...] = ()
+    # The reservations this op's event ts expired first, (order_id, outcome) by deadline:
+    # their results go out before this op's own.
+    expired: tuple[tuple[str, Outcome], ...] = ()
 
 
-def parse(answer: Sequence[bytes | str | int | None], *, room_id: str, ts: int) -> Outcome:
+Answer = Sequence[bytes | str | int | None]
+
+
+def unpack(reply: Sequence[Sequence[Answer]]) -> list[tuple[Answer, list[tuple[str, Answer]]]]:
+    """One script call's reply {answers, expired}: per op, its answer and the (order_id,
+    answer) of each reservation it expired first."""
+    ops, expired = reply
+    before: list[list[tuple[str, Answer]]] = [[] for _ in ops]
+    for e in expired:
+        before[int(e[0] or 0) - 1].append((text(e[1] or ""), e[2:]))
+    return list(zip(ops, before, strict=True))
+
+
+def parse(answer: Answer, *, room_id: str, ts: int,
+          expired: Sequence[tuple[str, Answer]] = ()) -> Outcome:
     """Decode one op's flat answer: fresh, status, reason, viewer, then 5 fields per SKU
-    (a bucket move where the SKU starts with `#`, which no SKU id can)."""
+    (a bucket move where the SKU starts with `#`, which no SKU id can); `expired`, the
+    answers of the reservations it expired first, stamped with the op's ts."""
     text = [a.decode() if isinstance(a, bytes) else a for a in answer]
     levels: list[StockUpdate] = []
     moves: list[Move] = []
@@ -83,7 +101,8 @@ def parse(answer: Sequence[bytes | str | int | None], *, room_id: str, ts: int) 
                                   reserved=int(text[i + 2] or 0), sold=int(text[i + 3] or 0),
                                   version=int(text[i + 4] or 0), ts=ts))
     return Outcome(text[0] == "new", str(text[1]), str(text[2] or ""), str(text[3] or ""),
-                   tuple(levels), tuple(moves))
+                   tuple(levels), tuple(moves),
+                   tuple((oid, parse(a, room_id=room_id, ts=ts)) for oid, a in expired))
 
 
 def walks_for(event: OrderPlaced, split: dict[str, int], *, max_qty: int) -> list[Walk]:
@@ -163,9 +182,9 @@ class Inventory:
             return ["pay", event.order_id, str(minute_of(event.ts)), str(event.ts // 1000),
                     str(event.ts)]
         if isinstance(event, OrderCancelled):
-            return ["release", event.order_id, "cancelled", ""]
+            return ["release", event.order_id, "cancelled", "", str(event.ts)]
         if isinstance(event, OrderPaymentFailed):
-            return ["release", event.order_id, "payment_failed", ""]
+            return ["release", event.order_id, "payment_failed", "", str(event.ts)]
         raise TypeError(f"not an inventory event: {event!r}")  # pragma: no cover
 
     async def queue(self, pipe: AnyPipeline, room_id: str, ops: Sequence[Op], *,
@@ -195,7 +214,8 @@ class Inventory:
             waits = self.queue_wait(pipe, [room_id])
             answers = await scripts.execute(pipe)
         self.check_wait(answers[calls:calls + waits])
-        return [parse(a, room_id=room_id, ts=ts) for chunk in answers[:calls] for a in chunk]
+        return [parse(a, room_id=room_id, ts=ts, expired=x)
+                for reply in answers[:calls] for a, x in unpack(reply)]
 
     async def load(self, events: Sequence[StockSet]) -> None:
         """Apply stock loads now, a room per script call (idempotent by event id).

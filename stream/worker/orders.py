@@ -18,7 +18,7 @@ from stream.engine.stock import StockBook
 from stream.store import keys, scripts
 from stream.store.clocks import RoomClocks
 from stream.store.connect import Client
-from stream.store.inventory import Inventory, Outcome, parse
+from stream.store.inventory import Inventory, Outcome, parse, unpack
 from stream.store.replies import text
 from stream.store.roomlog import RoomLog
 from stream.worker.stockfeed import StockFeed
@@ -78,10 +78,12 @@ class Orders:
         self._rooms.update(new_rooms)
         chunks = iter(answers[len(latest) + bool(new_rooms):])
         for (room, group), n in zip(by_room.items(), calls, strict=True):
-            flat = [a for _ in range(n) for a in next(chunks)]
-            outcomes = [parse(answer, room_id=room, ts=e.ts)
-                        for (_, e), answer in zip(group, flat, strict=True)]
+            flat = [ax for _ in range(n) for ax in unpack(next(chunks))]
+            outcomes = [parse(answer, room_id=room, ts=e.ts, expired=x)
+                        for (_, e), (answer, x) in zip(group, flat, strict=True)]
             for (record, e), outcome in zip(group, outcomes, strict=True):
+                # What the event's ts expired first goes out first, as the sweeper's would.
+                await self._expired(room, e.ts, outcome.expired)
                 self._feed.offer(outcome.levels)
                 self._observe(outcome.levels)
                 if isinstance(e, OrderEvent):
@@ -122,17 +124,23 @@ class Orders:
             due, levels = await self._inventory.expire_and_follow(room, now_ms=now, book=book)
             self._feed.offer(levels)
             self._observe(levels)
-            for order_id, outcome in due:
-                self._feed.offer(outcome.levels)
-                self._observe(outcome.levels)
-                if outcome.fresh:  # else paid or cancelled in the meantime
-                    # On the viewer's input partition, as the order's other results: its
-                    # events are keyed by viewer id with Kafka's default partitioner.
-                    partition = partition_for(outcome.viewer_id, self._partitions)
-                    await self._publish(_result(order_id, room, now, outcome,
-                                                outcome.viewer_id), partition)
-                    released += 1
+            released += await self._expired(room, now, due)
         await self._feed.flush()
+        return released
+
+    async def _expired(self, room: str, ts: int, due: Sequence[tuple[str, Outcome]]) -> int:
+        """Feed the levels of expiries and publish the fresh ones' results; how many."""
+        released = 0
+        for order_id, outcome in due:
+            self._feed.offer(outcome.levels)
+            self._observe(outcome.levels)
+            if outcome.fresh:  # else paid or cancelled in the meantime
+                # On the viewer's input partition, as the order's other results: its
+                # events are keyed by viewer id with Kafka's default partitioner.
+                partition = partition_for(outcome.viewer_id, self._partitions)
+                await self._publish(_result(order_id, room, ts, outcome, outcome.viewer_id),
+                                    partition)
+                released += 1
         return released
 
     def _observe(self, levels: Iterable[StockUpdate]) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis
+import msgspec
 import pytest
 from helpers import INVENTORY_TTL_MS
 from hypothesis import HealthCheck, given
@@ -390,6 +391,89 @@ async def test_a_batch_longer_than_a_script_chunk(inv: Inventory, room: str) -> 
     await assert_sound(inv, room)
 
 
+async def test_one_batch_expires_on_event_time(inv: Inventory, room: str) -> None:
+    """A backlog read in one burst: a payment 600 s past its order's deadline finds it
+    expired first (as the sweeper would have, had it run in time), then re-reserves it; a
+    cancel's ts expires too. A replay of the batch reports no expiry again."""
+    await apply(inv, stock_set(room, "a", 2))
+    late = T0 + TTL_MS + 600_000
+    events: list[StockSet | OrderEvent] = [
+        placed(room, "o1", ("a", 1), ts=T0, viewer="v7"),
+        msgspec.structs.replace(paid(room, "o1"), ts=late),
+        placed(room, "o2", ("a", 1), ts=late + 1, viewer="v8"),
+        msgspec.structs.replace(cancelled(room, "o2"), ts=late + 1 + TTL_MS + 1)]
+    outs = await apply_all(inv, room, events)
+    assert [triple(o) for o in outs] == [
+        (True, "reserved", ""), (True, "confirmed", "re-reserved after expired"),
+        (True, "reserved", ""), (False, "released", "expired")]
+    assert [[(oid, x.viewer_id, *triple(x)) for oid, x in o.expired] for o in outs] == [
+        [], [("o1", "v7", True, "released", "expired")],
+        [], [("o2", "v8", True, "released", "expired")]]
+    # Each expiry's levels come before its trigger's: the unit back, then sold again.
+    assert [(u.available, u.reserved, u.sold) for u in outs[1].expired[0][1].levels] == [
+        (2, 0, 0)]
+    assert [(u.available, u.reserved, u.sold) for u in outs[1].levels] == [(1, 0, 1)]
+    assert await stock(inv, room) == {"a": (1, 0, 1)}
+    before = await dump(inv.redis, room)
+    again = await apply_all(inv, room, events)
+    assert [o.fresh or o.expired for o in again] == [()] * 4
+    assert await dump(inv.redis, room) == before
+    s = await stats(inv.redis, room)
+    assert (s["orders_released:expired"], s["orders_paid"]) == ("2", "1")
+    await assert_sound(inv, room)
+
+
+async def test_a_unit_expired_within_a_batch_is_there_for_a_later_order(
+        inv: Inventory, room: str) -> None:
+    """One unit: an order at o1's deadline still finds it held (expiry is for events after
+    the deadline, as the sweeper's `deadline <= now`), one a millisecond later gets it."""
+    await apply(inv, stock_set(room, "a", 1))
+    events: list[StockSet | OrderEvent] = [
+        placed(room, "o1", ("a", 1), ts=T0),
+        placed(room, "o2", ("a", 1), ts=T0 + TTL_MS, viewer="v2"),
+        placed(room, "o3", ("a", 1), ts=T0 + TTL_MS + 1, viewer="v3")]
+    outs = await apply_all(inv, room, events)
+    assert [triple(o) for o in outs] == [(True, "reserved", ""),
+                                         (True, "rejected", "sold_out"),
+                                         (True, "reserved", "")]
+    assert [[oid for oid, _ in o.expired] for o in outs] == [[], [], ["o1"]]
+    assert await stock(inv, room) == {"a": (0, 1, 0)}
+    # The sweeper finds nothing left to do for o1, and o3 is due at its own deadline.
+    assert [oid for oid, _ in await inv.expire_due(room, now_ms=T0 + 2 * TTL_MS + 1)] == ["o3"]
+    await assert_sound(inv, room)
+
+
+async def test_due_entries_the_script_cannot_release_are_skipped(inv: Inventory,
+                                                                  room: str) -> None:
+    """Ids on the due list with no reservation behind them (a paid order put back by a
+    sweeper's stale read, orders long gone), more than a page of them: an event after
+    their deadline reports none of them and still expires the one real reservation."""
+    await apply(inv, stock_set(room, "a", 3))
+    await apply(inv, placed(room, "o1", ("a", 1)))
+    await apply(inv, paid(room, "o1"))
+    await apply(inv, placed(room, "o2", ("a", 1), ts=T0 + 1))
+    await inv.redis.zadd(keys.deadlines(room), {"o1": T0, **{f"gone{i}": T0 for i in range(250)}})
+    outs = await apply_all(inv, room, [
+        placed(room, "o3", ("a", 1), ts=T0 + 2 * TTL_MS),
+        placed(room, "o4", ("a", 1), ts=T0 + 2 * TTL_MS + 1)])
+    assert [[oid for oid, _ in o.expired] for o in outs] == [["o2"], []]
+    assert await stock(inv, room) == {"a": (0, 2, 1)}
+
+
+async def test_bucketed_orders_are_left_to_the_sweeper(inv: Inventory, room: str) -> None:
+    """A bucketed order's units go back to buckets after the script, too late for this
+    batch's walks: the event ts does not expire it; the sweeper does."""
+    await inv.apply(room, [msgspec.structs.replace(stock_set(room, "a", 4), buckets=2)],
+                    ts=T0)
+    events: list[StockSet | OrderEvent] = [
+        placed(room, "o1", ("a", 1), ts=T0),
+        placed(room, "o2", ("a", 1), ts=T0 + 10 * TTL_MS)]
+    outs, _ = await inv.apply(room, events, ts=T0)
+    assert [(triple(o), o.expired) for o in outs] == [((True, "reserved", ""), ())] * 2
+    due, _ = await inv.expire_and_follow(room, now_ms=T0 + TTL_MS)
+    assert [(oid, triple(o)) for oid, o in due] == [("o1", (True, "released", "expired"))]
+
+
 # --------------------------------------------------------------------------- the oracle
 
 @dataclass
@@ -587,9 +671,28 @@ def build(op: Op, room: str, now: int, *, buckets: int | None = None) -> StockSe
     return OrderPaymentFailed(**common, reason="declined")
 
 
-async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = None) -> None:
-    """Replay `script` on Redis and on the model; compare after every step. With `buckets`
-    every SKU is split into that many buckets: the same outcomes, but no re-reserve."""
+@dataclass
+class Step:
+    """One event of a batch and what the model says of it."""
+
+    where: str
+    event: StockSet | OrderEvent
+    want: tuple[bool, str, str]
+    expired: list[str]  # what its event ts expires first, by the model
+    before: dict[str, tuple[int, int, int]]  # levels after those expiries
+    after: dict[str, tuple[int, int, int]]  # levels after the event
+
+
+def levels_of(model: Model) -> dict[str, tuple[int, int, int]]:
+    return {k: (s.available, s.reserved, s.sold) for k, s in model.skus.items()}
+
+
+async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = None,
+                  cuts: list[int] | None = None) -> None:
+    """Replay `script` on Redis and on the model; compare after every batch. With `buckets`
+    every SKU is split into that many buckets: the same outcomes, but no re-reserve, and
+    expiry by the sweeper only. `cuts`: the sizes of the batches (cycled; 1 each if none),
+    each applied as the worker applies one (one script call; `expire` ops end a batch)."""
     redis = Redis.from_url(redis_url)
     try:
         room = f"fuzz-{uuid.uuid4().hex[:12]}"
@@ -597,9 +700,42 @@ async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = Non
         model = Model(max_qty=FUZZ_MAX_QTY, ttl_ms=FUZZ_TTL_MS, re_reserve=buckets is None)
         now = T0
         history: list[StockSet | OrderEvent] = []
+        sizes = itertools.cycle(cuts or [1])
+        size, batch = next(sizes), []
+
+        async def flush() -> None:
+            if not batch:
+                return
+            outs, summed = await inv.apply(room, [b.event for b in batch], ts=now)
+            for b, out in zip(batch, outs, strict=True):
+                assert triple(out) == b.want, f"{b.where}: {b.event}"
+                assert sorted(oid for oid, _ in out.expired) == b.expired, b.where
+                assert all(triple(x) == (True, "released", "expired") and x.viewer_id == "v"
+                           for _, x in out.expired), b.where
+                if out.expired:
+                    hypothesis.event(f"expired by an event's ts, batch of {len(batch)}")
+                # The last expiry to touch a SKU shows its level after them all.
+                last = {u.sku: u for _, x in out.expired for u in x.levels}
+                for level in last.values():
+                    assert (level.available, level.reserved, level.sold) == (
+                        b.before[level.sku]), b.where
+                for level in out.levels:
+                    assert (level.available, level.reserved, level.sold) == (
+                        b.after[level.sku]), b.where
+                hypothesis.event(f"{type(b.event).__name__} {out.status} {out.reason}".strip())
+            for level in summed:  # bucketed SKUs' sums, after the batch's moves
+                assert (level.available, level.reserved, level.sold) == (
+                    levels_of(model)[level.sku]), batch[-1].where
+            batch.clear()
+            audit = await inv.audit(room)
+            assert audit.problems == [] and audit.oversold == 0, (where, audit)
+            levels = await inv.levels(room)
+            assert all(min(u.available, u.reserved, u.sold) >= 0 for u in levels), where
+
         for step, op in enumerate(script):
             where = f"step {step}: {op}"
             if op[0] == "expire":
+                await flush()
                 now += op[1]
                 due, _ = await inv.expire_and_follow(room, now_ms=now)
                 got = [(oid, out.viewer_id, out) for oid, out in due]
@@ -608,27 +744,26 @@ async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = Non
                 assert sorted(oid for oid, _, _ in got) == model.expire(now), where
                 if got:
                     hypothesis.event("expired some")
+                continue
+            if op[0] == "dup":
+                if not history:
+                    continue
+                event = history[op[1] % len(history)]
             else:
-                if op[0] == "dup":
-                    if not history:
-                        continue
-                    event = history[op[1] % len(history)]
-                else:
-                    now += 1000
-                    event = build(op, room, now, buckets=buckets)
-                    history.append(event)
-                want = model.apply(event)
-                [out], summed = await inv.apply(room, [event], ts=now)
-                assert triple(out) == want, f"{where}: {event}"
-                hypothesis.event(f"{type(event).__name__} {out.status} {out.reason}".strip())
-                for level in (*out.levels, *summed):
-                    m = model.skus[level.sku]
-                    assert (level.available, level.reserved, level.sold) == (
-                        m.available, m.reserved, m.sold), where
-            audit = await inv.audit(room)
-            assert audit.problems == [] and audit.oversold == 0, (where, audit)
-            levels = await inv.levels(room)
-            assert all(min(u.available, u.reserved, u.sold) >= 0 for u in levels), where
+                now += 1000
+                event = build(op, room, now, buckets=buckets)
+                history.append(event)
+            # The room's script expires what is due before each order event (not a load);
+            # bucketed orders wait for the sweeper.
+            expired = (model.expire(event.ts - 1)
+                       if buckets is None and not isinstance(event, StockSet) else [])
+            before = levels_of(model)
+            want = model.apply(event)
+            batch.append(Step(where, event, want, expired, before, levels_of(model)))
+            if len(batch) >= size:
+                await flush()
+                size = next(sizes)
+        await flush()
         final = {u.sku: (u.available, u.reserved, u.sold) for u in await inv.levels(room)}
         assert final == {k: (s.available, s.reserved, s.sold) for k, s in model.skus.items()}
         raw = {k.decode(): float(v) for k, v in (await redis.hgetall(keys.stats(room))).items()}
@@ -646,12 +781,14 @@ async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = Non
 
 
 @hsettings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
-@given(script=scripts)
-def test_inventory_matches_the_model(stack: EmbeddedStack, script: list[Op]) -> None:
-    """Random operations, duplicates included: Redis agrees with the model at every step."""
+@given(script=scripts, cuts=st.lists(st.integers(1, 8), min_size=1, max_size=8))
+def test_inventory_matches_the_model(stack: EmbeddedStack, script: list[Op],
+                                     cuts: list[int]) -> None:
+    """Random operations, duplicates included, in batches of random sizes (deadlines pass
+    within a batch): Redis agrees with the model at every step."""
     loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(run_ops(stack.redis_url, script))
+        loop.run_until_complete(run_ops(stack.redis_url, script, cuts=cuts))
     finally:
         loop.close()
 
