@@ -113,9 +113,14 @@ class Auditor:
     inventory: Inventory
     room: str
     samples: list[Sample] = field(default_factory=list)
+    stopped: bool = False
 
     async def run(self) -> None:
-        while True:
+        # Ended by `stop`, not by cancelling the task alone: a cancel that lands inside the
+        # cluster client's retry can be swallowed there, and the loop then ran on for ever
+        # (test_cluster's contention sale hung to its 300 s timeout, the loop's 50 ms
+        # sleep the only timer left).
+        while not self.stopped:
             # The refusals first: a sold_out counted before books that still show stock
             # is an order refused while there was some (underselling).
             refused = await self.inventory.redis.hget(keys.stats(self.room),
@@ -125,6 +130,12 @@ class Auditor:
             self.samples.append(Sample(int(refused or 0), audit,
                                        sum(u.available for u in levels)))
             await asyncio.sleep(0.05)
+
+    async def stop(self, task: asyncio.Task[None]) -> None:
+        """End the sampling `task` (this auditor's `run`) and wait for it, 10 s at most."""
+        self.stopped = True
+        task.cancel()
+        await asyncio.wait([task], timeout=10)
 
 
 @dataclass

@@ -303,9 +303,9 @@ async def test_hot_sku_sale(settings: Settings, gateway: Poster, redis: Redis,
                 await asyncio.sleep(0.02)
             timings["sse caught up after last result"] = time.monotonic() - last_result_at
     finally:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        background[0].cancel()
+        await auditor.stop(background[1])
+        await asyncio.wait([background[0]], timeout=10)
         await results.consumer.stop()
         print(f"\ntimings (s): { {k: round(v, 2) for k, v in timings.items()} }, "
               f"total {time.monotonic() - started:.1f}, audits {len(auditor.samples)}, "

@@ -105,7 +105,7 @@ async def test_hot_sku_in_buckets_from_two_gateways(settings: Settings, redis: R
                     break
                 await asyncio.sleep(0.2)
             await asyncio.sleep(0.1)  # one more sample after the last order
-            sampling.cancel()
+            await auditor.stop(sampling)
         assert all(w.poll() is None for w in workers), "a worker died"
     finally:
         await stop_processes(workers)
