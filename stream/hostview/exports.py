@@ -40,8 +40,12 @@ def _error(status: int, message: str) -> web.Response:
                         content_type="application/json")
 
 
-def _params(request: web.Request) -> tuple[str, str | None, bool] | web.Response:
-    """(room, broadcast, csv) from the request, or the `400` naming the field."""
+def _params(request: web.Request, *, what: str) -> tuple[str, str | None, bool] | web.Response:
+    """(room, broadcast, csv) from the request; or the `401`/`403` for a token that may not
+    read `what`, or the `400` naming the field."""
+    refused = refusal_unless(request, READERS, what=what)
+    if refused is not None:
+        return refused
     room = request.match_info["room"]
     if not _ID.match(room):
         return _error(400, "room: expected [A-Za-z0-9._:@-]{1,64}")
@@ -69,10 +73,7 @@ async def picklist(request: web.Request) -> web.Response:
     by = request.query.get("by", "sku")
     if by not in VIEWS:
         return _error(400, f"by: expected one of {', '.join(VIEWS)}, got {by[:20]!r}")
-    refused = refusal_unless(request, READERS, what=f"the pick list by {by}")
-    if refused is not None:
-        return refused
-    params = _params(request)
+    params = _params(request, what=f"the pick list by {by}")
     if isinstance(params, web.Response):
         return params
     room, broadcast, as_csv = params
@@ -86,10 +87,7 @@ async def picklist(request: web.Request) -> web.Response:
 
 
 async def followups(request: web.Request) -> web.Response:
-    refused = refusal_unless(request, READERS, what="follow-ups")
-    if refused is not None:
-        return refused
-    params = _params(request)
+    params = _params(request, what="follow-ups")
     if isinstance(params, web.Response):
         return params
     room, broadcast, as_csv = params
