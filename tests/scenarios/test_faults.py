@@ -133,7 +133,9 @@ async def test_a_worker_joining_mid_show_rebalances_a_take_in_flight_and_loses_n
     Then the kill checks are shown to fail where nothing was at stake: the second worker
     stopped cleanly once all was committed (its successor re-reads nothing), and a worker
     killed before it ever joined (no partitions)."""
-    room = "rebalance-room"
+    # A room of this attempt's own: the plan's event ids follow from room and seed, and the
+    # session's Redis refused the rerun's show as all duplicates.
+    room = f"rebalance-room-{uuid.uuid4().hex[:6]}"
     settings = msgspec.structs.replace(settings, partitions=6, rules_dir=RULES,
                                        status_dir=tmp_path / "status")
     assert settings.status_dir is not None
