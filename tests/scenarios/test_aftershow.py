@@ -23,10 +23,18 @@ import msgspec
 import orjson
 import pytest
 from helpers import read_all
-from test_hostview import CHROMIUM, CHROMIUM_ARGS, browser_missing, screenshots_dir
+from test_hostview import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    browser_missing,
+    metrics_settled,
+    screenshots_dir,
+)
+from test_hostview import recount as metrics_recount
 
 from stream.core.config import Settings, to_env
 from stream.core.models import (
+    BroadcastStarted,
     Event,
     FollowUp,
     OrderCancelled,
@@ -244,8 +252,12 @@ async def test_pick_lists_and_follow_ups_equal_the_event_log(settings: Settings)
 
 async def test_the_review_compares_three_broadcasts_each_by_its_own_metrics(
         settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A room live three evenings: each broadcast's metrics equal a recount of its own
+    events, the broadcasts endpoint lists the three newest first, and the review's
+    comparison equals each broadcast's own metrics."""
     room = f"thrice-{uuid.uuid4().hex[:6]}"
     now = int(time.time() * 1000)
+    shows: list[list[Event]] = []
     async with running(settings, workers=2) as run:
         total = 0
         # Three evenings, one after the other (each 5 simulated minutes, 10 apart).
@@ -256,14 +268,27 @@ async def test_the_review_compares_three_broadcasts_each_by_its_own_metrics(
                                     progress=False)
             assert sent.rejected == 0, sent.errors
             total += sent.events_sent
+            shows.append([e for _, e in showplan.broadcast(plan)])
         deadline = time.monotonic() + 90
         while sum([(await read_stats(run.redis, room, b)).get("events", 0)
                    for b in range(3)]) < total:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.3)
-        await asyncio.sleep(1.5)  # the last batch's presence and engagement scripts
         host = run.tokens.for_role("host")
         base = f"{run.gateway_url}/v1/rooms/{room}"
+        starts = [min(e.ts for e in events if isinstance(e, BroadcastStarted))
+                  for events in shows]
+        for events, start in zip(shows, starts, strict=True):
+            # The last batch's presence and engagement scripts, waited for.
+            await metrics_settled(f"{base}/metrics?broadcast={room}@{start}",
+                                  metrics_recount(events), token=host)
+        latest = orjson.loads(await get_ok(f"{base}/metrics", token=host))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/metrics?broadcast={room}@1",
+                                   headers={"Authorization": f"Bearer {host}"}) as resp:
+                unknown = resp.status
+            async with session.get(f"{base}/broadcasts") as resp:
+                anonymous = resp.status
         listing = orjson.loads(await get_ok(f"{base}/broadcasts", token=host))["broadcasts"]
         metrics = [orjson.loads(await get_ok(f"{base}/metrics?broadcast={b['broadcast_id']}",
                                              token=host)) for b in listing]  # newest first
@@ -275,7 +300,23 @@ async def test_the_review_compares_three_broadcasts_each_by_its_own_metrics(
         first = subprocess.run([sys.executable, "-m", "stream", "report", room, "--json",
                                 "--broadcast", listing[-1]["broadcast_id"]], env=env,
                                capture_output=True, timeout=60, check=True)
-    assert len(listing) == 3
+    assert listing == [{"broadcast_id": f"{room}@{start}", "started_at": start,
+                        "ended_at": max(e.ts for e in events)}
+                       for events, start in zip(shows[::-1], starts[::-1], strict=True)]
+    assert latest["broadcast_id"] == listing[0]["broadcast_id"]
+    assert (unknown, anonymous) == (404, 401)  # host data: a host or monitor token
+    # Each broadcast on its own books: its metrics are a recount of its own events.
+    for events, m in zip(shows[::-1], metrics, strict=True):
+        want, t = metrics_recount(events), m["totals"]
+        for key in ("joins", "likes", "comments", "cart_clicks", "orders", "paid", "buyers",
+                    "viewers", "online", "payment_failed"):
+            assert t[key] == want[key], key
+        assert t["gmv"] == pytest.approx(want["gmv"], abs=0.01)
+        assert t["avg_watch_s"] == pytest.approx(want["avg_watch_s"], abs=0.11)
+        for point in m["series"]:
+            minute = want["minutes"].get(point["t"] // 60_000, {})
+            for key in ("joins", "orders", "paid", "cart_clicks"):
+                assert point[key] == minute.get(key, 0), (point["t"], key)
     review = orjson.loads(done.stdout)
     c = review["comparison"]
     assert [f["broadcast_id"] for f in [c["this"], *c["baseline"]]] == [

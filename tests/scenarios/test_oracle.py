@@ -1,5 +1,7 @@
-"""A broadcast of 2,000 viewers through the real stack, checked against the event log as
-Kafka holds it; and the same show with a worker killed with -9 mid-show.
+"""A broadcast of 2,000 viewers through the real stack with a worker killed with -9
+mid-show, checked against the event log as Kafka holds it. The same show without the kill
+runs on the Redis Cluster through two gateways (test_cluster.py); a single-node run of it
+here took 40 s of the suite and checked nothing the two do not.
 
 - Reference model (tests/reference, a second plain implementation of the rules, not the
   engine): every nudge, tag record and follow-up it calls for is on the output topics,
@@ -180,10 +182,6 @@ async def latest_nudge_s(settings: Settings, *, speed: float) -> float:
     return max((r.timestamp - wall0 - (n.ts - show0) / speed) / 1000
                for r in records if r.topic == topics.nudges
                for n in [msgspec.json.decode(r.value, type=Nudge)])
-
-
-async def test_stack_matches_oracle(settings: Settings, tmp_path: Path) -> None:
-    await assert_matches_oracle(settings, tmp_path, kill=False, room_id="oracle-room", seed=11)
 
 
 async def test_kill_9_mid_show_matches_oracle(settings: Settings, tmp_path: Path) -> None:
