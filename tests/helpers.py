@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 
 from stream.core.auth import Tokens
 from stream.core.config import Settings
+from stream.core.models import FollowUp, Nudge, TagChange
 from stream.core.topics import Topics
 from stream.gateway.app import Gateway
 from stream.local.embedded import free_port
@@ -78,6 +79,19 @@ def assert_nothing_twice(*streams: Sequence[msgspec.Struct]) -> None:
     for items in streams:
         repeated = [k for k, n in Counter(msgspec.json.encode(i) for i in items).items() if n > 1]
         assert not repeated, f"{len(repeated)} delivered twice, e.g. {repeated[0]!r}"
+
+
+async def read_effects(settings: Settings, topics: Topics) -> dict[str, list[Any]]:
+    """The nudges, tags and follow-ups on the output topics, by topic: none of the three
+    empty, no effect twice."""
+    outputs = await read_all(settings, [topics.nudges, topics.tags, topics.followups])
+    decoded: dict[str, list[Any]] = {
+        t: [msgspec.json.decode(v, type=k) for tp, _, _, v in outputs if tp == t]
+        for t, k in ((topics.nudges, Nudge), (topics.tags, TagChange),
+                     (topics.followups, FollowUp))}
+    assert all(decoded.values()), {t: len(v) for t, v in decoded.items()}
+    assert_nothing_twice(*decoded.values())
+    return decoded
 
 
 @contextlib.asynccontextmanager

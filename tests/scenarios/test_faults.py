@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from helpers import assert_nothing_twice, kill_mattered, read_all, running_gateway
+from helpers import kill_mattered, read_all, read_effects, running_gateway
 from redis.asyncio import Redis
 from reference.compare import differences, order_differences
 from reference.inventory import outcomes
@@ -112,12 +112,7 @@ async def test_kill_add_and_redis_outage_mid_show(durable: EmbeddedStack,
         finally:
             await stop_processes(workers)
             await redis.aclose()
-    outputs = await read_all(settings, [topics.nudges, topics.tags, topics.followups])
-    decoded = {t: [msgspec.json.decode(v, type=k) for tp, _, _, v in outputs if tp == t]
-               for t, k in ((topics.nudges, Nudge), (topics.tags, TagChange),
-                            (topics.followups, FollowUp))}
-    assert all(decoded.values()), {t: len(v) for t, v in decoded.items()}
-    assert_nothing_twice(*decoded.values())
+    decoded = await read_effects(settings, topics)
     assert await losses(settings, topics, decoded[topics.nudges], decoded[topics.tags],
                         decoded[topics.followups]) == []
     retried = [log.name for log in logs[1:] if b"transient failure" in log.read_bytes()]
@@ -187,12 +182,7 @@ async def test_a_worker_joining_mid_show_rebalances_a_take_in_flight_and_loses_n
         finally:
             await stop_processes(workers)
             await redis.aclose()
-    outputs = await read_all(settings, [topics.nudges, topics.tags, topics.followups])
-    decoded = {t: [msgspec.json.decode(v, type=k) for tp, _, _, v in outputs if tp == t]
-               for t, k in ((topics.nudges, Nudge), (topics.tags, TagChange),
-                            (topics.followups, FollowUp))}
-    assert all(decoded.values()), {t: len(v) for t, v in decoded.items()}
-    assert_nothing_twice(*decoded.values())
+    decoded = await read_effects(settings, topics)
     found = await losses(settings, topics, decoded[topics.nudges], decoded[topics.tags],
                          decoded[topics.followups], room=room)
     assert found == []
