@@ -7,10 +7,12 @@ every refused item is also written to the dead-letter topic for operators.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -36,6 +38,19 @@ from stream.store import eventids, keys
 from stream.store.connect import Client, is_transient
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _unless_redis_away(message: str, *args: object) -> Iterator[None]:
+    """Run the block; a transient Redis error in it is logged (`message % (*args, exc)`)
+    and swallowed, any other error goes on up. For the writes past Kafka's ack, where a
+    503 would make the client send its events again."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning(message, *args, exc)
 
 EVENTS_IN = Counter("lc_gateway_events_total", "Events posted to the gateway", ["outcome"])
 
@@ -147,7 +162,7 @@ async def _after_write(app: web.Application, request: str, fresh: Pairs) -> None
     loads are in Redis (before the 202, when the ack came in time)."""
     # In Kafka now: from here a 503 would make the client send them again, so Redis being
     # away only costs what Redis adds (the worker's host path fills the room log too).
-    try:
+    with _unless_redis_away("accepted events written to Kafka, Redis away: %r"):
         await eventids.mark_written(app[REDIS], request, app[SETTINGS].dedupe_ttl_s)
         # Host events reach the room log before the 202: an order accepted after a segment
         # starts then sees that segment, even if the host topic is read later.
@@ -156,10 +171,6 @@ async def _after_write(app: web.Application, request: str, fresh: Pairs) -> None
         # different topics, and a worker catching up reads the orders first (all 20
         # orders of a backlog were refused `unknown_sku` in 5 of 7 runs before this).
         await app[INVENTORY].load([e for _, e in fresh if isinstance(e, StockSet)])
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        log.warning("accepted events written to Kafka, Redis away: %r", exc)
 
 
 async def _settle(app: web.Application, write: asyncio.Future[None], request: str,
@@ -168,23 +179,15 @@ async def _settle(app: web.Application, write: asyncio.Future[None], request: st
     of taking the ids over and writing them twice), then mark it written or release."""
     redis = app[REDIS]
     while not write.done():
-        try:
+        with _unless_redis_away("could not keep request %s live: %r", request):
             await eventids.keep_live(redis, request)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            log.warning("could not keep request %s live: %r", request, exc)
         await asyncio.wait([write], timeout=eventids.LIVE_TTL_S / 3)
     if write.exception() is None:
         await _after_write(app, request, fresh)
         return
     log.warning("produce failed after the 503: %r", write.exception())
-    try:
+    with _unless_redis_away("could not release ids of request %s: %r", request):
         await eventids.release_ids(redis, fresh)
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        log.warning("could not release ids of request %s: %r", request, exc)
 
 
 async def _produce(producer: EnvelopeProducer, topics: Topics, partitions: int,
@@ -212,12 +215,9 @@ async def _dead_letter(producer: EnvelopeProducer, redis: Client, topics: Topics
     except TimeoutError:
         sends.add_done_callback(lambda f: f.cancelled() or f.exception())
         log.warning("%d dead letters still waiting for Kafka", len(letters))
-    try:
+    with _unless_redis_away("%d dead letters written, not counted (Redis away): %r",
+                            len(letters)):
         async with redis.pipeline(transaction=False) as pipe:
             for _, _, raw in rejected:
                 pipe.hincrby(keys.stats(room_of(raw)), "dead_letters", 1)
             await pipe.execute()
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        log.warning("%d dead letters written, not counted (Redis away): %r", len(letters), exc)
