@@ -81,10 +81,21 @@ async def accepted_by(url: str) -> int:
     return int(float(found.group(1))) if found else 0
 
 
+class Show(msgspec.Struct, kw_only=True):
+    """What a show left: its effects, its inputs, the tags held at the end, and (after a
+    kill) the wall time the survivors last started a partition, the takeover's end."""
+
+    nudges: list[Nudge]
+    tags: list[TagChange]
+    follows: list[FollowUp]
+    hosts: list[HostEvent]
+    by_partition: dict[int, list[ViewerEvent]]
+    held: dict[str, set[tuple[str, str]]]
+    taken_over: float | None
+
+
 async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: str, seed: int,
-                   gateways: int = 1,
-                   ) -> tuple[list[Nudge], list[TagChange], list[FollowUp], list[HostEvent],
-                              dict[int, list[ViewerEvent]], dict[str, set[tuple[str, str]]]]:
+                   gateways: int = 1) -> Show:
     """2,000 viewers, a 5-minute show at 10x, through 2 workers (one killed if `kill`)
     and `gateways` gateways (this process's, then `livecommerce gateway` children), the
     viewers spread over them."""
@@ -95,6 +106,7 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
         redis = await connect(settings.redis_url)
         workers = [spawn(["worker"], settings, tmp_path / f"w{i}.log") for i in range(2)]
         children: list[subprocess.Popen[bytes]] = []
+        taken_over = None
         plan = showplan.plan_for(room_id=room_id, viewers=2000, duration_s=30, speed=SPEED,
                                   seed=seed)
         try:
@@ -131,6 +143,8 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
                 assert settings.status_dir is not None
                 statuses = [read_status(path_for(settings.status_dir, w.pid)) for w in workers]
                 assert kill_mattered(statuses[0], statuses[1:], killed_at=killed_at) == []
+                taken_over = max(s.at for w in statuses[1:] for s in w.starts
+                                 if s.at > killed_at)
             # A worker's graceful stop flushes its producer: once every live worker has
             # exited by itself (not SIGKILLed after the grace), all it sent is in Kafka.
             live = [w for w in workers if w.poll() is None]
@@ -156,13 +170,16 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
         await redis.aclose()
     log = await read_all(settings, list(topics.inputs))
     hosts, by_partition = inputs(log, topics)
-    return nudges, tags, follows, hosts, by_partition, {v: t for v, t in held.items() if t}
+    return Show(nudges=nudges, tags=tags, follows=follows, hosts=hosts,
+                by_partition=by_partition, held={v: t for v, t in held.items() if t},
+                taken_over=taken_over)
 
 
-async def latest_nudge_s(settings: Settings, *, speed: float) -> float:
+async def latest_nudge_s(settings: Settings, *, speed: float, taken_over: float | None,
+                         ) -> float:
     """How late the latest nudge fired: wall seconds between the show reaching its due
-    time (the broadcast.started record's wall time plus show time / speed) and its record
-    reaching Kafka."""
+    time (the broadcast.started record's wall time plus show time / speed), or the
+    takeover's end if that came later, and its record reaching Kafka."""
     topics = Topics(settings.topic_prefix)
     consumer = AIOKafkaConsumer(topics.host_events, topics.nudges, group_id=None,
                                 bootstrap_servers=settings.kafka_bootstrap,
@@ -179,9 +196,10 @@ async def latest_nudge_s(settings: Settings, *, speed: float) -> float:
     wall0, show0 = next((r.timestamp, e.ts) for r in records if r.topic == topics.host_events
                         for _, e in decode_events(r.value).events
                         if isinstance(e, BroadcastStarted))
-    return max((r.timestamp - wall0 - (n.ts - show0) / speed) / 1000
+    ready = 0.0 if taken_over is None else taken_over * 1000
+    return max(r.timestamp - max(wall0 + (n.ts - show0) / speed, ready)
                for r in records if r.topic == topics.nudges
-               for n in [msgspec.json.decode(r.value, type=Nudge)])
+               for n in [msgspec.json.decode(r.value, type=Nudge)]) / 1000
 
 
 async def test_kill_9_mid_show_matches_oracle(settings: Settings, tmp_path: Path) -> None:
@@ -196,13 +214,21 @@ async def assert_matches_oracle(settings: Settings, tmp_path: Path, *, kill: boo
     # ids follow from room and seed, so a rerun on the same Redis was all duplicates
     # (20,819 of 20,819 events refused on the cluster's rerun) and could never pass.
     room_id = f"{room_id}-{uuid.uuid4().hex[:6]}"
-    nudges, tags, follows, hosts, by_partition, held = await run_show(
-        settings, tmp_path, kill=kill, room_id=room_id, seed=seed, gateways=gateways)
+    show = await run_show(settings, tmp_path, kill=kill, room_id=room_id, seed=seed,
+                          gateways=gateways)
+    nudges, tags, follows = show.nudges, show.tags, show.follows
     assert_nothing_twice(nudges, tags, follows)
-    # Due nudges may fire late after a kill (a takeover waits for the group), not later
-    # than 15 s; the grace before a timer fires is in event time, 1/SPEED of it in wall.
-    late = await latest_nudge_s(settings, speed=SPEED)
-    assert late <= 15 + GRACE_S / SPEED, f"a nudge fired {late:.1f} s after its time"
+    # A nudge due while its partition had no owner fires once the takeover ends (the
+    # survivors' last start after the kill: the group's 6 s session timeout, then one or
+    # two rebalances; a fixed 15 s from the due time failed in CI at 16.5 s). From then,
+    # or from its due time, it fires within 10 s: the new owner loads the partition's
+    # state, re-reads what the victim left unsaved and looks in Kafka for the effects the
+    # victim claimed (3.6, 4.0 and 6.2 s in three runs here at load 2-3). The grace before
+    # a timer fires is in event time, 1/SPEED of it in wall.
+    late = await latest_nudge_s(settings, speed=SPEED, taken_over=show.taken_over)
+    assert late <= 10 + GRACE_S / SPEED, (
+        f"a nudge fired {late:.1f} s after its time or the takeover's end")
+    hosts, by_partition = show.hosts, show.by_partition
     want = expect(load_dir(RULES), hosts, [e for p in by_partition.values() for e in p])
     ended = room_of(room_id, hosts).ended_at
     assert ended is not None
@@ -215,7 +241,7 @@ async def assert_matches_oracle(settings: Settings, tmp_path: Path, *, kill: boo
     # before its due time, not yet in Kafka, would have broken.
     assert differences(want, nudges, tags, follows, until=ended) == []
     assert final_tags(tags) == held_by(want.tags)
-    assert held == held_by(want.tags)
+    assert show.held == held_by(want.tags)
     brute_force_checks(by_partition, nudges, final_tags(tags))
 
 
