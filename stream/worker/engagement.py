@@ -430,9 +430,7 @@ class Engagement:
                 continue
             tp = (self._topic_of(effect), p)
             wanted[tp] = min(wanted.get(tp, claimed_ms), claimed_ms)
-        present: set[str] = set()
-        for (topic, p), since_ms in wanted.items():
-            present |= await self._ids_in(topic, p, since_ms - 10_000)
+        present = await self._ids_in({tp: ms - 10_000 for tp, ms in wanted.items()})
         out: list[tuple[int, Effect, str]] = []
         for p, effect, _ in pending:
             once = once_id(effect)
@@ -442,23 +440,37 @@ class Engagement:
                 out.append((p, effect, once))
         return out
 
-    async def _ids_in(self, topic: str, partition: int, since_ms: int) -> set[str]:
-        tp = TopicPartition(topic, partition)
+    async def _ids_in(self, since: dict[tuple[str, int], int]) -> set[str]:
+        """The once-ids of the effects on these output partitions, each from its time on.
+
+        One consumer reads them all: a takeover held nudges due meanwhile behind this
+        look, and starting a consumer per partition (up to six, one after another) cost
+        seconds of it on a busy machine (a nudge 6.2 s past the takeover's end).
+        """
+        if not since:
+            return set()
+        tps = {TopicPartition(topic, p): max(0, ms) for (topic, p), ms in since.items()}
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None,
                                     enable_auto_commit=False)
         await consumer.start()
         try:
-            consumer.assign([tp])
-            found = (await consumer.offsets_for_times({tp: max(0, since_ms)}))[tp]
-            end = (await consumer.end_offsets([tp]))[tp]
-            if found is None:
-                return set()
-            consumer.seek(tp, found.offset)
-            kind = _KIND[topic.removeprefix(self._topics.prefix)]
+            consumer.assign(list(tps))
+            found = await consumer.offsets_for_times(tps)
+            ends = await consumer.end_offsets(list(tps))
+            todo: dict[TopicPartition, int] = {}
+            for tp, at in found.items():
+                if at is not None and at.offset < ends[tp]:
+                    consumer.seek(tp, at.offset)
+                    todo[tp] = ends[tp]
             ids: set[str] = set()
-            while await consumer.position(tp) < end:
-                for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+            while todo:
+                batches = await consumer.getmany(*todo, timeout_ms=500)
+                for tp, records in batches.items():
+                    kind = _KIND[tp.topic.removeprefix(self._topics.prefix)]
                     ids |= {once_id(msgspec.json.decode(r.value, type=kind)) for r in records}
+                for tp, end in list(todo.items()):
+                    if await consumer.position(tp) >= end:
+                        del todo[tp]
             return ids
         finally:
             await consumer.stop()
