@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import defaultdict
 from typing import Any
@@ -330,6 +331,44 @@ async def test_run_spreads_viewers_over_gateways_each_viewer_on_one() -> None:
             want = [e.event_id for _, e in expected
                     if e.event_id in mine and type(e).role == role]
             assert [i for i in sent if roles[i] == role] == want, (n, role)
+
+
+async def test_host_events_are_answered_before_later_viewer_events_are_sent() -> None:
+    """A pin, then an order after it: the order's request leaves only once the gateway
+    has answered the pin (it logs host events before answering), even when the host's
+    requests are slow. Sent side by side, the order could reach the worker first."""
+    timings: list[tuple[str, float, float, int]] = []  # role token, arrived, answered, max ts
+    gateway = _Gateway()
+    loop = asyncio.get_running_loop()
+
+    async def handle(request: web.Request) -> web.Response:
+        arrived = loop.time()
+        if request.headers["Authorization"] == "Bearer h-tok":
+            await asyncio.sleep(0.05)  # a slow host lane: what let orders overtake pins
+        response = await gateway.handle(request)
+        items = gateway.bodies[-1][1]
+        timings.append((request.headers["Authorization"], arrived, loop.time(),
+                        max(int(i["ts"]) for i in items)))
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/events", handle)
+    app.router.add_get("/v1/rooms/{room}/stock", gateway.stock)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    plan = _plan(viewers=60, duration_s=1.5, speed=400, seed=5)
+    try:
+        stats = await run(plan, gateway=str(server.make_url("")), tokens=TOKENS,
+                          progress=False)
+    finally:
+        await server.close()
+    assert stats.rejected == 0
+    hosts = [t for t in timings if t[0] == "Bearer h-tok"]
+    assert len(hosts) > 3, "too few host requests to show anything"
+    overtaken = [(other[3], host[3]) for host in hosts for other in timings
+                 if other[0] != "Bearer h-tok" and other[3] > host[3]
+                 and other[1] < host[2]]
+    assert overtaken == []
 
 
 async def test_simulate_takes_several_gateways_comma_separated() -> None:
