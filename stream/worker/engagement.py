@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from operator import attrgetter
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.core.batch import Part, SendMany
 from stream.core.codec import encode
@@ -43,6 +42,7 @@ from stream.store.connect import Client
 from stream.store.roomlog import RoomLog
 from stream.store.scripts import SCRIPT_ITEMS
 from stream.store.viewerstate import ViewerStates
+from stream.worker.sentcheck import once_ids_in
 
 # Acks, done marks and the state are settled this often (and on every tick), not per
 # batch: a batch then never waits on Kafka's acks, and a viewer touched many times in
@@ -421,8 +421,7 @@ class Engagement:
                       ) -> list[tuple[int, Effect, str]]:
         """Of effects a worker claimed and may not have sent (it died), those not in Kafka.
 
-        Reads each output partition from shortly before the claim; rare (a takeover after
-        a crash), and it keeps the choice between losing one and sending it twice away.
+        Reads each output partition from 10 s before the claim (stream/worker/sentcheck.py).
         """
         wanted: dict[tuple[str, int], int] = {}
         for p, effect, claimed_ms in pending:
@@ -430,7 +429,8 @@ class Engagement:
                 continue
             tp = (self._topic_of(effect), p)
             wanted[tp] = min(wanted.get(tp, claimed_ms), claimed_ms)
-        present = await self._ids_in({tp: ms - 10_000 for tp, ms in wanted.items()})
+        present = await once_ids_in({tp: ms - 10_000 for tp, ms in wanted.items()},
+                                    bootstrap=self._bootstrap, topics=self._topics)
         out: list[tuple[int, Effect, str]] = []
         for p, effect, _ in pending:
             once = once_id(effect)
@@ -439,41 +439,6 @@ class Engagement:
             else:
                 out.append((p, effect, once))
         return out
-
-    async def _ids_in(self, since: dict[tuple[str, int], int]) -> set[str]:
-        """The once-ids of the effects on these output partitions, each from its time on.
-
-        One consumer reads them all: a takeover held nudges due meanwhile behind this
-        look, and starting a consumer per partition (up to six, one after another) cost
-        seconds of it on a busy machine (a nudge 6.2 s past the takeover's end).
-        """
-        if not since:
-            return set()
-        tps = {TopicPartition(topic, p): max(0, ms) for (topic, p), ms in since.items()}
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None,
-                                    enable_auto_commit=False)
-        await consumer.start()
-        try:
-            consumer.assign(list(tps))
-            found = await consumer.offsets_for_times(tps)
-            ends = await consumer.end_offsets(list(tps))
-            todo: dict[TopicPartition, int] = {}
-            for tp, at in found.items():
-                if at is not None and at.offset < ends[tp]:
-                    consumer.seek(tp, at.offset)
-                    todo[tp] = ends[tp]
-            ids: set[str] = set()
-            while todo:
-                batches = await consumer.getmany(*todo, timeout_ms=500)
-                for tp, records in batches.items():
-                    kind = _KIND[tp.topic.removeprefix(self._topics.prefix)]
-                    ids |= {once_id(msgspec.json.decode(r.value, type=kind)) for r in records}
-                for tp, end in list(todo.items()):
-                    if await consumer.position(tp) >= end:
-                        del todo[tp]
-            return ids
-        finally:
-            await consumer.stop()
 
     def _topic_of(self, effect: Effect) -> str:
         if isinstance(effect, Nudge):
@@ -490,10 +455,6 @@ class Engagement:
             rows = await stock_rows(self._redis, room, [sku for _, sku in group], ("available",))
             answers += [row[0] for row in rows]
         return {k: (v or b"?").decode() for k, v in zip(wanted, answers, strict=True)}
-
-
-_KIND: dict[str, type[Nudge | TagChange | FollowUp]] = {
-    "nudges": Nudge, "tags": TagChange, "followups": FollowUp}
 
 
 def _with_remaining(nudge: Nudge, remaining: str) -> Nudge:
