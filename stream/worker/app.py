@@ -230,12 +230,18 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
 
     # faust types a receiver as taking `signal=` by keyword; ours takes it in `**_`.
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    def on_revoked(sender: object, revoked: set[TP], **_: object) -> None:
-        # Whoever gets these partitions next loads their viewers from Redis.
+    async def on_revoked(sender: object, revoked: set[TP], **_: object) -> None:
+        # Whoever gets these partitions next loads their viewers from Redis: saved first.
         for tp in revoked:
             processed.pop(tp, None)
-        engagement.forget({tp.partition for tp in revoked
-                           if tp.topic in (topics.viewer_events, topics.order_events)})
+        await engagement.close({tp.partition for tp in revoked
+                                if tp.topic in (topics.viewer_events, topics.order_events)})
+
+    # faust sends no revoke at a clean stop: its consumer is stopped, the producer not yet
+    # flushed, so this is where the last second's state is saved.
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # as on_revoked
+    async def on_shutdown(sender: object, **_: object) -> None:
+        await engagement.close()
 
     @app.timer(SWEEP_EVERY_S)
     async def sweep() -> None:

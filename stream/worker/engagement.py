@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -61,6 +62,12 @@ GRACE_MS = 3000
 # ahead of later viewer records; 2 s covers that, and delays only effects of orders that
 # come while the viewer topic is quiet.
 HOLD_ORDERS_S = 2.0
+# A settle is one Redis round trip and the acks of at most a second of sends (a few
+# milliseconds here); a revoke waits this long for it at most, so a Redis outage during
+# a rebalance cannot hold up the group (its session timeout is 6 s).
+CLOSE_SETTLE_S = 2.0
+
+log = logging.getLogger(__name__)
 
 class Engagement:
     """Pipeline handler for viewer and order events, plus the idle-time tick."""
@@ -244,6 +251,25 @@ class Engagement:
     async def saved_fences(self, partitions: Iterable[int]) -> dict[int, dict[str, int]]:
         """Each partition's saved offsets: where its viewer state is up to, per topic."""
         return await self._states.saved_fences(partitions)
+
+    async def close(self, partitions: Iterable[int] = (), *,
+                    timeout_s: float = CLOSE_SETTLE_S) -> None:
+        """Settle what was decided (acks, done marks, the state), then forget `partitions`:
+        at a revoke (those given away) and at a clean stop (none: the process ends).
+
+        Without the settle, the last second's state was dropped while its effects were on
+        Kafka: the viewer's held tags lacked the end-of-show `drop_off` when the worker
+        stopped within a second of deciding it. Bounded: with Redis or Kafka away the
+        partitions are forgotten unsettled, as before, and the next owner replays them
+        from the saved fence (their effects are claimed, so none goes out twice).
+        """
+        try:
+            async with asyncio.timeout(timeout_s), self._lock:
+                await self._settle()
+        except Exception as exc:  # any failure: the replay does it, as before
+            log.warning("could not settle before giving up partitions (%s: %s); their next "
+                        "owner replays them from the saved state", type(exc).__name__, exc)
+        self.forget(partitions)
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop partitions this worker no longer owns (their new owner loads the state)."""
