@@ -12,7 +12,8 @@ Where to start reading, following one event from the door to its effects:
    per record (`core/batch.py`) to the handlers.
 3. It is judged: orders by `worker/orders.py` through the inventory's one Lua script per
    room and batch (`store/inventory.py`); viewer events by the pure viewer engine
-   (`engine/viewers.py`, with `engine/nudges.py`, `engine/tags.py` under the rules of
+   (`engine/viewers.py` over its event handlers in `engine/handlers.py` and its timers in
+   `engine/timers.py`, with `engine/nudges.py`, `engine/tags.py` under the rules of
    `engine/rules.py`), driven by `worker/engagement.py`, which keeps the engine's state
    in Redis (`store/viewerstate.py`) and claims every effect once (`store/claims.py`).
 4. Its effects leave: order results, nudges, tags and follow-ups to Kafka; stock levels

@@ -33,12 +33,13 @@ from stream.core.models import (
     StockSet,
     ViewerEvent,
 )
+from stream.engine.effects import Effect, Suppressed
 from stream.engine.rules import Rules
 from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.engine.stock import StockBook
 from stream.engine.stockmodel import StockModel
 from stream.engine.timeline import RoomTimeline
-from stream.engine.viewers import Effect, Suppressed, ViewerEngine
+from stream.engine.viewers import ViewerEngine
 
 
 class RuleOutcome(msgspec.Struct, frozen=True, kw_only=True):

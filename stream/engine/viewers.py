@@ -17,14 +17,18 @@ State per (room, viewer) is one `ViewerState` (stream/engine/state.py). Timers l
 the state as (due, rule, sku, kind); the engine's heap is only an index over them,
 rebuilt by `restore`, and a heap entry counts only while its twin is still in the state
 (disarming is a list removal; stale entries are skipped).
+
+The engine is one object in three layers, each a class the next inherits, over the
+fields set here in `__init__`: `Timers` (timers.py: arming, disarming, firing),
+`EventHandlers` (handlers.py: what each event does, and the tags), and `ViewerEngine`
+(this module: the API, the rooms' clocks, the states and the end of a show). What it
+returns, `Effect`, is in effects.py.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Mapping
-
-import msgspec
 
 from stream.core.models import (
     CartAdded,
@@ -33,7 +37,6 @@ from stream.core.models import (
     FanJoined,
     FollowUp,
     Like,
-    Nudge,
     OrderCancelled,
     OrderPaid,
     OrderPaymentFailed,
@@ -47,70 +50,28 @@ from stream.core.models import (
     ViewerLeft,
 )
 from stream.engine import tags as T
-from stream.engine.nudges import (
-    CART,
-    DWELL,
-    HOUR_MS,
-    CompiledRule,
-    Kind,
-    NudgePlan,
-    Reason,
-    cap_reason,
-    exit_reason,
-    holdout_variant,
-    in_quiet_hours,
-    message_for,
-    render,
-    stock_reason,
-)
+from stream.engine.effects import Effect
+from stream.engine.handlers import EventHandlers
+from stream.engine.nudges import NudgePlan
 from stream.engine.rules import FollowUpRule, Rules
 from stream.engine.state import (
     NEVER,
     PRESENCE_TIMEOUT_MS,
-    Timer,
     ViewerState,
     any_by,
     decode_state,
-    earliest,
     encode_state,
-    in_room,
-    pack_times,
-    present_at,
-    unpack_times,
-    zone_at,
 )
 from stream.engine.stock import StockBook
 from stream.engine.tags import TagPlan
 from stream.engine.timeline import RoomTimeline
+from stream.engine.timers import HeapEntry
 from stream.engine.watermark import COMMERCE, PLATFORM, Watermarks
-
-# How long past the grace an absence is kept: a minute of margin for out-of-order events.
-AWAY_KEPT_MS = 60_000
-
-# --- outputs -----------------------------------------------------------------------------
-
-
-class Suppressed(msgspec.Struct, frozen=True, kw_only=True):
-    """A nudge that was due but not shown, and why (for the operator and the uplift stats)."""
-
-    viewer_id: str
-    room_id: str
-    rule_id: str
-    sku: str | None
-    reason: Reason
-    ts: int
-
-
-Effect = Nudge | TagChange | FollowUp | Suppressed
-
-
-HeapEntry = tuple[int, str, str, str, str, Kind]  # (due, room, viewer, rule, sku, kind)
-
 
 # --- the engine -------------------------------------------------------------------------
 
 
-class ViewerEngine:
+class ViewerEngine(EventHandlers):
     """All viewers of one partition: events and time in, effects out. Deterministic."""
 
     def __init__(self, rules: Rules, *, grace_ms: int = 0,
@@ -336,203 +297,6 @@ class ViewerEngine:
                 s = viewers[viewer_id] = ViewerState(broadcast=started)
         return s
 
-    def _add_tag(self, s: ViewerState, room_id: str, viewer_id: str, tag: str, value: str,
-                 ts: int, out: list[Effect]) -> None:
-        values = s.tags.get(tag)
-        if values is None:
-            s.tags[tag] = [value]
-        elif value in values:
-            return
-        elif tag in T.EXCLUSIVE:
-            for old in values:
-                out.append(TagChange(viewer_id=viewer_id, room_id=room_id, tag=tag, value=old,
-                                     op="remove", ts=ts))
-            values[:] = [value]
-        else:
-            values.append(value)
-        out.append(TagChange(viewer_id=viewer_id, room_id=room_id, tag=tag, value=value,
-                             op="add", ts=ts))
-
-    def _remove_tag(self, s: ViewerState, room_id: str, viewer_id: str, tag: str, value: str,
-                    ts: int, out: list[Effect]) -> None:
-        values = s.tags.get(tag)
-        if values is None or value not in values:
-            return
-        values.remove(value)
-        if not values:
-            del s.tags[tag]
-        out.append(TagChange(viewer_id=viewer_id, room_id=room_id, tag=tag, value=value,
-                             op="remove", ts=ts))
-
-    def _watch_tags(self, s: ViewerState, room_id: str, viewer_id: str, ts: int,
-                    out: list[Effect]) -> None:
-        """Watch depth and high potential, both functions of watch time and visits."""
-        # Heartbeats prove presence: an open visit counts up to the last event seen in it.
-        watch = s.watched + (s.seen - s.joined if in_room(s) else 0)
-        depth = self._tags.watch_depth(watch)
-        held = s.tags.get(T.WATCH_DEPTH)
-        if held is None or held[0] != depth:
-            self._add_tag(s, room_id, viewer_id, T.WATCH_DEPTH, depth, ts, out)
-        if (not s.potential_done and T.HIGH_POTENTIAL not in s.tags
-                and not any_by(s.placed, ts - 1)  # at a tie the view goes first
-                and self._tags.high_potential(watch, s.visits, ordered=False)):
-            s.potential_done = True
-            self._add_tag(s, room_id, viewer_id, T.HIGH_POTENTIAL, "true", ts, out)
-            if s.placed:  # placed after ts, applied first (orders read ahead): removed as then
-                self._remove_tag(s, room_id, viewer_id, T.HIGH_POTENTIAL, "true",
-                                 min(s.placed.values()), out)
-
-    # --- timers in the state ------------------------------------------------------------
-
-    def _arm(self, s: ViewerState, room_id: str, viewer_id: str, rule: CompiledRule, sku: str,
-             due: int) -> None:
-        timer: Timer = (due, rule.id, sku, rule.kind)
-        if s.timers is None:
-            s.timers = [timer]
-        else:
-            s.timers.append(timer)
-        heap = self._heaps.get(room_id)
-        if heap is None:
-            heap = self._heaps[room_id] = []
-        heapq.heappush(heap, (due, room_id, viewer_id, rule.id, sku, rule.kind))
-
-    def _disarm(self, s: ViewerState, kind: Kind, sku: str, ts: int) -> None:
-        """Drop `kind` timers for `sku` due at or after `ts`; earlier ones were already due."""
-        if s.timers:
-            s.timers = [t for t in s.timers if not (t[3] == kind and t[2] == sku and t[0] >= ts)]
-            if not s.timers:
-                s.timers = None
-
-    def _arm_cart(self, s: ViewerState, room_id: str, viewer_id: str, sku: str,
-                  ts: int) -> None:
-        """Arm cart_unpaid for `sku` from its first unpaid moment (cart.added or placed).
-
-        Keeping the earliest start makes the due time independent of whether the cart
-        event (platform) or the order event (commerce backend) happens to arrive first.
-        """
-        paid_at = s.paid.get(sku, NEVER) if s.paid else NEVER
-        for rule in self._plan.cart:
-            due = ts + rule.delay_ms
-            if paid_at <= due:
-                continue  # paid by then: the payment would have disarmed it
-            # Only a reminder still to come covers this one: one due before `ts` is judged
-            # on its own (it may sit in the state for grace_ms; that must not matter).
-            armed = [t for t in s.timers or () if t[1] == rule.id and t[2] == sku and t[0] >= ts]
-            if armed and armed[0][0] <= due:
-                continue
-            if armed:
-                s.timers.remove(armed[0])  # type: ignore[union-attr]
-            self._arm(s, room_id, viewer_id, rule, sku, due)
-
-    def _count(self, s: ViewerState, rules: tuple[CompiledRule, ...], room_id: str,
-               viewer_id: str, ts: int) -> None:
-        """event_count: the count-th event inside the window fires at that event's ts."""
-        if s.counts is None:
-            s.counts = {}
-        for rule in rules:
-            recent = [t for t in unpack_times(s.counts.get(rule.id, ())) if t > ts - rule.window_ms]
-            recent.append(ts)
-            if len(recent) >= rule.count:
-                recent = []  # start over: the next fire needs `count` more events
-                self._arm(s, room_id, viewer_id, rule, s.focus, ts)
-            if recent:
-                s.counts[rule.id] = pack_times(recent)
-            else:
-                s.counts.pop(rule.id, None)
-        if not s.counts:
-            s.counts = None
-
-    # --- firing -------------------------------------------------------------------------
-
-    def _fire(self, group: list[HeapEntry], room: RoomTimeline, out: list[Effect]) -> None:
-        """Every timer of one viewer due at one instant: judge each, the best eligible wins."""
-        due, room_id, viewer_id = group[0][:3]
-        s = self._states.get(room_id, {}).get(viewer_id)
-        if s is None or not s.timers:
-            return
-        candidates: list[tuple[CompiledRule, str]] = []
-        for _, _, _, rule_id, sku, kind in group:
-            timer = (due, rule_id, sku, kind)
-            if timer not in s.timers:
-                continue  # disarmed since: a stale heap entry
-            s.timers.remove(timer)
-            self._dirty.add((room_id, viewer_id))
-            rule = self._plan.by_id.get(rule_id)
-            if rule is not None:  # a rule removed or disabled by a reload fires nothing
-                candidates.append((rule, sku))
-        if not s.timers:
-            s.timers = None
-        if not candidates:
-            return
-        candidates.sort(key=lambda c: c[0].rank)
-        reasons = [self._blocked(s, rule, sku, due, room) for rule, sku in candidates]
-        winner = next((i for i, r in enumerate(reasons) if r is None), None)
-        for i, (rule, sku) in enumerate(candidates):
-            reason = reasons[i] if i != winner else None
-            if i == winner:
-                self._emit(s, rule, sku, due, room, viewer_id, out)
-            elif reason is None:
-                reason = "lost_priority"
-            if reason is not None:
-                out.append(Suppressed(viewer_id=viewer_id, room_id=room_id, rule_id=rule.id,
-                                      sku=sku or None, reason=reason, ts=due))
-
-    def _blocked(self, s: ViewerState, rule: CompiledRule, sku: str, ts: int,
-                 room: RoomTimeline) -> Reason | None:
-        """Why this rule may not fire at `ts`, judged as of `ts`; None if it may.
-
-        The first that holds, in this order: the viewer's exits, the product's stock,
-        quiet hours, then the caps (a nudge that could not be shown uses no cap)."""
-        ended = room.ended_at is not None and room.ended_at <= ts
-        exited = exit_reason(rule.rule.exit, ordered=self._ordered(s, rule, sku, ts),
-                             present=present_at(s, ts, self.presence_timeout_ms),
-                             ended=ended)
-        if exited is not None:
-            return exited
-        if sku:
-            stocked = stock_reason(rule.rule, self.stock.available_at(room.room_id, sku, ts))
-            if stocked is not None:
-                return stocked
-        if rule.quiet is not None and in_quiet_hours(rule.quiet, ts, zone_at(s, ts)):
-            return "quiet_hours"
-        fired = s.fired.get(rule.id) if s.fired else None
-        return cap_reason(rule, fired, s.hour, self._plan.per_hour, ts)
-
-    @staticmethod
-    def _ordered(s: ViewerState, rule: CompiledRule, sku: str, ts: int) -> bool:
-        """exit.ordered_sku as of `ts`: an order placed for the sku (any order if no sku).
-
-        For cart_unpaid rules a placed order is the very thing being reminded about, so
-        there it means paid; otherwise placed counts, cancelled or not (seed 002's pitfall
-        is the reminder after ordering, and a cancelled order is a decision too).
-        """
-        book = s.paid if rule.kind == CART else s.placed
-        if not book:
-            return False
-        if sku:
-            return book.get(sku, NEVER) <= ts
-        return min(book.values()) <= ts
-
-    def _emit(self, s: ViewerState, rule: CompiledRule, sku: str, ts: int, room: RoomTimeline,
-              viewer_id: str, out: list[Effect]) -> None:
-        """Record the fire (a holdout fire counts for caps too) and emit the nudge."""
-        if s.fired is None:
-            s.fired = {}
-        count = s.fired.get(rule.id, (0, 0))[0]
-        s.fired[rule.id] = (count + 1, ts)
-        s.hour = [t for t in s.hour or () if t > ts - HOUR_MS] + [ts]
-        variant = holdout_variant(viewer_id, rule.id, rule.rule.holdout)
-        product = room.products.get(sku) if sku else None
-        message = rule.rule.message
-        if sku and rule.rule.low_stock is not None:
-            message = message_for(rule.rule, self.stock.available_at(room.room_id, sku, ts))
-        out.append(Nudge(viewer_id=viewer_id, room_id=room.room_id, rule_id=rule.id,
-                         sku=sku or None, message=render(message, product),
-                         variant=variant, channel=rule.rule.channel, ts=ts))
-        if variant == "holdout":
-            out.append(Suppressed(viewer_id=viewer_id, room_id=room.room_id, rule_id=rule.id,
-                                  sku=sku or None, reason="holdout", ts=ts))
-
     # --- the end of a broadcast ---------------------------------------------------------
 
     def _end_room(self, room_id: str, out: list[Effect]) -> None:
@@ -568,153 +332,5 @@ class ViewerEngine:
             out.append(FollowUp(viewer_id=viewer_id, room_id=room_id, segment=rule.segment,
                                 action=rule.action, due_at=ts + rule.after_s * 1000))
 
-    # --- event handlers -----------------------------------------------------------------
 
-    def _lapse(self, s: ViewerState, ts: int) -> None:
-        """The open visit's last event is a timeout older than `ts`: it ended there, and the
-        viewer went offline when the timeout passed (as the host's count has it)."""
-        s.watched += s.seen - s.joined
-        s.left = min(s.seen + self.presence_timeout_ms, ts - 1)  # before `ts` opens a visit
-        if s.focus:
-            self._disarm(s, DWELL, s.focus, ts)
-            s.focus = ""
-
-    def _open_visit(self, s: ViewerState, ts: int) -> None:
-        if not in_room(s):
-            since = s.left if s.joined >= 0 else 0  # away since the leave, or since ever
-            # Older absences can no longer matter: every timer due then has been judged.
-            old = ts - self.grace_ms - AWAY_KEPT_MS
-            pairs = s.away or []
-            away = [x for i in range(0, len(pairs), 2) if pairs[i + 1] >= old
-                    for x in pairs[i:i + 2]]
-            s.away = [*away, since, ts] if since < ts else away or None
-        s.joined = s.seen = ts
-        s.left = -1
-        s.visits += 1
-
-    def _presence(self, s: ViewerState, ts: int) -> None:
-        if in_room(s):
-            if ts > s.seen:
-                s.seen = ts
-        elif ts > s.left:
-            # The join was lost, or the viewer is back after a leave or a timeout: this event
-            # proves they are here, a new visit.
-            self._open_visit(s, ts)
-
-    def _on_presence(self, s: ViewerState, e: ViewerEvent, room: RoomTimeline,
-                     out: list[Effect]) -> None:
-        self._presence(s, e.ts)
-        self._watch_tags(s, e.room_id, e.viewer_id, e.ts, out)
-
-    def _on_joined(self, s: ViewerState, e: ViewerJoined, room: RoomTimeline,
-                   out: list[Effect]) -> None:
-        if in_room(s):  # joined again without leaving (app restarted): close at last proof
-            s.watched += s.seen - s.joined
-        self._open_visit(s, e.ts)
-        s.source = e.source
-        s.leader = e.leader_id or s.leader
-        s.region = e.region or s.region
-        if e.tz and e.tz != s.tz:
-            s.tz_was, s.tz_at, s.tz = s.tz, e.ts, e.tz
-        room_id, viewer_id, ts = e.room_id, e.viewer_id, e.ts
-        self._add_tag(s, room_id, viewer_id, T.SOURCE, self._tags.source(e.source), ts, out)
-        if e.leader_id:
-            self._add_tag(s, room_id, viewer_id, T.LEADER, e.leader_id, ts, out)
-        if e.returning is not None:
-            s.returning = int(e.returning)
-            value = "returning" if e.returning else "new"
-            self._add_tag(s, room_id, viewer_id, T.VISITOR, value, ts, out)
-        self._watch_tags(s, room_id, viewer_id, ts, out)
-
-    def _on_left(self, s: ViewerState, e: ViewerEvent, room: RoomTimeline,
-                 out: list[Effect]) -> None:
-        if not in_room(s):
-            return
-        ts = e.ts
-        s.watched += max(0, ts - s.joined)
-        s.left = s.seen = ts
-        if s.focus:
-            self._disarm(s, DWELL, s.focus, ts)
-            s.focus = ""
-        self._watch_tags(s, e.room_id, e.viewer_id, ts, out)
-
-    def _on_viewed(self, s: ViewerState, e: ProductViewed, room: RoomTimeline,
-                   out: list[Effect]) -> None:
-        ts = e.ts
-        self._presence(s, ts)
-        if s.focus != e.sku:  # re-viewing the product in focus keeps the dwell's start
-            if s.focus:
-                self._disarm(s, DWELL, s.focus, ts)
-            s.focus, s.focus_since = e.sku, ts
-            for rule in self._plan.dwell:
-                self._arm(s, e.room_id, e.viewer_id, rule, e.sku, ts + rule.delay_ms)
-        self._watch_tags(s, e.room_id, e.viewer_id, ts, out)
-
-    def _on_interaction(self, s: ViewerState, e: ViewerEvent, room: RoomTimeline,
-                        out: list[Effect]) -> None:
-        self._presence(s, e.ts)
-        value = T.INTERACTIONS[self._type_names[type(e)]]
-        self._add_tag(s, e.room_id, e.viewer_id, T.INTERACTION, value, e.ts, out)
-        self._watch_tags(s, e.room_id, e.viewer_id, e.ts, out)
-
-    def _on_comment(self, s: ViewerState, e: Comment, room: RoomTimeline,
-                    out: list[Effect]) -> None:
-        self._on_interaction(s, e, room, out)
-        for tag, value in self._tags.keyword_tags(e.text):
-            self._add_tag(s, e.room_id, e.viewer_id, tag, value, e.ts, out)
-
-    def _on_cart_added(self, s: ViewerState, e: CartAdded, room: RoomTimeline,
-                       out: list[Effect]) -> None:
-        self._presence(s, e.ts)
-        if s.cart is None:
-            s.cart = {}
-        earliest(s.cart, e.sku, e.ts)
-        self._arm_cart(s, e.room_id, e.viewer_id, e.sku, e.ts)
-        self._watch_tags(s, e.room_id, e.viewer_id, e.ts, out)
-
-    def _on_placed(self, s: ViewerState, e: OrderPlaced, room: RoomTimeline,
-                   out: list[Effect]) -> None:
-        room_id, viewer_id, ts = e.room_id, e.viewer_id, e.ts
-        skus = [item.sku for item in e.items]
-        if s.orders is None:
-            s.orders = {}
-        s.orders[e.order_id] = skus
-        if s.placed is None:
-            s.placed = {}
-        for sku in skus:
-            earliest(s.placed, sku, ts)
-            self._arm_cart(s, room_id, viewer_id, sku, ts)
-        self._add_tag(s, room_id, viewer_id, T.CONVERSION_NODE, T.conversion_node(room, ts),
-                      ts, out)
-        self._remove_tag(s, room_id, viewer_id, T.HIGH_POTENTIAL, "true", ts, out)
-
-    def _on_paid(self, s: ViewerState, e: OrderPaid, room: RoomTimeline,
-                 out: list[Effect]) -> None:
-        skus = s.orders.pop(e.order_id, None) if s.orders else None  # settled: forget it
-        if skus is None:
-            return  # never placed here (unknown_order), or a repeat of a settled order
-        if not s.orders:
-            s.orders = None
-        if s.paid is None:
-            s.paid = {}
-        for sku in skus:
-            earliest(s.paid, sku, e.ts)
-            self._disarm(s, CART, sku, e.ts)
-        for value in (T.CART_UNPAID, T.PAYMENT_FAILED):
-            self._remove_tag(s, e.room_id, e.viewer_id, T.DROP_OFF, value, e.ts, out)
-
-    def _on_cancelled(self, s: ViewerState, e: OrderCancelled, room: RoomTimeline,
-                      out: list[Effect]) -> None:
-        # A "pay now" reminder for an order the viewer just cancelled is the seed-002 pitfall.
-        skus = s.orders.pop(e.order_id, ()) if s.orders else ()  # settled: forget it
-        if not s.orders:
-            s.orders = None
-        for sku in skus:
-            self._disarm(s, CART, sku, e.ts)
-
-    def _on_payment_failed(self, s: ViewerState, e: OrderPaymentFailed, room: RoomTimeline,
-                           out: list[Effect]) -> None:
-        self._add_tag(s, e.room_id, e.viewer_id, T.DROP_OFF, T.PAYMENT_FAILED, e.ts, out)
-
-
-__all__ = ["Effect", "Suppressed", "ViewerEngine"]
+__all__ = ["ViewerEngine"]

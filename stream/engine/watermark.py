@@ -23,7 +23,7 @@ is merely quiet (orders are rare next to heartbeats, and a show may have none):
 
 Pure and O(1) per event: two integers per room. Delaying a timer changes no result,
 because the engine judges each timer as of its due time from the state's timestamps
-(stream/engine/viewers.py); the reference-model tests run with these holds.
+(stream/engine/timers.py); the reference-model tests run with these holds.
 """
 
 from __future__ import annotations

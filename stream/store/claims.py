@@ -13,7 +13,7 @@ import msgspec
 from stream.core.codec import encode
 from stream.core.models import FollowUp, Nudge, TagChange
 from stream.core.reasons import stat_field
-from stream.engine.viewers import Effect
+from stream.engine.effects import Effect
 from stream.store import keys, scripts
 from stream.store.connect import AnyPipeline, Client
 

@@ -30,10 +30,11 @@ from stream.core.batch import Part, SendMany
 from stream.core.codec import encode
 from stream.core.models import FollowUp, Nudge, TagChange, ViewerEvent
 from stream.core.topics import Topics
+from stream.engine.effects import Effect, Suppressed
 from stream.engine.reorder import Reorder
 from stream.engine.rules import Rules
 from stream.engine.state import PRESENCE_TIMEOUT_MS
-from stream.engine.viewers import Effect, Suppressed, ViewerEngine
+from stream.engine.viewers import ViewerEngine
 from stream.store import keys, nudgebox, scripts
 from stream.store.buckets import stock_rows
 from stream.store.channels import queue_publish

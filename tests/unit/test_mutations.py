@@ -17,7 +17,7 @@ from reference.offline import processing_order, run_engine
 
 from stream.core.models import Event, HostEvent, OrderPaid
 from stream.engine import tags as engine_tags
-from stream.engine import viewers
+from stream.engine import timers
 from stream.engine.nudges import CART
 from stream.engine.rules import Rules, load_dir
 from stream.engine.state import ViewerState
@@ -63,26 +63,26 @@ class PaymentKeepsCartTimers(ViewerEngine):
 
 def no_exits(monkeypatch: pytest.MonkeyPatch) -> type[ViewerEngine]:
     """Broken: exits are not re-checked when the nudge is due."""
-    monkeypatch.setattr(viewers, "exit_reason", lambda *a, **k: None)
+    monkeypatch.setattr(timers, "exit_reason", lambda *a, **k: None)
     return ViewerEngine
 
 
 def no_cooldown(monkeypatch: pytest.MonkeyPatch) -> type[ViewerEngine]:
     """Broken: the cooldown is ignored (the per-broadcast and hourly caps still hold)."""
-    real = viewers.cap_reason
+    real = timers.cap_reason
 
     def cap_reason(rule: Any, fired: Any, hour: Any, per_hour: int, ts: int) -> Any:
         reason = real(rule, fired, hour, per_hour, ts)
         return real(rule, None, hour, per_hour, ts) if reason == "cooldown" else reason
 
-    monkeypatch.setattr(viewers, "cap_reason", cap_reason)
+    monkeypatch.setattr(timers, "cap_reason", cap_reason)
     return ViewerEngine
 
 
 def no_zone(monkeypatch: pytest.MonkeyPatch) -> type[ViewerEngine]:
     """Broken: quiet hours in the default zone, whatever the viewer's."""
-    real = viewers.in_quiet_hours
-    monkeypatch.setattr(viewers, "in_quiet_hours", lambda w, ts, tz: real(w, ts, None))
+    real = timers.in_quiet_hours
+    monkeypatch.setattr(timers, "in_quiet_hours", lambda w, ts, tz: real(w, ts, None))
     return ViewerEngine
 
 
@@ -106,7 +106,7 @@ class NoPresenceTimeout(ViewerEngine):
 
 
 def no_presence_timeout(monkeypatch: pytest.MonkeyPatch) -> type[ViewerEngine]:
-    monkeypatch.setattr(viewers, "present_at", lambda s, ts, timeout_ms=0: real_present(
+    monkeypatch.setattr(timers, "present_at", lambda s, ts, timeout_ms=0: real_present(
         s, ts, 10**12))
     return NoPresenceTimeout
 

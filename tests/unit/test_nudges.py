@@ -9,6 +9,7 @@ import pytest
 from test_viewers import DWELL, HOUR, MIN, T0, S, Show, make_rules, rule
 
 from stream.core.models import Nudge
+from stream.engine.effects import Suppressed
 from stream.engine.nudges import (
     CompiledRule,
     NudgePlan,
@@ -22,7 +23,6 @@ from stream.engine.nudges import (
 )
 from stream.engine.rules import Exit
 from stream.engine.timeline import Product
-from stream.engine.viewers import Suppressed
 
 DUE = 3 * MIN  # the 3-minute popup of seed 000, viewed at 0
 

@@ -29,6 +29,7 @@ from stream.core.models import (
     TagChange,
     ViewerEvent,
 )
+from stream.engine.effects import Effect, Suppressed
 from stream.engine.rules import (
     FollowUpRule,
     KeywordRule,
@@ -40,7 +41,7 @@ from stream.engine.rules import (
 )
 from stream.engine.state import decode_state
 from stream.engine.timeline import Product, RoomTimeline
-from stream.engine.viewers import Effect, Suppressed, ViewerEngine
+from stream.engine.viewers import ViewerEngine
 from stream.engine.watermark import Watermarks
 from stream.local import showplan
 

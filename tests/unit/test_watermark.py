@@ -18,8 +18,8 @@ from reference.offline import orders_ahead, processing_order, run_engine
 from test_viewers import DWELL, MIN, S, Show
 
 from stream.core.models import Event, HostEvent, Nudge, OrderEvent, ViewerEvent
+from stream.engine.effects import Effect
 from stream.engine.rules import Rules, load_dir
-from stream.engine.viewers import Effect
 from stream.engine.watermark import INPUT_IDLE_MS, QUIET_MS
 from stream.local import showplan
 
