@@ -225,6 +225,12 @@ class ViewerEngine(EventHandlers):
         s = self._states.get(room_id, {}).get(viewer_id)
         return {} if s is None else {k: list(v) for k, v in s.tags.items()}
 
+    def newest(self) -> dict[str, int]:
+        """Per room, the latest event time its viewers' states hold (a join, a leave, a
+        proof of presence): where a restored partition's room clocks start."""
+        return {room_id: max(max(s.seen, s.joined, s.left) for s in viewers.values())
+                for room_id, viewers in self._states.items() if viewers}
+
     def forget(self, room_id: str) -> int:
         """Drop a finished room's viewers from memory (their last state is already exported)."""
         gone = self._states.pop(room_id, {})

@@ -197,6 +197,8 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
                                   engine=tp in viewer_tps)
             if tp in viewer_tps:
                 processed[tp] = starts[tp]
+        await pipeline.retrying(
+            lambda: engagement.adopt({tp.partition for tp in viewer_tps}))
         if status_file is not None:
             status_file.started(starts, generation=app.consumer_generation_id)
         return starts

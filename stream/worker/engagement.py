@@ -181,7 +181,7 @@ class Engagement:
             if moved:
                 self._moved.setdefault(p, {}).update(moved)
             if p in self._times:
-                effects += [(p, e) for e in engine.advance(self._now(p, behind),
+                effects += [(p, e) for e in engine.advance(self._now(p, behind, waiting),
                                                            self._rooms.rooms)]
         self._outbox += effects
         if self._outbox and self._delivery is None:
@@ -252,6 +252,27 @@ class Engagement:
     async def saved_fences(self, partitions: Iterable[int]) -> dict[int, dict[str, int]]:
         """Each partition's saved offsets: where its viewer state is up to, per topic."""
         return await self._states.saved_fences(partitions)
+
+    async def adopt(self, partitions: Iterable[int]) -> None:
+        """Load newly assigned partitions now, not at their first record.
+
+        A partition with nothing left to re-read (its state saved up to its end, as a
+        revoke saves it) got no record, so no engine and no room clock: its rooms' due
+        timers and the end of the show never fired (259 of 800 follow-ups in a fault run
+        whose rebalances came at the show's end). Each room's clock starts at the newest
+        event time the partition's states hold, and moves on with the wall from now.
+        """
+        async with self._lock:
+            mine = set(partitions)
+            await self._load(mine)
+            rooms: set[str] = set()
+            wall = self._clock()
+            for p in sorted(mine & self.engines.keys()):
+                if p not in self._times:
+                    newest = self.engines[p].newest()
+                    self._times[p] = {room: (ts, wall) for room, ts in newest.items()}
+                    rooms |= newest.keys()
+            await self._rooms.refresh(rooms)
 
     async def close(self, partitions: Iterable[int] = (), *,
                     timeout_s: float = CLOSE_SETTLE_S) -> None:
@@ -346,16 +367,21 @@ class Engagement:
             if seen is None or ts > seen[0]:
                 times[room] = (ts, wall)
 
-    def _now(self, partition: int, behind: set[str]) -> dict[str, int]:
+    def _now(self, partition: int, behind: set[str],
+             waiting: Reorder[ViewerEvent]) -> dict[str, int]:
         """Each room's event time in the partition; wall time stands in for events only when
         the partition is idle.
 
         While an input is behind (or the worker is in a rebalance) the next events wait in
-        Kafka: moving on by wall time would fire timers they cancel.
+        Kafka: moving on by wall time would fire timers they cancel, and so would moving
+        past what the inputs behind have brought (an adopted partition's clocks start
+        from its saved states, before its first record is re-read).
         """
         times = self._times.get(partition, {})
         if behind:
-            return {room: event_ms for room, (event_ms, _) in times.items()}
+            known = waiting.watermark(behind)
+            return {room: int(min(event_ms, known)) for room, (event_ms, _) in times.items()
+                    if known > -_FOREVER}
         wall_now_ms = int(self._clock() * 1000)
         return {room: now_of(event_ms, int(wall_s * 1000), wall_now_ms=wall_now_ms)
                 for room, (event_ms, wall_s) in times.items()}
@@ -489,3 +515,4 @@ def _with_remaining(nudge: Nudge, remaining: str) -> Nudge:
 
 
 _ts = attrgetter("ts")
+_FOREVER = float("inf")
