@@ -224,9 +224,40 @@ async def losses(settings: Settings, topics: Topics, nudges: list[Nudge],
     # The conversion node is decided with the host's timeline as the worker knows it when
     # the order is processed (README, Decisions: Segments are attributed when read): after
     # the Redis outage the room log can lag a segment start, so only its value may differ.
-    return (differences(want, nudges, tags, followups, until=ended,
-                        valueless=frozenset({"conversion_node"}))
-            + order_differences(outcomes(events(log)), results))
+    found = (differences(want, nudges, tags, followups, until=ended,
+                         valueless=frozenset({"conversion_node"}))
+             + order_differences(outcomes(events(log)), results))
+    if found:  # what each viewer of a nudge difference sent, and when Kafka got it
+        wanted = {(n.viewer_id, n.rule_id, n.ts) for n in want.nudges}
+        got = {(n.viewer_id, n.rule_id, n.ts) for n in nudges}
+        found += await trace(settings, topics, {v for v, _, ts in wanted ^ got if ts <= ended})
+    return found
+
+
+async def trace(settings: Settings, topics: Topics, viewers: set[str]) -> list[str]:
+    """Per viewer, their input and nudge records: (Kafka write time, topic, type, ts)."""
+    consumer = AIOKafkaConsumer(*topics.inputs, topics.nudges, group_id=None,
+                                bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    lines: dict[str, list[tuple[int, str, str, int]]] = {v: [] for v in sorted(viewers)[:3]}
+    try:
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    topic = r.topic.removeprefix(topics.prefix)
+                    items = ([msgspec.json.decode(r.value, type=Nudge)] if r.topic == topics.nudges
+                             else [e for _, e in decode_events(r.value).events])
+                    for e in items:
+                        viewer = getattr(e, "viewer_id", None)
+                        if viewer in lines:
+                            kind = (e.rule_id if isinstance(e, Nudge)
+                                    else type(e).__struct_config__.tag)
+                            lines[viewer].append((r.timestamp, topic, str(kind), e.ts))
+    finally:
+        await consumer.stop()
+    return [f"trace {v}: {sorted(rows)}" for v, rows in lines.items()]
 
 
 async def settled(redis: Redis, settings: Settings, topics: Topics, *, accepted: int,
