@@ -40,14 +40,10 @@ def seen_event(event_id: str) -> str:
     return f"{PREFIX}:eid:{event_id}"
 
 
-def request_live(request: str) -> str:
-    """Set while a gateway request is writing its events (expires if it died)."""
-    return f"{PREFIX}:req:{request}:live"
-
-
-def request_written(request: str) -> str:
-    """Set once a gateway request's events are in Kafka."""
-    return f"{PREFIX}:req:{request}:written"
+def request(request: str) -> str:
+    """A gateway request's state: `live` while it writes its events (expires if it died),
+    `written` once they are in Kafka. One key, so a reader never sees it between the two."""
+    return f"{PREFIX}:req:{request}"
 
 
 def stock_prefix(room_id: str) -> str:

@@ -158,9 +158,9 @@ async def test_an_id_left_pending_is_retried_not_taken_for_delivered(
         # The dead request's liveness key lives until the first retry has been told to
         # come back (however long a loaded machine makes its PENDING_WAITS polls), then
         # expires: the test waits for the expiry itself, not for a guess of its time.
-        live = keys.request_live("dead-request")
+        live = keys.request("dead-request")
         await redis.set(keys.seen_event(event["event_id"]), "dead-request")
-        await redis.set(live, 1)
+        await redis.set(live, "live")
         status, body = await client.post([event])
         assert status == 503 and "retry" in body["error"]
         await redis.pexpire(live, 50)
@@ -170,7 +170,7 @@ async def test_an_id_left_pending_is_retried_not_taken_for_delivered(
         status, body = await client.post([event])
         assert (status, body) == (202, {"accepted": 1, "rejected": []})
         owner = (await redis.get(keys.seen_event(event["event_id"]))).decode()
-        assert owner != "dead-request" and await redis.exists(keys.request_written(owner))
+        assert owner != "dead-request" and await redis.get(keys.request(owner)) == b"written"
         status, body = await client.post([event])
         assert status == 202 and "duplicate" in body["rejected"][0]["error"]
     finally:
