@@ -171,7 +171,8 @@ async def main() -> None:
             stats = await read_stats(redis, room)
             sizes = []
             for p in range(PARTITIONS):
-                sizes += [len(v) for v in (await redis.hgetall(keys.viewer_states(p))).values()]
+                sizes += [len(v) for v in (await redis.hgetall(
+                    keys.viewer_states(lc_topics.prefix, p))).values()]
         finally:
             await stop_processes([worker])
             await redis.aclose()

@@ -128,8 +128,9 @@ async def viewer_tags(request: web.Request) -> web.Response:
     if role != "commerce":
         return replies.error(403, "tags are personal data: commerce token only")
     viewer = request.match_info["viewer"]
-    tags = await held_tags(request.app[REDIS], viewer,
-                           partitions=request.app[SETTINGS].partitions)
+    settings = request.app[SETTINGS]
+    tags = await held_tags(request.app[REDIS], viewer, partitions=settings.partitions,
+                           deployment=settings.topic_prefix)
     return replies.json_response({"viewer_id": viewer,
                   "tags": [{"room_id": r, "tag": t, "value": v} for r, t, v in tags]})
 

@@ -125,14 +125,17 @@ def stock_log(room_id: str) -> str:
     return f"{_room(room_id)}:stock-log"
 
 
-def viewer_states(partition: int) -> str:
-    """Hash `room|viewer` -> msgpack state of the viewers of one input partition."""
-    return f"{PREFIX}:{{vs:{partition}}}:states"
+def viewer_states(deployment: str, partition: int) -> str:
+    """Hash `room|viewer` -> msgpack state of the viewers of one input partition of one
+    deployment (its topic prefix): a worker that takes a partition loads every viewer in
+    it and fires their rooms' due ends, so two deployments on one Redis (the test suite's
+    tests) must never see each other's."""
+    return f"{PREFIX}:{{vs:{deployment}{partition}}}:states"
 
 
-def viewer_offsets(partition: int) -> str:
-    """Hash `topic` -> last offset whose effects are in `viewer_states(partition)`."""
-    return f"{PREFIX}:{{vs:{partition}}}:offsets"
+def viewer_offsets(deployment: str, partition: int) -> str:
+    """Hash `topic` -> last offset whose effects are in `viewer_states(...)`."""
+    return f"{PREFIX}:{{vs:{deployment}{partition}}}:offsets"
 
 
 def consumed() -> str:

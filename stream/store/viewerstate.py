@@ -40,16 +40,17 @@ Saved = tuple[dict[tuple[str, str], bytes], dict[str, int]]  # (room, viewer) ->
 
 
 class ViewerStates:
-    def __init__(self, redis: Client) -> None:
+    def __init__(self, redis: Client, *, deployment: str) -> None:
         self._redis = redis
+        self._deployment = deployment
         self._save = redis.register_script(SAVE)
 
     async def load(self, partitions: list[int]) -> list[Saved]:
         """Each partition's viewer blobs and saved offsets, in the order asked."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for p in partitions:
-                pipe.hgetall(keys.viewer_states(p))
-                pipe.hgetall(keys.viewer_offsets(p))
+                pipe.hgetall(keys.viewer_states(self._deployment, p))
+                pipe.hgetall(keys.viewer_offsets(self._deployment, p))
             answers = await pipe.execute()
         return [({_split(k): v for k, v in states.items()},
                  {k.decode(): int(v) for k, v in offsets.items()})
@@ -70,7 +71,8 @@ class ViewerStates:
                 for topic, offset in offsets.items():
                     args += [topic, offset]
             await scripts.call(
-                self._save, keys=[keys.viewer_states(partition), keys.viewer_offsets(partition)],
+                self._save, keys=[keys.viewer_states(self._deployment, partition),
+                                  keys.viewer_offsets(self._deployment, partition)],
                 args=args, client=pipe)
 
     async def saved_fences(self, partitions: Iterable[int]) -> dict[int, dict[str, int]]:
@@ -78,7 +80,7 @@ class ViewerStates:
         wanted = sorted(partitions)
         async with self._redis.pipeline(transaction=False) as pipe:
             for p in wanted:
-                pipe.hgetall(keys.viewer_offsets(p))
+                pipe.hgetall(keys.viewer_offsets(self._deployment, p))
             answers = await pipe.execute()
         return {p: {k.decode(): int(v) for k, v in a.items()}
                 for p, a in zip(wanted, answers, strict=True)}

@@ -93,7 +93,7 @@ class Engagement:
         self._generation = generation
         self._inputs = (topics.viewer_events, topics.order_events)
         self._claims = Claims(redis)
-        self._states = ViewerStates(redis)
+        self._states = ViewerStates(redis, deployment=topics.prefix)
         self._viewer_rooms: set[tuple[str, str]] = set()  # indexed in `viewer_rooms`
         self._worker = secrets.token_hex(6)  # names this process's claim rounds
         self._round = 0  # the last claim round started

@@ -95,13 +95,15 @@ async def test_giving_partitions_up_saves_the_last_seconds_tags(
                                   ts=now + offset, source="douyin")
             await pipeline.process([Record(topics.viewer_events, p, offset, encode(joined))])
             await pipeline.drain()
-        assert await held_tags(redis, first, partitions=settings.partitions) != []
+        assert await held_tags(redis, first, partitions=settings.partitions,
+                               deployment=settings.topic_prefix) != []
         if settle:
             await engagement.close({p})
         else:
             engagement.forget({p})
         assert p not in engagement.engines
-        held = await held_tags(redis, last, partitions=settings.partitions)
+        held = await held_tags(redis, last, partitions=settings.partitions,
+                               deployment=settings.topic_prefix)
         if settle:
             assert (room, "source", "public") in held, held  # douyin is a public source
         else:  # the gap the settle closes: decided, sent, and not held

@@ -34,7 +34,8 @@ async def test_tags_are_for_the_commerce_token_only(gateway) -> None:  # type: i
     url, tokens, redis, settings, _ = gateway
     await redis.sadd(keys.viewer_rooms("v-tags"), "r1")
     state = ViewerState(tags={"watch_depth": ["<5min"], "interaction": ["liked"]})
-    await redis.hset(keys.viewer_states(partition_for("v-tags", settings.partitions)),
+    await redis.hset(keys.viewer_states(settings.topic_prefix,
+                                        partition_for("v-tags", settings.partitions)),
                      "r1|v-tags", msgspec.msgpack.encode(state))
     async with aiohttp.ClientSession() as session:
         async def get(token: str | None) -> tuple[int, dict]:

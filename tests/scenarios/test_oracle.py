@@ -164,7 +164,8 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
         viewers = {t.viewer_id for t in tags} | {
             v.decode() for v in await redis.hkeys(keys.profiles(room_id))}
         held = {v: {(t, value) for _, t, value in
-                    await held_tags(redis, v, partitions=settings.partitions)}
+                    await held_tags(redis, v, partitions=settings.partitions,
+                                    deployment=settings.topic_prefix)}
                 for v in viewers}
     finally:
         await redis.aclose()
