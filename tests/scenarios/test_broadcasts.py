@@ -11,7 +11,7 @@ import time
 
 import msgspec
 import pytest
-from helpers import read_all
+from helpers import read_all, show_stats
 from reference.compare import differences
 from reference.kafkalog import inputs
 from reference.model import expect
@@ -24,7 +24,6 @@ from stream.core.topics import Topics
 from stream.engine.rules import load_dir
 from stream.local import sender, showplan
 from stream.local.runner import running
-from stream.store.ledger import read_stats
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +43,7 @@ async def test_the_same_show_in_three_rooms_fires_the_same_in_each(settings: Set
             assert sent.rejected == 0, sent.errors
             deadline = time.monotonic() + 90
             while True:  # every event processed, and the end-of-show follow-ups out
-                stats = await read_stats(run.redis, room)
+                stats = await show_stats(run.redis, room)
                 if (stats.get("events", 0) >= sent.accepted
                         and stats.get("followups", 0) >= stats.get("ev:viewer.joined", 0)):
                     break

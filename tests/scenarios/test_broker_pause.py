@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import ClientSession, ClientTimeout
-from helpers import ev, read_all, read_effects, running_gateway
+from helpers import ev, read_all, read_effects, running_gateway, show_stats
 from redis.asyncio import Redis
 from test_faults import RULES, assert_orders_final, settled
 
@@ -31,7 +31,6 @@ from stream.local import sender, showplan
 from stream.local.embedded import EmbeddedStack
 from stream.local.runner import spawn, stop_processes
 from stream.store.inventory import Inventory
-from stream.store.ledger import read_stats
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +103,7 @@ async def test_broker_paused_mid_show(own_stack: EmbeddedStack, tmp_path: Path) 
                         "error"], answer
             accepted = sent.accepted + len(probes)
             await settled(redis, settings, topics, accepted=accepted)
-            counted = (await read_stats(redis, ROOM)).get("events", 0)
+            counted = (await show_stats(redis, ROOM)).get("events", 0)
             assert counted == accepted, f"{counted} events counted, {accepted} accepted"
             assert worker.poll() is None, "the worker died"
             audit = await Inventory(redis).audit(ROOM)

@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from helpers import kill_mattered, read_all, read_effects, running_gateway
+from helpers import kill_mattered, read_all, read_effects, running_gateway, show_stats
 from redis.asyncio import Redis
 from reference.compare import differences, order_differences
 from reference.inventory import outcomes
@@ -41,7 +41,6 @@ from stream.local.embedded import EmbeddedStack
 from stream.local.runner import spawn, stop_processes
 from stream.store import keys
 from stream.store.inventory import Inventory
-from stream.store.ledger import read_stats
 from stream.worker.app import group_id
 from stream.worker.statusfile import WorkerStatus, path_for, read_status
 
@@ -265,7 +264,7 @@ async def settled(redis: Redis, settings: Settings, topics: Topics, *, accepted:
     """Every event counted, every follow-up out, and the group's lag zero."""
     deadline = time.monotonic() + 120
     while True:
-        stats = await read_stats(redis, room)
+        stats = await show_stats(redis, room)
         joined = stats.get("ev:viewer.joined", 0)
         behind = await lag(settings, topics)
         if (stats.get("events", 0) >= accepted and stats.get("followups", 0) >= joined

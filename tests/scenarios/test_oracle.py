@@ -20,14 +20,14 @@ import signal
 import subprocess
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import msgspec
 import pytest
 from aiohttp import ClientSession
 from aiokafka import AIOKafkaConsumer
-from helpers import assert_nothing_twice, kill_mattered, read_all, running_gateway
+from helpers import assert_nothing_twice, kill_mattered, read_all, running_gateway, show_stats
 from reference.compare import differences
 from reference.compare import held as held_by
 from reference.kafkalog import inputs
@@ -57,7 +57,6 @@ from stream.local.runner import spawn, spawn_gateway, stop_processes
 from stream.store import keys
 from stream.store.connect import connect
 from stream.store.currenttags import held_tags
-from stream.store.ledger import read_stats
 from stream.worker.statusfile import path_for, read_status
 
 # No rerun: the simulator's platform stream trailing its commerce stream by more than
@@ -132,12 +131,21 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
                 assert await accepted_by(other) > 0, f"{other} accepted nothing"
             deadline = time.monotonic() + 90
             while True:  # every event processed, and the end-of-show follow-ups out
-                stats = await read_stats(redis, room_id)
+                stats = await show_stats(redis, room_id)
                 joined = stats.get("ev:viewer.joined", 0)
                 if (stats.get("events", 0) >= sent.accepted
                         and stats.get("followups", 0) >= joined):
                     break
-                assert time.monotonic() < deadline, f"not settled: {stats}"
+                if time.monotonic() > deadline:
+                    logged = Counter(type(e).__struct_config__.tag for _, _, _, v in
+                                     await read_all(settings, list(topics.inputs))
+                                     for _, e in decode_events(v).events)
+                    short = {t: (n, stats.get(f"ev:{t}", 0)) for t, n in logged.items()
+                             if stats.get(f"ev:{t}", 0) != n}
+                    raise AssertionError(
+                        f"not settled: {stats.get('events')} of {sent.accepted} events, "
+                        f"{stats.get('followups')} of {joined} follow-ups; in the log "
+                        f"({sum(logged.values())}) vs counted, per type: {short}")
                 await asyncio.sleep(0.5)
             if kill:  # the kill had work at stake: the victim's partitions, re-read
                 assert settings.status_dir is not None
