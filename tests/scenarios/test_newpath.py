@@ -46,10 +46,15 @@ async def test_a_new_users_path(tmp_path: Path) -> None:
     # Its show is 5 s instead of 30: `demo --keep` below runs the default show (and exits
     # 1 on anything lost or oversold, as `demo` does), so a second full show here would
     # only add ~25 s to the suite.
-    first = shell('make -o .venv/.installed demo DEMO_ARGS="--duration 5"', cwd=view,
+    # `--json` here stands for `demo --json`'s own test (a third show cost 17 s).
+    first = shell('make -o .venv/.installed demo DEMO_ARGS="--duration 5 --json"', cwd=view,
                   env=env, timeout_s=240)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert "demo --keep" in first.stdout and "dashboard" in first.stdout, first.stdout
+    [summary] = [json.loads(line) for line in first.stdout.splitlines() if line.startswith("{")]
+    assert summary["events_sent"] > 100
+    assert summary["events_processed"] == summary["events_sent"] - summary["dead_letters"]
+    assert summary["orders"] > 0 and summary["gmv"] > 0 and summary["oversold"] == 0
 
     with background([".venv/bin/livecommerce", "demo", "--keep"], cwd=view, env=env) as demo:
         demo.wait_for(READY, timeout_s=240)

@@ -95,15 +95,6 @@ def _value(output: str, label: str) -> str:
                 if line.startswith(label))
 
 
-def test_two_commands(tmp_path: Path) -> None:
-    output, (run,) = _run_section("Two commands", tmp_path)
-    summary = json.loads(run.stdout.splitlines()[0])
-    assert summary["orders"] > 0 and summary["nudges"] > 0 and summary["oversold"] == 0
-    assert "demo-room: 5 skus, oversold 0, ok" in run.stdout
-    assert "<svg" in (tmp_path / "checkout" / "report.html").read_text(encoding="utf-8")
-    assert _value(output, "gateway") in run.stderr  # each command said which system
-
-
 def test_locust(tmp_path: Path) -> None:
     port = _free_port()
     _, (run,) = _run_section("Load testing with Locust", tmp_path, {
@@ -119,11 +110,19 @@ def _typed(code: str) -> list[str]:
     return [line.split("  #", 1)[0].strip() for line in code.splitlines() if line.strip()]
 
 
-def test_the_hosts_view(tmp_path: Path) -> None:
-    """After the blocks the dashboard's data is a full show, not an empty page. And every
-    command `up` prints (simulate, report, check) runs as printed from the checkout, in
-    the order a user would: those a block holds word for word were run by the block
-    (a second show would add ~40 s to the suite), the others are run here."""
+def test_two_commands_and_the_hosts_view(tmp_path: Path) -> None:
+    """The "Two commands" blocks, run as a reader runs them; then, with `up` still up, the
+    dashboard's data is a full show, not an empty page. "The host's view" holds the same
+    `up` and a subset of the same commands, checked here, so one show covers both (a
+    second `up` and show cost ~35 s of the suite). And every command `up` prints
+    (simulate, report, check) runs as printed from the checkout, in the order a user
+    would: those a block holds word for word were run by the block, the others here."""
+    mine, theirs = _blocks("Two commands"), _blocks("The host's view")
+    ups = {_typed(code)[0] for kind, code in mine + theirs if kind == "up"}
+    assert len(ups) == 1, f"the two sections start different systems: {ups}"
+    ran_lines = {line for kind, code in mine if kind == "run" for line in _typed(code)}
+    host_lines = {line for kind, code in theirs if kind == "run" for line in _typed(code)}
+    assert host_lines <= ran_lines, f"The host's view runs more: {host_lines - ran_lines}"
     seen: dict[str, object] = {}
     view = tmp_path / "checkout"
 
@@ -159,7 +158,11 @@ def test_the_hosts_view(tmp_path: Path) -> None:
         assert "<svg" in (view / "report.html").read_text(encoding="utf-8")
         assert "oversold 0, ok" in out["check"].stdout, out["check"].stdout
 
-    _run_section("The host's view", tmp_path, while_up=dashboard_data)
+    output, results = _run_section("Two commands", tmp_path, while_up=dashboard_data)
+    summary = json.loads(results[0].stdout.splitlines()[0])
+    assert summary["orders"] > 0 and summary["nudges"] > 0 and summary["oversold"] == 0
+    assert "demo-room: 5 skus, oversold 0, ok" in results[0].stdout
+    assert _value(output, "gateway") in results[0].stderr  # each command said which system
     assert seen["orders"] > 0 and seen["paid"] > 0 and seen["gmv"] > 0, seen  # type: ignore[operator]
     assert seen["nudges"] > 0, seen  # type: ignore[operator]
     assert (tmp_path / "checkout" / "report.html").exists()
