@@ -1,11 +1,11 @@
 """Reservations expiring on event time, end to end: one show with a short TTL, sent at
-20x and at 100x to two rooms of one worker.
+40x and at 100x to two rooms of one worker.
 
 Each order's whole result history must be what the sequential inventory model says
 (reserved, then released: expired, then a late payment re-reserving it, ...), on one
 partition: the viewer's input partition, like every other result of that viewer (the
 sweeper's releases used to be hashed by order id). And the replay at 100x expires the
-same reservations as the one at 20x.
+same reservations as the one at 40x.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ async def test_expiry_on_event_time_keeps_each_order_on_one_partition(
     settings = msgspec.structs.replace(settings, reservation_ttl_s=TTL_S)
     topics = Topics(settings.topic_prefix)
     start_ms = int(time.time() * 1000) - SHOW_S * 1000  # every ts in the past when sent
-    shows = {room: schedule(room, start_ms) for room in ("exp-20x", "exp-100x")}
+    shows = {room: schedule(room, start_ms) for room in ("exp-40x", "exp-100x")}
     want = {room: outcomes(events, ttl_ms=TTL_S * 1000, expire_until=events[-1].ts)
             for room, events in shows.items()}
     async with running_gateway(settings) as (_, url, tokens):
@@ -151,7 +151,7 @@ async def test_expiry_on_event_time_keeps_each_order_on_one_partition(
                 await send(url, tokens, events, speed=1)
                 shows[room] = [e for e in shows[room] if e not in events]
             await stock_loaded(settings, list(shows))
-            await asyncio.gather(send(url, tokens, shows["exp-20x"], speed=20),
+            await asyncio.gather(send(url, tokens, shows["exp-40x"], speed=40),
                                  send(url, tokens, shows["exp-100x"], speed=100))
             expected = sum(len(w) for w in want.values())
             deadline = time.monotonic() + 90
@@ -179,6 +179,6 @@ async def test_expiry_on_event_time_keeps_each_order_on_one_partition(
         # Which reservations expired, as the live results say (by the order's index).
         expired[room] = {int(order_id.rsplit("-o", 1)[1]) for order_id, steps in history.items()
                          if any(step[1:] == ("released", "expired") for step in steps)}
-    assert expired["exp-20x"] == expired["exp-100x"]
+    assert expired["exp-40x"] == expired["exp-100x"]
     # Never paid, paid late, cancelled late; not those paid in time or failed (released).
-    assert expired["exp-20x"] == {i for i in range(VIEWERS) if i % 5 in (1, 2, 3)}
+    assert expired["exp-40x"] == {i for i in range(VIEWERS) if i % 5 in (1, 2, 3)}
