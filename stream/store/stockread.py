@@ -6,6 +6,9 @@ would register the APPLY script on its connection pool for nothing.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 from stream.core.models import StockUpdate
 from stream.store import keys
 from stream.store.buckets import stock_rows
@@ -20,6 +23,17 @@ async def rows(redis: Client, room_id: str, *fields: str,
     # A bucketed SKU's counts are the sums of its buckets (buckets.py).
     found = await stock_rows(redis, room_id, skus, fields, consistent=consistent)
     return list(zip(skus, found, strict=True))
+
+
+async def available_text(redis: Client, wanted: Sequence[tuple[str, str]],
+                         ) -> dict[tuple[str, str], str]:
+    """Each (room, sku)'s available count as text, `?` where unknown: what a nudge's
+    `{remaining}` says. `wanted` sorted, so each room's SKUs are read in one call."""
+    answers: list[bytes | None] = []
+    for room, group in itertools.groupby(wanted, key=lambda k: k[0]):
+        rows = await stock_rows(redis, room, [sku for _, sku in group], ("available",))
+        answers += [row[0] for row in rows]
+    return {k: (v or b"?").decode() for k, v in zip(wanted, answers, strict=True)}
 
 
 class StockReader:

@@ -17,7 +17,6 @@ and every effect (nudge, tag, follow-up) delivered once.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import secrets
 import time
@@ -36,13 +35,13 @@ from stream.engine.rules import Rules
 from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.engine.viewers import ViewerEngine
 from stream.store import keys, nudgebox, scripts
-from stream.store.buckets import stock_rows
 from stream.store.channels import queue_publish
 from stream.store.claims import Claims, claim_item, once_id
 from stream.store.clocks import now_of
 from stream.store.connect import Client
 from stream.store.roomlog import RoomLog
 from stream.store.scripts import SCRIPT_ITEMS
+from stream.store.stockread import available_text
 from stream.store.viewerstate import ViewerStates
 from stream.worker.sentcheck import once_ids_in
 
@@ -438,7 +437,9 @@ class Engagement:
             sends += unsent
         if not sends:
             return
-        remaining = await self._remaining([e for _, e, _ in sends if isinstance(e, Nudge)])
+        remaining = await available_text(self._redis, sorted(
+            {(e.room_id, e.sku) for _, e, _ in sends
+             if isinstance(e, Nudge) and e.sku and "{remaining}" in e.message}))
         # Each effect on the viewer's partition number (no hashing: a viewer's effects stay
         # in order), a partition's records in one batch; nudges also go to the gateways.
         records: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
@@ -498,16 +499,6 @@ class Engagement:
             return self._topics.nudges
         return self._topics.tags if isinstance(effect, TagChange) else self._topics.followups
 
-    async def _remaining(self, nudges: list[Nudge]) -> dict[tuple[str, str], str]:
-        wanted = sorted({(n.room_id, n.sku) for n in nudges
-                         if n.sku and "{remaining}" in n.message})
-        if not wanted:
-            return {}
-        answers: list[bytes | None] = []
-        for room, group in itertools.groupby(wanted, key=lambda k: k[0]):
-            rows = await stock_rows(self._redis, room, [sku for _, sku in group], ("available",))
-            answers += [row[0] for row in rows]
-        return {k: (v or b"?").decode() for k, v in zip(wanted, answers, strict=True)}
 
 
 def _with_remaining(nudge: Nudge, remaining: str) -> Nudge:
