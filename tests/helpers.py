@@ -14,9 +14,10 @@ from typing import Any
 import msgspec
 import orjson
 from aiohttp import ClientSession
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.core.auth import Tokens
+from stream.core.codec import decode_events
 from stream.core.config import Settings
 from stream.core.models import FollowUp, Nudge, TagChange
 from stream.core.topics import Topics
@@ -53,6 +54,27 @@ def ev(type_: str, **fields: Any) -> dict[str, Any]:
 
 
 
+class Sends:
+    """The worker's two ways to send (`send`, `send_many`) on a real producer, for tests
+    that drive the pipeline and the viewer path by hand; the topics `send_many` wrote."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self.topics: list[str] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None,
+                   partition: int | None = None) -> object:
+        return await self.producer.send(topic, value, key=key, partition=partition)
+
+    async def send_many(self, topic: str, partition: int,
+                        records: Sequence[tuple[bytes | None, bytes]]) -> object:
+        ack: object = None
+        for key, value in records:
+            self.topics.append(topic)
+            ack = await self.producer.send(topic, value, key=key, partition=partition)
+        return ack
+
+
 async def show_stats(redis: Client, room: str) -> dict[str, int | float]:
     """A room's first show's counters with the events after its end, which count for the
     room's next broadcast (RoomTimeline.book_at): books 0 and 1 summed. A settle on book 0
@@ -60,6 +82,17 @@ async def show_stats(redis: Client, room: str) -> dict[str, int | float]:
     few leaves and heartbeats sent after broadcast.ended (8 of 20,819) went to book 1."""
     first, after = await read_stats(redis, room, 0), await read_stats(redis, room, 1)
     return {k: first.get(k, 0) + after.get(k, 0) for k in first.keys() | after.keys()}
+
+
+async def uncounted(settings: Settings, stats: dict[str, int | float],
+                    ) -> dict[str, tuple[int, int | float]]:
+    """Per event type whose count differs: (events of it in the input log, counted in
+    `stats`). What a test that never settled says about where the events went."""
+    logged = Counter(type(e).__struct_config__.tag for _, _, _, v in
+                     await read_all(settings, list(Topics(settings.topic_prefix).inputs))
+                     for _, e in decode_events(v).events)
+    return {t: (n, stats.get(f"ev:{t}", 0)) for t, n in logged.items()
+            if stats.get(f"ev:{t}", 0) != n}
 
 
 async def read_all(settings: Settings, topics: list[str]) -> list[tuple[str, int, int, bytes]]:

@@ -12,11 +12,11 @@ Kafka; no group: the test plays the rebalance).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from helpers import Sends
 from redis.asyncio import Redis
 
 from stream.core.batch import Record
@@ -37,26 +37,6 @@ pytestmark = pytest.mark.integration
 RULES = Path(__file__).resolve().parents[2] / "rules"
 
 
-class _Producer:
-    """The two ways the worker sends, on a real producer; the topics of what it sent."""
-
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self.producer = producer
-        self.topics: list[str] = []
-
-    async def send(self, topic: str, value: bytes, key: bytes | None = None,
-                   partition: int | None = None) -> object:
-        return await self.producer.send(topic, value, key=key, partition=partition)
-
-    async def send_many(self, topic: str, partition: int,
-                        records: Sequence[tuple[bytes | None, bytes]]) -> object:
-        ack: object = None
-        for key, value in records:
-            self.topics.append(topic)
-            ack = await self.producer.send(topic, value, key=key, partition=partition)
-        return ack
-
-
 @pytest.mark.parametrize("settle", [True, False], ids=["close", "forget-only"])
 async def test_giving_partitions_up_saves_the_last_seconds_tags(
         settings: Settings, redis: Redis, settle: bool) -> None:
@@ -64,24 +44,13 @@ async def test_giving_partitions_up_saves_the_last_seconds_tags(
     await ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.partitions)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
-
-    async def send(topic: str, value: bytes, key: bytes | None = None,
-                   partition: int | None = None) -> object:
-        return await producer.send(topic, value, key=key, partition=partition)
-
-    async def send_many(topic: str, partition: int,
-                        records: Sequence[tuple[bytes | None, bytes]]) -> object:
-        ack: object = None
-        for key, value in records:
-            ack = await producer.send(topic, value, key=key, partition=partition)
-        return ack
-
+    sends = Sends(producer)
     try:
         rules = load_dir(RULES)
         engagement = Engagement(redis=redis, rules=lambda: rules, rooms=RoomLog(redis),
-                                send=send_many, topics=topics,
+                                send=sends.send_many, topics=topics,
                                 bootstrap=settings.kafka_bootstrap)
-        pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=send,
+        pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=sends.send,
                             handlers=[engagement])
         room, now = f"room-{time.time_ns()}", int(time.time() * 1000)
         first, last = f"v1-{now}", f"v2-{now}"
@@ -130,7 +99,7 @@ async def test_a_partition_taken_with_nothing_to_reread_still_ends_its_show(
         # end and its 3 s grace: the new owner's clock starts beyond the end.
         await HostLog(redis).append([
             BroadcastStarted(event_id=f"s-{room}", room_id=room, ts=now - 1000)])
-        old = _Producer(producer)
+        old = Sends(producer)
         owner = Engagement(redis=redis, rules=lambda: rules, rooms=RoomLog(redis),
                            send=old.send_many, topics=topics,
                            bootstrap=settings.kafka_bootstrap)
@@ -148,7 +117,7 @@ async def test_a_partition_taken_with_nothing_to_reread_still_ends_its_show(
         await HostLog(redis).append([
             BroadcastEnded(event_id=f"e-{room}", room_id=room, ts=now + 1000)])
         wall = [time.time()]
-        new = _Producer(producer)
+        new = Sends(producer)
         taker = Engagement(redis=redis, rules=lambda: rules, rooms=RoomLog(redis),
                            send=new.send_many, topics=topics,
                            bootstrap=settings.kafka_bootstrap, clock=lambda: wall[0],

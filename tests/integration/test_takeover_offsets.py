@@ -6,12 +6,12 @@ owner. The fault show lost 1-4 viewers' orders this way (stream/worker/resume.py
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from faust.types import TP
+from helpers import Sends
 from redis.asyncio import Redis
 
 from stream.core.batch import Record
@@ -38,28 +38,19 @@ async def test_orders_waiting_at_a_kill_are_read_again_by_the_next_owner(
     await ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.partitions)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
-
-    async def send(topic: str, value: bytes, key: bytes | None = None,
-                   partition: int | None = None) -> object:
-        return await producer.send(topic, value, key=key, partition=partition)
-
-    async def send_many(topic: str, partition: int,
-                        records: Sequence[tuple[bytes | None, bytes]]) -> object:
-        ack: object = None
-        for key, value in records:
-            ack = await producer.send(topic, value, key=key, partition=partition)
-        return ack
+    sends = Sends(producer)
 
     try:
         rules = load_dir(RULES)
         # The dying owner: its views are behind (more are on their way), so an order a
         # minute of show ahead of them waits in the Reorder.
         engagement = Engagement(redis=redis, rules=lambda: rules, rooms=RoomLog(redis),
-                                send=send_many, topics=topics,
+                                send=sends.send_many, topics=topics,
                                 bootstrap=settings.kafka_bootstrap,
                                 behind=lambda topic, _: topic == topics.viewer_events)
         ledger = Ledger(redis)
-        pipeline = Pipeline(topics=topics, ledger=ledger, send=send, handlers=[engagement])
+        pipeline = Pipeline(topics=topics, ledger=ledger, send=sends.send,
+                            handlers=[engagement])
         p, room, now = 1, f"room-{time.time_ns()}", int(time.time() * 1000)
         view = ViewerHeartbeat(event_id=f"h{now}", room_id=room, viewer_id="v1", ts=now)
         order = OrderPlaced(event_id=f"o{now}", room_id=room, viewer_id="v1", order_id="o1",

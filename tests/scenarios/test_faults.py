@@ -16,14 +16,20 @@ import signal
 import subprocess
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from helpers import kill_mattered, read_all, read_effects, running_gateway, show_stats
+from helpers import (
+    kill_mattered,
+    read_all,
+    read_effects,
+    running_gateway,
+    show_stats,
+    uncounted,
+)
 from redis.asyncio import Redis
 from reference.compare import differences, order_differences
 from reference.inventory import outcomes
@@ -271,11 +277,7 @@ async def settled(redis: Redis, settings: Settings, topics: Topics, *, accepted:
                 and behind == 0):
             return
         if time.monotonic() > deadline:
-            logged = Counter(type(e).__struct_config__.tag
-                             for _, _, _, v in await read_all(settings, list(topics.inputs))
-                             for _, e in decode_events(v).events)
-            short = {t: (n, stats.get(f"ev:{t}", 0)) for t, n in logged.items()
-                     if stats.get(f"ev:{t}", 0) != n}
+            short = await uncounted(settings, stats)
             raise AssertionError(
                 f"not settled: {stats.get('events')} of {accepted} events, "
                 f"{stats.get('followups')} of {joined} follow-ups, lag {behind}; "

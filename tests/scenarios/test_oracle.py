@@ -20,14 +20,21 @@ import signal
 import subprocess
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import msgspec
 import pytest
 from aiohttp import ClientSession
 from aiokafka import AIOKafkaConsumer
-from helpers import assert_nothing_twice, kill_mattered, read_all, running_gateway, show_stats
+from helpers import (
+    assert_nothing_twice,
+    kill_mattered,
+    read_all,
+    running_gateway,
+    show_stats,
+    uncounted,
+)
 from reference.compare import differences
 from reference.compare import held as held_by
 from reference.kafkalog import inputs
@@ -137,15 +144,10 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
                         and stats.get("followups", 0) >= joined):
                     break
                 if time.monotonic() > deadline:
-                    logged = Counter(type(e).__struct_config__.tag for _, _, _, v in
-                                     await read_all(settings, list(topics.inputs))
-                                     for _, e in decode_events(v).events)
-                    short = {t: (n, stats.get(f"ev:{t}", 0)) for t, n in logged.items()
-                             if stats.get(f"ev:{t}", 0) != n}
                     raise AssertionError(
                         f"not settled: {stats.get('events')} of {sent.accepted} events, "
-                        f"{stats.get('followups')} of {joined} follow-ups; in the log "
-                        f"({sum(logged.values())}) vs counted, per type: {short}")
+                        f"{stats.get('followups')} of {joined} follow-ups; in the log vs "
+                        f"counted, per type: {await uncounted(settings, stats)}")
                 await asyncio.sleep(0.5)
             if kill:  # the kill had work at stake: the victim's partitions, re-read
                 assert settings.status_dir is not None
