@@ -7,8 +7,9 @@ import contextlib
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,13 +22,17 @@ from stream.core.codec import decode_events
 from stream.core.config import Settings
 from stream.core.models import FollowUp, Nudge, TagChange
 from stream.core.topics import Topics
+from stream.engine.rules import load_dir
 from stream.gateway.app import Gateway
 from stream.local.embedded import free_port
 from stream.store import keys
 from stream.store.connect import Client
 from stream.store.inventory import Audit, Inventory
-from stream.store.ledger import read_stats
+from stream.store.ledger import Ledger, read_stats
+from stream.store.roomlog import RoomLog
 from stream.worker.admin import ensure_topics
+from stream.worker.engagement import Engagement
+from stream.worker.pipeline import Pipeline
 from stream.worker.statusfile import WorkerStatus
 
 _ids = itertools.count()
@@ -35,6 +40,8 @@ _ids = itertools.count()
 # The reservation TTL of the `inv` fixture (tests/conftest.py): long enough that no
 # reservation expires during a test unless the test moves the clock past it.
 INVENTORY_TTL_MS = 60_000
+
+RULES = Path(__file__).resolve().parents[1] / "rules"
 
 
 def now_ms() -> int:
@@ -73,6 +80,21 @@ class Sends:
             self.topics.append(topic)
             ack = await self.producer.send(topic, value, key=key, partition=partition)
         return ack
+
+
+def viewer_path(redis: Client, settings: Settings, sends: Sends, *,
+                behind: Callable[[str, int], bool] = lambda topic, partition: False,
+                clock: Callable[[], float] = time.time) -> tuple[Engagement, Pipeline]:
+    """The worker's viewer path built by hand on real Redis and Kafka, for tests that play
+    a rebalance: an Engagement with the repository's rules, a Pipeline in front of it,
+    both sending through `sends`."""
+    rules = load_dir(RULES)
+    topics = Topics(settings.topic_prefix)
+    engagement = Engagement(redis=redis, rules=lambda: rules, rooms=RoomLog(redis),
+                            send=sends.send_many, topics=topics,
+                            bootstrap=settings.kafka_bootstrap, behind=behind, clock=clock)
+    return engagement, Pipeline(topics=topics, ledger=Ledger(redis), send=sends.send,
+                                handlers=[engagement])
 
 
 async def show_stats(redis: Client, room: str) -> dict[str, int | float]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from helpers import Sends
+from helpers import Sends, viewer_path
 from redis.asyncio import Redis
 
 from stream.core.batch import Record
@@ -24,13 +24,9 @@ from stream.core.codec import encode
 from stream.core.config import Settings
 from stream.core.models import BroadcastEnded, BroadcastStarted, ViewerHeartbeat, ViewerJoined
 from stream.core.topics import Topics, partition_for
-from stream.engine.rules import load_dir
 from stream.store.currenttags import held_tags
-from stream.store.ledger import Ledger
-from stream.store.roomlog import HostLog, RoomLog
+from stream.store.roomlog import HostLog
 from stream.worker.admin import ensure_topics
-from stream.worker.engagement import Engagement
-from stream.worker.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +40,8 @@ async def test_giving_partitions_up_saves_the_last_seconds_tags(
     await ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.partitions)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
-    sends = Sends(producer)
     try:
-        rules = load_dir(RULES)
-        engagement = Engagement(redis=redis, rules=lambda: rules, rooms=RoomLog(redis),
-                                send=sends.send_many, topics=topics,
-                                bootstrap=settings.kafka_bootstrap)
-        pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=sends.send,
-                            handlers=[engagement])
+        engagement, pipeline = viewer_path(redis, settings, Sends(producer))
         room, now = f"room-{time.time_ns()}", int(time.time() * 1000)
         first, last = f"v1-{now}", f"v2-{now}"
         p = partition_for(first, settings.partitions)
@@ -90,7 +80,6 @@ async def test_a_partition_taken_with_nothing_to_reread_still_ends_its_show(
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
     try:
-        rules = load_dir(RULES)
         room, now = f"room-{time.time_ns()}", int(time.time() * 1000)
         viewer = f"v-{now}"
         p = partition_for(viewer, settings.partitions)
@@ -100,11 +89,7 @@ async def test_a_partition_taken_with_nothing_to_reread_still_ends_its_show(
         await HostLog(redis).append([
             BroadcastStarted(event_id=f"s-{room}", room_id=room, ts=now - 1000)])
         old = Sends(producer)
-        owner = Engagement(redis=redis, rules=lambda: rules, rooms=RoomLog(redis),
-                           send=old.send_many, topics=topics,
-                           bootstrap=settings.kafka_bootstrap)
-        pipeline = Pipeline(topics=topics, ledger=Ledger(redis), send=old.send,
-                            handlers=[owner])
+        owner, pipeline = viewer_path(redis, settings, old)
         joined = ViewerJoined(event_id=f"j-{viewer}", room_id=room, viewer_id=viewer,
                               ts=now, source="douyin")
         beat = ViewerHeartbeat(event_id=f"h-{viewer}", room_id=room, viewer_id=viewer,
@@ -118,10 +103,9 @@ async def test_a_partition_taken_with_nothing_to_reread_still_ends_its_show(
             BroadcastEnded(event_id=f"e-{room}", room_id=room, ts=now + 1000)])
         wall = [time.time()]
         new = Sends(producer)
-        taker = Engagement(redis=redis, rules=lambda: rules, rooms=RoomLog(redis),
-                           send=new.send_many, topics=topics,
-                           bootstrap=settings.kafka_bootstrap, clock=lambda: wall[0],
-                           behind=lambda topic, _: behind and topic == topics.order_events)
+        taker, _ = viewer_path(
+            redis, settings, new, clock=lambda: wall[0],
+            behind=lambda topic, _: behind and topic == topics.order_events)
         if adopt:
             await taker.adopt({p})
         wall[0] += 5.0  # past the end and its grace, and no record comes

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 from faust.types import TP
-from helpers import Sends
+from helpers import Sends, viewer_path
 from redis.asyncio import Redis
 
 from stream.core.batch import Record
@@ -19,13 +19,9 @@ from stream.core.codec import encode
 from stream.core.config import Settings
 from stream.core.models import OrderItem, OrderPlaced, ViewerHeartbeat
 from stream.core.topics import Topics
-from stream.engine.rules import load_dir
 from stream.store.ledger import Ledger
-from stream.store.roomlog import RoomLog
 from stream.worker.admin import ensure_topics
 from stream.worker.app import create_app
-from stream.worker.engagement import Engagement
-from stream.worker.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -38,19 +34,13 @@ async def test_orders_waiting_at_a_kill_are_read_again_by_the_next_owner(
     await ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.partitions)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
-    sends = Sends(producer)
-
     try:
-        rules = load_dir(RULES)
         # The dying owner: its views are behind (more are on their way), so an order a
         # minute of show ahead of them waits in the Reorder.
-        engagement = Engagement(redis=redis, rules=lambda: rules, rooms=RoomLog(redis),
-                                send=sends.send_many, topics=topics,
-                                bootstrap=settings.kafka_bootstrap,
-                                behind=lambda topic, _: topic == topics.viewer_events)
+        engagement, pipeline = viewer_path(
+            redis, settings, Sends(producer),
+            behind=lambda topic, _: topic == topics.viewer_events)
         ledger = Ledger(redis)
-        pipeline = Pipeline(topics=topics, ledger=ledger, send=sends.send,
-                            handlers=[engagement])
         p, room, now = 1, f"room-{time.time_ns()}", int(time.time() * 1000)
         view = ViewerHeartbeat(event_id=f"h{now}", room_id=room, viewer_id="v1", ts=now)
         order = OrderPlaced(event_id=f"o{now}", room_id=room, viewer_id="v1", order_id="o1",
