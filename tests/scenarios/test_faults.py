@@ -241,14 +241,18 @@ async def losses(settings: Settings, topics: Topics, nudges: list[Nudge],
 
 async def trace(settings: Settings, topics: Topics, viewers: set[str]) -> list[str]:
     """Per viewer, their input and nudge records: (Kafka write time, topic, type, ts)."""
-    consumer = AIOKafkaConsumer(*topics.inputs, topics.nudges, group_id=None,
-                                bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(group_id=None, bootstrap_servers=settings.kafka_bootstrap,
                                 auto_offset_reset="earliest")
     await consumer.start()
     lines: dict[str, list[tuple[int, str, str, int]]] = {v: [] for v in sorted(viewers)[:3]}
     try:
-        ends = await consumer.end_offsets(list(consumer.assignment()))
-        while any(await consumer.position(tp) < end for tp, end in ends.items()):
+        tps = [TopicPartition(t, p) for t in (*topics.inputs, topics.nudges)
+               for p in range(settings.partitions)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        # A list, not a generator: `any(await ...)` over a generator expression makes an
+        # async generator, which `any` cannot iterate.
+        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for r in records:
                     topic = r.topic.removeprefix(topics.prefix)
