@@ -25,10 +25,12 @@ demo: $(STAMP)
 	@echo "      until Ctrl-C; open the dashboard URL it prints (the host token is in it), then"
 	@echo "      $(BIN)/livecommerce report demo-room --out report.html  and  $(BIN)/livecommerce check demo-room"
 
+# Two xdist workers: the shows leave the 2 cores mostly idle while they play out in wall
+# time (790 s on one worker, 420-480 s on two); tests/conftest.py says how tests group.
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 # The dashboard and report tests drive Debian's chromium (a CJK font for the Chinese
 # labels), installed here when we can (root with apt-get). Without it `make test` fails

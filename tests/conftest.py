@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from helpers import INVENTORY_TTL_MS
@@ -69,11 +69,23 @@ def cluster_settings(stack: EmbeddedStack, redis_cluster: EmbeddedStack) -> Sett
     """Settings on the shared broker and the 3-master cluster, with topics of their own."""
     return Settings(kafka_url=stack.kafka_url, redis_url=redis_cluster.redis_url,
                     topic_prefix=f"t{uuid.uuid4().hex[:8]}.", partitions=4)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Say at the end of the run which browser tests were skipped on request: a skip
-    must never pass unnoticed (tests/browser.py)."""
+    """Say at the end of the run why each rerun ran, and which browser tests were
+    skipped on request: a skip must never pass unnoticed (tests/browser.py)."""
     from browser import SKIP_ASKED
 
+    # A rerun hides the first failure; its cause is what the next session needs to read.
+    reruns = terminalreporter.stats.get("rerun", [])
+    if reruns:
+        terminalreporter.section("why each rerun ran", yellow=True, bold=True)
+        for report in reruns:
+            text = getattr(report, "longreprtext", "") or str(report.longrepr)
+            errors = [line for line in text.splitlines() if line.startswith("E ")]
+            terminalreporter.line(f"{report.nodeid}:")
+            for line in (errors or text.splitlines())[-12:]:
+                terminalreporter.line(f"  {line[:400]}")
     skipped = [r for r in terminalreporter.stats.get("skipped", [])
                if SKIP_ASKED in str(getattr(r, "longrepr", ""))]
     if skipped:
@@ -81,3 +93,32 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.line(f"{len(skipped)} browser test(s) did not run ({SKIP_ASKED}):")
         for report in skipped:
             terminalreporter.line(f"  {report.nodeid}")
+
+
+# The suite runs on two xdist workers (`make test`: `-n 2 --dist loadgroup`): the shows
+# leave the 2 cores ~70% idle while they play out in wall time (test_broadcasts: 24 s of
+# CPU in 40 s), so one worker alone took 790-890 s of the 900 s budget. The fault shows
+# share one group, so no two of them ever run at once: each holds its workers to bounds
+# in seconds (a nudge at most 10 s late after a takeover), and the CPU they need is what
+# the bound assumes. Every other file is its own unit, so a module's fixture (one show for
+# test_hostview) is built once.
+FAULT_SHOWS = frozenset({"test_oracle.py", "test_faults.py", "test_cluster.py",
+                         "test_broker_pause.py", "test_failover.py", "test_contention.py"})
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> Iterator[None]:
+    """Group each test for xdist, and send the fault shows out first: as one unit of
+    ~290 s they would otherwise be the run's tail. A wrapper, so the marks are on before
+    xdist's own hook reads them (a `tryfirst` hook here ran after it)."""
+    def order(item: pytest.Item) -> int:
+        if item.path.name in FAULT_SHOWS:
+            return 0
+        return 1 if item.path.parent.name == "scenarios" else 2
+
+    for item in items:
+        group = ("fault-shows" if item.path.name in FAULT_SHOWS
+                 else str(item.path.relative_to(item.config.rootpath)))
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=order)
+    yield
