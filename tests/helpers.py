@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import orjson
 from aiohttp import ClientSession
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.core.auth import Tokens
 from stream.core.codec import decode_events
@@ -31,6 +31,7 @@ from stream.store.inventory import Audit, Inventory
 from stream.store.ledger import Ledger, read_stats
 from stream.store.roomlog import RoomLog
 from stream.worker.admin import ensure_topics
+from stream.worker.app import group_id
 from stream.worker.engagement import Engagement
 from stream.worker.pipeline import Pipeline
 from stream.worker.statusfile import WorkerStatus
@@ -115,6 +116,25 @@ async def uncounted(settings: Settings, stats: dict[str, int | float],
                      for _, e in decode_events(v).events)
     return {t: (n, stats.get(f"ev:{t}", 0)) for t, n in logged.items()
             if stats.get(f"ev:{t}", 0) != n}
+
+
+async def uncommitted(settings: Settings) -> dict[str, int]:
+    """Per input topic-partition (`topic:p`), the records the worker group has not
+    committed, where any. With `uncounted`, what a show that never settled says: events
+    stuck behind an uncommitted offset, or read and committed yet not counted."""
+    topics = Topics(settings.topic_prefix)
+    tps = [TopicPartition(t, p) for t in topics.inputs for p in range(settings.partitions)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                                group_id=group_id(settings.topic_prefix),
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(tps)
+        behind = {tp: end - (await consumer.committed(tp) or 0) for tp, end in ends.items()}
+    finally:
+        await consumer.stop()
+    return {f"{tp.topic.removeprefix(topics.prefix)}:{tp.partition}": n
+            for tp, n in sorted(behind.items()) if n}
 
 
 async def read_all(settings: Settings, topics: list[str]) -> list[tuple[str, int, int, bytes]]:

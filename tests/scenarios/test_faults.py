@@ -28,6 +28,7 @@ from helpers import (
     read_effects,
     running_gateway,
     show_stats,
+    uncommitted,
     uncounted,
 )
 from redis.asyncio import Redis
@@ -47,7 +48,6 @@ from stream.local.embedded import EmbeddedStack
 from stream.local.runner import spawn, stop_processes
 from stream.store import keys
 from stream.store.inventory import Inventory
-from stream.worker.app import group_id
 from stream.worker.statusfile import WorkerStatus, path_for, read_status
 
 # Known to flake under load (README, Open gaps), and not for the oracle's reason (the
@@ -276,7 +276,7 @@ async def settled(redis: Redis, settings: Settings, topics: Topics, *, accepted:
     while True:
         stats = await show_stats(redis, room)
         joined = stats.get("ev:viewer.joined", 0)
-        behind = await lag(settings, topics)
+        behind = sum((await uncommitted(settings)).values())
         if (stats.get("events", 0) >= accepted and stats.get("followups", 0) >= joined
                 and behind == 0):
             return
@@ -287,20 +287,6 @@ async def settled(redis: Redis, settings: Settings, topics: Topics, *, accepted:
                 f"{stats.get('followups')} of {joined} follow-ups, lag {behind}; "
                 f"in the log vs counted: {short}")
         await asyncio.sleep(1)
-
-
-async def lag(settings: Settings, topics: Topics) -> int:
-    """Records of the input topics the worker group has not committed."""
-    tps = [TopicPartition(t, p) for t in topics.inputs for p in range(settings.partitions)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                group_id=group_id(settings.topic_prefix),
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(tps)
-        return sum([end - (await consumer.committed(tp) or 0) for tp, end in ends.items()])
-    finally:
-        await consumer.stop()
 
 
 async def assert_orders_final(redis: Redis, settings: Settings, topics: Topics, *,

@@ -33,6 +33,7 @@ from helpers import (
     read_all,
     running_gateway,
     show_stats,
+    uncommitted,
     uncounted,
 )
 from reference.compare import differences
@@ -147,7 +148,8 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
                     raise AssertionError(
                         f"not settled: {stats.get('events')} of {sent.accepted} events, "
                         f"{stats.get('followups')} of {joined} follow-ups; in the log vs "
-                        f"counted, per type: {await uncounted(settings, stats)}")
+                        f"counted, per type: {await uncounted(settings, stats)}; "
+                        f"uncommitted: {await uncommitted(settings)}")
                 await asyncio.sleep(0.5)
             if kill:  # the kill had work at stake: the victim's partitions, re-read
                 assert settings.status_dir is not None
