@@ -123,12 +123,22 @@ class _Sender:
         return zlib.crc32(event.viewer_id.encode()) % len(self.urls)
 
     async def send(self, events: Sequence[Event]) -> None:
-        """Queue `events`: one request per role and gateway (and per _MAX_BATCH), order
-        kept. Host events go first and are answered before the rest is sent, as in a
-        real room: a viewer orders what the host pinned after the pin has reached them,
-        so after the gateway logged it. Sent side by side, an order could overtake the
-        pin just before it, and the worker tagged its conversion node with the pin
-        before (1 such tag in about 10 kill -9 oracle runs here)."""
+        """Post one window's `events`: one request per role and gateway (and per
+        _MAX_BATCH), order kept, and return once all are answered.
+
+        Host events go first and are answered before the rest is sent, as in a real
+        room: a viewer orders what the host pinned after the pin has reached them, so
+        after the gateway logged it. Sent side by side, an order could overtake the pin
+        just before it, and the worker tagged its conversion node with the pin before
+        (1 such tag in about 10 kill -9 oracle runs here).
+
+        The window ends when every lane is answered, so no lane runs ahead of another by
+        more than a window: the platform and commerce backends of one room stay within
+        the skew the worker waits for (HOLD_ORDERS_S, 2 s of wall). Lanes that ran free
+        drifted apart under load (a lane backing off after a 503 while the other went
+        on), and the worker rightly fired a dwell nudge that the trailing lane's
+        events, at 10x, came 20 s of show too late to cancel. Behind schedule, the next
+        window just takes more events."""
         lanes: dict[tuple[Role, int], list[Event]] = {}
         for event in events:
             lanes.setdefault((type(event).role, self.gateway_of(event)), []).append(event)
@@ -137,9 +147,10 @@ class _Sender:
                   for i in range(0, len(hosts), _MAX_BATCH)]
         if posted:
             await asyncio.wait(posted)
-        for lane, group in lanes.items():
-            for i in range(0, len(group), _MAX_BATCH):
-                await self._submit(lane, group[i:i + _MAX_BATCH])
+        posted = [await self._submit(lane, group[i:i + _MAX_BATCH])
+                  for lane, group in lanes.items() for i in range(0, len(group), _MAX_BATCH)]
+        if posted:
+            await asyncio.wait(posted)
 
     async def _submit(self, lane: tuple[Role, int], events: list[Event]) -> asyncio.Task[None]:
         # Waiting for a slot is the back-pressure: when behind, batches just grow.

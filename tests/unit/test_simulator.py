@@ -371,6 +371,44 @@ async def test_host_events_are_answered_before_later_viewer_events_are_sent() ->
     assert overtaken == []
 
 
+async def test_no_lane_runs_a_window_ahead_of_another() -> None:
+    """With the platform's requests slow, no commerce request of a later window leaves
+    before the platform's request of an earlier one is answered: the two backends stay
+    within a window of each other, not as far apart as the slow lane falls behind."""
+    timings: list[tuple[str, float, float, int, int]] = []  # token, arrived, answered, ts
+    gateway = _Gateway()
+    loop = asyncio.get_running_loop()
+
+    async def handle(request: web.Request) -> web.Response:
+        arrived = loop.time()
+        if request.headers["Authorization"] == "Bearer p-tok":
+            await asyncio.sleep(0.05)  # a lane backing off, or a busy gateway
+        response = await gateway.handle(request)
+        stamps = [int(i["ts"]) for i in gateway.bodies[-1][1]]
+        timings.append((request.headers["Authorization"], arrived, loop.time(),
+                        min(stamps), max(stamps)))
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/events", handle)
+    app.router.add_get("/v1/rooms/{room}/stock", gateway.stock)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    plan = _plan(viewers=60, duration_s=1.5, speed=400, seed=5)
+    try:
+        stats = await run(plan, gateway=str(server.make_url("")), tokens=TOKENS,
+                          progress=False)
+    finally:
+        await server.close()
+    assert stats.rejected == 0
+    views = [t for t in timings if t[0] == "Bearer p-tok"]
+    orders = [t for t in timings if t[0] == "Bearer c-tok"]
+    assert len(views) > 3 and len(orders) > 3, "too few requests to show anything"
+    ahead = [(order[3], view[4]) for view in views for order in orders
+             if order[3] > view[4] and order[1] < view[2]]
+    assert ahead == []
+
+
 async def test_simulate_takes_several_gateways_comma_separated() -> None:
     """`livecommerce simulate --gateway URL1,URL2`: both gateways get viewers."""
     gateways = [_Gateway(), _Gateway()]
