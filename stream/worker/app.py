@@ -34,6 +34,7 @@ from stream.store.ledger import Ledger
 from stream.store.presence import Presence
 from stream.store.roomlog import RoomLog
 from stream.store.stocklog import StockLogWriter
+from stream.worker import gaps
 from stream.worker.admin import ensure_topics
 from stream.worker.engagement import Engagement
 from stream.worker.orders import Orders
@@ -195,8 +196,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
             starts[tp] = start_of(committed=at, consumed=consumed.get(f"{tp.topic}:{tp.partition}"),
                                   fence=fences.get(tp.partition, {}).get(tp.topic),
                                   engine=tp in viewer_tps)
-            if tp in viewer_tps:
-                processed[tp] = starts[tp]
+            processed[tp] = starts[tp]
         await pipeline.retrying(
             lambda: engagement.adopt({tp.partition for tp in viewer_tps}))
         if status_file is not None:
@@ -268,7 +268,11 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         generation = app.consumer_generation_id
         current = [e for e in events if e.message.generation_id == generation]
         stale = len(events) - len(current)
-        records = _records(current, taken=time.monotonic())
+        # A jump in a partition's offsets is a record the broker let the fetch skip
+        # (stream/worker/gaps.py): read it now, before the records after it.
+        records = await gaps.fill(_records(current, taken=time.monotonic()),
+                                  lambda topic, p: processed.get(TP(topic, p)),
+                                  bootstrap=settings.kafka_bootstrap)
         for chunk in _chunks(records, CHUNK_BYTES):
             for r in chunk:
                 processed[TP(r.topic, r.partition)] = r.offset + 1
