@@ -134,11 +134,11 @@ class _Sender:
 
         The window ends when every lane is answered, so no lane runs ahead of another by
         more than a window: the platform and commerce backends of one room stay within
-        the skew the worker waits for (HOLD_ORDERS_S, 2 s of wall). Lanes that ran free
-        drifted apart under load (a lane backing off after a 503 while the other went
-        on), and the worker rightly fired a dwell nudge that the trailing lane's
-        events, at 10x, came 20 s of show too late to cancel. Behind schedule, the next
-        window just takes more events."""
+        the skew the worker waits for (the watermark's INPUT_IDLE_MS, 10 s of event
+        time, and HOLD_ORDERS_S, 2 s of wall). Lanes that ran free drifted apart under
+        load (52 s of show at 400x in the simulator test, one lane slow), and the worker
+        could then rightly fire a dwell nudge that the trailing lane's events came too
+        late to cancel. Behind schedule, the next window just takes more events."""
         lanes: dict[tuple[Role, int], list[Event]] = {}
         for event in events:
             lanes.setdefault((type(event).role, self.gateway_of(event)), []).append(event)
