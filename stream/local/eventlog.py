@@ -7,10 +7,12 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream.core.batch import Record
 from stream.core.codec import BodyError, decode_events
 from stream.core.config import Settings
 from stream.core.models import Event
 from stream.core.topics import Topics
+from stream.worker import gaps
 
 # A fetch that returns nothing this long, with the end offsets not reached, is a stall.
 FETCH_TIMEOUT_MS = 1000
@@ -35,17 +37,26 @@ async def from_kafka(settings: Settings, *, room_id: str) -> list[Event]:
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
         rank = {t: i for i, t in enumerate(topics.inputs)}
-        left = {tp for tp in parts if ends[tp] > await consumer.position(tp)}
+        nexts = {tp: await consumer.position(tp) for tp in parts}
+        left = {tp for tp in parts if ends[tp] > nexts[tp]}
         while left:
             batches = await consumer.getmany(*left, timeout_ms=FETCH_TIMEOUT_MS)
-            for tp, records in batches.items():
-                for r in records:
-                    try:
-                        decoded = decode_events(r.value)
-                    except BodyError:
-                        continue
-                    rows += [(rank[tp.topic], tp.partition, r.offset, i, e)
-                             for i, e in decoded.events if e.room_id == room_id]
+            # Read during a show, the broker may let a fetch skip what is being written
+            # (stream/worker/gaps.py): filled as the worker does.
+            records = await gaps.fill(
+                [Record(tp.topic, tp.partition, r.offset, r.value)
+                 for tp, got in batches.items() for r in got],
+                lambda topic, p: nexts.get(TopicPartition(topic, p)),
+                bootstrap=settings.kafka_bootstrap)
+            for r in records:
+                tp = TopicPartition(r.topic, r.partition)
+                nexts[tp] = max(nexts[tp], r.offset + 1)
+                try:
+                    decoded = decode_events(r.value)
+                except BodyError:
+                    continue
+                rows += [(rank[r.topic], r.partition, r.offset, i, e)
+                         for i, e in decoded.events if e.room_id == room_id]
             left = {tp for tp in left if await consumer.position(tp) < ends[tp]}
     finally:
         await consumer.stop()
