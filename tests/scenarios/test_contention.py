@@ -162,8 +162,8 @@ class Results:
             assert left > 0, f"results incomplete after {timeout} s: {len(self.seen)} read"
             batch = await self.consumer.getmany(timeout_ms=int(min(left, 0.2) * 1000))
             # The workers write while this reads: what the broker let the read skip is
-            # read again, as a worker does (stream/worker/gaps.py). Without it, a result
-            # went unseen for the whole 120 s (test_failover, under load).
+            # read again, as a worker does (stream/worker/gaps.py), or a result could go
+            # unseen until the test's timeout.
             records = await gaps.fill(
                 [Record(tp.topic, tp.partition, r.offset, r.value)
                  for tp, rows in batch.items() for r in rows],
