@@ -9,6 +9,7 @@ import against the folders' order, an I/O library in `engine/`, or a module far 
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,3 +166,12 @@ def test_the_checker_catches_what_it_is_for() -> None:
     """The graph is real: known one-way edges are seen, so an empty answer means something."""
     assert "stream.core.models" in GRAPH["stream.core.codec"]
     assert any(folder_of(d) == "store" for d in GRAPH["stream.worker.pipeline"])
+
+
+def test_test_files_have_names_of_their_own() -> None:
+    """tests/ has no packages: pytest imports each test file by its bare name, so two
+    files of one name in two folders fail to collect (tests/unit/test_gaps.py beside an
+    integration test_gaps.py did, in a full run only)."""
+    tests = Path(__file__).resolve().parents[1]
+    names = Counter(p.name for p in tests.rglob("test_*.py"))
+    assert [name for name, n in names.items() if n > 1] == []
