@@ -7,7 +7,6 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream.core.batch import Record
 from stream.core.codec import BodyError, decode_events
 from stream.core.config import Settings
 from stream.core.models import Event
@@ -39,18 +38,11 @@ async def from_kafka(settings: Settings, *, room_id: str) -> list[Event]:
         rank = {t: i for i, t in enumerate(topics.inputs)}
         nexts = {tp: await consumer.position(tp) for tp in parts}
         left = {tp for tp in parts if ends[tp] > nexts[tp]}
+        # Read during a show, the broker may let a fetch skip what is being written
+        # (stream/worker/gaps.py): filled as the worker does.
+        reader = gaps.Reader(consumer, bootstrap=settings.kafka_bootstrap, nexts=nexts)
         while left:
-            batches = await consumer.getmany(*left, timeout_ms=FETCH_TIMEOUT_MS)
-            # Read during a show, the broker may let a fetch skip what is being written
-            # (stream/worker/gaps.py): filled as the worker does.
-            records = await gaps.fill(
-                [Record(tp.topic, tp.partition, r.offset, r.value)
-                 for tp, got in batches.items() for r in got],
-                lambda topic, p: nexts.get(TopicPartition(topic, p)),
-                bootstrap=settings.kafka_bootstrap)
-            for r in records:
-                tp = TopicPartition(r.topic, r.partition)
-                nexts[tp] = max(nexts[tp], r.offset + 1)
+            for r in await reader.getmany(*left, timeout_ms=FETCH_TIMEOUT_MS):
                 try:
                     decoded = decode_events(r.value)
                 except BodyError:

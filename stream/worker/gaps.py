@@ -11,8 +11,11 @@ broker compacts the topic or writes transaction markers, which this system's pro
 never ask for; so a jump in the offsets a worker is handed is such a skip.
 
 `missing` finds the jumps (pure); `fill` reads them with a consumer of its own and puts
-the records in place, in offset order. Offsets that stay missing for `FILL_TIMEOUT_S`
-(a real gap: a compacted topic, a transaction marker) are logged and passed over.
+the records in place, in offset order; `Reader` is a consumer's `getmany` with `fill`
+after it, for the readers that are not the worker (the takeover's look for a dead
+worker's sends, `rules backtest`, the tests' reader of order results). Offsets that
+stay missing for `FILL_TIMEOUT_S` (a real gap: a compacted topic, a transaction marker)
+are logged and passed over.
 """
 
 from __future__ import annotations
@@ -92,6 +95,36 @@ async def fill(records: Sequence[Record], expected: Expected, *,
                 len(found), sum(end - start for _, _, start, end in gaps),
                 f"; {lost} not there after {timeout_s:.0f} s, passed over" if lost else "")
     return merged(records, found)
+
+
+class Reader:
+    """`getmany` on an assigned or subscribed consumer, with skipped records filled in.
+
+    `nexts` holds the next offset expected per partition; a partition not in it starts
+    at `start` (None: wherever its first record is)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, *, bootstrap: str,
+                 nexts: dict[TopicPartition, int] | None = None,
+                 start: int | None = None) -> None:
+        self.consumer = consumer
+        self.nexts = nexts if nexts is not None else {}
+        self._bootstrap = bootstrap
+        self._start = start
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int) -> list[Record]:
+        """The next records of `partitions` (all assigned, if none given), in offset order
+        per partition, none skipped."""
+        batches = await self.consumer.getmany(*partitions, timeout_ms=timeout_ms)
+        records = await fill([Record(tp.topic, tp.partition, r.offset, r.value)
+                              for tp, rows in batches.items() for r in rows],
+                             self._expected, bootstrap=self._bootstrap)
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            self.nexts[tp] = max(self.nexts.get(tp, 0), r.offset + 1)
+        return records
+
+    def _expected(self, topic: str, partition: int) -> int | None:
+        return self.nexts.get(TopicPartition(topic, partition), self._start)
 
 
 async def read(gaps: Sequence[Gap], *, bootstrap: str, timeout_s: float,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream.core.batch import Record
 from stream.core.models import FollowUp, Nudge, TagChange
 from stream.core.topics import Topics
 from stream.store.claims import once_id
@@ -41,26 +40,19 @@ async def once_ids_in(since: dict[tuple[str, int], int], *, bootstrap: str,
         found = await consumer.offsets_for_times(tps)
         ends = await consumer.end_offsets(list(tps))
         todo: dict[TopicPartition, int] = {}
-        nexts: dict[TopicPartition, int] = {}  # the next offset expected, per partition
+        # Live workers write these partitions meanwhile: a record the broker let this
+        # read skip would be taken for unsent, and sent twice (stream/worker/gaps.py).
+        reader = gaps.Reader(consumer, bootstrap=bootstrap)
         for tp, at in found.items():
             if at is not None and at.offset < ends[tp]:
                 consumer.seek(tp, at.offset)
                 todo[tp] = ends[tp]
-                nexts[tp] = at.offset
+                reader.nexts[tp] = at.offset
         ids: set[str] = set()
         while todo:
-            batches = await consumer.getmany(*todo, timeout_ms=500)
-            # Live workers write these partitions meanwhile: a record the broker let this
-            # read skip would be taken for unsent, and sent twice (stream/worker/gaps.py).
-            records = await gaps.fill(
-                [Record(tp.topic, tp.partition, r.offset, r.value)
-                 for tp, rows in batches.items() for r in rows],
-                lambda topic, p: nexts.get(TopicPartition(topic, p)), bootstrap=bootstrap)
-            for r in records:
+            for r in await reader.getmany(*todo, timeout_ms=500):
                 kind = _KIND[r.topic.removeprefix(topics.prefix)]
                 ids.add(once_id(msgspec.json.decode(r.value, type=kind)))
-                tp = TopicPartition(r.topic, r.partition)
-                nexts[tp] = max(nexts.get(tp, 0), r.offset + 1)
             for tp, end in list(todo.items()):
                 if await consumer.position(tp) >= end:
                     del todo[tp]

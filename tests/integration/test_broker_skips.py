@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from stream.core.batch import Record
 from stream.core.config import Settings
-from stream.worker.gaps import fill
+from stream.worker.gaps import Reader, fill
 
 pytestmark = pytest.mark.integration
 
@@ -84,16 +84,18 @@ async def test_a_reader_that_fills_gaps_sees_every_record_of_concurrent_writers(
         await consumer.start()
         seen: list[tuple[int, int]] = []
         nexts: dict[int, int] = {0: 0, 1: 0}
+        reader = Reader(consumer, bootstrap=bootstrap, start=0)
         skipped = 0
         give_up = stop + 30
         try:
             while not ends or any(nexts[p] < end for p, end in ends.items()):
                 assert time.monotonic() < give_up, f"read to {nexts} of {ends}"
-                batch = await consumer.getmany(timeout_ms=100)
-                records = [Record(topic, tp.partition, r.offset, r.value)
-                           for tp, rows in batch.items() for r in rows]
-                if filled:
-                    records = await fill(records, lambda t, p: nexts[p], bootstrap=bootstrap)
+                if filled:  # as the readers that are not the worker do
+                    records = await reader.getmany(timeout_ms=100)
+                else:
+                    batch = await consumer.getmany(timeout_ms=100)
+                    records = [Record(topic, tp.partition, r.offset, r.value)
+                               for tp, rows in batch.items() for r in rows]
                 for r in records:
                     skipped += max(0, r.offset - nexts[r.partition])
                     nexts[r.partition] = max(nexts[r.partition], r.offset + 1)

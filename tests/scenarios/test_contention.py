@@ -29,7 +29,6 @@ from aiokafka import AIOKafkaConsumer
 from helpers import Auditor, Poster, now_ms, running_gateway
 from redis.asyncio import Redis
 
-from stream.core.batch import Record
 from stream.core.config import Settings, to_env
 from stream.core.models import OrderResult
 from stream.core.topics import Topics
@@ -150,27 +149,20 @@ class Results:
         self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
                                          auto_offset_reset="earliest",
                                          enable_auto_commit=False)
-        self.bootstrap = settings.kafka_bootstrap
+        # The workers write while this reads: what the broker let the read skip is read
+        # again, as a worker does (stream/worker/gaps.py), or a result could go unseen
+        # until the test's timeout. A fresh topic: every partition starts at 0.
+        self.reader = gaps.Reader(self.consumer, bootstrap=settings.kafka_bootstrap, start=0)
         self.seen: list[OrderResult] = []
         self.last_at = 0.0
-        self.nexts: dict[int, int] = {}  # partition -> the next offset (a fresh topic: 0)
 
     async def read_until(self, done: Any, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not done():
             left = deadline - time.monotonic()
             assert left > 0, f"results incomplete after {timeout} s: {len(self.seen)} read"
-            batch = await self.consumer.getmany(timeout_ms=int(min(left, 0.2) * 1000))
-            # The workers write while this reads: what the broker let the read skip is
-            # read again, as a worker does (stream/worker/gaps.py), or a result could go
-            # unseen until the test's timeout.
-            records = await gaps.fill(
-                [Record(tp.topic, tp.partition, r.offset, r.value)
-                 for tp, rows in batch.items() for r in rows],
-                lambda topic, p: self.nexts.get(p, 0), bootstrap=self.bootstrap)
-            for r in records:
+            for r in await self.reader.getmany(timeout_ms=int(min(left, 0.2) * 1000)):
                 self.seen.append(msgspec.json.decode(r.value, type=OrderResult))
-                self.nexts[r.partition] = max(self.nexts.get(r.partition, 0), r.offset + 1)
                 self.last_at = time.monotonic()
 
 
