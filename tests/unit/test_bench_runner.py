@@ -43,15 +43,15 @@ def test_the_table_shows_the_median_with_its_spread_and_judges_the_median() -> N
     run = runner()
     # One run misses both targets, the median meets them.
     rows = run.inventory_rows(run.aggregate(
-        [inventory(0.62, 130.0), inventory(0.48, 110.0), inventory(0.55, 112.0)]))
+        [inventory(0.82, 130.0), inventory(0.68, 110.0), inventory(0.75, 112.0)]))
     (_, result, _, ratio, target, verdict), (_, latency, _, _, p99_target, p99_verdict) = rows
-    assert ratio == "0.55 (0.48–0.62)" and target == "≥ 0.5" and verdict == "met"
-    assert "16,500 (14,400–18,600) orders/s" in result
+    assert ratio == "0.75 (0.68–0.82)" and target == "≥ 0.7" and verdict == "met"
+    assert "22,500 (20,400–24,600) orders/s" in result
     assert "p99 112.0 (110.0–130.0) ms" in latency
     assert p99_target.startswith("p99 ≤ 115 ms") and p99_verdict == "met"
     # The median missing is marked.
     rows = run.inventory_rows(run.aggregate(
-        [inventory(0.42, 120.0), inventory(0.48, 110.0), inventory(0.55, 117.0)]))
+        [inventory(0.62, 120.0), inventory(0.68, 110.0), inventory(0.75, 117.0)]))
     assert rows[0][-1] == "**missed**" and rows[1][-1] == "**missed**"
 
 
