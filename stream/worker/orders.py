@@ -65,6 +65,9 @@ class Orders:
         async with self._redis.pipeline(transaction=False) as pipe:
             for room, ts in latest.items():
                 await self._clocks.advance(pipe, room, event_ms=ts, wall_ms=wall_ms)
+            for room, group in by_room.items():
+                await self._clocks.advance(pipe, room, event_ms=max(e.ts for _, e in group),
+                                           wall_ms=wall_ms, clock="stock")
             if new_rooms:
                 pipe.sadd(keys.ROOMS, *new_rooms)
             calls = [sum([await self._inventory.queue(
@@ -76,7 +79,7 @@ class Orders:
         if waits:  # no result goes out before the replicas have what it says
             self._inventory.check_wait(answers[-waits:])
         self._rooms.update(new_rooms)
-        chunks = iter(answers[len(latest) + bool(new_rooms):])
+        chunks = iter(answers[len(latest) + len(by_room) + bool(new_rooms):])
         for (room, group), n in zip(by_room.items(), calls, strict=True):
             flat = [ax for _ in range(n) for ax in unpack(next(chunks))]
             outcomes = [parse(answer, room_id=room, ts=e.ts, expired=x)
@@ -117,7 +120,9 @@ class Orders:
         released = 0
         for raw in await self._redis.smembers(keys.ROOMS):
             room = text(raw)
-            now = await self._clocks.now(room, wall_now_ms=wall_ms)
+            # Inventory's own clock: viewer events read ahead of the orders must not
+            # expire a reservation whose payment is still on the order topic.
+            now = await self._clocks.now(room, wall_now_ms=wall_ms, clock="stock")
             if now is None:
                 continue
             book = self._books.book_at(room, now) if self._books is not None else 0
