@@ -7,10 +7,9 @@ Where to start reading, following one event from the door to its effects:
    of `core/models.py`), refuses duplicates by event id in Redis and writes envelopes
    (events of one partition in one record, `gateway/producer.py`) to the input topics
    named in `core/topics.py`.
-2. A worker reads it: `worker/app.py` is the faust app; every batch of records, handed
-   over as it arrives (`worker/intake.py`), goes to `worker/pipeline.py`, which decodes,
-   dead-letters bad records and hands one `Part` per record (`core/batch.py`) to the
-   handlers.
+2. A worker reads it: `worker/app.py` is the faust app; every `take()` batch goes to
+   `worker/pipeline.py`, which decodes, dead-letters bad records and hands one `Part`
+   per record (`core/batch.py`) to the handlers.
 3. It is judged: orders by `worker/orders.py` through the inventory's one Lua script per
    room and batch (`store/inventory.py`); viewer events by the pure viewer engine
    (`engine/viewers.py` over its event handlers in `engine/handlers.py` and its timers in

@@ -34,7 +34,7 @@ from stream.store.ledger import Ledger
 from stream.store.presence import Presence
 from stream.store.roomlog import RoomLog
 from stream.store.stocklog import StockLogWriter
-from stream.worker import gaps, intake
+from stream.worker import gaps
 from stream.worker.admin import ensure_topics
 from stream.worker.engagement import Engagement
 from stream.worker.orders import Orders
@@ -50,9 +50,9 @@ from stream.worker.transport import App
 
 log = logging.getLogger(__name__)
 
-# A batch of records (each an envelope of up to 500 events): big enough to amortise one
-# Redis round trip, short enough for live stock.
+# A take() batch: big enough to amortise one Redis round trip, short enough for live stock.
 BATCH_MAX = 2000
+BATCH_WITHIN_S = 0.01
 # A take() of envelopes can hold 200k events after a stall. Handled in pieces of ~1k
 # events, the next piece is decoded and judged while Redis still works on the last
 # one's effects (delivery runs behind the engine) instead of all waiting on one another.
@@ -256,7 +256,9 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         await feed.trailing(lambda: pipeline.retrying(feed.flush))
 
     async def consume(stream: faust.StreamT[Any]) -> None:
-        async for events in intake.batches(app, stream, max_=BATCH_MAX):
+        # `take_events` is faust-streaming's own, missing from its StreamT protocol.
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+                BATCH_MAX, within=BATCH_WITHIN_S):
             await handle_batch(events)
 
     async def handle_batch(events: Sequence[EventT[Any]]) -> None:
