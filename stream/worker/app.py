@@ -135,7 +135,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
     feed = StockFeed(publish_stock, clock=time.monotonic,
                      interval_s=settings.stock_interval_ms / 1000)
     rooms = RoomLog(redis)
-    orders = Orders(redis=redis, feed=feed, send=send, topics=topics, stock=rooms.stock,
+    orders = Orders(redis=redis, feed=feed, send=send_many, topics=topics, stock=rooms.stock,
                     inventory=Inventory(redis,
                                         reservation_ttl_ms=settings.reservation_ttl_s * 1000,
                                         wait_replicas=settings.redis_wait_replicas),

@@ -4,7 +4,8 @@ still on its way; a room gone quiet still expires on the wall."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Sequence
 
 import msgspec
 import pytest
@@ -52,9 +53,12 @@ async def test_views_ahead_of_orders_do_not_expire_a_reservation(db: Redis) -> N
     wall = [1_000_000.0]  # seconds, moved by hand
     results: list[OrderResult] = []
 
-    async def send(topic: str, value: bytes, key: bytes | None = None,
-                   partition: int | None = None) -> None:
-        results.append(msgspec.json.decode(value, type=OrderResult))
+    async def send(topic: str, partition: int,
+                   records: Sequence[tuple[bytes | None, bytes]]) -> Awaitable[object]:
+        results.extend(msgspec.json.decode(value, type=OrderResult) for _, value in records)
+        acked: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        acked.set_result(None)
+        return acked
 
     async def publish(updates: object) -> None:
         return None
