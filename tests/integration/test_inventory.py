@@ -391,6 +391,36 @@ async def test_a_batch_longer_than_a_script_chunk(inv: Inventory, room: str) -> 
     await assert_sound(inv, room)
 
 
+async def test_one_call_leaves_what_one_call_per_op_leaves(inv: Inventory, room: str) -> None:
+    """The script keeps a call's SKU counts and integer counters in Lua and writes them
+    back at its end: one call of mixed ops (a restock among them, a re-reserve, replays)
+    must answer and leave every key as one call per op does."""
+    def show(r: str) -> list[StockSet | OrderEvent]:
+        return [stock_set(r, "rice", 5, event_id="s1"), stock_set(r, "tea", 3, event_id="s2"),
+                placed(r, "o1", ("rice", 2)), placed(r, "o2", ("rice", 2), ("tea", 1)),
+                placed(r, "o3", ("rice", 2)), paid(r, "o1"), cancelled(r, "o2"),
+                placed(r, "o4", ("rice", 1), viewer="v2"), stock_set(r, "rice", 10, event_id="s3"),
+                placed(r, "o5", ("rice", 3)), payment_failed(r, "o4"), paid(r, "o4"),
+                placed(r, "o6", ("nope", 1)), placed(r, "o7", ("tea", 11)),
+                placed(r, "o1", ("rice", 2)), paid(r, "o5"), paid(r, "o5"),
+                stock_set(r, "rice", 5, event_id="s1")]
+
+    def seen(outs: list[Outcome]) -> list[object]:
+        return [(triple(o), o.viewer_id,
+                 [(u.sku, u.available, u.reserved, u.sold, u.version) for u in o.levels])
+                for o in outs]
+
+    apart = f"{room}-apart"
+    together = await apply_all(inv, room, show(room))
+    one_by_one = [await apply(inv, e) for e in show(apart)]
+    assert seen(together) == seen(one_by_one)
+    assert await stock(inv, room) == {"rice": (7, 0, 6), "tea": (3, 0, 0)}
+    left = {k.replace(room, "ROOM"): v for k, v in (await dump(inv.redis, room)).items()}
+    right = {k.replace(apart, "ROOM"): v for k, v in (await dump(inv.redis, apart)).items()}
+    assert left == right
+    await assert_sound(inv, room)
+
+
 async def test_one_batch_expires_on_event_time(inv: Inventory, room: str) -> None:
     """A backlog read in one burst: a payment 600 s past its order's deadline finds it
     expired first (as the sweeper would have, had it run in time), then re-reserves it; a
