@@ -35,3 +35,18 @@ def test_bench_runner_collects_the_fanout_figures(tmp_path: Path) -> None:
     table = out.with_suffix(".md").read_text()
     assert "fan-out" in table and "200 subscribers" in table
     assert "connect storm" in table and "connects_per_s" in table
+
+
+def test_latency_stages_times_every_request(tmp_path: Path) -> None:
+    out = tmp_path / "stages.json"
+    run = subprocess.run([sys.executable, str(BENCH / "latency_stages.py"), "--rate", "200",
+                          "--seconds", "1", "--json", str(out)], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    # 200 orders in requests of 2, each timed at every stage.
+    assert figures["requests"] == 100
+    for stage in ("post_to_202", "202_to_result", "result_to_channel", "channel_to_sse"):
+        assert 0 <= figures[f"{stage}_p50_ms"] <= figures[f"{stage}_p99_ms"]
+    # The stock update cannot reach a screen before the result it follows was written.
+    assert figures["202_to_sse_p50_ms"] >= figures["202_to_result_p50_ms"]
