@@ -9,7 +9,7 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +91,27 @@ async def post(session: aiohttp.ClientSession, sys_: System, role: str,
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def stock_sse(session: aiohttp.ClientSession, url: str, room: str, *, until: int,
+                    seen: list[tuple[int, float]], ready: asyncio.Event,
+                    clock: Callable[[], float] = time.monotonic) -> None:
+    """Read the room's SSE stock stream: `ready` at the snapshot, then (reserved, clock())
+    into `seen` per `stock` event, until `reserved` reaches `until`."""
+    async with session.get(f"{url}/v1/rooms/{room}/stock/stream") as resp:
+        event = ""
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                if event == "snapshot":
+                    ready.set()
+                elif event == "stock":
+                    reserved = json.loads(line[5:])["reserved"]
+                    seen.append((reserved, clock()))
+                    if reserved >= until:
+                        return
 
 
 def emit(figures: dict[str, object], path: Path | None) -> None:

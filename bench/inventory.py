@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio.cluster import RedisCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import System, describe, emit, now_ms, pct, post, system
+from common import System, describe, emit, now_ms, pct, post, stock_sse, system
 
 from stream.core.topics import Topics
 from stream.local.cluster import EmbeddedCluster
@@ -182,23 +181,8 @@ async def latency(sys_: System, session: aiohttp.ClientSession, rate: int,
     reserved_seen: list[tuple[int, float]] = []  # (reserved, monotonic time)
     ready = asyncio.Event()
 
-    async def listen() -> None:
-        async with session.get(f"{sys_.url}/v1/rooms/{room}/stock/stream") as resp:
-            event = ""
-            async for raw in resp.content:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event:"):
-                    event = line.split(":", 1)[1].strip()
-                elif line.startswith("data:"):
-                    if event == "snapshot":
-                        ready.set()
-                    elif event == "stock":
-                        data = json.loads(line[5:])
-                        reserved_seen.append((data["reserved"], time.monotonic()))
-                        if data["reserved"] >= total:
-                            return
-
-    listener = asyncio.create_task(listen())
+    listener = asyncio.create_task(stock_sse(session, sys_.url, room, until=total,
+                                             seen=reserved_seen, ready=ready))
     await asyncio.wait_for(ready.wait(), 10)
     accepted: list[tuple[int, float]] = []  # (orders sent so far, time of the 202)
     sent = 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import System, emit, now_ms, pct, post, system
+from common import System, emit, now_ms, pct, post, stock_sse, system
 from inventory import order, stock_set
 
 from stream.core.topics import Topics
@@ -69,24 +68,6 @@ async def _channel(sys_: System, seen: list[tuple[int, float]], started: asyncio
                      if u["room_id"] == ROOM]
 
 
-async def _sse(sys_: System, session: aiohttp.ClientSession, total: int,
-               seen: list[tuple[int, float]], ready: asyncio.Event) -> None:
-    async with session.get(f"{sys_.url}/v1/rooms/{ROOM}/stock/stream") as resp:
-        event = ""
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                if event == "snapshot":
-                    ready.set()
-                elif event == "stock":
-                    reserved = json.loads(line[5:])["reserved"]
-                    seen.append((reserved, time.time()))
-                    if reserved >= total:
-                        return
-
-
 async def stages(sys_: System, session: aiohttp.ClientSession, rate: int,
                  seconds: float) -> dict[str, list[float]]:
     total = int(rate * seconds)
@@ -97,7 +78,8 @@ async def stages(sys_: System, session: aiohttp.ClientSession, rate: int,
     flags = [asyncio.Event() for _ in range(3)]
     listeners = [asyncio.create_task(_results(sys_, results, flags[0])),
                  asyncio.create_task(_channel(sys_, channel, flags[1]))]
-    reader = asyncio.create_task(_sse(sys_, session, total, sse, flags[2]))
+    reader = asyncio.create_task(stock_sse(session, sys_.url, ROOM, until=total, seen=sse,
+                                           ready=flags[2], clock=time.time))
     await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), 30)
     requests: list[tuple[int, int, float, float]] = []  # lo, hi, sent, 202 (wall s)
 
