@@ -379,6 +379,28 @@ async def test_disconnect_unsubscribes(live: Live) -> None:
     assert (gauge("sse"), gauge("ws")) == (sse0, ws0)
 
 
+async def test_hub_stop_ends_every_stream(live: Live) -> None:
+    """A gateway that is stopping ends its streams itself, so clients reconnect to
+    another: the SSE response ends, and the WebSocket gets a close frame, with or
+    without the per-viewer feeds beside the stock feed."""
+    room = new_room()
+    resp = await live.session.get(f"{live.url}/v1/rooms/{room}/stock/stream")
+    assert (await read_event(resp.content))[0] == "snapshot"
+    url = f"{live.url}/v1/rooms/{room}/ws?viewer=v1"
+    plain = await live.session.ws_connect(url)
+    viewer = await live.session.ws_connect(f"{url}&token={live.tokens.viewer_token('v1')}")
+    for ws in (plain, viewer):
+        assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
+    await wait_for(lambda: live.gw.hub.subscribers(room) == 3)
+
+    await live.gw.hub.stop()
+    for ws in (plain, viewer):
+        assert (await ws.receive(timeout=5)).type == WSMsgType.CLOSE
+    async with asyncio.timeout(5):
+        assert await resp.content.read() == b""
+    await wait_for(lambda: live.gw.hub.subscribers(room) == 0)
+
+
 async def test_resync_after_pubsub_connection_lost(live: Live) -> None:
     room = new_room()
     await store(live.redis, level(room, "rice", 1, 100))
