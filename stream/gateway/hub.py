@@ -40,8 +40,7 @@ DELIVERED = Counter("lc_stock_updates_delivered_total", "Stock updates sent to c
                     ["kind"])
 # Bound once (a label lookup per batch per client adds up); also shows both kinds at 0.
 DELIVERED_BY_KIND = {kind: DELIVERED.labels(kind) for kind in ("sse", "ws")}
-for _kind in ("sse", "ws"):
-    SUBSCRIBERS.labels(_kind)
+_SUBSCRIBERS_BY_KIND = {kind: SUBSCRIBERS.labels(kind) for kind in ("sse", "ws")}
 RECONNECTS = Counter("lc_stock_hub_reconnects_total",
                      "Times the gateway lost its Redis pub/sub connection")
 SNAPSHOTS = Counter("lc_stock_snapshots_total",
@@ -225,7 +224,7 @@ class LiveHub:
         # Whatever the hub knows may be ahead of Redis's reply to a slow snapshot read.
         for update in room.latest.values():
             sub.offer(update)
-        SUBSCRIBERS.labels(kind).inc()
+        _SUBSCRIBERS_BY_KIND[kind].inc()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -235,7 +234,7 @@ class LiveHub:
         if room is None or sub not in room.subs:
             return
         room.subs.discard(sub)
-        SUBSCRIBERS.labels(sub.kind).dec()
+        _SUBSCRIBERS_BY_KIND[sub.kind].dec()
         if not room.subs:
             del self._rooms[sub.room_id]
 

@@ -281,26 +281,36 @@ class LiveRoutes:
 
 
 async def _serve(ws: web.WebSocketResponse, feeds: list[Awaitable[None]]) -> None:
-    """Run the feeds until the client leaves or a feed ends (the hub stopped)."""
+    """Read the client in this task (the handler's) and run each feed in a task of its
+    own, until the client leaves or a feed ends (the hub stopped, or the feed failed).
 
-    async def read() -> None:
+    Reading here rather than in a task beside the feeds takes one task and an
+    `asyncio.wait` off every connect: a stock-only viewer costs one task, not two.
+    """
+    closing: asyncio.Task[bool] | None = None
+
+    def ended(task: asyncio.Future[None]) -> None:
+        nonlocal closing
+        if task.cancelled():  # cancelled below: the client left
+            return
+        if (exc := task.exception()) is not None and not isinstance(exc, ConnectionResetError):
+            log.warning("websocket feed failed: %r", exc)
+        if closing is None:  # closing wakes the read loop below, which then returns
+            closing = asyncio.ensure_future(ws.close())
+
+    tasks = [asyncio.ensure_future(feed) for feed in feeds]
+    for task in tasks:
+        task.add_done_callback(ended)
+    try:
         # Clients have nothing to say yet; reading is what notices a close.
         async for msg in ws:
             if msg.type == WSMsgType.ERROR:
                 break
-
-    tasks = [asyncio.ensure_future(f) for f in [read(), *feeds]]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if not task.cancelled() and (exc := task.exception()) is not None \
-                    and not isinstance(exc, ConnectionResetError):
-                log.warning("websocket feed failed: %r", exc)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await ws.close()
+        await (ws.close() if closing is None else closing)
 
 
 def live_routes(hub: LiveHub, tokens: Tokens, *,
