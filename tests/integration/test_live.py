@@ -318,6 +318,40 @@ async def test_slow_client_does_not_delay_fast_one(live: Live) -> None:
             slow_writer.close()
 
 
+async def test_a_backed_up_websocket_gets_the_latest_of_each_sku_when_it_reads(
+        live: Live) -> None:
+    """A viewer's WebSocket whose client stops reading: updates wait in its subscription
+    (the hub writes straight only to idle sockets), and once it reads again it gets
+    every SKU's latest version, in increasing versions per SKU."""
+    room = new_room()
+    skus = ["a", "b", "c"]
+    await store(live.redis, *(level(room, s, 1, 5000) for s in skus))
+    async with live.session.ws_connect(f"{live.url}/v1/rooms/{room}/ws?viewer=v1",
+                                       max_msg_size=0) as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "snapshot"
+        await wait_for(lambda: live.gw.hub.subscribers(room) == 1)
+        # Not reading: aiohttp's client stops reading its socket past 64 KiB, the kernel's
+        # buffers fill, then the gateway's; fill until updates wait in the subscription.
+        fillers = [f"f{i:03}" for i in range(500)]
+        for round_ in range(2, 400):
+            await publish(live.redis, *(level(room, f, round_, 1) for f in fillers))
+            await asyncio.sleep(0.05)
+            if any(len(sub) for sub in live.gw.hub.subscriptions(room)):
+                break
+        else:
+            raise AssertionError("the client never applied back-pressure")
+        final = 50
+        for version in range(2, final + 1):
+            await put(live.redis, *(level(room, s, version, 5000 - version) for s in skus))
+
+        seen: dict[str, list[int]] = {}
+        while any(seen.get(s, [0])[-1] != final for s in skus):
+            msg = await ws.receive_json(timeout=10)
+            seen.setdefault(msg["sku"], []).append(msg["version"])
+        for versions in seen.values():
+            assert versions == sorted(set(versions))
+
+
 async def test_late_joiner_gets_current_snapshot(live: Live) -> None:
     room = new_room()
     await store(live.redis, level(room, "rice", 1, 100))
