@@ -59,7 +59,7 @@ class Subscription:
     """
 
     __slots__ = ("_closed", "_floor", "_pending", "_wake", "alive", "direct", "kind",
-                 "room_id")
+                 "on_pending", "room_id")
 
     def __init__(self, room_id: str, kind: Kind,
                  alive: Callable[[], bool] | None = None) -> None:
@@ -74,6 +74,9 @@ class Subscription:
         # Set by the handler once the snapshot is out: writes an update straight to an
         # idle socket from the hub, or says False (backed up) and the update waits here.
         self.direct: Callable[[StockUpdate], bool] | None = None
+        # For a handler that drains `take()` only while the socket is backed up, rather
+        # than waiting in `next_batch`: called when an update starts to wait, and on close.
+        self.on_pending: Callable[[], None] | None = None
 
     def offer(self, update: StockUpdate) -> None:
         """Keep `update` if it is newer than what the client has or is waiting for."""
@@ -88,6 +91,8 @@ class Subscription:
         if held is None or update.version > held.version:
             self._pending[update.sku] = update
             self._wake.set()
+            if self.on_pending is not None:
+                self.on_pending()
 
     def prime(self, levels: Iterable[StockUpdate]) -> list[StockUpdate]:
         """Merge the snapshot read after registering with what arrived meanwhile.
@@ -108,8 +113,10 @@ class Subscription:
         while not self._pending and not self._closed:
             self._wake.clear()
             await self._wake.wait()
-        if self._closed:
-            return []
+        return [] if self._closed else self.take()
+
+    def take(self) -> list[StockUpdate]:
+        """The pending updates, taken now (none if none wait)."""
         batch = list(self._pending.values())
         self._pending.clear()
         for update in batch:
@@ -118,8 +125,12 @@ class Subscription:
 
     def close(self) -> None:
         """End the subscription: `next_batch` returns `[]` from now on."""
+        if self._closed:
+            return
         self._closed = True
         self._wake.set()
+        if self.on_pending is not None:
+            self.on_pending()
 
     @property
     def closed(self) -> bool:

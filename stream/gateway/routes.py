@@ -265,52 +265,100 @@ class LiveRoutes:
             if not ws.compress:  # our frames are uncompressed (as asked above)
                 sub.direct = _direct(request, _ws_stock_frame, "ws",
                                      closing=lambda: ws.closed)
-            feeds: list[Awaitable[None]] = [self._stock_feed(sub, send)]
+            tasks = _Tasks(ws)
+            tasks.drain_stock(sub, send)
             if token is not None:  # the hook: per-viewer sources (nudges) join the stock feed
-                feeds += [feed(room_id, viewer_id, send) for feed in self.viewer_feeds]
-            await _serve(ws, feeds)
+                for feed in self.viewer_feeds:
+                    tasks.run(feed(room_id, viewer_id, send))
+            await tasks.serve()
             return ws
         finally:
             self.hub.unsubscribe(sub)
 
-    async def _stock_feed(self, sub: Subscription, send: Send) -> None:
-        while batch := await sub.next_batch():
-            for update in batch:
-                await send(_ws_stock(update))
-            DELIVERED_BY_KIND["ws"].inc(len(batch))
 
+class _Tasks:
+    """What runs beside a WebSocket's read loop: the viewer's feeds, each in a task for
+    as long as the socket lives, and the stock updates that wait for a backed-up socket,
+    in a task only while some wait (idle sockets get them from the hub, see `_direct`).
 
-async def _serve(ws: web.WebSocketResponse, feeds: list[Awaitable[None]]) -> None:
-    """Read the client in this task (the handler's) and run each feed in a task of its
-    own, until the client leaves or a feed ends (the hub stopped, or the feed failed).
-
-    Reading here rather than in a task beside the feeds takes one task and an
-    `asyncio.wait` off every connect: a stock-only viewer costs one task, not two.
+    A stock-only viewer thus costs no task of its own beyond its handler: in a connect
+    storm here a task and an `asyncio.wait` were ~100 us of the ~480 us a connect took.
     """
-    closing: asyncio.Task[bool] | None = None
 
-    def ended(task: asyncio.Future[None]) -> None:
-        nonlocal closing
-        if task.cancelled():  # cancelled below: the client left
-            return
-        if (exc := task.exception()) is not None and not isinstance(exc, ConnectionResetError):
-            log.warning("websocket feed failed: %r", exc)
-        if closing is None:  # closing wakes the read loop below, which then returns
-            closing = asyncio.ensure_future(ws.close())
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing: asyncio.Task[bool] | None = None
+        self._done = False
 
-    tasks = [asyncio.ensure_future(feed) for feed in feeds]
-    for task in tasks:
-        task.add_done_callback(ended)
-    try:
-        # Clients have nothing to say yet; reading is what notices a close.
-        async for msg in ws:
-            if msg.type == WSMsgType.ERROR:
-                break
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await (ws.close() if closing is None else closing)
+    def run(self, feed: Awaitable[None]) -> None:
+        """Run `feed` until the socket ends; the socket ends when the feed does."""
+        self._start(feed).add_done_callback(self._feed_ended)
+
+    def drain_stock(self, sub: Subscription, send: Send) -> None:
+        """Send `sub`'s waiting updates whenever some wait; end the socket with `sub`."""
+        drain: asyncio.Task[None] | None = None
+
+        async def send_waiting() -> None:
+            while batch := sub.take():
+                for update in batch:
+                    await send(_ws_stock(update))
+                DELIVERED_BY_KIND["ws"].inc(len(batch))
+
+        def on_pending() -> None:
+            nonlocal drain
+            if sub.closed:  # the hub stopped, or reaped the socket
+                self._close()
+            elif drain is None or drain.done():
+                drain = self._start(send_waiting())
+                drain.add_done_callback(self._drain_ended)
+
+        sub.on_pending = on_pending
+        if len(sub) or sub.closed:  # waiting since the snapshot, or closed meanwhile
+            on_pending()
+
+    async def serve(self) -> None:
+        """Read until the client leaves or the socket is closed, then stop the tasks."""
+        try:
+            # Clients have nothing to say yet; reading is what notices a close.
+            async for msg in self.ws:
+                if msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self._done = True
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await (self.ws.close() if self._closing is None else self._closing)
+
+    def _start(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _close(self) -> None:
+        """Close the socket, which ends the read loop in `serve`."""
+        if self._closing is None and not self._done:
+            self._closing = asyncio.ensure_future(self.ws.close())
+
+    def _feed_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():  # not by `serve`: the hub stopped, or the feed failed
+            _log_failure(task)
+            self._close()
+
+    def _drain_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and _log_failure(task):
+            self._close()
+
+
+def _log_failure(task: asyncio.Task[None]) -> bool:
+    """True if the (done, not cancelled) `task` raised; logged unless the client left."""
+    if (exc := task.exception()) is None:
+        return False
+    if not isinstance(exc, ConnectionResetError):
+        log.warning("websocket feed failed: %r", exc)
+    return True
 
 
 def live_routes(hub: LiveHub, tokens: Tokens, *,
