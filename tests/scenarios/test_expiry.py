@@ -57,7 +57,9 @@ VIEWERS = 40
 # sweeper's clock follows the order and host topics only: when it followed every event,
 # heartbeats read 1.2 s of wall ahead of the orders (a loaded machine) could expire a
 # payment that came in time, the likely cause of one failure beside another test run.
-# Orders on other partitions would have to run 5.2 s of wall apart.
+# Orders on other partitions would have to run 5.2 s of wall apart, and a worker that
+# starts behind the show does read them so (README, Open gaps, "Expiry across
+# partitions"): a call's ops are merged by event time; across calls it is open.
 PAY_S, LATE_S = 2, 600
 
 
