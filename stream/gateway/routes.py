@@ -282,7 +282,8 @@ class _Tasks:
     in a task only while some wait (idle sockets get them from the hub, see `_direct`).
 
     A stock-only viewer thus costs no task of its own beyond its handler: in a connect
-    storm here a task and an `asyncio.wait` were ~100 us of the ~480 us a connect took.
+    storm here the two tasks and the `asyncio.wait` it had before took ~70 us of the
+    ~400 us of gateway CPU a connect cost (bench/fanout.py, README).
     """
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
@@ -307,6 +308,8 @@ class _Tasks:
 
         def on_pending() -> None:
             nonlocal drain
+            if self._done:  # `serve` is stopping the tasks: start none after it
+                return
             if sub.closed:  # the hub stopped, or reaped the socket
                 self._close()
             elif drain is None or drain.done():
