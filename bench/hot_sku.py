@@ -40,7 +40,7 @@ from stream.local.embedded import EmbeddedStack
 from stream.store import keys
 from stream.store.applyscript import APPLY
 from stream.store.buckets import BUCKET, home, shares
-from stream.store.inventory import ORDER_RETENTION_S, Inventory
+from stream.store.inventory import ORDER_RETENTION_S, Inventory, apply_keys
 
 SKU = "flash-1"
 DEPTH = 1000  # calls per pipeline
@@ -48,9 +48,7 @@ OPS_PER_CALL = 500  # the worker's chunk (inventory.CHUNK)
 
 
 def room_keys(room: str) -> list[str]:
-    return [keys.stats(room), keys.deadlines(room), keys.skus(room), keys.stock_sets(room),
-            keys.buyers(room), keys.spend(room), keys.seconds(room), keys.bucketed(room),
-            keys.book_orders(room)]
+    return apply_keys(room)
 
 
 def room_args(room: str, ops: list[list[object]]) -> list[object]:

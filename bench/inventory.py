@@ -40,7 +40,7 @@ from stream.core.topics import Topics
 from stream.local.cluster import EmbeddedCluster
 from stream.store import keys, scripts
 from stream.store.connect import Client, connect
-from stream.store.inventory import APPLY, ORDER_RETENTION_S, Inventory
+from stream.store.inventory import APPLY, ORDER_RETENTION_S, Inventory, apply_keys
 
 SKU = "germ-rice-5kg"
 BATCH = 500
@@ -103,10 +103,7 @@ async def raw_script(sys_: System, n: int) -> float:
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(lo, min(n, lo + 1000)):
                 op = ["place", f"o{i}", f"v{i}", deadline, [[SKU, 1, 59.9]]]
-                await script(keys=[keys.stats(room), keys.deadlines(room), keys.skus(room),
-                                   keys.stock_sets(room), keys.buyers(room), keys.spend(room),
-                                   keys.seconds(room), keys.bucketed(room),
-                                   keys.book_orders(room)],
+                await script(keys=apply_keys(room),
                              args=[keys.stock_prefix(room), keys.order_prefix(room),
                                    ORDER_RETENTION_S, 10, orjson.dumps([op])], client=pipe)
             await pipe.execute()

@@ -43,6 +43,16 @@ CHUNK = 500
 Op = list[object]
 
 
+def apply_keys(room_id: str, *, book: int = 0) -> list[str]:
+    """APPLY's KEYS for one call on the room, its outcomes counted on the books of the
+    room's broadcast `book`: every key of the call declared, as a cluster needs, all in
+    the room's slot."""
+    return [keys.stats(room_id, book), keys.deadlines(room_id), keys.skus(room_id),
+            keys.stock_sets(room_id), keys.buyers(room_id, book), keys.spend(room_id, book),
+            keys.seconds(room_id, book), keys.bucketed(room_id),
+            keys.book_orders(room_id, book)]
+
+
 @dataclass(frozen=True, slots=True)
 class Move:
     """What an answer asks of a bucketed SKU: `set` its n buckets, or `sell`/`free` what
@@ -194,11 +204,7 @@ class Inventory:
         calls = 0
         for lo in range(0, len(ops), CHUNK):
             await scripts.call(
-                self._apply,
-                keys=[keys.stats(room_id, book), keys.deadlines(room_id), keys.skus(room_id),
-                      keys.stock_sets(room_id), keys.buyers(room_id, book),
-                      keys.spend(room_id, book), keys.seconds(room_id, book),
-                      keys.bucketed(room_id), keys.book_orders(room_id, book)],
+                self._apply, keys=apply_keys(room_id, book=book),
                 args=[keys.stock_prefix(room_id), keys.order_prefix(room_id),
                       ORDER_RETENTION_S, self.max_qty_per_line,
                       orjson.dumps(ops[lo:lo + CHUNK])],
