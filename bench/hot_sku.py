@@ -48,17 +48,17 @@ OPS_PER_CALL = 500  # the worker's chunk (inventory.CHUNK)
 
 
 def room_keys(room: str) -> list[str]:
-    return apply_keys(room)
+    return apply_keys(room, [0])  # every place below is on partition 0
 
 
 def room_args(room: str, ops: list[list[object]]) -> list[object]:
     return [keys.stock_prefix(room), keys.order_prefix(room), ORDER_RETENTION_S, 10,
-            orjson.dumps(ops)]
+            orjson.dumps(ops), b"[0]"]
 
 
 def place(i: int, deadline: str, *, taken: str | None = None) -> list[object]:
     line: list[object] = [SKU, 1, 9.9] if taken is None else [SKU, 1, 9.9, taken]
-    return ["place", f"o{i}", f"v{i}", deadline, [line], "", "", ""]
+    return ["place", f"o{i}", f"v{i}", deadline, [line], "", "", "", 0]
 
 
 # Server time per order, from Redis' own counters: what one core spends, free of the

@@ -102,10 +102,12 @@ async def raw_script(sys_: System, n: int) -> float:
     for lo in range(0, n, 1000):
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(lo, min(n, lo + 1000)):
-                op = ["place", f"o{i}", f"v{i}", deadline, [[SKU, 1, 59.9]]]
-                await script(keys=apply_keys(room),
+                # No ts (no in-script expiry); partition 0's deadlines.
+                op = ["place", f"o{i}", f"v{i}", deadline, [[SKU, 1, 59.9]], "", "", "", 0]
+                await script(keys=apply_keys(room, [0]),
                              args=[keys.stock_prefix(room), keys.order_prefix(room),
-                                   ORDER_RETENTION_S, 10, orjson.dumps([op])], client=pipe)
+                                   ORDER_RETENTION_S, 10, orjson.dumps([op]), b"[0]"],
+                             client=pipe)
             await pipe.execute()
     return n / (time.perf_counter() - started)
 
@@ -123,7 +125,7 @@ async def script_rounds(redis: Client, rooms: list[str], n: int, *, wait: int = 
         async with redis.pipeline(transaction=False) as pipe:
             for room in rooms:
                 ops = [["place", f"{room}-o{i}", f"v{i}", deadline, [[SKU, 1, 59.9]],
-                        "0", "1", "1000"] for i in range(lo, min(share, lo + CALL))]
+                        "0", "1", "1000", 0] for i in range(lo, min(share, lo + CALL))]
                 await inventory.queue(pipe, room, ops)
             waits = inventory.queue_wait(pipe, rooms)
             answers = await scripts.execute(pipe)

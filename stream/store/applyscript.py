@@ -17,18 +17,21 @@ end
 """
 
 # One script applies a list of operations on one room, in order, atomically.
-# KEYS: stats hash, deadlines zset, skus set, applied stock.set ids, buyers hash, spend hash,
-# seconds hash, bucketed SKUs hash, the broadcast's set of order ids (its pick lists read
-# them back).
-# ARGV: stock key prefix, order key prefix, retention s, max qty per line, JSON list of ops:
+# KEYS: stats hash, skus set, applied stock.set ids, buyers hash, spend hash, seconds hash,
+# bucketed SKUs hash, the broadcast's set of order ids (its pick lists read them back), then
+# one deadlines zset per order-topic partition the call's ops name (`inventory.apply_keys`).
+# ARGV: stock key prefix, order key prefix, retention s, max qty per line, JSON list of ops,
+# JSON list of the partitions whose deadlines zsets are KEYS[9], KEYS[10], ... in order:
 #   ["set", event_id, sku, qty, name, price, buckets]
 #                                                   stock.set: `available` := qty
-#   ["place", order_id, viewer, deadline, [[sku, qty, price(, taken)], ...], minute, second, ts]
+#   ["place", order_id, viewer, deadline, [[sku, qty, price(, taken)], ...], minute, second, ts, p]
 #                                                   every line or none
-#   ["pay", order_id, minute, second, ts]           confirm; after a lapse re-reserve or `expired`
-#   ["release", order_id, reason, due_by, ts]       cancel/payment_failed ('' due_by) or expiry
-#                                                   (the sweeper's: no ts)
-#   ["settle", order_id]                            a bucketed order's bucket moves are done
+#   ["pay", order_id, minute, second, ts, p]        confirm; after a lapse re-reserve or `expired`
+#   ["release", order_id, reason, due_by, ts, p]    cancel/payment_failed ('' due_by) or expiry
+#                                                   (the sweeper's: '' ts)
+#   ["settle", order_id, p]                         a bucketed order's bucket moves are done
+# `p` is the partition of the op's record on the order topic: the op adds to, removes from
+# and expires only that partition's deadlines zset (see `expire` below for why).
 # Returns {answers, expired}. Answers, per op: {'new'|'dup', status, reason, viewer, then
 # sku, available, reserved, sold, version for every SKU it changed}. A replay ('dup')
 # changes nothing and repeats the status. Expired: {op index, order_id, then the release's
@@ -48,14 +51,21 @@ end
 # and keeps each line's price (`prices`: `sku price;…`) for the amount per SKU.
 # SKU and order keys are built from the prefixes: same `{room}` hash tag, same slot.
 APPLY = SET_LEVEL + """
-local stats, deadlines, skus, stock_sets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local buyers, spend, seconds, bucketed = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local placed = KEYS[9]
+local stats, skus, stock_sets, buyers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local spend, seconds, bucketed, placed = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local stock, orders = ARGV[1], ARGV[2]
 local retention, max_qty = ARGV[3], tonumber(ARGV[4])
+-- partition -> its deadlines zset, as declared (cluster mode needs every key declared).
+local zsets = {}
+for i, p in ipairs(cjson.decode(ARGV[6])) do zsets[p] = KEYS[8 + i] end
+local function zset(p)
+  local key = zsets[p]
+  if not key then error('no deadlines zset declared for partition ' .. tostring(p)) end
+  return key
+end
 
--- The earliest deadline the in-script expiry has not looked at (see `expire` below).
-local next_due = nil
+-- Per zset, the earliest deadline the in-script expiry has not looked at (see `expire`).
+local next_due = {}
 
 -- Each SKU's counts are read once a call and written back once at its end (`store`): on
 -- the flash-sale SKU a `place` cost five commands on its hash (HGET, three HINCRBY and an
@@ -206,7 +216,7 @@ local function pay(op)
   local out = {'new', status, reason, viewer}
   if status == 'confirmed' then
     redis.call('HSET', key, 'status', 'confirmed', 'reason', reason)
-    if not bk then redis.call('ZREM', deadlines, op[2]) end
+    if not bk then redis.call('ZREM', zset(op[6]), op[2]) end
     for _, l in ipairs(lines(o[3])) do
       if not inbuckets[l[1]] then level(l[1], out) end
     end
@@ -295,13 +305,14 @@ local function place(op)
   if second ~= '' then count(seconds, second .. ':orders', 1) end
   if o[4] then
     -- The payment came first (another path, a retry): confirm what was just reserved.
-    local paid = pay({'pay', op[2], minute, second, op[8]})
+    local paid = pay({'pay', op[2], minute, second, op[8], op[9]})
     redis.call('HSET', key, 'placed', paid[2], 'placed_reason', 'paid before placed')
     paid[1], paid[3] = 'new', 'paid before placed'
     return paid
   end
-  redis.call('ZADD', deadlines, op[4], op[2])
-  if next_due and tonumber(op[4]) < next_due then next_due = tonumber(op[4]) end
+  redis.call('ZADD', zset(op[9]), op[4], op[2])
+  local due = next_due[op[9]]
+  if due and tonumber(op[4]) < due then next_due[op[9]] = tonumber(op[4]) end
   return out
 end
 
@@ -309,6 +320,11 @@ local function release(op)
   local key = orders .. op[2]
   local o = redis.call('HMGET', key, 'status', 'reason', 'lines', 'deadline', 'viewer',
                        'r:' .. op[3], 'bk')
+  -- An order that holds nothing here has no business in the zset. Its entry can be left in
+  -- another zset than its pay's: the legacy single zset of a show running across the
+  -- upgrade, which only the sweeper reads; without this its paid orders would stay due
+  -- there for ever and fill the sweeper's pages.
+  if (not o[1] or o[1] ~= 'reserved') and not o[7] then redis.call('ZREM', zset(op[6]), op[2]) end
   if not o[1] then return {'new', 'rejected', 'unknown_order', ''} end
   local viewer, bk = o[5] or '', o[7]
   local inbuckets = split(bk)
@@ -334,62 +350,72 @@ local function release(op)
   emit(out, bk, 'released')
   redis.call('HSET', key, 'status', 'released', 'reason', op[3],
              'r:' .. op[3], 'released|' .. op[3])
-  if not bk then redis.call('ZREM', deadlines, op[2]) end
+  if not bk then redis.call('ZREM', zset(op[6]), op[2]) end
   count(stats, 'orders_released:' .. op[3], 1)
   return out
 end
 
 local function settle(op)
-  redis.call('ZREM', deadlines, op[2])
+  redis.call('ZREM', zset(op[3]), op[2])
   return {'new', '', '', ''}
 end
 
--- Expiry on event time: before an op that carries an event ts, every reservation of the
--- room whose deadline is before it is released (`expired`), as the sweeper would have done
--- had it run in time, so a backlog read in a burst gets the sequential answers. Bucketed
--- orders are left to the sweeper: their units return to buckets only after this script,
--- too late for the walks of this batch. Skipped entries stay at the head of the due range
--- (sorted by deadline), so `skip` carries over the ops of this call: each is read once
--- per call, not once per op (only a place more than a TTL older than an earlier op of the
--- call could slip in before them and wait for the sweeper). 100 ids a page: most ops find
--- none due, and a burst of expiries pages on without one reply of thousands.
-local skip, expired = 0, {}
+-- Expiry on event time: before an op that carries an event ts, every reservation of its
+-- partition whose deadline is before it is released (`expired`), as the sweeper would
+-- have done had it run in time, so a backlog read in a burst gets the sequential answers.
+-- Only the op's own partition: its events come in their order, so nothing of its orders
+-- that came before this ts is still unread, while another partition may be read behind
+-- this one and still hold a payment made before the deadline (README, Decisions: "Expiry
+-- inside the room's script"). Bucketed orders are left to the sweeper: their units
+-- return to buckets only after this script, too late for the walks of this batch.
+-- Skipped entries stay at the head of the due range (sorted by deadline), so a zset's
+-- `skip` carries over the ops of this call: each is read once per call, not once per op
+-- (only a place more than a TTL older than an earlier op of the call could slip in
+-- before them and wait for the sweeper). 100 ids a page: most ops find none due, and a
+-- burst of expiries pages on without one reply of thousands.
+local skip, expired = {}, {}
 local PAGE = 100
-local function expire(i, ts)
+local function expire(i, ts, p)
   -- Nothing can be due before the earliest deadline left: most ops of a call skip the
   -- zset (a ZRANGEBYSCORE per op measured ~50% more server time per `place`).
-  if next_due and tonumber(ts) <= next_due then return end
+  local first = next_due[p]
+  if first and tonumber(ts) <= first then return end
+  local deadlines, skipped = zset(p), skip[p] or 0
   while true do
-    local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', '(' .. ts, 'LIMIT', skip, PAGE)
+    local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', '(' .. ts, 'LIMIT', skipped,
+                           PAGE)
     for _, oid in ipairs(due) do
-      local out = nil
-      if not redis.call('HGET', orders .. oid, 'bk') then
-        out = release({'release', oid, 'expired', ''})
-      end
-      -- Fresh releases leave the zset; anything else stays, so it is skipped from now on
-      -- (which also ends this loop: every entry read is either removed or skipped).
-      if out and out[1] == 'new' and out[2] == 'released' then
-        table.insert(out, 1, oid)
-        table.insert(out, 1, i)
-        expired[#expired + 1] = out
+      if redis.call('HGET', orders .. oid, 'bk') then
+        -- A bucketed order stays in the zset, so it is skipped from now on (which also
+        -- ends this loop: every entry read is either removed or skipped).
+        skipped = skipped + 1
       else
-        skip = skip + 1
+        -- Released, or removed by `release` as holding nothing: it leaves the zset.
+        local out = release({'release', oid, 'expired', '', '', p})
+        if out[1] == 'new' and out[2] == 'released' then
+          table.insert(out, 1, oid)
+          table.insert(out, 1, i)
+          expired[#expired + 1] = out
+        end
       end
     end
     if #due < PAGE then break end
   end
-  local head = redis.call('ZRANGE', deadlines, skip, skip, 'WITHSCORES')
-  next_due = head[2] and tonumber(head[2]) or math.huge
+  skip[p] = skipped
+  local head = redis.call('ZRANGE', deadlines, skipped, skipped, 'WITHSCORES')
+  next_due[p] = head[2] and tonumber(head[2]) or math.huge
 end
 
--- Where each op keeps its event ts (the sweeper's releases and `set` have none).
+-- Where each op keeps its event ts (the sweeper's releases and `set` have none) and its
+-- partition.
 local ts_at = {place = 8, pay = 5, release = 5}
+local p_at = {place = 9, pay = 6, release = 6}
 local apply = {set = stock_set, place = place, pay = pay, release = release, settle = settle}
 local results = {}
 for i, op in ipairs(cjson.decode(ARGV[5])) do
   local at = ts_at[op[1]]
   local ts = at and op[at]
-  if ts and ts ~= '' then expire(i, ts) end
+  if ts and ts ~= '' then expire(i, ts, op[p_at[op[1]]]) end
   results[i] = apply[op[1]](op)
 end
 -- No pcall around the ops to write back what came before a failing one: it cost 8 us a

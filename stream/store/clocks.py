@@ -3,13 +3,21 @@
 A replay at 100x moves the clock 100x faster; a silent room's clock still moves with
 the wall, so a reservation expires (and, later, a nudge fires) without new events.
 
-Two clocks share a room's hash. `room` follows every event (the host's view times
+Clocks share a room's hash. `room` follows every event (the host's view times
 presence out on it). `stock` follows only what inventory applies (stock loads and
 orders), and the sweeper expires reservations on it. On `room`, viewer heartbeats read
 ahead of a lagging order topic let it expire an order whose payment, earlier in event
 time, was still on its way: the likely cause of one failure of the expiry show at 100x
 beside another test run, where a `payment_failed` 118 s of show (1.2 s of wall) before
 the deadline came out `expired`.
+
+And `stock` is one clock for the room's orders on every partition of the order topic, so
+it is not what the sweeper expires on either: one per partition (`stock_ms:<p>`,
+`stock_wall_ms:<p>`) follows the orders applied from that partition only. A worker reading
+a backlog reads the partitions apart in event time, and one partition's late payment once
+expired, on the room's clock, an order on another whose `payment_failed`, before its
+deadline, was still unread. The room-wide `stock` clock stays for the deadlines of before
+the per-partition ones (keys.legacy_deadlines).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Literal
 
 from stream.store import keys, scripts
 from stream.store.connect import AnyPipeline, Client
+from stream.store.replies import text
 
 # KEYS: clock hash.  ARGV: event ms, wall ms, the event field, the wall field.  The
 # clock only moves forward.
@@ -33,6 +42,11 @@ Clock = Literal["room", "stock"]
 # (event field, wall field) per clock; `room`'s are the hash's first two, as before.
 _FIELDS: dict[Clock, tuple[str, str]] = {"room": ("event_ms", "wall_ms"),
                                          "stock": ("stock_ms", "stock_wall_ms")}
+
+
+def partition_fields(partition: int) -> tuple[str, str]:
+    """(event field, wall field) of inventory's clock for one order-topic partition."""
+    return f"stock_ms:{partition}", f"stock_wall_ms:{partition}"
 
 
 def now_of(event_ms: int, wall_ms: int, *, wall_now_ms: int) -> int:
@@ -58,3 +72,23 @@ class RoomClocks:
         if event_ms is None or wall_ms is None:
             return None
         return now_of(int(event_ms), int(wall_ms), wall_now_ms=wall_now_ms)
+
+    async def advance_partition(self, pipe: AnyPipeline, room_id: str, partition: int, *,
+                                event_ms: int, wall_ms: int) -> None:
+        """Queue a forward move of inventory's clock for one partition of the room."""
+        await scripts.call(self._advance, keys=[keys.clock(room_id)],
+                           args=[event_ms, wall_ms, *partition_fields(partition)], client=pipe)
+
+    async def partition_nows(self, room_id: str, *, wall_now_ms: int) -> dict[int, int]:
+        """Partition -> the room's time now on that partition's inventory clock, for every
+        partition that has applied an order of the room."""
+        fields = {text(k): text(v) for k, v in (
+            await self._redis.hgetall(keys.clock(room_id))).items()}
+        nows: dict[int, int] = {}
+        for name, value in fields.items():
+            if name.startswith("stock_ms:"):
+                partition = int(name.removeprefix("stock_ms:"))
+                wall = fields.get(partition_fields(partition)[1])
+                if wall is not None:
+                    nows[partition] = now_of(int(value), int(wall), wall_now_ms=wall_now_ms)
+        return nows

@@ -11,7 +11,7 @@ room prefix, which stays inside the slot of the declared keys on Redis Cluster.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -42,15 +42,41 @@ CHUNK = 500
 
 Op = list[object]
 
+# Where an order op keeps the partition of its record on the order topic (0-based), the
+# one whose deadlines zset it adds to, removes from and expires (applyscript.APPLY).
+PARTITION_AT = {"place": 8, "pay": 5, "release": 5, "settle": 2}
+# The "partition" of the room's single deadlines zset of before the per-partition ones
+# (keys.legacy_deadlines): only the sweeper's releases and settles name it.
+LEGACY = -1
 
-def apply_keys(room_id: str, *, book: int = 0) -> list[str]:
-    """APPLY's KEYS for one call on the room, its outcomes counted on the books of the
-    room's broadcast `book`: every key of the call declared, as a cluster needs, all in
-    the room's slot."""
-    return [keys.stats(room_id, book), keys.deadlines(room_id), keys.skus(room_id),
-            keys.stock_sets(room_id), keys.buyers(room_id, book), keys.spend(room_id, book),
-            keys.seconds(room_id, book), keys.bucketed(room_id),
-            keys.book_orders(room_id, book)]
+
+def deadlines_key(room_id: str, partition: int) -> str:
+    """The deadlines zset of one order-topic partition of the room (or the legacy one)."""
+    if partition == LEGACY:
+        return keys.legacy_deadlines(room_id)
+    return keys.deadlines(room_id, partition)
+
+
+def partitions_of(ops: Sequence[Op]) -> list[int]:
+    """The partitions whose deadlines zsets `ops` touch, in order of first use."""
+    found: dict[int, None] = {}
+    for op in ops:
+        at = PARTITION_AT.get(str(op[0]))
+        if at is not None:
+            partition = op[at]
+            assert isinstance(partition, int), op
+            found[partition] = None
+    return list(found)
+
+
+def apply_keys(room_id: str, partitions: Sequence[int], *, book: int = 0) -> list[str]:
+    """APPLY's KEYS for a call whose ops touch the deadlines of `partitions` (its ARGV[6]
+    lists them in the same order): every key of the call declared, as a cluster needs,
+    all in the room's slot."""
+    return [keys.stats(room_id, book), keys.skus(room_id), keys.stock_sets(room_id),
+            keys.buyers(room_id, book), keys.spend(room_id, book), keys.seconds(room_id, book),
+            keys.bucketed(room_id), keys.book_orders(room_id, book),
+            *(deadlines_key(room_id, p) for p in partitions)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +199,12 @@ class Inventory:
                 raise ReplicasBehind(f"WAIT: {acked} of {self.wait_replicas} replicas had "
                                      f"the batch within {WAIT_TIMEOUT_MS} ms; retrying it")
 
-    def op(self, event: StockSet | OrderEvent, *, taken: dict[str, str] | None = None) -> Op:
+    def op(self, event: StockSet | OrderEvent, *, taken: dict[str, str] | None = None,
+           partition: int = 0) -> Op:
         """The script operation for one event (pure); the event's minute and second key
         the host's view counts of its outcome. `taken`: sku -> the buckets a bucketed
-        line took from (`Walk.text`)."""
+        line took from (`Walk.text`). `partition`: the order event's record partition on
+        the order topic, whose deadlines it uses (a `stock.set` has none)."""
         if isinstance(event, StockSet):
             return ["set", event.event_id, event.sku, event.qty, event.name or "",
                     "" if event.price is None else str(event.price),
@@ -187,14 +215,14 @@ class Inventory:
                     str(event.ts + self.reservation_ttl_ms),
                     [[i.sku, i.qty, i.price, taken[i.sku]] if i.sku in taken
                      else [i.sku, i.qty, i.price] for i in event.items],
-                    str(minute_of(event.ts)), str(event.ts // 1000), str(event.ts)]
+                    str(minute_of(event.ts)), str(event.ts // 1000), str(event.ts), partition]
         if isinstance(event, OrderPaid):
             return ["pay", event.order_id, str(minute_of(event.ts)), str(event.ts // 1000),
-                    str(event.ts)]
+                    str(event.ts), partition]
         if isinstance(event, OrderCancelled):
-            return ["release", event.order_id, "cancelled", "", str(event.ts)]
+            return ["release", event.order_id, "cancelled", "", str(event.ts), partition]
         if isinstance(event, OrderPaymentFailed):
-            return ["release", event.order_id, "payment_failed", "", str(event.ts)]
+            return ["release", event.order_id, "payment_failed", "", str(event.ts), partition]
         raise TypeError(f"not an inventory event: {event!r}")  # pragma: no cover
 
     async def queue(self, pipe: AnyPipeline, room_id: str, ops: Sequence[Op], *,
@@ -203,11 +231,13 @@ class Inventory:
         room's broadcast `book`; returns how many calls (answers) it added."""
         calls = 0
         for lo in range(0, len(ops), CHUNK):
+            chunk = ops[lo:lo + CHUNK]
+            partitions = partitions_of(chunk)
             await scripts.call(
-                self._apply, keys=apply_keys(room_id, book=book),
+                self._apply, keys=apply_keys(room_id, partitions, book=book),
                 args=[keys.stock_prefix(room_id), keys.order_prefix(room_id),
-                      ORDER_RETENTION_S, self.max_qty_per_line,
-                      orjson.dumps(ops[lo:lo + CHUNK])],
+                      ORDER_RETENTION_S, self.max_qty_per_line, orjson.dumps(chunk),
+                      orjson.dumps(partitions)],
                 client=pipe)
             calls += 1
         return calls
@@ -255,17 +285,24 @@ class Inventory:
             walks.update(mine)
         return walks
 
-    def ops(self, events: Sequence[StockSet | OrderEvent],
-            walks: dict[int, list[Walk]]) -> list[Op]:
-        """The script operations for events whose bucketed lines have walked."""
-        return [self.op(e, taken={w.sku: w.text() for w in walks.get(id(e), ())})
-                for e in events]
+    def ops(self, events: Sequence[StockSet | OrderEvent], walks: dict[int, list[Walk]],
+            partitions: Sequence[int] | None = None) -> list[Op]:
+        """The script operations for events whose bucketed lines have walked; `partitions`,
+        each event's record partition (all 0 when None: one partition)."""
+        where = partitions if partitions is not None else [0] * len(events)
+        return [self.op(e, taken={w.sku: w.text() for w in walks.get(id(e), ())}, partition=p)
+                for e, p in zip(events, where, strict=True)]
 
     async def follow_events(self, room_id: str, events: Sequence[StockSet | OrderEvent],
                             outcomes: Sequence[Outcome], walks: dict[int, list[Walk]], *,
-                            ts: int) -> list[StockUpdate]:
+                            ts: int, partitions: Sequence[int] | None = None,
+                            ) -> list[StockUpdate]:
         """The bucket loads, sells and frees the room's answers to `events` ask for (nothing
-        to do when no SKU of the room is bucketed); the summed levels of what moved."""
+        to do when no SKU of the room is bucketed); the summed levels of what moved.
+        `partitions`: each event's record partition, as given to `ops`."""
+        where = partitions if partitions is not None else [0] * len(events)
+        settle_in = {e.order_id: p for e, p in zip(events, where, strict=True)
+                     if isinstance(e, OrderEvent)}
         moves: list[tuple[str, Move]] = []
         frees: list[tuple[str, str, list[int]]] = []
         walked: list[Walk] = []
@@ -284,27 +321,33 @@ class Inventory:
                      [o for e, o in zip(events, outcomes, strict=True)
                       if isinstance(e, StockSet)])
         return await self.follow(room_id, ts=ts, loads=sets, moves=moves, frees=frees,
-                                 walked=walked)
+                                 walked=walked, partitions=settle_in)
 
     async def apply(self, room_id: str, events: Sequence[StockSet | OrderEvent], *,
-                    ts: int, book: int = 0) -> tuple[list[Outcome], list[StockUpdate]]:
+                    ts: int, book: int = 0, partitions: Sequence[int] | None = None,
+                    ) -> tuple[list[Outcome], list[StockUpdate]]:
         """Walk, run and follow `events` of one room, as the worker does a batch:
-        (an outcome per event, the summed levels of bucketed SKUs that moved)."""
+        (an outcome per event, the summed levels of bucketed SKUs that moved).
+        `partitions`: each event's record partition (all 0 when None)."""
         walks = await self.walk({room_id: list(events)})
-        outcomes = await self.run(room_id, self.ops(events, walks), ts=ts, book=book)
-        return outcomes, await self.follow_events(room_id, events, outcomes, walks, ts=ts)
+        outcomes = await self.run(room_id, self.ops(events, walks, partitions), ts=ts,
+                                  book=book)
+        return outcomes, await self.follow_events(room_id, events, outcomes, walks, ts=ts,
+                                                  partitions=partitions)
 
     async def follow(self, room_id: str, *, ts: int,
                      loads: Sequence[tuple[str, str, int, int]] = (),
                      moves: Sequence[tuple[str, Move]] = (),
                      frees: Sequence[tuple[str, str, list[int]]] = (),
                      walked: Sequence[Walk] = (), book: int = 0,
+                     partitions: Mapping[str, int] | None = None,
                      ) -> list[StockUpdate]:
         """What the room's answers ask of bucketed SKUs: their loads, the sells and frees
         of (order_id, move), and (order_id, sku, buckets) to give back that walks took
-        for orders that do not hold them; then the orders moved give up their deadline.
-        Returns the summed levels of the SKUs touched. Each step is idempotent, so a step
-        cut short is redone by a replay."""
+        for orders that do not hold them; then the orders moved give up their deadline,
+        in the zset of their partition (`partitions`: order_id -> partition; all 0 when
+        None). Returns the summed levels of the SKUs touched. Each step is idempotent, so
+        a step cut short is redone by a replay."""
         if not (loads or moves or frees or walked):
             return []
         await self.buckets.load(room_id, loads)
@@ -313,35 +356,40 @@ class Inventory:
             *((order_id, sku, "free", buckets) for order_id, sku, buckets in frees)])
         settled = sorted({oid for oid, _ in moves})
         if settled:
-            await self.run(room_id, [["settle", oid] for oid in settled], ts=ts, book=book)
+            where = partitions if partitions is not None else dict.fromkeys(settled, 0)
+            await self.run(room_id, [["settle", oid, where[oid]] for oid in settled], ts=ts,
+                           book=book)
         touched = ({sku for _, sku, _, _ in loads} | {m.sku for _, m in moves}
                    | {w.sku for w in walked})
         split = (await counts(self.redis, [room_id])).get(room_id, {})
         return await self.buckets.levels(
             room_id, {sku: split[sku] for sku in sorted(touched) if sku in split}, ts=ts)
 
-    async def expire_due(self, room_id: str, *, now_ms: int, limit: int = 500,
-                         book: int = 0) -> list[tuple[str, Outcome]]:
-        """Release reservations whose deadline has passed on the room's clock.
+    async def expire_due(self, room_id: str, *, now_ms: int, partition: int = 0,
+                         limit: int = 500, book: int = 0) -> list[tuple[str, Outcome]]:
+        """Release reservations of one partition (or LEGACY) whose deadline has passed on
+        that partition's clock, `now_ms`.
 
         Returns (order_id, outcome) per due order; an outcome that is not fresh means
         the order was paid or cancelled first and nothing changed.
         """
         due = [text(d) for d in await self.redis.zrangebyscore(
-            keys.deadlines(room_id), "-inf", now_ms, start=0, num=limit)]
+            deadlines_key(room_id, partition), "-inf", now_ms, start=0, num=limit)]
         if not due:
             return []
-        outcomes = await self.run(room_id, [["release", oid, "expired", str(now_ms)]
-                                            for oid in due], ts=now_ms, book=book)
+        outcomes = await self.run(room_id, [["release", oid, "expired", str(now_ms), "",
+                                             partition] for oid in due], ts=now_ms, book=book)
         return list(zip(due, outcomes, strict=True))
 
-    async def expire_and_follow(self, room_id: str, *, now_ms: int, limit: int = 500,
-                                book: int = 0,
+    async def expire_and_follow(self, room_id: str, *, now_ms: int, partition: int = 0,
+                                limit: int = 500, book: int = 0,
                                 ) -> tuple[list[tuple[str, Outcome]], list[StockUpdate]]:
         """`expire_due`, then what it asks of bucketed SKUs: (due, summed levels)."""
-        due = await self.expire_due(room_id, now_ms=now_ms, limit=limit, book=book)
+        due = await self.expire_due(room_id, now_ms=now_ms, partition=partition,
+                                    limit=limit, book=book)
         levels = await self.follow(room_id, ts=now_ms, book=book, moves=[
-            (oid, m) for oid, outcome in due for m in outcome.moves])
+            (oid, m) for oid, outcome in due for m in outcome.moves],
+            partitions={oid: partition for oid, _ in due})
         return due, levels
 
     async def levels(self, room_id: str) -> list[StockUpdate]:

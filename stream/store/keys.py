@@ -92,13 +92,25 @@ def order_prefix(room_id: str) -> str:
     return f"{_room(room_id)}:order:"
 
 
-def deadlines(room_id: str) -> str:
-    """Sorted set of reserved orders by the event time their reservation expires."""
+def deadlines(room_id: str, partition: int) -> str:
+    """Sorted set of the room's reserved orders placed on one order-topic partition, by
+    the event time their reservation expires. One per partition: a partition's events
+    come in its own order, so its own newest ts never passes an unread payment of its
+    orders, while another partition's may (README, Decisions: "Expiry inside the room's
+    script")."""
+    return f"{_room(room_id)}:deadlines:{partition}"
+
+
+def legacy_deadlines(room_id: str) -> str:
+    """The room's single deadlines zset of before the per-partition ones: a show running
+    across the upgrade keeps its older reservations here until the sweeper expires
+    them."""
     return f"{_room(room_id)}:deadlines"
 
 
 def clock(room_id: str) -> str:
-    """Hash `event_ms`, `wall_ms`: the room's event-time clock and when it last moved."""
+    """Hash `event_ms`, `wall_ms`: the room's event-time clock and when it last moved (and
+    inventory's clocks beside it, stream/store/clocks.py)."""
     return f"{_room(room_id)}:clock"
 
 

@@ -144,11 +144,11 @@ async def test_moves_cut_short_are_redone_once(inv: Inventory, room: str) -> Non
     cancel = OrderCancelled(event_id="c1", room_id=room, ts=T0, viewer_id="v", order_id="b")
     await inv.run(room, inv.ops([cancel], {}), ts=T0)
     # The cut-short cancel keeps b's deadline: the sweeper finishes it when due.
-    assert await inv.redis.zscore(keys.deadlines(room), "b") is not None
+    assert await inv.redis.zscore(keys.deadlines(room, 0), "b") is not None
     due, levels = await inv.expire_and_follow(room, now_ms=T0 + TTL_MS)
     assert {oid for oid, o in due if o.fresh} == {"c"}  # b was cancelled, c expires
     assert levels and (levels[-1].available, levels[-1].reserved, levels[-1].sold) == (5, 0, 1)
-    assert await inv.redis.zcard(keys.deadlines(room)) == 0
+    assert await inv.redis.zcard(keys.deadlines(room, 0)) == 0
     # Paid after its expiry, a bucketed order is not re-reserved.
     [late], _ = await inv.apply(room, [paid(room, "c")], ts=T0)
     assert (late.status, late.reason) == ("rejected", "expired")

@@ -78,7 +78,7 @@ async def test_room_script_in_cluster_pipelines(redis_cluster: EmbeddedStack) ->
             [level] = await inventory.levels(room)
             assert level.available == 7
         await client.execute_command("SCRIPT FLUSH", target_nodes=RedisCluster.PRIMARIES)
-        ops = [["place", "o1", "v1", "901000", [["sku", 1, 9.0]], "0", "1", "1000"]]
+        ops = [["place", "o1", "v1", "901000", [["sku", 1, 9.0]], "0", "1", "1000", 0]]
         with pytest.raises(scripts.ScriptsLost):
             async with client.pipeline(transaction=False) as pipe:
                 await inventory.queue(pipe, rooms[0], ops)

@@ -157,7 +157,7 @@ async def test_place_reserves_and_replays_return_the_first_outcome(inv: Inventor
     assert triple(out) == (True, "reserved", "")
     assert {(u.sku, u.available, u.reserved, u.sold) for u in out.levels} == {
         ("a", 3, 2, 0), ("b", 2, 3, 0)}
-    assert await inv.redis.zscore(keys.deadlines(room), "o1") == T0 + TTL_MS
+    assert await inv.redis.zscore(keys.deadlines(room, 0), "o1") == T0 + TTL_MS
     before = await dump(inv.redis, room)
 
     # Redelivery (same event) and a client retry with a new event_id (same order_id).
@@ -209,7 +209,7 @@ async def test_rejections_reserve_nothing(inv: Inventory, room: str,
     event = placed(room, "o1", *lines)
     assert triple(await apply(inv, event)) == (True, "rejected", reason)
     assert await stock(inv, room) == before
-    assert await inv.redis.zcard(keys.deadlines(room)) == 0
+    assert await inv.redis.zcard(keys.deadlines(room, 0)) == 0
     snapshot = await dump(inv.redis, room)
     assert triple(await apply(inv, event)) == (False, "rejected", reason)
     assert await dump(inv.redis, room) == snapshot
@@ -237,7 +237,7 @@ async def test_paid_confirms_and_paid_twice_changes_nothing(inv: Inventory,
     out = await apply(inv, pay)
     assert triple(out) == (True, "confirmed", "")
     assert [(u.available, u.reserved, u.sold) for u in out.levels] == [(3, 0, 2)]
-    assert await inv.redis.zcard(keys.deadlines(room)) == 0
+    assert await inv.redis.zcard(keys.deadlines(room, 0)) == 0
     before = await dump(inv.redis, room)
     assert triple(await apply(inv, pay)) == (False, "confirmed", "")
     assert triple(await apply(inv, paid(room, "o1"))) == (False, "confirmed", "")
@@ -260,7 +260,7 @@ async def test_paid_for_an_unknown_order(inv: Inventory, room: str) -> None:
     late = await apply(inv, placed(room, "nope", ("a", 2)))
     assert (late.fresh, late.status, late.reason) == (True, "confirmed", "paid before placed")
     assert await stock(inv, room) == {"a": (3, 0, 2)}
-    assert await inv.redis.zcard(keys.deadlines(room)) == 0
+    assert await inv.redis.zcard(keys.deadlines(room, 0)) == 0
 
 
 async def test_cancel_releases_and_cancel_after_paid_is_a_noop(inv: Inventory,
@@ -356,7 +356,7 @@ async def test_expiry_of_a_paid_order_in_flight_is_a_noop(inv: Inventory, room: 
     await apply(inv, placed(room, "o1", ("a", 1)))
     await apply(inv, paid(room, "o1"))
     # Put the order back on the due list, as a sweeper that read it just before would see.
-    await inv.redis.zadd(keys.deadlines(room), {"o1": T0 + TTL_MS})
+    await inv.redis.zadd(keys.deadlines(room, 0), {"o1": T0 + TTL_MS})
     [(_, _, out)] = await expire(inv, room, T0 + TTL_MS)
     assert triple(out) == (False, "confirmed", "")
     assert await stock(inv, room) == {"a": (2, 0, 1)}
@@ -482,12 +482,15 @@ async def test_due_entries_the_script_cannot_release_are_skipped(inv: Inventory,
     await apply(inv, placed(room, "o1", ("a", 1)))
     await apply(inv, paid(room, "o1"))
     await apply(inv, placed(room, "o2", ("a", 1), ts=T0 + 1))
-    await inv.redis.zadd(keys.deadlines(room), {"o1": T0, **{f"gone{i}": T0 for i in range(250)}})
+    await inv.redis.zadd(keys.deadlines(room, 0),
+                         {"o1": T0, **{f"gone{i}": T0 for i in range(250)}})
     outs = await apply_all(inv, room, [
         placed(room, "o3", ("a", 1), ts=T0 + 2 * TTL_MS),
         placed(room, "o4", ("a", 1), ts=T0 + 2 * TTL_MS + 1)])
     assert [[oid for oid, _ in o.expired] for o in outs] == [["o2"], []]
     assert await stock(inv, room) == {"a": (0, 2, 1)}
+    # Holding nothing, they left the zset: a page of them is not read again every call.
+    assert await inv.redis.zrange(keys.deadlines(room, 0), 0, -1) == [b"o3", b"o4"]
 
 
 async def test_bucketed_orders_are_left_to_the_sweeper(inv: Inventory, room: str) -> None:
@@ -634,9 +637,12 @@ class Model:
         self._count(f"orders_released:{reason}")
         return True, "released", reason
 
-    def expire(self, now_ms: int) -> list[str]:
+    def expire(self, now_ms: int, partition: int | None = None) -> list[str]:
+        """Release what is due at `now_ms`: on one partition of the order topic (an op's
+        own ts expires only its partition's orders), or on all (None)."""
         due = sorted((o.deadline, oid) for oid, o in self.orders.items()
-                     if o.status == "reserved" and o.deadline <= now_ms)
+                     if o.status == "reserved" and o.deadline <= now_ms
+                     and partition in (None, partition_of(oid)))
         for _, oid in due:
             self.release(oid, "expired")
         return sorted(oid for _, oid in due)
@@ -654,6 +660,18 @@ class Model:
 
 SKUS = ("a", "b", "c")
 ORDER_IDS = tuple(f"o{i}" for i in range(6))
+FUZZ_PARTITIONS = 2
+
+
+def partition_of(order_id: str) -> int:
+    """The order topic's partition an order's events are on: fixed per order, as the
+    gateway's key by viewer makes it (every order here has the same viewer, so the fuzz
+    spreads them by order id instead)."""
+    return ORDER_IDS.index(order_id) % FUZZ_PARTITIONS
+
+
+def event_partition(e: StockSet | OrderEvent) -> int:
+    return 0 if isinstance(e, StockSet) else partition_of(e.order_id)
 FUZZ_MAX_QTY = 2   # lines of qty 3 then hit over_limit
 FUZZ_TTL_MS = 8_000  # each operation moves the clock 1 s: reservations do expire
 
@@ -719,7 +737,8 @@ def levels_of(model: Model) -> dict[str, tuple[int, int, int]]:
 
 async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = None,
                   cuts: list[int] | None = None) -> None:
-    """Replay `script` on Redis and on the model; compare after every batch. With `buckets`
+    """Replay `script` on Redis and on the model; compare after every batch (orders on two
+    partitions of the order topic, `partition_of`). With `buckets`
     every SKU is split into that many buckets: the same outcomes, but no re-reserve, and
     expiry by the sweeper only. `cuts`: the sizes of the batches (cycled; 1 each if none),
     each applied as the worker applies one (one script call; `expire` ops end a batch)."""
@@ -736,7 +755,8 @@ async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = Non
         async def flush() -> None:
             if not batch:
                 return
-            outs, summed = await inv.apply(room, [b.event for b in batch], ts=now)
+            outs, summed = await inv.apply(room, [b.event for b in batch], ts=now,
+                                           partitions=[event_partition(b.event) for b in batch])
             for b, out in zip(batch, outs, strict=True):
                 assert triple(out) == b.want, f"{b.where}: {b.event}"
                 assert sorted(oid for oid, _ in out.expired) == b.expired, b.where
@@ -767,8 +787,10 @@ async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = Non
             if op[0] == "expire":
                 await flush()
                 now += op[1]
-                due, _ = await inv.expire_and_follow(room, now_ms=now)
-                got = [(oid, out.viewer_id, out) for oid, out in due]
+                got = []
+                for partition in range(FUZZ_PARTITIONS):  # the sweeper does each partition
+                    due, _ = await inv.expire_and_follow(room, now_ms=now, partition=partition)
+                    got += [(oid, out.viewer_id, out) for oid, out in due]
                 assert all(o.fresh and o.status == "released" for _, _, o in got), where
                 assert all(viewer == "v" for _, viewer, _ in got), where
                 assert sorted(oid for oid, _, _ in got) == model.expire(now), where
@@ -783,9 +805,9 @@ async def run_ops(redis_url: str, script: list[Op], *, buckets: int | None = Non
                 now += 1000
                 event = build(op, room, now, buckets=buckets)
                 history.append(event)
-            # The room's script expires what is due before each order event (not a load);
-            # bucketed orders wait for the sweeper.
-            expired = (model.expire(event.ts - 1)
+            # The room's script expires what is due before each order event (not a load), on
+            # the event's partition only; bucketed orders wait for the sweeper.
+            expired = (model.expire(event.ts - 1, event_partition(event))
                        if buckets is None and not isinstance(event, StockSet) else [])
             before = levels_of(model)
             want = model.apply(event)

@@ -1,7 +1,8 @@
 """The sweeper expires reservations on inventory's own clock (stream/store/clocks.py):
 viewer events read ahead of the order topic do not expire an order whose payment is
-still on its way; a room gone quiet still expires on the wall. And one call's orders
-from several partitions expire in event time, not in the order the records came."""
+still on its way; a room gone quiet still expires on the wall. And a partition read
+ahead of another, in one call or across calls, expires none of the other's orders: each
+partition of the order topic has its own deadlines and its own clock."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from stream.core.models import (
 )
 from stream.core.topics import Topics, partition_for
 from stream.local.embedded import EmbeddedStack
+from stream.store import keys
 from stream.store.clocks import RoomClocks
 from stream.store.inventory import Inventory
 from stream.worker.orders import Orders
@@ -137,3 +139,110 @@ async def test_a_partition_read_ahead_in_one_call_does_not_expire_another(db: Re
     o1 = [(p, r.status, r.reason) for p, r in results if r.order_id == "o1"]
     assert o1 == [(p1, "reserved", None), (p1, "released", "expired"),
                   (p1, "confirmed", "re-reserved after expired")]
+
+
+def make_orders(db: Redis, results: list[tuple[int, OrderResult]], wall: list[float], *,
+                ttl_ms: int = TTL_MS * 2, partitions: int = 2) -> Orders:
+    async def publish(updates: object) -> None:
+        return None
+
+    return Orders(redis=db, inventory=Inventory(db, reservation_ttl_ms=ttl_ms),
+                  feed=StockFeed(publish, clock=lambda: wall[0]), send=collector(results),
+                  topics=TOPICS, partitions=partitions, clock=lambda: wall[0])
+
+
+def at(cls: type[Event], s: int, viewer: str, order: str, **more: object) -> Event:
+    return cls(event_id=f"{order}-{s}", room_id=ROOM, ts=T0 + s * 1000,  # type: ignore[call-arg]
+               viewer_id=viewer, order_id=order, **more)
+
+
+@pytest.mark.parametrize("settled", ["payment_failed", "paid"])
+async def test_a_partition_read_ahead_across_calls_does_not_expire_another(
+        db: Redis, settled: str) -> None:
+    """The backlog split over two calls: the first holds partition 1's order and its
+    payment 600 s later, and partition 2's order; the second, later, partition 2's
+    payment or payment_failed 2 s after its order, before its deadline. Neither the first
+    call's late payment nor a sweep between the calls may expire o2: partition 2 has not
+    been read past 88 s. On one deadlines zset and one clock per room, both did."""
+    results: list[tuple[int, OrderResult]] = []
+    wall = [1_000_000.0]
+    orders = make_orders(db, results, wall)
+    await orders.handle([part(TOPICS.host_events, 0, StockSet(
+        event_id="s", room_id=ROOM, ts=T0, sku="rice", qty=5))])
+    item = [OrderItem("rice", 1, 9.9)]
+    p1, p2 = partition_for("v1", 2), partition_for("v2", 2)
+    assert p1 != p2
+    await orders.handle([
+        part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=item), partition=p1),
+        part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=item), partition=p2),
+        part(TOPICS.order_events, 1, at(OrderPaid, 610, "v1", "o1"), partition=p1)])
+    wall[0] += 1
+    assert await orders.sweep() == 0
+    last = (at(OrderPaymentFailed, 90, "v2", "o2", reason="card_declined")
+            if settled == "payment_failed" else at(OrderPaid, 90, "v2", "o2"))
+    await orders.handle([part(TOPICS.order_events, 1, last, partition=p2)])
+    o2 = [(p, r.status, r.reason) for p, r in results if r.order_id == "o2"]
+    assert o2 == [(p2, "reserved", None),
+                  (p2, "released", "payment_failed") if settled == "payment_failed"
+                  else (p2, "confirmed", None)]
+    o1 = [(p, r.status, r.reason) for p, r in results if r.order_id == "o1"]
+    assert o1 == [(p1, "reserved", None), (p1, "released", "expired"),
+                  (p1, "confirmed", "re-reserved after expired")]
+
+
+async def test_each_partition_expires_on_its_own_clock(db: Redis) -> None:
+    """The sweeper expires partition 2's order once partition 2's own clock (its newest
+    order ts, plus the wall since) passes the deadline, however far partition 1 has read
+    (600 s past it)."""
+    results: list[tuple[int, OrderResult]] = []
+    wall = [1_000_000.0]
+    orders = make_orders(db, results, wall)
+    await orders.handle([part(TOPICS.host_events, 0, StockSet(
+        event_id="s", room_id=ROOM, ts=T0, sku="rice", qty=5))])
+    item = [OrderItem("rice", 1, 9.9)]
+    p1, p2 = partition_for("v1", 2), partition_for("v2", 2)
+    await orders.handle([
+        part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=item), partition=p2),
+        part(TOPICS.order_events, 0, at(OrderPlaced, 690, "v1", "o1", items=item),
+             partition=p1),
+        part(TOPICS.order_events, 1, at(OrderPaid, 700, "v1", "o1"), partition=p1)])
+    assert await orders.sweep() == 0  # p2's clock is at 88 s, o2 is due at 208 s
+    wall[0] += 119
+    assert await orders.sweep() == 0  # 88 + 119 = 207 s
+    wall[0] += 2
+    assert await orders.sweep() == 1
+    assert [(r.order_id, r.status, r.reason) for _, r in results][-1] == (
+        "o2", "released", "expired")
+    assert await db.zcard(keys.deadlines(ROOM, p2)) == 0
+
+
+async def test_the_single_zset_of_before_is_swept(db: Redis) -> None:
+    """A show running across the upgrade: its older reservations are in the room's one
+    deadlines zset. The sweeper still expires them, on the earliest partition clock, and
+    drops the entries of orders paid since (their pay removed nothing there)."""
+    results: list[tuple[int, OrderResult]] = []
+    wall = [1_000_000.0]
+    orders = make_orders(db, results, wall)
+    await orders.handle([part(TOPICS.host_events, 0, StockSet(
+        event_id="s", room_id=ROOM, ts=T0, sku="rice", qty=5))])
+    item = [OrderItem("rice", 1, 9.9)]
+    p1, p2 = partition_for("v1", 2), partition_for("v2", 2)
+    await orders.handle([
+        part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=item), partition=p1),
+        part(TOPICS.order_events, 0, at(OrderPlaced, 20, "v2", "o2", items=item), partition=p2)])
+    # What the old code kept: both deadlines in the one zset.
+    for oid, p in (("o1", p1), ("o2", p2)):
+        score = await db.zscore(keys.deadlines(ROOM, p), oid)
+        assert score is not None
+        await db.zrem(keys.deadlines(ROOM, p), oid)
+        await db.zadd(keys.legacy_deadlines(ROOM), {oid: score})
+    await orders.handle([part(TOPICS.order_events, 1, at(OrderPaid, 30, "v1", "o1"),
+                              partition=p1)])
+    # p1 at 30 s, p2 at 20 s: the legacy zset waits for the earlier one.
+    wall[0] += 119
+    assert await orders.sweep() == 0  # 20 + 119 = 139 s; o2 is due at 140 s
+    wall[0] += 1
+    assert await orders.sweep() == 1
+    assert [(r.order_id, r.status, r.reason) for _, r in results][-1] == (
+        "o2", "released", "expired")
+    assert await db.zcard(keys.legacy_deadlines(ROOM)) == 0

@@ -4,8 +4,10 @@ dict per SKU and per order, and the result every order event must get.
 What it assumes: the sequence is event-time order. The live system applies each
 partition in its own order, so the two agree whenever no SKU runs short (the shows the
 tests compare are sized so) or when one partition holds every order of a SKU. Expiry
-happens at the deadline, before any event at or after it; a result of the sweeper
-carries the room clock's time, so `OrderOutcome` keeps no ts.
+happens at the deadline, before any event at or after it; live, before the next event of
+the order's own partition or at the sweeper's pass on that partition's clock, which
+gives the same answers as long as no SKU runs short. A result of the sweeper carries the
+partition clock's time, so `OrderOutcome` keeps no ts.
 """
 
 from __future__ import annotations
