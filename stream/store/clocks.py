@@ -22,18 +22,22 @@ the per-partition ones (keys.legacy_deadlines).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from stream.store import keys, scripts
 from stream.store.connect import AnyPipeline, Client
 from stream.store.replies import text
 
-# KEYS: clock hash.  ARGV: event ms, wall ms, the event field, the wall field.  The
-# clock only moves forward.
+# KEYS: clock hash.  ARGV: wall ms, then (event ms, event field, wall field) per clock.
+# Each clock only moves forward, and keeps the wall time of its last move. All of a room's
+# clocks move in one call: a batch of orders from 8 partitions made 10 calls a room.
 ADVANCE = """
-local current = tonumber(redis.call('HGET', KEYS[1], ARGV[3]) or '-1')
-if tonumber(ARGV[1]) > current then
-  redis.call('HSET', KEYS[1], ARGV[3], ARGV[1], ARGV[4], ARGV[2])
+for i = 2, #ARGV, 3 do
+  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i + 1]) or '-1')
+  if tonumber(ARGV[i]) > current then
+    redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i], ARGV[i + 2], ARGV[1])
+  end
 end
 return 1
 """
@@ -59,11 +63,20 @@ class RoomClocks:
         self._redis = redis
         self._advance = redis.register_script(ADVANCE)
 
-    async def advance(self, pipe: AnyPipeline, room_id: str, *, event_ms: int,
-                      wall_ms: int, clock: Clock = "room") -> None:
-        """Queue a forward move of one of the room's clocks on `pipe`."""
+    async def advance(self, pipe: AnyPipeline, room_id: str, *, wall_ms: int,
+                      room_ms: int | None = None, stock_ms: int | None = None,
+                      partitions: Mapping[int, int] | None = None) -> None:
+        """Queue on `pipe`, as one call, a forward move of the room's clocks: `room` to
+        `room_ms`, `stock` to `stock_ms`, and each order-topic partition's inventory
+        clock to its ms in `partitions` (the ones given; at least one must be)."""
+        given: list[tuple[Clock, int | None]] = [("room", room_ms), ("stock", stock_ms)]
+        moves = [(ms, _FIELDS[clock]) for clock, ms in given if ms is not None]
+        moves += [(ms, partition_fields(p)) for p, ms in (partitions or {}).items()]
+        if not moves:
+            raise ValueError("advance: no clock to move")
         await scripts.call(self._advance, keys=[keys.clock(room_id)],
-                           args=[event_ms, wall_ms, *_FIELDS[clock]], client=pipe)
+                           args=[wall_ms, *(x for ms, (event, wall) in moves
+                                            for x in (ms, event, wall))], client=pipe)
 
     async def now(self, room_id: str, *, wall_now_ms: int,
                   clock: Clock = "room") -> int | None:
@@ -72,12 +85,6 @@ class RoomClocks:
         if event_ms is None or wall_ms is None:
             return None
         return now_of(int(event_ms), int(wall_ms), wall_now_ms=wall_now_ms)
-
-    async def advance_partition(self, pipe: AnyPipeline, room_id: str, partition: int, *,
-                                event_ms: int, wall_ms: int) -> None:
-        """Queue a forward move of inventory's clock for one partition of the room."""
-        await scripts.call(self._advance, keys=[keys.clock(room_id)],
-                           args=[event_ms, wall_ms, *partition_fields(partition)], client=pipe)
 
     async def partition_nows(self, room_id: str, *, wall_now_ms: int) -> dict[int, int]:
         """Partition -> the room's time now on that partition's inventory clock, for every

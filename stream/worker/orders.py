@@ -64,8 +64,9 @@ class Orders:
             return
         by_room = {room: _merged(list(found.values())) for room, found in runs.items()}
         # Each order-topic partition's newest ts in the call, per room: its own clock.
-        newest = {(room, tp[1]): max(e.ts for _, e in run) for room, found in runs.items()
-                  for tp, run in found.items() if tp[0] == self._topics.order_events}
+        newest = {room: {tp[1]: max(e.ts for _, e in run) for tp, run in found.items()
+                         if tp[0] == self._topics.order_events}
+                  for room, found in runs.items()}
         walks = await self._inventory.walk({room: [e for _, e in group]
                                             for room, group in by_room.items()})
         if self._books is not None:
@@ -73,14 +74,13 @@ class Orders:
         wall_ms = int(self._clock() * 1000)
         new_rooms = [r for r in by_room if r not in self._rooms]
         async with self._redis.pipeline(transaction=False) as pipe:
-            for room, ts in latest.items():
-                await self._clocks.advance(pipe, room, event_ms=ts, wall_ms=wall_ms)
-            for room, group in by_room.items():
-                await self._clocks.advance(pipe, room, event_ms=max(e.ts for _, e in group),
-                                           wall_ms=wall_ms, clock="stock")
-            for (room, partition), ts in newest.items():
-                await self._clocks.advance_partition(pipe, room, partition, event_ms=ts,
-                                                     wall_ms=wall_ms)
+            clocked = list(dict.fromkeys([*latest, *by_room]))
+            for room in clocked:
+                group = by_room.get(room)
+                await self._clocks.advance(
+                    pipe, room, wall_ms=wall_ms, room_ms=latest.get(room),
+                    stock_ms=None if group is None else max(e.ts for _, e in group),
+                    partitions=newest.get(room))
             if new_rooms:
                 pipe.sadd(keys.ROOMS, *new_rooms)
             calls = [sum([await self._inventory.queue(
@@ -93,7 +93,7 @@ class Orders:
         if waits:  # no result goes out before the replicas have what it says
             self._inventory.check_wait(answers[-waits:])
         self._rooms.update(new_rooms)
-        chunks = iter(answers[len(latest) + len(by_room) + len(newest) + bool(new_rooms):])
+        chunks = iter(answers[len(clocked) + bool(new_rooms):])
         for (room, group), n in zip(by_room.items(), calls, strict=True):
             flat = [ax for _ in range(n) for ax in unpack(next(chunks))]
             outcomes = [parse(answer, room_id=room, ts=e.ts, expired=x)
