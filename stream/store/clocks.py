@@ -22,7 +22,7 @@ the per-partition ones (keys.legacy_deadlines).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from stream.store import keys, scripts
@@ -89,13 +89,29 @@ class RoomClocks:
     async def partition_nows(self, room_id: str, *, wall_now_ms: int) -> dict[int, int]:
         """Partition -> the room's time now on that partition's inventory clock, for every
         partition that has applied an order of the room."""
-        fields = {text(k): text(v) for k, v in (
-            await self._redis.hgetall(keys.clock(room_id))).items()}
-        nows: dict[int, int] = {}
-        for name, value in fields.items():
-            if name.startswith("stock_ms:"):
-                partition = int(name.removeprefix("stock_ms:"))
-                wall = fields.get(partition_fields(partition)[1])
-                if wall is not None:
-                    nows[partition] = now_of(int(value), int(wall), wall_now_ms=wall_now_ms)
-        return nows
+        return (await self.inventory_nows([room_id], wall_now_ms=wall_now_ms))[room_id][0]
+
+    async def inventory_nows(self, rooms: Sequence[str], *, wall_now_ms: int,
+                             ) -> dict[str, tuple[dict[int, int], int | None]]:
+        """Per room, in one round trip: (its partitions' inventory clocks now, as
+        `partition_nows`; its `stock` clock now, or None before its first event)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.hgetall(keys.clock(room))
+            replies = await pipe.execute()
+        out: dict[str, tuple[dict[int, int], int | None]] = {}
+        for room, reply in zip(rooms, replies, strict=True):
+            fields = {text(k): text(v) for k, v in reply.items()}
+            nows: dict[int, int] = {}
+            for name, value in fields.items():
+                if name.startswith("stock_ms:"):
+                    partition = int(name.removeprefix("stock_ms:"))
+                    wall = fields.get(partition_fields(partition)[1])
+                    if wall is not None:
+                        nows[partition] = now_of(int(value), int(wall),
+                                                 wall_now_ms=wall_now_ms)
+            event, wall = (fields.get(f) for f in _FIELDS["stock"])
+            stock = None if event is None or wall is None else now_of(
+                int(event), int(wall), wall_now_ms=wall_now_ms)
+            out[room] = nows, stock
+        return out

@@ -365,16 +365,28 @@ class Inventory:
         return await self.buckets.levels(
             room_id, {sku: split[sku] for sku in sorted(touched) if sku in split}, ts=ts)
 
+    async def due_ids(self, clocks: Sequence[tuple[str, int, int]], *, limit: int = 500,
+                      ) -> list[list[str]]:
+        """For each (room, partition or LEGACY, now ms), in one round trip: the ids of its
+        deadlines zset due by then (at most `limit`), for `expire_due`'s `due`."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room_id, partition, now_ms in clocks:
+                pipe.zrangebyscore(deadlines_key(room_id, partition), "-inf", now_ms,
+                                   start=0, num=limit)
+            replies = await pipe.execute()
+        return [[text(d) for d in reply] for reply in replies]
+
     async def expire_due(self, room_id: str, *, now_ms: int, partition: int = 0,
-                         limit: int = 500, book: int = 0) -> list[tuple[str, Outcome]]:
+                         limit: int = 500, book: int = 0, due: Sequence[str] | None = None,
+                         ) -> list[tuple[str, Outcome]]:
         """Release reservations of one partition (or LEGACY) whose deadline has passed on
-        that partition's clock, `now_ms`.
+        that partition's clock, `now_ms` (`due`: their ids, when `due_ids` read them).
 
         Returns (order_id, outcome) per due order; an outcome that is not fresh means
         the order was paid or cancelled first and nothing changed.
         """
-        due = [text(d) for d in await self.redis.zrangebyscore(
-            deadlines_key(room_id, partition), "-inf", now_ms, start=0, num=limit)]
+        if due is None:
+            [due] = await self.due_ids([(room_id, partition, now_ms)], limit=limit)
         if not due:
             return []
         outcomes = await self.run(room_id, [["release", oid, "expired", str(now_ms), "",
@@ -383,10 +395,11 @@ class Inventory:
 
     async def expire_and_follow(self, room_id: str, *, now_ms: int, partition: int = 0,
                                 limit: int = 500, book: int = 0,
+                                due_ids: Sequence[str] | None = None,
                                 ) -> tuple[list[tuple[str, Outcome]], list[StockUpdate]]:
         """`expire_due`, then what it asks of bucketed SKUs: (due, summed levels)."""
         due = await self.expire_due(room_id, now_ms=now_ms, partition=partition,
-                                    limit=limit, book=book)
+                                    limit=limit, book=book, due=due_ids)
         levels = await self.follow(room_id, ts=now_ms, book=book, moves=[
             (oid, m) for oid, outcome in due for m in outcome.moves],
             partitions={oid: partition for oid, _ in due})

@@ -142,21 +142,28 @@ class Orders:
         wall_ms = int(self._clock() * 1000)
         released = 0
         out: Results = {}
-        for raw in await self._redis.smembers(keys.ROOMS):
-            room = text(raw)
-            nows = await self._clocks.partition_nows(room, wall_now_ms=wall_ms)
+        rooms = [text(raw) for raw in await self._redis.smembers(keys.ROOMS)]
+        clocks: list[tuple[str, int, int]] = []
+        for room, (nows, stock_now) in (await self._clocks.inventory_nows(
+                rooms, wall_now_ms=wall_ms)).items():
+            clocks += [(room, partition, now) for partition, now in nows.items()]
             # The single zset of before, for a show running across the upgrade: on the
             # earliest of the partitions' clocks (the room's, before any of them moved).
-            legacy = (min(nows.values()) if nows else
-                      await self._clocks.now(room, wall_now_ms=wall_ms, clock="stock"))
-            clocks = [*nows.items(), *([(LEGACY, legacy)] if legacy is not None else [])]
-            for partition, now in clocks:
-                book = self._books.book_at(room, now) if self._books is not None else 0
-                due, levels = await self._inventory.expire_and_follow(
-                    room, now_ms=now, partition=partition, book=book)
-                self._feed.offer(levels)
-                self._observe(levels)
-                released += await self._expired(room, now, due, out)
+            legacy = min(nows.values()) if nows else stock_now
+            if legacy is not None:
+                clocks.append((room, LEGACY, legacy))
+        # One round trip for what is due on every clock (most are empty), not one per
+        # partition and room: 8 partitions made 10 reads a room a second.
+        for (room, partition, now), due_ids in zip(
+                clocks, await self._inventory.due_ids(clocks), strict=True):
+            if not due_ids:
+                continue
+            book = self._books.book_at(room, now) if self._books is not None else 0
+            due, levels = await self._inventory.expire_and_follow(
+                room, now_ms=now, partition=partition, book=book, due_ids=due_ids)
+            self._feed.offer(levels)
+            self._observe(levels)
+            released += await self._expired(room, now, due, out)
         await self._send_results(out)
         await self._feed.flush()
         return released
