@@ -108,26 +108,11 @@ async def test_views_ahead_of_orders_do_not_expire_a_reservation(db: Redis) -> N
 async def test_a_partition_read_ahead_in_one_call_does_not_expire_another(db: Redis) -> None:
     """A worker that starts behind a show reads the backlog round-robin across partitions:
     partition 0's payment 600 s after its order came, in one call, before partition 1's
-    payment_failed 2 s after its own. Each op expires what its ts has passed, in the whole
-    room; in record order that was o2, due 118 s after its payment_failed."""
+    payment_failed 2 s after its own. When each op expired what its ts had passed in the
+    whole room, in record order that was o2, due 118 s after its payment_failed."""
     results: list[tuple[int, OrderResult]] = []
-
-    async def publish(updates: object) -> None:
-        return None
-
-    orders = Orders(redis=db, inventory=Inventory(db, reservation_ttl_ms=TTL_MS * 2),
-                    feed=StockFeed(publish, clock=lambda: 1_000_000.0), send=collector(results),
-                    topics=TOPICS, partitions=2, clock=lambda: 1_000_000.0)
-    await orders.handle([part(TOPICS.host_events, 0, StockSet(
-        event_id="s", room_id=ROOM, ts=T0, sku="rice", qty=5))])
-
-    def at(cls: type[Event], s: int, viewer: str, order: str, **more: object) -> Event:
-        return cls(event_id=f"{order}-{s}", room_id=ROOM, ts=T0 + s * 1000,  # type: ignore[call-arg]
-                   viewer_id=viewer, order_id=order, **more)
-
-    item = [OrderItem("rice", 1, 9.9)]
-    p1, p2 = partition_for("v1", 2), partition_for("v2", 2)  # as the gateway keys them
-    assert p1 != p2
+    orders, p1, p2 = await rice_on_two_partitions(db, results, [1_000_000.0])
+    item = [RICE]
     await orders.handle([
         part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=item), partition=p1),
         part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=item), partition=p2),
@@ -156,6 +141,21 @@ def at(cls: type[Event], s: int, viewer: str, order: str, **more: object) -> Eve
                viewer_id=viewer, order_id=order, **more)
 
 
+RICE = OrderItem("rice", 1, 9.9)
+
+
+async def rice_on_two_partitions(db: Redis, results: list[tuple[int, OrderResult]],
+                                 wall: list[float]) -> tuple[Orders, int, int]:
+    """A worker's `Orders` on a room with 5 rice loaded, and the partitions (of 2) of
+    viewers v1 and v2, as the gateway keys them: not the same one."""
+    orders = make_orders(db, results, wall)
+    await orders.handle([part(TOPICS.host_events, 0, StockSet(
+        event_id="s", room_id=ROOM, ts=T0, sku="rice", qty=5))])
+    p1, p2 = partition_for("v1", 2), partition_for("v2", 2)
+    assert p1 != p2
+    return orders, p1, p2
+
+
 @pytest.mark.parametrize("settled", ["payment_failed", "paid"])
 async def test_a_partition_read_ahead_across_calls_does_not_expire_another(
         db: Redis, settled: str) -> None:
@@ -166,12 +166,8 @@ async def test_a_partition_read_ahead_across_calls_does_not_expire_another(
     been read past 88 s. On one deadlines zset and one clock per room, both did."""
     results: list[tuple[int, OrderResult]] = []
     wall = [1_000_000.0]
-    orders = make_orders(db, results, wall)
-    await orders.handle([part(TOPICS.host_events, 0, StockSet(
-        event_id="s", room_id=ROOM, ts=T0, sku="rice", qty=5))])
-    item = [OrderItem("rice", 1, 9.9)]
-    p1, p2 = partition_for("v1", 2), partition_for("v2", 2)
-    assert p1 != p2
+    orders, p1, p2 = await rice_on_two_partitions(db, results, wall)
+    item = [RICE]
     await orders.handle([
         part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=item), partition=p1),
         part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=item), partition=p2),
@@ -196,11 +192,8 @@ async def test_each_partition_expires_on_its_own_clock(db: Redis) -> None:
     (600 s past it)."""
     results: list[tuple[int, OrderResult]] = []
     wall = [1_000_000.0]
-    orders = make_orders(db, results, wall)
-    await orders.handle([part(TOPICS.host_events, 0, StockSet(
-        event_id="s", room_id=ROOM, ts=T0, sku="rice", qty=5))])
-    item = [OrderItem("rice", 1, 9.9)]
-    p1, p2 = partition_for("v1", 2), partition_for("v2", 2)
+    orders, p1, p2 = await rice_on_two_partitions(db, results, wall)
+    item = [RICE]
     await orders.handle([
         part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=item), partition=p2),
         part(TOPICS.order_events, 0, at(OrderPlaced, 690, "v1", "o1", items=item),
@@ -222,11 +215,8 @@ async def test_the_single_zset_of_before_is_swept(db: Redis) -> None:
     drops the entries of orders paid since (their pay removed nothing there)."""
     results: list[tuple[int, OrderResult]] = []
     wall = [1_000_000.0]
-    orders = make_orders(db, results, wall)
-    await orders.handle([part(TOPICS.host_events, 0, StockSet(
-        event_id="s", room_id=ROOM, ts=T0, sku="rice", qty=5))])
-    item = [OrderItem("rice", 1, 9.9)]
-    p1, p2 = partition_for("v1", 2), partition_for("v2", 2)
+    orders, p1, p2 = await rice_on_two_partitions(db, results, wall)
+    item = [RICE]
     await orders.handle([
         part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=item), partition=p1),
         part(TOPICS.order_events, 0, at(OrderPlaced, 20, "v2", "o2", items=item), partition=p2)])
