@@ -286,22 +286,19 @@ class Inventory:
         return walks
 
     def ops(self, events: Sequence[StockSet | OrderEvent], walks: dict[int, list[Walk]],
-            partitions: Sequence[int] | None = None) -> list[Op]:
+            partitions: Sequence[int]) -> list[Op]:
         """The script operations for events whose bucketed lines have walked; `partitions`,
-        each event's record partition (all 0 when None: one partition)."""
-        where = partitions if partitions is not None else [0] * len(events)
+        each event's record partition."""
         return [self.op(e, taken={w.sku: w.text() for w in walks.get(id(e), ())}, partition=p)
-                for e, p in zip(events, where, strict=True)]
+                for e, p in zip(events, partitions, strict=True)]
 
     async def follow_events(self, room_id: str, events: Sequence[StockSet | OrderEvent],
                             outcomes: Sequence[Outcome], walks: dict[int, list[Walk]], *,
-                            ts: int, partitions: Sequence[int] | None = None,
-                            ) -> list[StockUpdate]:
+                            ts: int, partitions: Sequence[int]) -> list[StockUpdate]:
         """The bucket loads, sells and frees the room's answers to `events` ask for (nothing
         to do when no SKU of the room is bucketed); the summed levels of what moved.
         `partitions`: each event's record partition, as given to `ops`."""
-        where = partitions if partitions is not None else [0] * len(events)
-        settle_in = {e.order_id: p for e, p in zip(events, where, strict=True)
+        settle_in = {e.order_id: p for e, p in zip(events, partitions, strict=True)
                      if isinstance(e, OrderEvent)}
         moves: list[tuple[str, Move]] = []
         frees: list[tuple[str, str, list[int]]] = []
@@ -329,11 +326,11 @@ class Inventory:
         """Walk, run and follow `events` of one room, as the worker does a batch:
         (an outcome per event, the summed levels of bucketed SKUs that moved).
         `partitions`: each event's record partition (all 0 when None)."""
+        where = partitions if partitions is not None else [0] * len(events)
         walks = await self.walk({room_id: list(events)})
-        outcomes = await self.run(room_id, self.ops(events, walks, partitions), ts=ts,
-                                  book=book)
+        outcomes = await self.run(room_id, self.ops(events, walks, where), ts=ts, book=book)
         return outcomes, await self.follow_events(room_id, events, outcomes, walks, ts=ts,
-                                                  partitions=partitions)
+                                                  partitions=where)
 
     async def follow(self, room_id: str, *, ts: int,
                      loads: Sequence[tuple[str, str, int, int]] = (),
@@ -368,7 +365,7 @@ class Inventory:
     async def due_ids(self, clocks: Sequence[tuple[str, int, int]], *, limit: int = 500,
                       ) -> list[list[str]]:
         """For each (room, partition or LEGACY, now ms), in one round trip: the ids of its
-        deadlines zset due by then (at most `limit`), for `expire_due`'s `due`."""
+        deadlines zset due by then (at most `limit`), for `expire_due`'s `due_ids`."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for room_id, partition, now_ms in clocks:
                 pipe.zrangebyscore(deadlines_key(room_id, partition), "-inf", now_ms,
@@ -377,14 +374,15 @@ class Inventory:
         return [[text(d) for d in reply] for reply in replies]
 
     async def expire_due(self, room_id: str, *, now_ms: int, partition: int = 0,
-                         limit: int = 500, book: int = 0, due: Sequence[str] | None = None,
+                         limit: int = 500, book: int = 0, due_ids: Sequence[str] | None = None,
                          ) -> list[tuple[str, Outcome]]:
         """Release reservations of one partition (or LEGACY) whose deadline has passed on
-        that partition's clock, `now_ms` (`due`: their ids, when `due_ids` read them).
+        that partition's clock, `now_ms` (`due_ids`: theirs, when `due_ids` read them).
 
         Returns (order_id, outcome) per due order; an outcome that is not fresh means
         the order was paid or cancelled first and nothing changed.
         """
+        due = due_ids
         if due is None:
             [due] = await self.due_ids([(room_id, partition, now_ms)], limit=limit)
         if not due:
@@ -399,7 +397,7 @@ class Inventory:
                                 ) -> tuple[list[tuple[str, Outcome]], list[StockUpdate]]:
         """`expire_due`, then what it asks of bucketed SKUs: (due, summed levels)."""
         due = await self.expire_due(room_id, now_ms=now_ms, partition=partition,
-                                    limit=limit, book=book, due=due_ids)
+                                    limit=limit, book=book, due_ids=due_ids)
         levels = await self.follow(room_id, ts=now_ms, book=book, moves=[
             (oid, m) for oid, outcome in due for m in outcome.moves],
             partitions={oid: partition for oid, _ in due})

@@ -136,13 +136,13 @@ async def test_moves_cut_short_are_redone_once(inv: Inventory, room: str) -> Non
     await inv.apply(room, [placed(room, "a"), placed(room, "b"), placed(room, "c")], ts=T0)
     # The room confirmed `a` but the worker died before the bucket move: still reserved.
     pay = paid(room, "a")
-    await inv.run(room, inv.ops([pay], {}), ts=T0)
+    await inv.run(room, inv.ops([pay], {}, [0]), ts=T0)
     assert await level(inv, room) == (3, 3, 0)
     for _ in range(2):  # the redelivery, twice
         await inv.apply(room, [pay], ts=T0)
     assert await level(inv, room) == (3, 2, 1)
     cancel = OrderCancelled(event_id="c1", room_id=room, ts=T0, viewer_id="v", order_id="b")
-    await inv.run(room, inv.ops([cancel], {}), ts=T0)
+    await inv.run(room, inv.ops([cancel], {}, [0]), ts=T0)
     # The cut-short cancel keeps b's deadline: the sweeper finishes it when due.
     assert await inv.redis.zscore(keys.deadlines(room, 0), "b") is not None
     due, levels = await inv.expire_and_follow(room, now_ms=T0 + TTL_MS)
