@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import NamedTuple
 
 import msgspec
 import pytest
@@ -110,12 +111,10 @@ async def test_a_partition_read_ahead_in_one_call_does_not_expire_another(db: Re
     partition 0's payment 600 s after its order came, in one call, before partition 1's
     payment_failed 2 s after its own. When each op expired what its ts had passed in the
     whole room, in record order that was o2, due 118 s after its payment_failed."""
-    results: list[tuple[int, OrderResult]] = []
-    orders, p1, p2 = await rice_on_two_partitions(db, results, [1_000_000.0])
-    item = [RICE]
+    orders, results, _, p1, p2 = await rice_on_two_partitions(db)
     await orders.handle([
-        part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=item), partition=p1),
-        part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=item), partition=p2),
+        part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=[RICE]), partition=p1),
+        part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=[RICE]), partition=p2),
         part(TOPICS.order_events, 1, at(OrderPaid, 610, "v1", "o1"), partition=p1),
         part(TOPICS.order_events, 1, at(OrderPaymentFailed, 90, "v2", "o2",
                                         reason="card_declined"), partition=p2)])
@@ -144,16 +143,25 @@ def at(cls: type[Event], s: int, viewer: str, order: str, **more: object) -> Eve
 RICE = OrderItem("rice", 1, 9.9)
 
 
-async def rice_on_two_partitions(db: Redis, results: list[tuple[int, OrderResult]],
-                                 wall: list[float]) -> tuple[Orders, int, int]:
+class TwoPartitions(NamedTuple):
+    orders: Orders
+    results: list[tuple[int, OrderResult]]  # (partition, result) as sent
+    wall: list[float]  # seconds, moved by hand
+    p1: int  # v1's partition
+    p2: int  # v2's
+
+
+async def rice_on_two_partitions(db: Redis) -> TwoPartitions:
     """A worker's `Orders` on a room with 5 rice loaded, and the partitions (of 2) of
     viewers v1 and v2, as the gateway keys them: not the same one."""
+    results: list[tuple[int, OrderResult]] = []
+    wall = [1_000_000.0]
     orders = make_orders(db, results, wall)
     await orders.handle([part(TOPICS.host_events, 0, StockSet(
         event_id="s", room_id=ROOM, ts=T0, sku="rice", qty=5))])
     p1, p2 = partition_for("v1", 2), partition_for("v2", 2)
     assert p1 != p2
-    return orders, p1, p2
+    return TwoPartitions(orders, results, wall, p1, p2)
 
 
 @pytest.mark.parametrize("settled", ["payment_failed", "paid"])
@@ -164,13 +172,10 @@ async def test_a_partition_read_ahead_across_calls_does_not_expire_another(
     payment or payment_failed 2 s after its order, before its deadline. Neither the first
     call's late payment nor a sweep between the calls may expire o2: partition 2 has not
     been read past 88 s. On one deadlines zset and one clock per room, both did."""
-    results: list[tuple[int, OrderResult]] = []
-    wall = [1_000_000.0]
-    orders, p1, p2 = await rice_on_two_partitions(db, results, wall)
-    item = [RICE]
+    orders, results, wall, p1, p2 = await rice_on_two_partitions(db)
     await orders.handle([
-        part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=item), partition=p1),
-        part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=item), partition=p2),
+        part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=[RICE]), partition=p1),
+        part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=[RICE]), partition=p2),
         part(TOPICS.order_events, 1, at(OrderPaid, 610, "v1", "o1"), partition=p1)])
     wall[0] += 1
     assert await orders.sweep() == 0
@@ -190,13 +195,10 @@ async def test_each_partition_expires_on_its_own_clock(db: Redis) -> None:
     """The sweeper expires partition 2's order once partition 2's own clock (its newest
     order ts, plus the wall since) passes the deadline, however far partition 1 has read
     (600 s past it)."""
-    results: list[tuple[int, OrderResult]] = []
-    wall = [1_000_000.0]
-    orders, p1, p2 = await rice_on_two_partitions(db, results, wall)
-    item = [RICE]
+    orders, results, wall, p1, p2 = await rice_on_two_partitions(db)
     await orders.handle([
-        part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=item), partition=p2),
-        part(TOPICS.order_events, 0, at(OrderPlaced, 690, "v1", "o1", items=item),
+        part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=[RICE]), partition=p2),
+        part(TOPICS.order_events, 0, at(OrderPlaced, 690, "v1", "o1", items=[RICE]),
              partition=p1),
         part(TOPICS.order_events, 1, at(OrderPaid, 700, "v1", "o1"), partition=p1)])
     assert await orders.sweep() == 0  # p2's clock is at 88 s, o2 is due at 208 s
@@ -213,13 +215,10 @@ async def test_the_single_zset_of_before_is_swept(db: Redis) -> None:
     """A show running across the upgrade: its older reservations are in the room's one
     deadlines zset. The sweeper still expires them, on the earliest partition clock, and
     drops the entries of orders paid since (their pay removed nothing there)."""
-    results: list[tuple[int, OrderResult]] = []
-    wall = [1_000_000.0]
-    orders, p1, p2 = await rice_on_two_partitions(db, results, wall)
-    item = [RICE]
+    orders, results, wall, p1, p2 = await rice_on_two_partitions(db)
     await orders.handle([
-        part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=item), partition=p1),
-        part(TOPICS.order_events, 0, at(OrderPlaced, 20, "v2", "o2", items=item), partition=p2)])
+        part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=[RICE]), partition=p1),
+        part(TOPICS.order_events, 0, at(OrderPlaced, 20, "v2", "o2", items=[RICE]), partition=p2)])
     # What the old code kept: both deadlines in the one zset.
     for oid, p in (("o1", p1), ("o2", p2)):
         score = await db.zscore(keys.deadlines(ROOM, p), oid)
