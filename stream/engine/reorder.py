@@ -72,14 +72,17 @@ class Reorder(Generic[T]):
         """Event time up to which nothing earlier can still come from the topics `behind`."""
         return min((self._newest.get(t, -_NEVER) for t in behind), default=_NEVER)
 
-    def release(self, behind: set[str]) -> list[T]:
-        """Every event up to the watermark, in event-time order.
+    def release(self, behind: set[str], *, until: float = _NEVER) -> list[T]:
+        """Every event up to the watermark (and up to `until`), in event-time order.
+
+        `until` is a limit from outside the partition: what the caller knows only up to
+        a time (the stock levels of orders on other partitions still being read).
 
         Whole records only: a record (an envelope) released in part would be read again
         from its offset after a restart, and its released events applied twice. So the
         limit stops short of any record that reaches past it.
         """
-        limit = self.watermark(behind)
+        limit = min(self.watermark(behind), until)
         while True:
             cut = min((r.lo - 1 for r in self._records if r.hi > limit), default=_NEVER)
             if cut >= limit:

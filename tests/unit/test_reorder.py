@@ -52,6 +52,19 @@ def test_a_behind_topic_never_seen_holds_everything() -> None:
     assert r.watermark({ORD}) == float("-inf")
 
 
+def test_until_holds_what_no_topic_of_the_partition_holds() -> None:
+    """A limit from outside (other partitions' orders still being read): nothing past
+    it leaves, even with every topic of this partition read."""
+    r = reorder()
+    r.add(VIEW, 0, [(10, "view@10")])
+    r.add(VIEW, 1, [(20, "view@20")])
+    r.add(ORD, 0, [(30, "order@30")])
+    assert names(r.release(set(), until=15)) == ["view@10"]
+    assert names(r.release({ORD}, until=25)) == ["view@20"]
+    assert r.release(set(), until=float("-inf")) == []
+    assert names(r.release(set())) == ["order@30"]
+
+
 def test_ties_put_the_viewer_topic_first_then_arrival() -> None:
     r = reorder()
     r.add(ORD, 0, [(5, "order")])
