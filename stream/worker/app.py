@@ -161,13 +161,14 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
                             topics=topics, bootstrap=settings.kafka_bootstrap,
                             behind=behind, generation=lambda: app.consumer_generation_id,
                             nudge_hold_s=settings.nudge_hold_s)
-    # The handlers run side by side; each has a batch of its own agent's topics, so the
-    # host log (its own agent) needs no order against the viewer engine. Those that
-    # mostly wait on Redis come first: their requests are out before the engine computes.
+    # The inventory goes first: the viewer engines judge nudges by the stock levels its
+    # answers bring (Engagement._stock_until). The other handlers run side by side; each
+    # has a batch of its own agent's topics, so the host log (its own agent) needs no
+    # order against the viewer engine. Those that mostly wait on Redis come first: their
+    # requests are out before the engine computes.
     ledger = Ledger(redis)
-    pipeline = Pipeline(topics=topics, ledger=ledger, send=send,
-                        handlers=[orders, rooms,
-                                  Presence(redis, timeout_ms=timeout_ms, rooms=rooms),
+    pipeline = Pipeline(topics=topics, ledger=ledger, send=send, first=[orders],
+                        handlers=[rooms, Presence(redis, timeout_ms=timeout_ms, rooms=rooms),
                                   engagement], book_of=rooms.book_at,
                         count=counters.count)
 

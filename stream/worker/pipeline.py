@@ -34,7 +34,7 @@ TRANSIENT = (*TRANSIENT_REDIS, ConnectionError, OSError, TimeoutError)
 
 class Pipeline:
     def __init__(self, *, topics: Topics, ledger: Ledger, send: Send,
-                 handlers: Sequence[Handler] = (),
+                 handlers: Sequence[Handler] = (), first: Sequence[Handler] = (),
                  count: Callable[[Sequence[Event], Counter[str]], None] | None = None,
                  clock: Callable[[], float] = time.time,
                  retry_delays: Sequence[float] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
@@ -44,6 +44,9 @@ class Pipeline:
         self._ledger = ledger
         self._send = send
         self._handlers = list(handlers)
+        # Handlers whose results the others read (the inventory's stock levels, which the
+        # viewer engines judge nudges by): each batch runs them to the end first.
+        self._first = list(first)
         # More once-per-record counts of events: the host's metrics (`counters.count`).
         self._count = count
         self._homes: dict[type[Event], str] = {}  # event type -> the topic it belongs on
@@ -142,7 +145,8 @@ class Pipeline:
 
     async def _run_handlers(self, parts: list[Part],
                             reject: Callable[[Record, bytes, str, int | None], None]) -> None:
-        """All handlers at once: each waits on Redis while another computes."""
+        """The `first` handlers, then all the others at once: each waits on Redis while
+        another computes."""
         failed: list[str] = []
 
         async def run(handler: Handler) -> None:
@@ -152,6 +156,8 @@ class Pipeline:
                 log.exception("handler %s failed", handler)
                 failed.append(f"{type(handler).__name__}: {exc!r}")
 
+        for handler in self._first:
+            await run(handler)
         await asyncio.gather(*map(run, self._handlers))
         if failed:
             log.error("dead-lettering %d events", sum(len(part.events) for part in parts))
