@@ -18,9 +18,10 @@ from aiohttp import ClientSession
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.core.auth import Tokens
+from stream.core.batch import Handler
 from stream.core.codec import decode_events
 from stream.core.config import Settings
-from stream.core.models import FollowUp, Nudge, TagChange
+from stream.core.models import FollowUp, Nudge, StockUpdate, TagChange
 from stream.core.topics import Topics
 from stream.engine.rules import load_dir
 from stream.gateway.app import Gateway
@@ -33,8 +34,10 @@ from stream.store.roomlog import RoomLog
 from stream.worker.admin import ensure_topics
 from stream.worker.app import group_id
 from stream.worker.engagement import Engagement
+from stream.worker.orders import Orders
 from stream.worker.pipeline import Pipeline
 from stream.worker.statusfile import WorkerStatus
+from stream.worker.stockfeed import StockFeed
 
 _ids = itertools.count()
 
@@ -85,17 +88,31 @@ class Sends:
 
 def viewer_path(redis: Client, settings: Settings, sends: Sends, *,
                 behind: Callable[[str, int], bool] = lambda topic, partition: False,
-                clock: Callable[[], float] = time.time) -> tuple[Engagement, Pipeline]:
+                clock: Callable[[], float] = time.time,
+                selling: bool = False) -> tuple[Engagement, Pipeline]:
     """The worker's viewer path built by hand on real Redis and Kafka, for tests that play
     a rebalance: an Engagement with the repository's rules, a Pipeline in front of it,
-    both sending through `sends`."""
+    both sending through `sends`. `selling`: also the host log and the inventory, which
+    runs first as in the worker (its levels feed the engines' stock book)."""
     rules = load_dir(RULES)
     topics = Topics(settings.topic_prefix)
-    engagement = Engagement(redis=redis, rules=lambda: rules, rooms=RoomLog(redis),
+    rooms = RoomLog(redis)
+    engagement = Engagement(redis=redis, rules=lambda: rules, rooms=rooms,
                             send=sends.send_many, topics=topics,
                             bootstrap=settings.kafka_bootstrap, behind=behind, clock=clock)
+    first: list[Handler] = []
+    if selling:
+        async def publish(updates: list[StockUpdate]) -> None:
+            return None  # the coalesced feed to screens is not what these tests look at
+
+        first.append(Orders(redis=redis, inventory=Inventory(redis), topics=topics,
+                            feed=StockFeed(publish, clock=clock), send=sends.send_many,
+                            partitions=settings.partitions, clock=clock, stock=rooms.stock,
+                            rooms=rooms))
     return engagement, Pipeline(topics=topics, ledger=Ledger(redis), send=sends.send,
-                                handlers=[engagement])
+                                first=first,
+                                handlers=[rooms, engagement] if selling else [engagement],
+                                book_of=rooms.book_at if selling else None)
 
 
 async def show_stats(redis: Client, room: str) -> dict[str, int | float]:

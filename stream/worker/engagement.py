@@ -136,12 +136,13 @@ class Engagement:
         self._delivery.check(self.engines.keys())
         rules = self._rules()
         effects: list[tuple[int, Effect]] = []
+        stock_until = self._stock_until()
         for p in sorted(partitions & self.engines.keys()):
             engine, waiting = self.engines[p], self._waiting[p]
             if engine.rules is not rules:
                 engine.rules = rules
             behind = {t for t in self._inputs if self._behind(t, p)} | self._held(p, waiting)
-            released = waiting.release(behind)
+            released = waiting.release(behind, until=stock_until)
             if released:
                 effects += [(p, e) for e in engine.apply_all(released, self._rooms.get)]
                 self._observe(p, released)
@@ -150,8 +151,8 @@ class Engagement:
             if moved:
                 self._moved.setdefault(p, {}).update(moved)
             if p in self._times:
-                effects += [(p, e) for e in engine.advance(self._now(p, behind, waiting),
-                                                           self._rooms.rooms)]
+                now = self._now(p, behind, waiting, until=stock_until)
+                effects += [(p, e) for e in engine.advance(now, self._rooms.rooms)]
         self._delivery.add(effects)
         if settle or self._clock() >= self._settle_at:
             await self._settle()
@@ -284,19 +285,36 @@ class Engagement:
             if seen is None or ts > seen[0]:
                 times[room] = (ts, wall)
 
-    def _now(self, partition: int, behind: set[str],
-             waiting: Reorder[ViewerEvent]) -> dict[str, int]:
+    def _stock_until(self) -> float:
+        """How far any partition's timers may run for the stock levels they judge by: up
+        to the newest order read (and so applied: the inventory handles each batch
+        first) on every order-topic partition of this worker's that is still behind.
+
+        A room's orders are spread over all partitions, but a partition's engine waits
+        only for its own two topics. Reading a backlog (a takeover, a worker catching
+        up), one partition's dwell timers were judged while another partition's orders
+        that sold the product out by then were still unread: 8 partitions of a 30-minute
+        show read as fast as possible sent 2,090 nudges where the same log with every
+        level known sends 1,313, and one partition sent exactly those 1,313.
+        """
+        orders = self._inputs[1]
+        return min((w.newest(orders) for q, w in self._waiting.items() if self._behind(orders, q)),
+                   default=_FOREVER)
+
+    def _now(self, partition: int, behind: set[str], waiting: Reorder[ViewerEvent], *,
+             until: float) -> dict[str, int]:
         """Each room's event time in the partition; wall time stands in for events only when
         the partition is idle.
 
         While an input is behind (or the worker is in a rebalance) the next events wait in
         Kafka: moving on by wall time would fire timers they cancel, and so would moving
         past what the inputs behind have brought (an adopted partition's clocks start
-        from its saved states, before its first record is re-read).
+        from its saved states, before its first record is re-read), or past `until` (the
+        stock levels known, `_stock_until`).
         """
         times = self._times.get(partition, {})
-        if behind:
-            known = waiting.watermark(behind)
+        if behind or until < _FOREVER:
+            known = min(waiting.watermark(behind), until)
             return {room: int(min(event_ms, known)) for room, (event_ms, _) in times.items()
                     if known > -_FOREVER}
         wall_now_ms = int(self._clock() * 1000)
