@@ -292,10 +292,9 @@ class Engagement:
 
         A room's orders are spread over all partitions, but a partition's engine waits
         only for its own two topics. Reading a backlog (a takeover, a worker catching
-        up), one partition's dwell timers were judged while another partition's orders
-        that sold the product out by then were still unread: 8 partitions of a 30-minute
-        show read as fast as possible sent 2,090 nudges where the same log with every
-        level known sends 1,313, and one partition sent exactly those 1,313.
+        up), one partition's dwell timers could be judged while another partition's
+        orders that sold the product out by then were still unread, and the popup went
+        out for a product with none left (tests/integration/test_stock_watermark.py).
         """
         orders = self._inputs[1]
         return min((w.newest(orders) for q, w in self._waiting.items() if self._behind(orders, q)),

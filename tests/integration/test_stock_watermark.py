@@ -6,9 +6,8 @@ A room's orders are spread over the order topic's partitions, each on its viewer
 a partition's engine waited only for its own two topics. Reading a backlog, viewer A's
 dwell (partition 0) was judged while viewer B's order that sold the product out a
 minute into the show (partition 1) was still unread, and the popup went out for a
-product with none left: `bench/viewer_engine.py` sent 2,090 nudges over 8 partitions
-where the same log with every level known sends 1,313. Now a partition's timers wait
-for every order-topic partition of the worker that is still behind."""
+product with none left. Now a partition's timers wait for every order-topic partition
+of the worker that is still behind (`Engagement._stock_until`)."""
 
 from __future__ import annotations
 
