@@ -6,12 +6,15 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from helpers import INVENTORY_TTL_MS
 from redis.asyncio import Redis
 
 from stream.core.config import Settings
+from stream.core.topics import Topics
 from stream.local.embedded import EmbeddedStack
 from stream.store.inventory import Inventory
+from stream.worker.admin import ensure_topics
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +40,17 @@ async def redis(stack: EmbeddedStack) -> AsyncIterator[Redis]:
     client = Redis.from_url(stack.redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    """A started producer on the shared broker, with the settings' topics created."""
+    await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),
+                        partitions=settings.partitions)
+    client = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await client.start()
+    yield client
+    await client.stop()
 
 
 @pytest.fixture

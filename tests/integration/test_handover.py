@@ -26,7 +26,6 @@ from stream.core.models import BroadcastEnded, BroadcastStarted, ViewerHeartbeat
 from stream.core.topics import Topics, partition_for
 from stream.store.currenttags import held_tags
 from stream.store.roomlog import HostLog
-from stream.worker.admin import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -35,86 +34,75 @@ RULES = Path(__file__).resolve().parents[2] / "rules"
 
 @pytest.mark.parametrize("settle", [True, False], ids=["close", "forget-only"])
 async def test_giving_partitions_up_saves_the_last_seconds_tags(
-        settings: Settings, redis: Redis, settle: bool) -> None:
+        settings: Settings, redis: Redis, producer: AIOKafkaProducer, settle: bool) -> None:
     topics = Topics(settings.topic_prefix)
-    await ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    await producer.start()
-    try:
-        engagement, pipeline = viewer_path(redis, settings, Sends(producer))
-        room, now = f"room-{time.time_ns()}", int(time.time() * 1000)
-        first, last = f"v1-{now}", f"v2-{now}"
-        p = partition_for(first, settings.partitions)
-        while partition_for(last, settings.partitions) != p:  # both on one partition
-            last += "x"
-        for offset, viewer in enumerate([first, last]):
-            # The first batch settles at once (nothing settled yet); the second, well
-            # inside the second that follows, leaves its state unsaved.
-            joined = ViewerJoined(event_id=f"j-{viewer}", room_id=room, viewer_id=viewer,
-                                  ts=now + offset, source="douyin")
-            await pipeline.process([Record(topics.viewer_events, p, offset, encode(joined))])
-            await pipeline.drain()
-        assert await held_tags(redis, first, partitions=settings.partitions,
-                               deployment=settings.topic_prefix) != []
-        if settle:
-            await engagement.close({p})
-        else:
-            engagement.forget({p})
-        assert p not in engagement.engines
-        held = await held_tags(redis, last, partitions=settings.partitions,
-                               deployment=settings.topic_prefix)
-        if settle:
-            assert (room, "source", "public") in held, held  # douyin is a public source
-        else:  # the gap the settle closes: decided, sent, and not held
-            assert held == []
-    finally:
-        await producer.stop()
+    engagement, pipeline = viewer_path(redis, settings, Sends(producer))
+    room, now = f"room-{time.time_ns()}", int(time.time() * 1000)
+    first, last = f"v1-{now}", f"v2-{now}"
+    p = partition_for(first, settings.partitions)
+    while partition_for(last, settings.partitions) != p:  # both on one partition
+        last += "x"
+    for offset, viewer in enumerate([first, last]):
+        # The first batch settles at once (nothing settled yet); the second, well
+        # inside the second that follows, leaves its state unsaved.
+        joined = ViewerJoined(event_id=f"j-{viewer}", room_id=room, viewer_id=viewer,
+                              ts=now + offset, source="douyin")
+        await pipeline.process([Record(topics.viewer_events, p, offset, encode(joined))])
+        await pipeline.drain()
+    assert await held_tags(redis, first, partitions=settings.partitions,
+                           deployment=settings.topic_prefix) != []
+    if settle:
+        await engagement.close({p})
+    else:
+        engagement.forget({p})
+    assert p not in engagement.engines
+    held = await held_tags(redis, last, partitions=settings.partitions,
+                           deployment=settings.topic_prefix)
+    if settle:
+        assert (room, "source", "public") in held, held  # douyin is a public source
+    else:  # the gap the settle closes: decided, sent, and not held
+        assert held == []
 
 
 @pytest.mark.parametrize(("adopt", "behind"), [(True, False), (False, False), (True, True)],
                          ids=["adopted", "control-not-adopted", "adopted-orders-behind"])
 async def test_a_partition_taken_with_nothing_to_reread_still_ends_its_show(
-        settings: Settings, redis: Redis, adopt: bool, behind: bool) -> None:
+        settings: Settings, redis: Redis, producer: AIOKafkaProducer, adopt: bool,
+        behind: bool) -> None:
     topics = Topics(settings.topic_prefix)
-    await ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    await producer.start()
-    try:
-        room, now = f"room-{time.time_ns()}", int(time.time() * 1000)
-        viewer = f"v-{now}"
-        p = partition_for(viewer, settings.partitions)
-        # The show ends a second after the viewer joined; the old owner never hears of the
-        # end (logged after it let go), and the viewer's last event, 5 s later, is past the
-        # end and its 3 s grace: the new owner's clock starts beyond the end.
-        await HostLog(redis).append([
-            BroadcastStarted(event_id=f"s-{room}", room_id=room, ts=now - 1000)])
-        old = Sends(producer)
-        owner, pipeline = viewer_path(redis, settings, old)
-        joined = ViewerJoined(event_id=f"j-{viewer}", room_id=room, viewer_id=viewer,
-                              ts=now, source="douyin")
-        beat = ViewerHeartbeat(event_id=f"h-{viewer}", room_id=room, viewer_id=viewer,
-                               ts=now + 5000)
-        await pipeline.process([Record(topics.viewer_events, p, 0, encode(joined)),
-                                Record(topics.viewer_events, p, 1, encode(beat))])
-        await pipeline.drain()
-        await owner.close({p})  # the revoke: saved up to the partition's end
-        assert topics.followups not in old.topics
-        await HostLog(redis).append([
-            BroadcastEnded(event_id=f"e-{room}", room_id=room, ts=now + 1000)])
-        wall = [time.time()]
-        new = Sends(producer)
-        taker, _ = viewer_path(
-            redis, settings, new, clock=lambda: wall[0],
-            behind=lambda topic, _: behind and topic == topics.order_events)
-        if adopt:
-            await taker.adopt({p})
-        wall[0] += 5.0  # past the end and its grace, and no record comes
-        await taker.tick()
-        await taker.close()
-        if adopt and not behind:
-            assert new.topics.count(topics.followups) == 1, new.topics
-        else:  # not loaded; or loaded, with the order topic still to read: it waits for
-            # it, though its states' own clock is past the end
-            assert topics.followups not in new.topics, new.topics
-    finally:
-        await producer.stop()
+    room, now = f"room-{time.time_ns()}", int(time.time() * 1000)
+    viewer = f"v-{now}"
+    p = partition_for(viewer, settings.partitions)
+    # The show ends a second after the viewer joined; the old owner never hears of the
+    # end (logged after it let go), and the viewer's last event, 5 s later, is past the
+    # end and its 3 s grace: the new owner's clock starts beyond the end.
+    await HostLog(redis).append([
+        BroadcastStarted(event_id=f"s-{room}", room_id=room, ts=now - 1000)])
+    old = Sends(producer)
+    owner, pipeline = viewer_path(redis, settings, old)
+    joined = ViewerJoined(event_id=f"j-{viewer}", room_id=room, viewer_id=viewer,
+                          ts=now, source="douyin")
+    beat = ViewerHeartbeat(event_id=f"h-{viewer}", room_id=room, viewer_id=viewer,
+                           ts=now + 5000)
+    await pipeline.process([Record(topics.viewer_events, p, 0, encode(joined)),
+                            Record(topics.viewer_events, p, 1, encode(beat))])
+    await pipeline.drain()
+    await owner.close({p})  # the revoke: saved up to the partition's end
+    assert topics.followups not in old.topics
+    await HostLog(redis).append([
+        BroadcastEnded(event_id=f"e-{room}", room_id=room, ts=now + 1000)])
+    wall = [time.time()]
+    new = Sends(producer)
+    taker, _ = viewer_path(
+        redis, settings, new, clock=lambda: wall[0],
+        behind=lambda topic, _: behind and topic == topics.order_events)
+    if adopt:
+        await taker.adopt({p})
+    wall[0] += 5.0  # past the end and its grace, and no record comes
+    await taker.tick()
+    await taker.close()
+    if adopt and not behind:
+        assert new.topics.count(topics.followups) == 1, new.topics
+    else:  # not loaded; or loaded, with the order topic still to read: it waits for
+        # it, though its states' own clock is past the end
+        assert topics.followups not in new.topics, new.topics

@@ -34,7 +34,6 @@ from stream.core.models import (
 )
 from stream.core.topics import Topics
 from stream.engine.nudges import holdout_variant
-from stream.worker.admin import ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -54,49 +53,43 @@ def treated(prefix: str) -> str:
 @pytest.mark.parametrize("sold_out", [True, False], ids=["sold-out-on-another-partition",
                                                           "control-in-stock"])
 async def test_a_dwell_waits_for_orders_still_unread_on_another_partition(
-        settings: Settings, redis: Redis, sold_out: bool) -> None:
+        settings: Settings, redis: Redis, producer: AIOKafkaProducer, sold_out: bool) -> None:
     topics = Topics(settings.topic_prefix)
-    await ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    await producer.start()
     unread = {(topics.order_events, 1)}  # partition 1's order backlog: not read yet
-    try:
-        engagement, pipeline = viewer_path(redis, settings, Sends(producer), selling=True,
-                                           behind=lambda topic, p: (topic, p) in unread)
-        await engagement.adopt({0, 1})  # assigned to this worker: both have engines
-        room, t0 = f"room-{time.time_ns()}", int(time.time() * 1000)
-        a, b = treated("a"), treated("b")
+    engagement, pipeline = viewer_path(redis, settings, Sends(producer), selling=True,
+                                       behind=lambda topic, p: (topic, p) in unread)
+    await engagement.adopt({0, 1})  # assigned to this worker: both have engines
+    room, t0 = f"room-{time.time_ns()}", int(time.time() * 1000)
+    a, b = treated("a"), treated("b")
 
-        async def batch(rs: list[Record]) -> dict[str, int | float]:
-            await pipeline.process(rs)
-            await pipeline.drain()
-            await engagement.tick()  # settles: the decisions are counted
-            return await show_stats(redis, room)
+    async def batch(rs: list[Record]) -> dict[str, int | float]:
+        await pipeline.process(rs)
+        await pipeline.drain()
+        await engagement.tick()  # settles: the decisions are counted
+        return await show_stats(redis, room)
 
-        await batch(records(topics.host_events, 0, [
-            BroadcastStarted(event_id="bs", room_id=room, ts=t0),
-            StockSet(event_id="ss", room_id=room, ts=t0, sku="rice", qty=1, name="rice")]))
-        # Partition 0 read 400 s into the show: A opened rice at 2 s and stayed.
-        views: list[Event] = [
-            ViewerJoined(event_id="j", room_id=room, viewer_id=a, ts=t0 + 1_000,
-                         source="douyin"),
-            ProductViewed(event_id="pv", room_id=room, viewer_id=a, ts=t0 + 2_000, sku="rice")]
-        views += [ViewerHeartbeat(event_id=f"h{s}", room_id=room, viewer_id=a,
-                                  ts=t0 + s * 1000) for s in range(20, 401, 20)]
-        stats = await batch(records(topics.viewer_events, 0, views))
-        decided = {k: v for k, v in stats.items() if k.startswith(("nudges", "suppressed:"))}
-        assert decided == {}, "judged before partition 1's orders were read"
+    await batch(records(topics.host_events, 0, [
+        BroadcastStarted(event_id="bs", room_id=room, ts=t0),
+        StockSet(event_id="ss", room_id=room, ts=t0, sku="rice", qty=1, name="rice")]))
+    # Partition 0 read 400 s into the show: A opened rice at 2 s and stayed.
+    views: list[Event] = [
+        ViewerJoined(event_id="j", room_id=room, viewer_id=a, ts=t0 + 1_000,
+                     source="douyin"),
+        ProductViewed(event_id="pv", room_id=room, viewer_id=a, ts=t0 + 2_000, sku="rice")]
+    views += [ViewerHeartbeat(event_id=f"h{s}", room_id=room, viewer_id=a,
+                              ts=t0 + s * 1000) for s in range(20, 401, 20)]
+    stats = await batch(records(topics.viewer_events, 0, views))
+    decided = {k: v for k, v in stats.items() if k.startswith(("nudges", "suppressed:"))}
+    assert decided == {}, "judged before partition 1's orders were read"
 
-        # Partition 1's orders come: B bought the last unit a minute in (or oil, not rice).
-        unread.clear()
-        sku = "rice" if sold_out else "oil"
-        stats = await batch(records(topics.order_events, 1, [OrderPlaced(
-            event_id="op", room_id=room, viewer_id=b, order_id="o1", ts=t0 + 60_000,
-            items=[OrderItem(sku, 1, 9.9)])]))
-        if sold_out:
-            assert stats.get(f"suppressed:{RULE}:sold_out") == 1
-            assert stats.get("nudges", 0) == 0
-        else:
-            assert stats.get(f"nudges:{RULE}:treatment") == 1
-    finally:
-        await producer.stop()
+    # Partition 1's orders come: B bought the last unit a minute in (or oil, not rice).
+    unread.clear()
+    sku = "rice" if sold_out else "oil"
+    stats = await batch(records(topics.order_events, 1, [OrderPlaced(
+        event_id="op", room_id=room, viewer_id=b, order_id="o1", ts=t0 + 60_000,
+        items=[OrderItem(sku, 1, 9.9)])]))
+    if sold_out:
+        assert stats.get(f"suppressed:{RULE}:sold_out") == 1
+        assert stats.get("nudges", 0) == 0
+    else:
+        assert stats.get(f"nudges:{RULE}:treatment") == 1
