@@ -42,6 +42,7 @@ from stream.local.runner import spawn, stop_processes
 from stream.store import keys
 from stream.store.inventory import Inventory
 from stream.store.ledger import read_stats
+from stream.store.roomlog import HostLog
 from stream.worker.admin import ensure_topics
 from stream.worker.engagement import GRACE_MS
 
@@ -173,8 +174,10 @@ async def main() -> None:
                             partitions=PARTITIONS, rules_dir=Path("rules").resolve())
         redis = Redis.from_url(stack.redis_url)
         # As the gateway does before its 202 (README, "Orders never run ahead of their
-        # stock"): written straight to Kafka, the loads raced the orders, and a worker
-        # that read the orders first refused them all (6,962 nudges: no stock sold).
+        # stock"): the host log and the stock loads. Written straight to Kafka they raced
+        # the orders, and a worker that read the orders first refused them all (6,962
+        # nudges: no stock sold).
+        await HostLog(redis).append([e for e in events if isinstance(e, HostEvent)])
         await Inventory(redis).load([e for e in events if isinstance(e, StockSet)])
         worker = spawn(["worker"], settings, Path(tempfile.gettempdir()) / "lc-bench-worker.log")
         try:
