@@ -29,13 +29,10 @@ from redis.asyncio import Redis
 
 from stream.core.codec import encode, envelope
 from stream.core.config import from_env
-from stream.core.models import Event, HostEvent, Nudge, StockSet, TagChange, ViewerEvent
+from stream.core.models import BroadcastEnded, Event, HostEvent, Nudge, StockSet, TagChange
 from stream.core.topics import Topics, key_of, partition_for
+from stream.engine.replay import replay
 from stream.engine.rules import load_dir
-from stream.engine.stock import StockBook
-from stream.engine.stockmodel import StockModel
-from stream.engine.timeline import RoomTimeline, fold
-from stream.engine.viewers import ViewerEngine
 from stream.local import showplan
 from stream.local.embedded import EmbeddedStack
 from stream.local.runner import spawn, stop_processes
@@ -60,31 +57,22 @@ def _effects(stats: dict[str, int | float]) -> int:
 
 def offline(events: list[Event], *, rules: Path,
             nudged: set[tuple[str, str]] | None = None) -> dict[str, int]:
-    """The effects of the same log through one ViewerEngine per partition, in log order
-    (a check that speed changed nothing; the worker may add a nudge or two that the wall
-    clock fires after the last event). `nudged` collects (viewer, rule) of each nudge."""
-    room = fold(RoomTimeline(room_id=events[0].room_id),
-                [e for e in events if isinstance(e, HostEvent)])
-    # Stock levels by event time, as the backtest computes them: products sell out in
-    # this show, and the worker's engines suppress those nudges as sold_out.
-    stock, model = StockBook(), StockModel()
-    for e in sorted(events, key=lambda e: e.ts):
-        for sku, ts, available, version in model.apply(e):
-            stock.observe(room.room_id, sku, ts, available, version)
-    engines: dict[int, ViewerEngine] = {}
+    """The effects of the same log through the pure engine, replayed as `rules backtest`
+    replays it (stream/engine/replay.py: stock levels by event time from the log), the
+    clock stopped just past the show's end and its grace: the end's tags are decided,
+    off-air reminders long after it are not (the worker is stopped before them). A
+    check that speed changed nothing. `nudged` collects (viewer, rule) of each nudge."""
+    room_id = events[0].room_id
+    ended = max(e.ts for e in events if isinstance(e, BroadcastEnded))
     counts = {"nudges": 0, "tags": 0, "tags_removed": 0}
-    for e in events:
-        if isinstance(e, ViewerEvent):
-            p = partition_for(key_of(e), PARTITIONS)
-            engine = engines.get(p) or engines.setdefault(
-                p, ViewerEngine(load_dir(rules), grace_ms=GRACE_MS, stock=stock))
-            for effect in engine.apply(e, room):
-                if isinstance(effect, Nudge):
-                    counts["nudges"] += 1
-                    if nudged is not None:
-                        nudged.add((effect.viewer_id, effect.rule_id))
-                elif isinstance(effect, TagChange):
-                    counts["tags" if effect.op == "add" else "tags_removed"] += 1
+    for effect in replay(events, room_id=room_id, rules=load_dir(rules), grace_ms=GRACE_MS,
+                         until=ended + 2 * GRACE_MS + 1):
+        if isinstance(effect, Nudge):
+            counts["nudges"] += 1
+            if nudged is not None:
+                nudged.add((effect.viewer_id, effect.rule_id))
+        elif isinstance(effect, TagChange):
+            counts["tags" if effect.op == "add" else "tags_removed"] += 1
     return counts
 
 

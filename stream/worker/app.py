@@ -62,7 +62,7 @@ CHUNK_BYTES = 128 * 1024
 # partitions were applied one after another, so which buyer got the last units, and
 # whether a dwell saw its product sold out, hung on the partition read first:
 # bench/viewer_engine.py (8 partitions) sent 2,018-3,506 nudges where the log in event
-# time sends 1,313; in one call, 1,161-1,376 in 14 of 17 runs (README, "Stock at fire
+# time sends 1,313; in one call, 1,157-1,376 in 15 of 18 runs (README, "Stock at fire
 # time": orders split over takes still differ). Bounded (~20k orders a call).
 ORDER_PIECE_BYTES = 4 * 1024 * 1024
 SWEEP_EVERY_S = 1.0
