@@ -18,12 +18,18 @@ a backlog reads the partitions apart in event time, and one partition's late pay
 expired, on the room's clock, an order on another whose `payment_failed`, before its
 deadline, was still unread. The room-wide `stock` clock stays for the deadlines of before
 the per-partition ones (keys.legacy_deadlines).
+
+A partition's clock moves on by wall time only while nothing is waiting unread in it:
+up to the last time its owner had applied the broker's every record there
+(`keys.ORDERS_READ`, written by each worker for its own partitions once a second). While
+the owner is down, or reads a backlog, the partition's clock stays at its newest applied
+order, so no reservation expires whose payment may be the next record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 from stream.store import keys, scripts
 from stream.store.connect import AnyPipeline, Client
@@ -56,6 +62,21 @@ def partition_fields(partition: int) -> tuple[str, str]:
 def now_of(event_ms: int, wall_ms: int, *, wall_now_ms: int) -> int:
     """The room's time: its newest event time plus the wall time since that event came."""
     return event_ms + max(0, wall_now_ms - wall_ms)
+
+
+def queue_read_marks(pipe: AnyPipeline, read_to_end: Iterable[int], *, wall_ms: int) -> None:
+    """Queue on `pipe`: the partitions in `read_to_end` (this worker's own, applied to the
+    broker's end) marked as read at `wall_ms`, then a read of every partition's mark; the
+    last reply is the marks, for `read_marks`."""
+    marks = {str(p): wall_ms for p in read_to_end}
+    if marks:  # redis-py's Mapping is invariant in its key: str is one of its types
+        pipe.hset(keys.ORDERS_READ, mapping=marks)  # type: ignore[arg-type]
+    pipe.hgetall(keys.ORDERS_READ)
+
+
+def read_marks(reply: Mapping[Any, Any]) -> dict[int, int]:
+    """Partition -> wall ms when it was last read to its end, from `queue_read_marks`."""
+    return {int(text(p)): int(text(ms)) for p, ms in reply.items()}
 
 
 class RoomClocks:
@@ -92,9 +113,14 @@ class RoomClocks:
         return (await self.inventory_nows([room_id], wall_now_ms=wall_now_ms))[room_id][0]
 
     async def inventory_nows(self, rooms: Sequence[str], *, wall_now_ms: int,
+                             read: Mapping[int, int] | None = None,
                              ) -> dict[str, tuple[dict[int, int], int | None]]:
         """Per room, in one round trip: (its partitions' inventory clocks now, as
-        `partition_nows`; its `stock` clock now, or None before its first event)."""
+        `partition_nows`; its `stock` clock now, or None before its first event).
+
+        With `read` (partition -> wall ms it was last read to its end, `read_marks`), a
+        partition's clock moves on by wall time only up to its mark, and not at all
+        without one."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for room in rooms:
                 pipe.hgetall(keys.clock(room))
@@ -108,8 +134,9 @@ class RoomClocks:
                     partition = int(name.removeprefix("stock_ms:"))
                     wall = fields.get(partition_fields(partition)[1])
                     if wall is not None:
-                        nows[partition] = now_of(int(value), int(wall),
-                                                 wall_now_ms=wall_now_ms)
+                        until = wall_now_ms if read is None else min(
+                            wall_now_ms, read.get(partition, 0))
+                        nows[partition] = now_of(int(value), int(wall), wall_now_ms=until)
             event, wall = (fields.get(f) for f in _FIELDS["stock"])
             stock = None if event is None or wall is None else now_of(
                 int(event), int(wall), wall_now_ms=wall_now_ms)

@@ -2,7 +2,8 @@
 
 A room's keys share the hash tag `{room}` so one Lua script can touch all of them
 on Redis Cluster (a multi-line order reserves several SKUs of one room atomically).
-Keys that belong to no room use the tag `{_}`.
+Keys that belong to no room have no tag: each is read or written by itself, never
+beside a room's keys in one script.
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ def clock(room_id: str) -> str:
 
 ROOMS = f"{PREFIX}:rooms"
 """Set of rooms with stock, for the reservation sweeper."""
+
+ORDERS_READ = f"{PREFIX}:orders-read"
+"""Hash order-topic partition -> wall ms when its owner last had applied every record the
+broker held there: the sweeper moves that partition's clocks on by wall time only up to
+then (stream/store/clocks.py)."""
 
 STOCK_CHANNEL = f"{PREFIX}:stock-updates"
 """Pub/sub channel carrying coalesced stock updates from workers to gateways."""

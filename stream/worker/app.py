@@ -39,6 +39,7 @@ from stream.worker.admin import ensure_topics
 from stream.worker.engagement import Engagement
 from stream.worker.orders import Orders
 from stream.worker.pipeline import Pipeline
+from stream.worker.resume import read_to_end as read_partitions_to_end
 from stream.worker.resume import start_of
 from stream.worker.rulewatch import RuleWatcher
 from stream.worker.status import EVERY_S as STATUS_EVERY_S
@@ -152,6 +153,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
     status_file = (StatusFile(settings.status_dir, pid=os.getpid(), clock=time.time)
                    if settings.status_dir is not None else None)
     processed: dict[TP, int] = {}  # the next offset handed to the pipeline, per partition
+    applied: dict[TP, int] = {}  # the next offset whose record's effects are not all in
 
     def behind(topic: str, partition: int) -> bool:
         """Whether the partition holds records the pipeline has not seen. The highwater is
@@ -161,6 +163,16 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
             return True
         high = app.consumer.highwater(tp)
         return high is None or high > processed.get(tp, high)
+
+    def read_to_end() -> list[int]:
+        """The order-topic partitions this worker owns whose every record the broker held
+        at the last fetch is applied: the sweeper may move their clocks on by wall time."""
+        if app.rebalancing:  # no fetch runs in a rebalance: the highwaters are old
+            return []
+        mine = [tp for tp in app.consumer.assignment() if tp.topic == topics.order_events]
+        return read_partitions_to_end(
+            applied={tp.partition: applied[tp] for tp in mine if tp in applied},
+            highwater={tp.partition: app.consumer.highwater(tp) for tp in mine})
 
     timeout_ms = settings.presence_timeout_s * 1000
     engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms,
@@ -205,7 +217,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
             starts[tp] = start_of(committed=at, consumed=consumed.get(f"{tp.topic}:{tp.partition}"),
                                   fence=fences.get(tp.partition, {}).get(tp.topic),
                                   engine=tp in viewer_tps)
-            processed[tp] = starts[tp]
+            processed[tp] = applied[tp] = starts[tp]
         await pipeline.retrying(
             lambda: engagement.adopt({tp.partition for tp in viewer_tps}))
         if status_file is not None:
@@ -245,6 +257,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         # Whoever gets these partitions next loads their viewers from Redis: saved first.
         for tp in revoked:
             processed.pop(tp, None)
+            applied.pop(tp, None)
         await engagement.close({tp.partition for tp in revoked
                                 if tp.topic in (topics.viewer_events, topics.order_events)})
 
@@ -256,7 +269,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
 
     @app.timer(SWEEP_EVERY_S)
     async def sweep() -> None:
-        await pipeline.retrying(orders.sweep)
+        await pipeline.retrying(lambda: orders.sweep(read_to_end=read_to_end()))
 
     @app.task
     async def trailing_stock() -> None:
@@ -283,9 +296,10 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
                                   lambda topic, p: processed.get(TP(topic, p)),
                                   bootstrap=settings.kafka_bootstrap)
         for chunk in _pieces(records, orders_topic=topics.order_events):
-            for r in chunk:
-                processed[TP(r.topic, r.partition)] = r.offset + 1
+            ends = {TP(r.topic, r.partition): r.offset + 1 for r in chunk}
+            processed.update(ends)
             await pipeline.process(chunk)
+            applied.update(ends)
             if status_file is not None:
                 status_file.read([(r.topic, r.partition, r.offset) for r in chunk],
                                  stale=stale)

@@ -17,7 +17,7 @@ from stream.core.models import OrderEvent, OrderResult, StockSet, StockUpdate
 from stream.core.topics import Topics, partition_for
 from stream.engine.stock import StockBook
 from stream.store import keys, scripts
-from stream.store.clocks import RoomClocks
+from stream.store.clocks import RoomClocks, queue_read_marks, read_marks
 from stream.store.connect import Client
 from stream.store.inventory import LEGACY, Inventory, Outcome, parse, unpack
 from stream.store.replies import text
@@ -130,22 +130,29 @@ class Orders:
                 runs.append((book, [item]))
         return runs
 
-    async def sweep(self) -> int:
+    async def sweep(self, *, read_to_end: Iterable[int] = ()) -> int:
         """Release reservations past their deadline, each partition's of each room on
-        that partition's own clock.
+        that partition's own clock. `read_to_end`: the order-topic partitions this worker
+        owns and has applied up to the broker's end, now.
 
         Inventory's clocks, not the room's: viewer events read ahead of the orders must not
         expire a reservation whose payment is still on the order topic. And one per
         partition: a partition read ahead of another must not expire the other's orders
-        either. Every worker sweeps every partition (a release is idempotent); a
-        partition whose owner is down moves on by wall time, as the room's clock did."""
+        either. Every worker sweeps every partition (a release is idempotent), but a
+        partition's clock moves on by wall time only up to when its owner last had read
+        it to the end: a partition whose owner is down or behind keeps its reservations
+        until its records are applied (their in-script expiry then runs on event time)."""
         wall_ms = int(self._clock() * 1000)
         released = 0
         out: Results = {}
-        rooms = [text(raw) for raw in await self._redis.smembers(keys.ROOMS)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(keys.ROOMS)
+            queue_read_marks(pipe, read_to_end, wall_ms=wall_ms)
+            replies = await pipe.execute()
+        rooms = [text(raw) for raw in replies[0]]
         clocks: list[tuple[str, int, int]] = []
         for room, (nows, stock_now) in (await self._clocks.inventory_nows(
-                rooms, wall_now_ms=wall_ms)).items():
+                rooms, wall_now_ms=wall_ms, read=read_marks(replies[-1]))).items():
             clocks += [(room, partition, now) for partition, now in nows.items()]
             # The single zset of before, for a show running across the upgrade: on the
             # earliest of the partitions' clocks (the room's, before any of them moved).

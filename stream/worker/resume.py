@@ -9,6 +9,8 @@ read twice change nothing (every effect is idempotent).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 def start_of(*, committed: int | None, consumed: int | None, fence: int | None,
              engine: bool = False) -> int:
@@ -35,3 +37,17 @@ def start_of(*, committed: int | None, consumed: int | None, fence: int | None,
     # Nothing known: from the start (an offset gone to retention resets to the earliest
     # there is).
     return min(marks, default=0)
+
+
+def read_to_end(*, applied: Mapping[int, int], highwater: Mapping[int, int | None],
+                ) -> list[int]:
+    """The partitions (of one topic, by number) whose every record the broker held at the
+    last fetch is applied: `applied`, the next offset whose effects are not all in;
+    `highwater`, the broker's end as of the last fetch (None: no fetch yet), for the
+    partitions this worker owns. One owned but not started is not read to its end.
+
+    The sweeper moves a partition's inventory clock on by wall time only while it is read
+    to its end (stream/store/clocks.py): a partition behind, or whose owner is down, may
+    hold the payment of an order whose deadline the wall has passed."""
+    return sorted(p for p, high in highwater.items()
+                  if high is not None and p in applied and applied[p] >= high)

@@ -5,7 +5,7 @@ Each order's whole result history must be what the sequential inventory model sa
 (reserved, then released: expired, then a late payment re-reserving it, ...), on one
 partition: the viewer's input partition, like every other result of that viewer (the
 sweeper's releases used to be hashed by order id). And the replay at 100x expires the
-same reservations as the one at 40x.
+same reservations as the one at 40x. And a room gone quiet expires on the wall.
 """
 
 from __future__ import annotations
@@ -188,3 +188,37 @@ async def test_expiry_on_event_time_keeps_each_order_on_one_partition(
     assert expired["exp-40x"] == expired["exp-100x"]
     # Never paid, paid late, cancelled late; not those paid in time or failed (released).
     assert expired["exp-40x"] == {i for i in range(VIEWERS) if i % 5 in (1, 2, 3)}
+
+
+async def test_a_quiet_room_expires_on_the_wall(settings: Settings, tmp_path: Path) -> None:
+    """No event after the order: only the sweeper's wall time can pass its deadline, and
+    it may only for a partition its owner marks read to its end (stream/store/clocks.py).
+    A worker that never marked its partitions would hold this reservation forever."""
+    ttl_s = 3
+    settings = msgspec.structs.replace(settings, reservation_ttl_s=ttl_s)
+    topics = Topics(settings.topic_prefix)
+    room, now_ms = "exp-quiet", int(time.time() * 1000)
+    setup: list[Event] = [
+        BroadcastStarted(event_id="q-b", room_id=room, ts=now_ms),
+        StockSet(event_id="q-s", room_id=room, ts=now_ms, sku="rice", qty=5)]
+    order = OrderPlaced(event_id="q-o", room_id=room, ts=now_ms + 1, viewer_id="q-v",
+                        order_id="q-o1", items=[OrderItem("rice", 1, 9.9)])
+    async with running_gateway(settings) as (_, url, tokens):
+        worker = spawn(["worker"], settings, tmp_path / "worker.log")
+        try:
+            await send(url, tokens, setup, speed=1)
+            await stock_loaded(settings, [room])
+            await send(url, tokens, [order], speed=1)
+            deadline = time.monotonic() + 30  # 10x the TTL
+            while True:
+                got = [msgspec.json.decode(v, type=OrderResult)
+                       for _, _, _, v in await read_all(settings, [topics.order_results])]
+                mine = [(r.status, r.reason) for r in got if r.order_id == "q-o1"]
+                if len(mine) >= 2 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+        finally:
+            await stop_processes([worker])
+    assert mine == [("reserved", None), ("released", "expired")]
+    released = next(r for r in got if r.order_id == "q-o1" and r.status == "released")
+    assert released.ts >= order.ts + ttl_s * 1000  # on the room's clock, not before

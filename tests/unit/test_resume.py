@@ -1,8 +1,9 @@
-"""Where a partition starts after a rebalance (stream.worker.resume.start_of)."""
+"""Where a partition starts after a rebalance (stream.worker.resume.start_of), and which
+partitions are read to their end (read_to_end)."""
 
 from __future__ import annotations
 
-from stream.worker.resume import start_of
+from stream.worker.resume import read_to_end, start_of
 
 
 def test_the_lowest_mark_wins() -> None:
@@ -18,3 +19,12 @@ def test_an_engine_topic_without_a_fence_starts_from_the_beginning() -> None:
     assert start_of(committed=4, consumed=3, fence=None, engine=True) == 0
     assert start_of(committed=4, consumed=3, fence=None, engine=False) == 4
     assert start_of(committed=40, consumed=29, fence=19, engine=True) == 20
+
+
+def test_read_to_end_is_every_record_the_broker_held_applied() -> None:
+    applied = {0: 12, 1: 7, 2: 0, 3: 5}
+    highwater: dict[int, int | None] = {0: 12, 1: 9, 2: 0, 3: None, 4: 0}
+    # 1 is behind; 3 has had no fetch yet; 4 is owned but not started (not in applied).
+    assert read_to_end(applied=applied, highwater=highwater) == [0, 2]
+    # A partition no longer owned (not in highwater) is not this worker's to mark.
+    assert read_to_end(applied=applied, highwater={1: 7}) == [1]
