@@ -21,15 +21,15 @@ the per-partition ones (keys.legacy_deadlines).
 
 A partition's clock moves on by wall time only while nothing is waiting unread in it:
 up to the last time its owner had applied the broker's every record there
-(`keys.ORDERS_READ`, written by each worker for its own partitions once a second). While
+(`keys.orders_read`, written by each worker for its own partitions once a second). While
 the owner is down, or reads a backlog, the partition's clock stays at its newest applied
 order, so no reservation expires whose payment may be the next record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 from stream.store import keys, scripts
 from stream.store.connect import AnyPipeline, Client
@@ -64,19 +64,51 @@ def now_of(event_ms: int, wall_ms: int, *, wall_now_ms: int) -> int:
     return event_ms + max(0, wall_now_ms - wall_ms)
 
 
-def queue_read_marks(pipe: AnyPipeline, read_to_end: Iterable[int], *, wall_ms: int) -> None:
-    """Queue on `pipe`: the partitions in `read_to_end` (this worker's own, applied to the
-    broker's end) marked as read at `wall_ms`, then a read of every partition's mark; the
-    last reply is the marks, for `read_marks`."""
-    marks = {str(p): wall_ms for p in read_to_end}
-    if marks:  # redis-py's Mapping is invariant in its key: str is one of its types
-        pipe.hset(keys.ORDERS_READ, mapping=marks)  # type: ignore[arg-type]
-    pipe.hgetall(keys.ORDERS_READ)
+class Reading(NamedTuple):
+    """A deployment's order-topic partitions as their owners last told (keys.orders_read)."""
+
+    read_at: dict[int, int]
+    """Partition -> wall ms when it was last read to its end."""
+    applied_ms: dict[int, int]
+    """Partition -> the newest order ts applied from it as of its owner's sweep before
+    that one: a second of wall time old, so the levels of those orders are in the rooms'
+    stock logs by then (the stock feed holds an update 100 ms at most)."""
 
 
-def read_marks(reply: Mapping[Any, Any]) -> dict[int, int]:
-    """Partition -> wall ms when it was last read to its end, from `queue_read_marks`."""
-    return {int(text(p)): int(text(ms)) for p, ms in reply.items()}
+def queue_reading(pipe: AnyPipeline, deployment: str, owned: Mapping[int, bool], *,
+                  wall_ms: int, applied_ms: Mapping[int, int]) -> None:
+    """Queue on `pipe` what this worker tells of its order-topic partitions (`owned`:
+    partition -> read to its end now), then a read of every partition's; the last reply
+    is the reading, for `parse_reading`. `applied_ms`: the newest order ts applied per
+    partition, as of the sweep before. A partition behind with nothing applied yet says
+    0 unless an owner of before said more: the levels its orders left are still known."""
+    key = keys.orders_read(deployment)
+    told: dict[str, int] = {str(p): wall_ms for p, done in owned.items() if done}
+    told.update({f"ts:{p}": applied_ms[p] for p in owned if p in applied_ms})
+    if told:  # redis-py's Mapping is invariant in its key: str is one of its types
+        pipe.hset(key, mapping=told)  # type: ignore[arg-type]
+    for p in owned:
+        if p not in applied_ms and not owned[p]:
+            pipe.hsetnx(key, f"ts:{p}", 0)
+    pipe.hgetall(key)
+
+
+def parse_reading(reply: Mapping[Any, Any]) -> Reading:
+    """The reading, from the reply of `queue_reading`'s last command (an HGETALL)."""
+    read_at: dict[int, int] = {}
+    applied_ms: dict[int, int] = {}
+    for raw, ms in reply.items():
+        name = text(raw)
+        if name.startswith("ts:"):
+            applied_ms[int(name.removeprefix("ts:"))] = int(text(ms))
+        else:
+            read_at[int(name)] = int(text(ms))
+    return Reading(read_at, applied_ms)
+
+
+async def read_reading(redis: Client, deployment: str) -> Reading:
+    """The reading alone (viewer engines judge stock by it)."""
+    return parse_reading(await redis.hgetall(keys.orders_read(deployment)))
 
 
 class RoomClocks:
@@ -118,8 +150,8 @@ class RoomClocks:
         """Per room, in one round trip: (its partitions' inventory clocks now, as
         `partition_nows`; its `stock` clock now, or None before its first event).
 
-        With `read` (partition -> wall ms it was last read to its end, `read_marks`), a
-        partition's clock moves on by wall time only up to its mark, and not at all
+        With `read` (partition -> wall ms it was last read to its end, `Reading.read_at`),
+        a partition's clock moves on by wall time only up to its mark, and not at all
         without one."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for room in rooms:

@@ -118,10 +118,16 @@ def clock(room_id: str) -> str:
 ROOMS = f"{PREFIX}:rooms"
 """Set of rooms with stock, for the reservation sweeper."""
 
-ORDERS_READ = f"{PREFIX}:orders-read"
-"""Hash order-topic partition -> wall ms when its owner last had applied every record the
-broker held there: the sweeper moves that partition's clocks on by wall time only up to
-then (stream/store/clocks.py)."""
+
+
+def orders_read(deployment: str) -> str:
+    """Hash of one deployment's (its topic prefix's) order-topic partitions as their owners
+    last told, each second: `p` -> wall ms when p was last read to its end (every record
+    the broker held applied); `ts:p` -> the newest order ts applied from p a second before.
+    The sweeper moves p's clocks on by wall time only up to the first; other workers'
+    viewer engines judge stock only up to the second while the first is old
+    (stream/store/clocks.py, `Reading`)."""
+    return f"{PREFIX}:orders-read:{deployment}"
 
 STOCK_CHANNEL = f"{PREFIX}:stock-updates"
 """Pub/sub channel carrying coalesced stock updates from workers to gateways."""

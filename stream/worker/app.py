@@ -164,11 +164,12 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         high = app.consumer.highwater(tp)
         return high is None or high > processed.get(tp, high)
 
-    def read_to_end() -> list[int]:
-        """The order-topic partitions this worker owns whose every record the broker held
-        at the last fetch is applied: the sweeper may move their clocks on by wall time."""
+    def orders_owned() -> dict[int, bool]:
+        """This worker's order-topic partitions, each with whether every record the broker
+        held at the last fetch is applied: the sweeper may move their clocks on by wall
+        time, and tells the other workers how far their orders are applied."""
         if app.rebalancing:  # no fetch runs in a rebalance: the highwaters are old
-            return []
+            return {}
         mine = [tp for tp in app.consumer.assignment() if tp.topic == topics.order_events]
         return read_partitions_to_end(
             applied={tp.partition: applied[tp] for tp in mine if tp in applied},
@@ -269,7 +270,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
 
     @app.timer(SWEEP_EVERY_S)
     async def sweep() -> None:
-        await pipeline.retrying(lambda: orders.sweep(read_to_end=read_to_end()))
+        await pipeline.retrying(lambda: orders.sweep(owned=orders_owned()))
 
     @app.task
     async def trailing_stock() -> None:

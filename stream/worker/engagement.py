@@ -28,7 +28,7 @@ from stream.engine.rules import Rules
 from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.engine.viewers import ViewerEngine
 from stream.store import scripts
-from stream.store.clocks import now_of
+from stream.store.clocks import Reading, now_of, read_reading
 from stream.store.connect import Client
 from stream.store.roomlog import RoomLog
 from stream.store.viewerstate import ViewerStates
@@ -55,6 +55,10 @@ HOLD_ORDERS_S = 2.0
 # milliseconds here); a revoke waits this long for it at most, so a Redis outage during
 # a rebalance cannot hold up the group (its session timeout is 6 s).
 CLOSE_SETTLE_S = 2.0
+# Each worker tells how far its order partitions are read once a second (Orders.sweep);
+# a partition whose word is older than this has an owner down, stalled or in a rebalance.
+# 3 s: three sweeps, so a loaded worker whose timer runs late is not taken for one down.
+READ_STALE_MS = 3000
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,8 @@ class Engagement:
         self._behind = behind
         self._generation = generation
         self._inputs = (topics.viewer_events, topics.order_events)
+        self._deployment = topics.prefix
+        self._reading = Reading({}, {})  # the other workers' order partitions, each tick
         self._states = ViewerStates(redis, deployment=topics.prefix)
         self._delivery = Delivery(redis=redis, rooms=rooms, send=send, topics=topics,
                                   bootstrap=bootstrap, clock=clock, nudge_hold_s=nudge_hold_s)
@@ -127,6 +133,8 @@ class Engagement:
         async with self._lock:
             if not self.engines:
                 return 0
+            # Before the stock logs: what it says is applied is in them by then.
+            self._reading = await read_reading(self._redis, self._deployment)
             await self._rooms.refresh(self._rooms.rooms)
             return await self._run(set(self.engines), settle=True)
 
@@ -288,7 +296,8 @@ class Engagement:
     def _stock_until(self) -> float:
         """How far any partition's timers may run for the stock levels they judge by: up
         to the newest order read (and so applied: the inventory handles each batch
-        first) on every order-topic partition of this worker's that is still behind.
+        first) on every order-topic partition of this worker's that is still behind, and
+        as far as the owners of the others tell (`_others_until`).
 
         A room's orders are spread over all partitions, but a partition's engine waits
         only for its own two topics. Reading a backlog (a takeover, a worker catching
@@ -297,7 +306,23 @@ class Engagement:
         out for a product with none left (tests/integration/test_stock_watermark.py).
         """
         orders = self._inputs[1]
-        return min((w.newest(orders) for q, w in self._waiting.items() if self._behind(orders, q)),
+        own = min((w.newest(orders) for q, w in self._waiting.items() if self._behind(orders, q)),
+                  default=_FOREVER)
+        return min(own, self._others_until())
+
+    def _others_until(self) -> float:
+        """The same for the order partitions of other workers: while one is not known to
+        be read to its end (its owner's word is older than READ_STALE_MS), up to the
+        newest order its owner had applied a second before its last word (their levels
+        are in the stock logs by then, read after the word at each tick). A partition
+        never told of is not waited for: a deployment of before, or none there yet.
+
+        Two workers reading a backlog: one judged its viewers' dwells while the other
+        still had the orders that sold the product out unread."""
+        wall_ms = self._clock() * 1000
+        read_at, applied_ms = self._reading
+        return min((applied_ms.get(q, 0) for q in read_at.keys() | applied_ms.keys()
+                    if q not in self._waiting and wall_ms - read_at.get(q, 0) > READ_STALE_MS),
                    default=_FOREVER)
 
     def _now(self, partition: int, behind: set[str], waiting: Reorder[ViewerEvent], *,

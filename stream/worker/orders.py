@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from stream.core.batch import Part, Record, SendMany, newest_by_room
 from stream.core.codec import encode
@@ -17,7 +17,7 @@ from stream.core.models import OrderEvent, OrderResult, StockSet, StockUpdate
 from stream.core.topics import Topics, partition_for
 from stream.engine.stock import StockBook
 from stream.store import keys, scripts
-from stream.store.clocks import RoomClocks, queue_read_marks, read_marks
+from stream.store.clocks import RoomClocks, parse_reading, queue_reading
 from stream.store.connect import Client
 from stream.store.inventory import LEGACY, Inventory, Outcome, parse, unpack
 from stream.store.replies import text
@@ -45,6 +45,10 @@ class Orders:
         self._clocks = RoomClocks(redis)
         self._clock = clock
         self._rooms: set[str] = set()
+        # Order-topic partition -> the newest order ts applied from it (every room), now
+        # and as of the last sweep: the sweep tells the one of the sweep before.
+        self._applied_ms: dict[int, int] = {}
+        self._applied_at_sweep: dict[int, int] = {}
 
     async def handle(self, parts: Sequence[Part]) -> None:
         # Each call's own results (the sweep runs beside the batches): a retried call
@@ -92,6 +96,9 @@ class Orders:
             answers = await scripts.execute(pipe)
         if waits:  # no result goes out before the replicas have what it says
             self._inventory.check_wait(answers[-waits:])
+        for found in newest.values():
+            for p, ms in found.items():
+                self._applied_ms[p] = max(ms, self._applied_ms.get(p, ms))
         self._rooms.update(new_rooms)
         chunks = iter(answers[len(clocked) + bool(new_rooms):])
         for (room, group), n in zip(by_room.items(), calls, strict=True):
@@ -130,10 +137,10 @@ class Orders:
                 runs.append((book, [item]))
         return runs
 
-    async def sweep(self, *, read_to_end: Iterable[int] = ()) -> int:
+    async def sweep(self, *, owned: Mapping[int, bool] | None = None) -> int:
         """Release reservations past their deadline, each partition's of each room on
-        that partition's own clock. `read_to_end`: the order-topic partitions this worker
-        owns and has applied up to the broker's end, now.
+        that partition's own clock. `owned`: this worker's order-topic partitions, each
+        with whether it is read to its end now (every record the broker held applied).
 
         Inventory's clocks, not the room's: viewer events read ahead of the orders must not
         expire a reservation whose payment is still on the order topic. And one per
@@ -141,18 +148,23 @@ class Orders:
         either. Every worker sweeps every partition (a release is idempotent), but a
         partition's clock moves on by wall time only up to when its owner last had read
         it to the end: a partition whose owner is down or behind keeps its reservations
-        until its records are applied (their in-script expiry then runs on event time)."""
+        until its records are applied (their in-script expiry then runs on event time).
+        The sweep also tells the other workers' viewer engines how far this one's orders
+        are applied (clocks.Reading)."""
         wall_ms = int(self._clock() * 1000)
+        owned = owned or {}
         released = 0
         out: Results = {}
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.smembers(keys.ROOMS)
-            queue_read_marks(pipe, read_to_end, wall_ms=wall_ms)
+            queue_reading(pipe, self._topics.prefix, owned, wall_ms=wall_ms,
+                          applied_ms=self._applied_at_sweep)
             replies = await pipe.execute()
+        self._applied_at_sweep = {p: self._applied_ms[p] for p in owned if p in self._applied_ms}
         rooms = [text(raw) for raw in replies[0]]
         clocks: list[tuple[str, int, int]] = []
         for room, (nows, stock_now) in (await self._clocks.inventory_nows(
-                rooms, wall_now_ms=wall_ms, read=read_marks(replies[-1]))).items():
+                rooms, wall_now_ms=wall_ms, read=parse_reading(replies[-1]).read_at)).items():
             clocks += [(room, partition, now) for partition, now in nows.items()]
             # The single zset of before, for a show running across the upgrade: on the
             # earliest of the partitions' clocks (the room's, before any of them moved).

@@ -40,14 +40,14 @@ def start_of(*, committed: int | None, consumed: int | None, fence: int | None,
 
 
 def read_to_end(*, applied: Mapping[int, int], highwater: Mapping[int, int | None],
-                ) -> list[int]:
-    """The partitions (of one topic, by number) whose every record the broker held at the
-    last fetch is applied: `applied`, the next offset whose effects are not all in;
-    `highwater`, the broker's end as of the last fetch (None: no fetch yet), for the
-    partitions this worker owns. One owned but not started is not read to its end.
+                ) -> dict[int, bool]:
+    """For each partition this worker owns (of one topic, by number, the keys of
+    `highwater`): whether every record the broker held at the last fetch is applied.
+    `applied`: the next offset whose effects are not all in; `highwater`: the broker's end
+    as of the last fetch (None: no fetch yet). One owned but not started is not.
 
     The sweeper moves a partition's inventory clock on by wall time only while it is read
     to its end (stream/store/clocks.py): a partition behind, or whose owner is down, may
     hold the payment of an order whose deadline the wall has passed."""
-    return sorted(p for p, high in highwater.items()
-                  if high is not None and p in applied and applied[p] >= high)
+    return {p: high is not None and p in applied and applied[p] >= high
+            for p, high in sorted(highwater.items())}

@@ -7,7 +7,8 @@ a partition's engine waited only for its own two topics. Reading a backlog, view
 dwell (partition 0) was judged while viewer B's order that sold the product out a
 minute into the show (partition 1) was still unread, and the popup went out for a
 product with none left. Now a partition's timers wait for every order-topic partition
-of the worker that is still behind (`Engagement._stock_until`)."""
+of the worker that is still behind (`Engagement._stock_until`), and for those of other
+workers not read to their end, as far as their owners tell (`_others_until`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from helpers import Sends, show_stats, viewer_path
 from redis.asyncio import Redis
 
-from stream.core.batch import Record
+from stream.core.batch import Part, Record
 from stream.core.codec import encode
 from stream.core.config import Settings
 from stream.core.models import (
@@ -29,11 +30,16 @@ from stream.core.models import (
     OrderPlaced,
     ProductViewed,
     StockSet,
+    StockUpdate,
     ViewerHeartbeat,
     ViewerJoined,
 )
 from stream.core.topics import Topics
 from stream.engine.nudges import holdout_variant
+from stream.store.inventory import Inventory
+from stream.store.stocklog import StockLogWriter
+from stream.worker.orders import Orders
+from stream.worker.stockfeed import StockFeed
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +99,66 @@ async def test_a_dwell_waits_for_orders_still_unread_on_another_partition(
         assert stats.get("nudges", 0) == 0
     else:
         assert stats.get(f"nudges:{RULE}:treatment") == 1
+
+
+@pytest.mark.parametrize("sold_out", [True, False], ids=["sold-out-by-another-worker",
+                                                          "control-in-stock"])
+async def test_a_dwell_waits_for_another_workers_orders_still_unread(
+        settings: Settings, redis: Redis, producer: AIOKafkaProducer, sold_out: bool) -> None:
+    """Two workers reading a backlog: A owns partition 0 and has read its viewers 400 s
+    into the show; B owns partition 1, whose order that sold the product out a minute in
+    it has not read yet. A's timers wait for what B tells of partition 1 (Orders.sweep:
+    how far its orders are applied, and when it was last read to its end), and A judges
+    by the levels B's stock feed put in the room's stock log."""
+    topics = Topics(settings.topic_prefix)
+    sends = Sends(producer)
+    engagement, pipeline = viewer_path(redis, settings, sends, selling=True)  # A
+    await engagement.adopt({0})
+    log = StockLogWriter()
+
+    async def to_stock_log(updates: list[StockUpdate]) -> None:
+        async with redis.pipeline(transaction=False) as pipe:
+            log.queue(pipe, updates)
+            await pipe.execute()
+
+    b = Orders(redis=redis, inventory=Inventory(redis), topics=topics, send=sends.send_many,
+               feed=StockFeed(to_stock_log, clock=time.monotonic), partitions=settings.partitions)
+    room, t0 = f"room-{time.time_ns()}", int(time.time() * 1000)
+    a, buyer = treated("a"), treated("b")
+
+    async def a_ticks() -> dict[str, int | float]:
+        await engagement.tick()  # reads B's word, then the stock log; settles
+        stats = await show_stats(redis, room)
+        return {k: v for k, v in stats.items() if k.startswith(("nudges", "suppressed:"))}
+
+    await pipeline.process(records(topics.host_events, 0, [
+        BroadcastStarted(event_id="bs", room_id=room, ts=t0),
+        StockSet(event_id="ss", room_id=room, ts=t0, sku="rice", qty=1, name="rice")]))
+    assert await b.sweep(owned={1: False}) == 0  # B: partition 1 behind, nothing applied
+    await a_ticks()
+    views: list[Event] = [
+        ViewerJoined(event_id="j", room_id=room, viewer_id=a, ts=t0 + 1_000,
+                     source="douyin"),
+        ProductViewed(event_id="pv", room_id=room, viewer_id=a, ts=t0 + 2_000, sku="rice")]
+    views += [ViewerHeartbeat(event_id=f"h{s}", room_id=room, viewer_id=a,
+                              ts=t0 + s * 1000) for s in range(20, 401, 20)]
+    await pipeline.process(records(topics.viewer_events, 0, views))
+    await pipeline.drain()
+    assert await a_ticks() == {}, "judged before partition 1's orders were read"
+
+    # B applies the order; it tells how far a sweep later (the levels are in the log by
+    # then), 60 s: the dwell, due at 182 s, still waits.
+    sku = "rice" if sold_out else "oil"
+    await b.handle([Part(Record(topics.order_events, 1, 0, b""), [OrderPlaced(
+        event_id="op", room_id=room, viewer_id=buyer, order_id="o1", ts=t0 + 60_000,
+        items=[OrderItem(sku, 1, 9.9)])], frozenset({room}))])
+    await b.sweep(owned={1: False})
+    await b.sweep(owned={1: False})
+    assert await a_ticks() == {}, "judged past what partition 1 had applied"
+
+    await b.sweep(owned={1: True})  # B has read partition 1 to its end
+    decided = await a_ticks()
+    if sold_out:
+        assert decided == {f"suppressed:{RULE}:sold_out": 1}
+    else:
+        assert decided.get(f"nudges:{RULE}:treatment") == 1

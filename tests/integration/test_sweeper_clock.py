@@ -95,14 +95,14 @@ async def test_views_ahead_of_orders_do_not_expire_a_reservation(db: Redis) -> N
     await orders.handle([part(TOPICS.viewer_events, 0, ViewerHeartbeat(
         event_id="h", room_id=ROOM, ts=T0 + 600_000, viewer_id="v2"))])
     wall[0] += 1
-    assert await orders.sweep(read_to_end=[0]) == 0
+    assert await orders.sweep(owned={0: True}) == 0
     # The room's clock (the host's view) did follow the views.
     room_now = await RoomClocks(db).now(ROOM, wall_now_ms=int(wall[0] * 1000))
     assert room_now is not None and room_now >= T0 + 600_000
 
     # Quiet on the order topic for longer than the TTL of wall time: it expires.
     wall[0] += TTL_MS / 1000
-    assert await orders.sweep(read_to_end=[0]) == 1
+    assert await orders.sweep(owned={0: True}) == 1
     assert [(r.status, r.reason) for r in results][-1] == ("released", "expired")
 
 
@@ -178,7 +178,7 @@ async def test_a_partition_read_ahead_across_calls_does_not_expire_another(
         part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=[RICE]), partition=p2),
         part(TOPICS.order_events, 1, at(OrderPaid, 610, "v1", "o1"), partition=p1)])
     wall[0] += 1
-    assert await orders.sweep(read_to_end=[p1, p2]) == 0
+    assert await orders.sweep(owned={p1: True, p2: True}) == 0
     last = (at(OrderPaymentFailed, 90, "v2", "o2", reason="card_declined")
             if settled == "payment_failed" else at(OrderPaid, 90, "v2", "o2"))
     await orders.handle([part(TOPICS.order_events, 1, last, partition=p2)])
@@ -201,12 +201,12 @@ async def test_each_partition_expires_on_its_own_clock(db: Redis) -> None:
         part(TOPICS.order_events, 0, at(OrderPlaced, 690, "v1", "o1", items=[RICE]),
              partition=p1),
         part(TOPICS.order_events, 1, at(OrderPaid, 700, "v1", "o1"), partition=p1)])
-    both = [p1, p2]
-    assert await orders.sweep(read_to_end=both) == 0  # p2's clock is at 88 s, o2 due at 208
+    both = {p1: True, p2: True}
+    assert await orders.sweep(owned=both) == 0  # p2's clock is at 88 s, o2 due at 208
     wall[0] += 119
-    assert await orders.sweep(read_to_end=both) == 0  # 88 + 119 = 207 s
+    assert await orders.sweep(owned=both) == 0  # 88 + 119 = 207 s
     wall[0] += 2
-    assert await orders.sweep(read_to_end=both) == 1
+    assert await orders.sweep(owned=both) == 1
     assert [(r.order_id, r.status, r.reason) for _, r in results][-1] == (
         "o2", "released", "expired")
     assert await db.zcard(keys.deadlines(ROOM, p2)) == 0
@@ -230,9 +230,9 @@ async def test_the_single_zset_of_before_is_swept(db: Redis) -> None:
                               partition=p1)])
     # p1 at 30 s, p2 at 20 s: the legacy zset waits for the earlier one.
     wall[0] += 119
-    assert await orders.sweep(read_to_end=[p1, p2]) == 0  # 20 + 119 = 139 s; o2 due at 140
+    assert await orders.sweep(owned={p1: True, p2: True}) == 0  # 20 + 119 = 139 s; o2 due at 140
     wall[0] += 1
-    assert await orders.sweep(read_to_end=[p1, p2]) == 1
+    assert await orders.sweep(owned={p1: True, p2: True}) == 1
     assert [(r.order_id, r.status, r.reason) for _, r in results][-1] == (
         "o2", "released", "expired")
     assert await db.zcard(keys.legacy_deadlines(ROOM)) == 0
@@ -250,11 +250,11 @@ async def test_a_partition_not_read_to_its_end_does_not_expire_on_the_wall(db: R
         part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=[RICE]), partition=p1),
         part(TOPICS.order_events, 0, at(OrderPlaced, 88, "v2", "o2", items=[RICE]),
              partition=p2)])
-    assert await orders.sweep(read_to_end=[p1, p2]) == 0
+    assert await orders.sweep(owned={p1: True, p2: True}) == 0
     wall[0] += 30
-    assert await orders.sweep(read_to_end=[p1]) == 0  # p2: down from here on
+    assert await orders.sweep(owned={p1: True}) == 0  # p2: down from here on
     wall[0] += 600  # p1 at 10 + 630 s, past o1's 130 s; p2 at 88 s, not o2's 208 s
-    assert await orders.sweep(read_to_end=[p1]) == 1
+    assert await orders.sweep(owned={p1: True}) == 1
     assert await orders.sweep() == 0  # no worker has read any to the end: no wall at all
     await orders.handle([part(TOPICS.order_events, 1, at(OrderPaid, 90, "v2", "o2"),
                               partition=p2)])
@@ -270,13 +270,13 @@ async def test_a_mark_moves_the_clock_only_up_to_its_wall_time(db: Redis) -> Non
     await orders.handle([part(TOPICS.order_events, 0, at(
         OrderPlaced, 88, "v2", "o2", items=[RICE]), partition=p2)])
     wall[0] += 100
-    assert await orders.sweep(read_to_end=[p2]) == 0  # 188 s; o2 is due at 208 s
+    assert await orders.sweep(owned={p2: True}) == 0  # 188 s; o2 is due at 208 s
     wall[0] += 500
     assert await orders.sweep() == 0  # still 188 s
     nows = await RoomClocks(db).inventory_nows(
         [ROOM], wall_now_ms=int(wall[0] * 1000),
         read={p2: int((wall[0] - 500) * 1000)})
     assert nows[ROOM][0] == {p2: T0 + 188_000}
-    assert await orders.sweep(read_to_end=[p2]) == 1  # read to the end again: 688 s
+    assert await orders.sweep(owned={p2: True}) == 1  # read to the end again: 688 s
     assert [(r.order_id, r.status, r.reason) for _, r in results][-1] == (
         "o2", "released", "expired")

@@ -25,6 +25,7 @@ def test_read_to_end_is_every_record_the_broker_held_applied() -> None:
     applied = {0: 12, 1: 7, 2: 0, 3: 5}
     highwater: dict[int, int | None] = {0: 12, 1: 9, 2: 0, 3: None, 4: 0}
     # 1 is behind; 3 has had no fetch yet; 4 is owned but not started (not in applied).
-    assert read_to_end(applied=applied, highwater=highwater) == [0, 2]
-    # A partition no longer owned (not in highwater) is not this worker's to mark.
-    assert read_to_end(applied=applied, highwater={1: 7}) == [1]
+    assert read_to_end(applied=applied, highwater=highwater) == {
+        0: True, 1: False, 2: True, 3: False, 4: False}
+    # A partition no longer owned (not in highwater) is not this worker's to tell.
+    assert read_to_end(applied=applied, highwater={1: 7}) == {1: True}
