@@ -52,8 +52,10 @@ browser:
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --readme README.md
 
+# What `make test` checks before its tests. Not `ruff format`: the code is wrapped by
+# hand at 100 columns, and the formatter would rewrap 189 of its 219 files.
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/mypy
 
 # Renew the lock files after a change of pyproject.toml's dependencies (or to take newer
 # releases): pip-tools resolves them again; commit both files.
