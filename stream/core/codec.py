@@ -7,11 +7,17 @@ broken event never costs the rest of its batch.
 
 from __future__ import annotations
 
+import re
+import types
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
 
 import msgspec
 
-from stream.core.models import AnyEvent, Event
+from stream.core.models import EVENT_TYPES, ID_PATTERN, AnyEvent, Event, IdChars
 
 _encoder = msgspec.json.Encoder()
 encode = _encoder.encode
@@ -70,8 +76,10 @@ def _decode_events(data: bytes) -> Decoded:
         except msgspec.DecodeError as exc:
             raise BodyError(f"body is not valid JSON: {exc}") from None
         else:
-            out.events = list(enumerate(events))
-            return out
+            if _ids_ok(events):
+                out.events = list(enumerate(events))
+                return out
+            # Some id has a character it may not: sort them out one by one below.
         try:
             items = _raw_list.decode(body)
         except msgspec.DecodeError as exc:
@@ -80,19 +88,21 @@ def _decode_events(data: bytes) -> Decoded:
         if body[:1] == b"{":
             # One object, perhaps pretty-printed over many lines; NDJSON fails this parse.
             try:
-                out.events.append((0, _one.decode(body)))
-                return out
+                event = _one.decode(body)
             except msgspec.ValidationError as exc:
                 if _is_one_value(body):  # else NDJSON whose first line is bad
                     out.rejected.append(Rejection(0, str(exc), body))
                     return out
             except msgspec.DecodeError:
                 pass
+            else:
+                _keep(out, 0, event, body)
+                return out
         items = [msgspec.Raw(line) for line in body.split(b"\n") if line.strip()]
     malformed = 0
     for index, raw in enumerate(items):
         try:
-            out.events.append((index, _one.decode(raw)))
+            _keep(out, index, _one.decode(raw), raw)
         except msgspec.ValidationError as exc:
             out.rejected.append(Rejection(index, str(exc), bytes(raw)))
         except msgspec.DecodeError as exc:
@@ -101,6 +111,82 @@ def _decode_events(data: bytes) -> Decoded:
     if malformed == len(items):
         raise BodyError("body is not valid JSON: no line of it parses as a JSON value")
     return out
+
+
+def _keep(out: Decoded, index: int, event: Event, raw: bytes | msgspec.Raw) -> None:
+    error = None if _ids_ok([event]) else _id_error(event)
+    if error is None:
+        out.events.append((index, event))
+    else:
+        out.rejected.append(Rejection(index, error, bytes(raw)))
+
+
+# --- the characters of ids (models.IdChars), once per body ------------------------------
+
+def _marked(hint: Any) -> bool:
+    """Whether a field's type is an id (models.Id, models.EventId), or one or None."""
+    if typing.get_origin(hint) is typing.Annotated:
+        return any(isinstance(m, IdChars) for m in hint.__metadata__)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_marked(arg) for arg in typing.get_args(hint))
+    return False
+
+
+def _id_fields(cls: type) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """A Struct's id fields, and its fields that are lists of Structs with id fields (an
+    order's items) with theirs."""
+    direct: list[str] = []
+    nested: list[tuple[str, list[str]]] = []
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        if _marked(hint):
+            direct.append(name)
+            continue
+        inner = hint.__origin__ if typing.get_origin(hint) is typing.Annotated else hint
+        if typing.get_origin(inner) is list:
+            (item,) = typing.get_args(inner)
+            if isinstance(item, type) and issubclass(item, msgspec.Struct):
+                subs, _ = _id_fields(item)
+                if subs:
+                    nested.append((name, subs))
+    return direct, nested
+
+
+_IdGetter = tuple[Callable[[Event], tuple[str | None, ...]], list[str],
+                  list[tuple[str, list[str]]]]
+# Every event has an event_id and a room_id, so attrgetter always returns a tuple.
+_ID_GETTERS: dict[type, _IdGetter] = {
+    cls: (attrgetter(*direct), direct, nested)
+    for cls in EVENT_TYPES.values() for direct, nested in [_id_fields(cls)]}
+_ID = re.compile(ID_PATTERN)
+# Ids joined by a newline, which no id may hold: one regex pass for a whole body.
+_IDS = re.compile(r"[A-Za-z0-9._:@\-\n]*")
+
+
+def _ids_ok(events: Sequence[Event]) -> bool:
+    values: list[str | None] = []
+    for event in events:
+        get, _, nested = _ID_GETTERS[type(event)]
+        values.extend(get(event))
+        for name, subs in nested:
+            for item in getattr(event, name):
+                values.extend(getattr(item, sub) for sub in subs)
+    present = len(values) - values.count(None)
+    joined = "\n".join(filter(None, values))
+    return present == 0 or (joined.count("\n") == present - 1
+                            and _IDS.fullmatch(joined) is not None)
+
+
+def _id_error(event: Event) -> str | None:
+    """msgspec's message for the first id of `event` with a character it may not have."""
+    _, direct, nested = _ID_GETTERS[type(event)]
+    paths = [(name, getattr(event, name)) for name in direct]
+    for name, subs in nested:
+        paths += [(f"{name}[{i}].{sub}", getattr(item, sub))
+                  for i, item in enumerate(getattr(event, name)) for sub in subs]
+    for path, value in paths:
+        if value is not None and _ID.search(value) is None:
+            return f"Expected `str` matching regex {ID_PATTERN!r} - at `$.{path}`"
+    return None
 
 
 def _is_one_value(body: bytes) -> bool:

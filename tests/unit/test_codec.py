@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import string
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgspec import Meta
 
 from stream.core.codec import BodyError, Decoded, clock_error, decode_events, encode, envelope
 from stream.core.models import (
+    EVENT_TYPES,
+    ID_PATTERN,
     CartAdded,
     Comment,
     Event,
+    OrderCancelled,
     OrderItem,
     OrderPlaced,
     SegmentStarted,
@@ -22,6 +26,7 @@ from stream.core.models import (
     ViewerJoined,
     ViewerLeft,
 )
+from stream.local import showplan
 
 TS = 1_700_000_000_000
 _VIEWER: dict[str, Any] = {
@@ -422,3 +427,80 @@ def test_nesting_too_deep_is_a_body_error_naming_the_problem() -> None:
     for body in (b"[" * 100_000, b'{"a":' * 100_000, b"[" * 5_000 + b"]" * 5_000):
         with pytest.raises(BodyError, match=r"nests .* too deeply"):
             decode_events(body)
+
+
+# --- the characters of ids: checked once per body, as msgspec's pattern would -----------
+
+_STRICT_ID = msgspec.json.Decoder(Annotated[str, Meta(min_length=1, max_length=64,
+                                                      pattern=ID_PATTERN)])
+
+
+def _msgspec_takes(value: str) -> bool:
+    try:
+        _STRICT_ID.decode(msgspec.json.encode(value))
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12) | st.text(_ID_CHARS + "\n\r{} é", min_size=1, max_size=12))
+def test_an_id_is_refused_exactly_when_msgspec_s_pattern_would(value: str) -> None:
+    """Ids are checked by codec, not by msgspec's per-field regex (models.IdChars); it must
+    take and refuse the same strings, a newline inside one (the join's separator) too."""
+    bad_order = ev("order.placed", event_id="x2", order_id="o-9",
+                   items=[{"sku": "rice", "qty": 1, "price": 1.0},
+                          {"sku": value, "qty": 1, "price": 1.0}])
+    for item, field in ((ev("viewer.left", event_id="x1", viewer_id=value), "viewer_id"),
+                        (bad_order, "items[1].sku")):
+        for body in (envelope([GOOD_JOIN, item]), item):
+            decoded = decode_events(body)
+            taken = len(decoded.events) == (2 if body[:1] == b"[" else 1)
+            if value == "rice" and field == "items[1].sku":
+                continue  # a duplicate SKU: refused for that
+            assert taken == _msgspec_takes(value), (value, field)
+            if not taken:
+                [rejection] = decoded.rejected
+                assert f"- at `$.{field}`" in rejection.error, rejection.error
+
+
+def _id_paths(schema: dict[str, Any], components: dict[str, Any]) -> list[str]:
+    """The fields the JSON schema gives models.ID_PATTERN, items' fields as `items[0].f`."""
+    def has_pattern(node: Any) -> bool:
+        if isinstance(node, dict):
+            return node.get("pattern") == ID_PATTERN or any(map(has_pattern, node.values()))
+        return isinstance(node, list) and any(map(has_pattern, node))
+
+    paths = []
+    for name, prop in schema["properties"].items():
+        if has_pattern(prop):
+            paths.append(name)
+        elif prop.get("type") == "array" and "$ref" in prop.get("items", {}):
+            item = components[prop["items"]["$ref"].rsplit("/", 1)[1]]
+            paths += [f"{name}[0].{sub}" for sub in _id_paths(item, components)]
+    return paths
+
+
+def test_every_id_field_of_every_event_is_checked() -> None:
+    """From the schema, not from codec's own list: a new id field is checked or this fails.
+    Each event type (one of each the simulator sends, and a cancel) with one id holding a
+    brace, as would break a Redis hash tag: refused, naming that field."""
+    plan = showplan.plan_for(room_id="r", viewers=300, duration_s=600, speed=20, seed=1)
+    samples = {type(e): msgspec.to_builtins(e) for _, e in showplan.broadcast(plan)}
+    samples[OrderCancelled] = {"type": "order.cancelled", **_VIEWER, "order_id": "o-1"}
+    assert set(samples) == set(EVENT_TYPES.values())
+    _, components = msgspec.json.schema_components(list(EVENT_TYPES.values()))
+    checked = 0
+    for cls, sample in samples.items():
+        for path in _id_paths(components[cls.__name__], components):
+            event = msgspec.json.decode(msgspec.json.encode(sample))
+            if "[0]." in path:
+                field, sub = path.split("[0].")
+                event[field][0][sub] = "a}b"
+            else:
+                event[path] = "a}b"
+            decoded = decode_events(msgspec.json.encode(event))
+            assert decoded.events == [], (cls.__name__, path)
+            assert f"matching regex {ID_PATTERN!r} - at `$.{path}`" in decoded.rejected[0].error
+            checked += 1
+    assert checked >= 3 * len(samples)  # event_id, room_id and at least one more each

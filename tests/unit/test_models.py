@@ -1,4 +1,5 @@
-"""Unit tests for the input event schema (stream/models.py): pure, no servers."""
+"""Unit tests for the input event schema (stream/core/models.py, with the id check of
+stream/core/codec.py): pure, no servers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from stream.core.codec import decode_events
 from stream.core.models import (
     EVENT_TYPES,
     AnyEvent,
@@ -108,7 +110,14 @@ def payload(tag: str, fields: dict[str, Any]) -> bytes:
 
 
 def decode(data: bytes) -> Event:
-    return msgspec.json.decode(data, type=AnyEvent)  # type: ignore[arg-type]
+    """One event through the boundary's checks: msgspec's, then the characters of ids,
+    which codec checks once per body (models.IdChars). A refusal raises
+    msgspec.ValidationError with the message a client gets."""
+    event: Event = msgspec.json.decode(data, type=AnyEvent)  # type: ignore[arg-type]
+    decoded = decode_events(data)
+    if decoded.rejected:
+        raise msgspec.ValidationError(decoded.rejected[0].error)
+    return event
 
 
 def reject(tag: str, fields: dict[str, Any]) -> str:
