@@ -207,6 +207,10 @@ async def main() -> None:
         "nudges": stats.get("nudges", 0), "tags": stats.get("tags", 0),
         "tags_removed": stats.get("tags_removed", 0),
         "offline": offline(events, rules=settings.rules_dir, nudged=expected),
+        # The room's own counts beside them (orders by outcome, suppressions by reason):
+        # what a run whose nudges are off differs in, for the next one to trace.
+        "room_counts": {k: v for k, v in sorted(stats.items())
+                        if not k.startswith(("m:", "ev:", "s:")) and isinstance(v, int)},
     }
     # One by one: a backlog's stock-aware nudges once moved from run to run by thousands.
     figures["nudges_not_offline"] = len(sent - expected)

@@ -8,10 +8,12 @@ broken event never costs the rest of its batch.
 from __future__ import annotations
 
 import re
+import string
 import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -158,22 +160,28 @@ _ID_GETTERS: dict[type, _IdGetter] = {
     cls: (attrgetter(*direct), direct, nested)
     for cls in EVENT_TYPES.values() for direct, nested in [_id_fields(cls)]}
 _ID = re.compile(ID_PATTERN)
-# Ids joined by a newline, which no id may hold: one regex pass for a whole body.
-_IDS = re.compile(r"[A-Za-z0-9._:@\-\n]*")
+# Ids joined by a newline, which no id may hold: what is left of the body's ids once
+# these bytes are deleted must be nothing (6x faster than a regex over the same string).
+_ID_BYTES = (string.ascii_letters + string.digits + "._:@-\n").encode()
+
+
+_GET = {cls: get for cls, (get, _, _) in _ID_GETTERS.items()}
+_NESTED = {cls: nested for cls, (_, _, nested) in _ID_GETTERS.items() if nested}
 
 
 def _ids_ok(events: Sequence[Event]) -> bool:
-    values: list[str | None] = []
-    for event in events:
-        get, _, nested = _ID_GETTERS[type(event)]
-        values.extend(get(event))
-        for name, subs in nested:
+    # One comprehension for the fields of every event, then the few with items: 0.50 us
+    # an event of the simulator's show, 0.83 in one loop that did both (bench/decode.py).
+    get = _GET
+    values: list[str | None] = list(chain.from_iterable([get[type(e)](e) for e in events]))
+    for event in [e for e in events if type(e) in _NESTED]:
+        for name, subs in _NESTED[type(event)]:
             for item in getattr(event, name):
                 values.extend(getattr(item, sub) for sub in subs)
     present = len(values) - values.count(None)
     joined = "\n".join(filter(None, values))
     return present == 0 or (joined.count("\n") == present - 1
-                            and _IDS.fullmatch(joined) is not None)
+                            and not joined.encode().translate(None, _ID_BYTES))
 
 
 def _id_error(event: Event) -> str | None:
