@@ -56,6 +56,23 @@ def treated(prefix: str) -> str:
                 if holdout_variant(v, RULE, 0.1) == "treatment")
 
 
+def on_air(room: str, t0: int) -> list[Event]:
+    """The show starts with one unit of rice."""
+    return [BroadcastStarted(event_id="bs", room_id=room, ts=t0),
+            StockSet(event_id="ss", room_id=room, ts=t0, sku="rice", qty=1, name="rice")]
+
+
+def dwelling(room: str, viewer: str, t0: int) -> list[Event]:
+    """`viewer` opens rice at 2 s and stays, read up to 400 s into the show."""
+    views: list[Event] = [
+        ViewerJoined(event_id="j", room_id=room, viewer_id=viewer, ts=t0 + 1_000,
+                     source="douyin"),
+        ProductViewed(event_id="pv", room_id=room, viewer_id=viewer, ts=t0 + 2_000,
+                      sku="rice")]
+    return views + [ViewerHeartbeat(event_id=f"h{s}", room_id=room, viewer_id=viewer,
+                                    ts=t0 + s * 1000) for s in range(20, 401, 20)]
+
+
 @pytest.mark.parametrize("sold_out", [True, False], ids=["sold-out-on-another-partition",
                                                           "control-in-stock"])
 async def test_a_dwell_waits_for_orders_still_unread_on_another_partition(
@@ -74,16 +91,9 @@ async def test_a_dwell_waits_for_orders_still_unread_on_another_partition(
         await engagement.tick()  # settles: the decisions are counted
         return await show_stats(redis, room)
 
-    await batch(records(topics.host_events, 0, [
-        BroadcastStarted(event_id="bs", room_id=room, ts=t0),
-        StockSet(event_id="ss", room_id=room, ts=t0, sku="rice", qty=1, name="rice")]))
+    await batch(records(topics.host_events, 0, on_air(room, t0)))
     # Partition 0 read 400 s into the show: A opened rice at 2 s and stayed.
-    views: list[Event] = [
-        ViewerJoined(event_id="j", room_id=room, viewer_id=a, ts=t0 + 1_000,
-                     source="douyin"),
-        ProductViewed(event_id="pv", room_id=room, viewer_id=a, ts=t0 + 2_000, sku="rice")]
-    views += [ViewerHeartbeat(event_id=f"h{s}", room_id=room, viewer_id=a,
-                              ts=t0 + s * 1000) for s in range(20, 401, 20)]
+    views = dwelling(room, a, t0)
     stats = await batch(records(topics.viewer_events, 0, views))
     decided = {k: v for k, v in stats.items() if k.startswith(("nudges", "suppressed:"))}
     assert decided == {}, "judged before partition 1's orders were read"
@@ -131,17 +141,10 @@ async def test_a_dwell_waits_for_another_workers_orders_still_unread(
         stats = await show_stats(redis, room)
         return {k: v for k, v in stats.items() if k.startswith(("nudges", "suppressed:"))}
 
-    await pipeline.process(records(topics.host_events, 0, [
-        BroadcastStarted(event_id="bs", room_id=room, ts=t0),
-        StockSet(event_id="ss", room_id=room, ts=t0, sku="rice", qty=1, name="rice")]))
+    await pipeline.process(records(topics.host_events, 0, on_air(room, t0)))
     assert await b.sweep(owned={1: False}) == 0  # B: partition 1 behind, nothing applied
     await a_ticks()
-    views: list[Event] = [
-        ViewerJoined(event_id="j", room_id=room, viewer_id=a, ts=t0 + 1_000,
-                     source="douyin"),
-        ProductViewed(event_id="pv", room_id=room, viewer_id=a, ts=t0 + 2_000, sku="rice")]
-    views += [ViewerHeartbeat(event_id=f"h{s}", room_id=room, viewer_id=a,
-                              ts=t0 + s * 1000) for s in range(20, 401, 20)]
+    views = dwelling(room, a, t0)
     await pipeline.process(records(topics.viewer_events, 0, views))
     await pipeline.drain()
     assert await a_ticks() == {}, "judged before partition 1's orders were read"
