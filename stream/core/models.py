@@ -34,9 +34,9 @@ ID_PATTERN = r"^[A-Za-z0-9._:@\-]+\Z"
 
 class IdChars:
     """Marks a str field whose characters must match ID_PATTERN. `codec` checks them once
-    per body, after msgspec: a `Meta(pattern=...)` calls `re` on every id, and that was
-    71% of decoding a viewer envelope (215k events/s with it, 760k without; session 14).
-    The JSON schema still says the pattern."""
+    per body, after msgspec: a `Meta(pattern=...)` calls `re` on every id, and decoding
+    the simulator's envelopes went 1.9-2.0x as fast without it (bench/decode.py, session
+    14). The JSON schema still says the pattern."""
 
 
 _ID_CHARS = IdChars()

@@ -119,7 +119,6 @@ ROOMS = f"{PREFIX}:rooms"
 """Set of rooms with stock, for the reservation sweeper."""
 
 
-
 def orders_read(deployment: str) -> str:
     """Hash of one deployment's (its topic prefix's) order-topic partitions as their owners
     last told, each second: `p` -> wall ms when p was last read to its end (every record
@@ -128,6 +127,7 @@ def orders_read(deployment: str) -> str:
     viewer engines judge stock only up to the second while the first is old
     (stream/store/clocks.py, `Reading`)."""
     return f"{PREFIX}:orders-read:{deployment}"
+
 
 STOCK_CHANNEL = f"{PREFIX}:stock-updates"
 """Pub/sub channel carrying coalesced stock updates from workers to gateways."""
