@@ -161,7 +161,7 @@ async def main() -> None:
         settings = from_env(kafka_url=stack.kafka_url, redis_url=stack.redis_url,
                             partitions=PARTITIONS, rules_dir=Path("rules").resolve())
         redis = Redis.from_url(stack.redis_url)
-        # As the gateway does before its 202 (README, "Orders never run ahead of their
+        # As the gateway does before its 202 (docs/decisions.md, "Orders never run ahead of their
         # stock"): the host log and the stock loads. Written straight to Kafka they raced
         # the orders, and a worker that read the orders first refused them all (6,962
         # nudges: no stock sold).

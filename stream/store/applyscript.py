@@ -365,7 +365,7 @@ end
 -- have done had it run in time, so a backlog read in a burst gets the sequential answers.
 -- Only the op's own partition: its events come in their order, so nothing of its orders
 -- that came before this ts is still unread, while another partition may be read behind
--- this one and still hold a payment made before the deadline (README, Decisions: "Expiry
+-- this one and still hold a payment made before the deadline (docs/decisions.md: "Expiry
 -- inside the room's script"). Bucketed orders are left to the sweeper: their units
 -- return to buckets only after this script, too late for the walks of this batch.
 -- Skipped entries stay at the head of the due range (sorted by deadline), so a zset's

@@ -1,5 +1,5 @@
 """Event-id claims in Redis: how the gateway refuses a duplicate only once the first
-copy really is in Kafka (README "Decisions / Duplicates").
+copy really is in Kafka (docs/decisions.md, "Duplicates").
 
 Each `event_id` is claimed for one request (`SET NX`, `dedupe_ttl_s`); the request is
 *live* while it works and *written* once Kafka acked its events.

@@ -97,7 +97,7 @@ def deadlines(room_id: str, partition: int) -> str:
     """Sorted set of the room's reserved orders placed on one order-topic partition, by
     the event time their reservation expires. One per partition: a partition's events
     come in its own order, so its own newest ts never passes an unread payment of its
-    orders, while another partition's may (README, Decisions: "Expiry inside the room's
+    orders, while another partition's may (docs/decisions.md: "Expiry inside the room's
     script")."""
     return f"{_room(room_id)}:deadlines:{partition}"
 

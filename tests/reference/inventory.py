@@ -25,7 +25,7 @@ from stream.core.models import (
     StockSet,
 )
 
-MAX_QTY = 10  # per order line (README, Decisions: Stock)
+MAX_QTY = 10  # per order line (docs/decisions.md: Stock)
 
 
 @dataclass(frozen=True, order=True)

@@ -227,7 +227,7 @@ async def losses(settings: Settings, topics: Topics, nudges: list[Nudge],
                for _, partition, offset, value in
                await read_all(settings, [topics.order_results])]
     # The conversion node is decided with the host's timeline as the worker knows it when
-    # the order is processed (README, Decisions: Segments are attributed when read): after
+    # the order is processed (docs/decisions.md: Segments are attributed when read): after
     # the Redis outage the room log can lag a segment start, so only its value may differ.
     found = (differences(want, nudges, tags, followups, until=ended,
                          valueless=frozenset({"conversion_node"}))

@@ -75,7 +75,7 @@ pytestmark = pytest.mark.integration
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 SPEED = 10
-# A timer fires this long (event time) after it is due (README, Decisions: Timers on
+# A timer fires this long (event time) after it is due (docs/decisions.md: Timers on
 # event time, with grace); said here, not imported, so the test does not read the engine.
 GRACE_S = 3
 
