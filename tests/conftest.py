@@ -43,6 +43,18 @@ async def redis(stack: EmbeddedStack) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
+async def db(stack: EmbeddedStack) -> AsyncIterator[Redis]:
+    """A database of the shared stack's valkey of its own, empty before and after: for
+    code that walks every room it knows of (the sweeper). Each xdist worker has its own
+    stack, and the tests of one run one after another."""
+    client = Redis.from_url(stack.redis_url, db=7)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
 async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     """A started producer on the shared broker, with the settings' topics created."""
     await ensure_topics(settings.kafka_bootstrap, Topics(settings.topic_prefix),

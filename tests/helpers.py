@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,10 @@ from aiohttp import ClientSession
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.core.auth import Tokens
-from stream.core.batch import Handler
+from stream.core.batch import Handler, SendMany
 from stream.core.codec import decode_events
 from stream.core.config import Settings
-from stream.core.models import FollowUp, Nudge, StockUpdate, TagChange
+from stream.core.models import FollowUp, Nudge, OrderResult, StockUpdate, TagChange
 from stream.core.topics import Topics
 from stream.engine.rules import load_dir
 from stream.gateway.app import Gateway
@@ -84,6 +84,19 @@ class Sends:
             self.topics.append(topic)
             ack = await self.producer.send(topic, value, key=key, partition=partition)
         return ack
+
+
+def collector(results: list[tuple[int, OrderResult]]) -> SendMany:
+    """A `send_many` for `Orders` built by hand: each order result kept with the partition
+    it was sent to, acked at once."""
+    async def send(topic: str, partition: int,
+                   records: Sequence[tuple[bytes | None, bytes]]) -> Awaitable[object]:
+        results.extend((partition, msgspec.json.decode(value, type=OrderResult))
+                       for _, value in records)
+        acked: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        acked.set_result(None)
+        return acked
+    return send
 
 
 def viewer_path(redis: Client, settings: Settings, sends: Sends, *,

@@ -6,15 +6,13 @@ partition of the order topic has its own deadlines and its own clock."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import NamedTuple
 
-import msgspec
 import pytest
+from helpers import collector
 from redis.asyncio import Redis
 
-from stream.core.batch import Part, Record, SendMany
+from stream.core.batch import Part, Record
 from stream.core.models import (
     Event,
     OrderItem,
@@ -26,7 +24,6 @@ from stream.core.models import (
     ViewerHeartbeat,
 )
 from stream.core.topics import Topics, partition_for
-from stream.local.embedded import EmbeddedStack
 from stream.store import keys
 from stream.store.clocks import RoomClocks
 from stream.store.inventory import Inventory
@@ -41,47 +38,19 @@ T0 = 1_600_000_000_000  # event time, far from the wall clock below
 TTL_MS = 60_000
 
 
-@pytest.fixture
-async def db(stack: EmbeddedStack) -> AsyncIterator[Redis]:
-    """A database of its own: the sweeper walks every room it knows of."""
-    client = Redis.from_url(stack.redis_url, db=7)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
-
-
 def part(topic: str, offset: int, *events: Event, partition: int = 0) -> Part:
     return Part(Record(topic, partition, offset, b""), list(events), frozenset({ROOM}))
 
 
-def collector(results: list[tuple[int, OrderResult]]) -> SendMany:
-    async def send(topic: str, partition: int,
-                   records: Sequence[tuple[bytes | None, bytes]]) -> Awaitable[object]:
-        results.extend((partition, msgspec.json.decode(value, type=OrderResult))
-                       for _, value in records)
-        acked: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        acked.set_result(None)
-        return acked
-    return send
-
-
 async def test_views_ahead_of_orders_do_not_expire_a_reservation(db: Redis) -> None:
     wall = [1_000_000.0]  # seconds, moved by hand
-    results: list[OrderResult] = []
-
-    async def send(topic: str, partition: int,
-                   records: Sequence[tuple[bytes | None, bytes]]) -> Awaitable[object]:
-        results.extend(msgspec.json.decode(value, type=OrderResult) for _, value in records)
-        acked: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        acked.set_result(None)
-        return acked
+    results: list[tuple[int, OrderResult]] = []
 
     async def publish(updates: object) -> None:
         return None
 
     orders = Orders(redis=db, inventory=Inventory(db, reservation_ttl_ms=TTL_MS),
-                    feed=StockFeed(publish, clock=lambda: wall[0]), send=send,
+                    feed=StockFeed(publish, clock=lambda: wall[0]), send=collector(results),
                     topics=TOPICS, partitions=1, clock=lambda: wall[0])
     await orders.handle([
         part(TOPICS.host_events, 0, StockSet(event_id="s", room_id=ROOM, ts=T0, sku="rice",
@@ -89,7 +58,7 @@ async def test_views_ahead_of_orders_do_not_expire_a_reservation(db: Redis) -> N
         part(TOPICS.order_events, 0, OrderPlaced(
             event_id="o", room_id=ROOM, ts=T0 + 1_000, viewer_id="v1", order_id="o1",
             items=[OrderItem("rice", 1, 9.9)]))])
-    assert [r.status for r in results] == ["reserved"]
+    assert [r.status for _, r in results] == ["reserved"]
 
     # The viewer topic is read 10 minutes of show ahead; the order topic has not moved.
     await orders.handle([part(TOPICS.viewer_events, 0, ViewerHeartbeat(
@@ -103,7 +72,7 @@ async def test_views_ahead_of_orders_do_not_expire_a_reservation(db: Redis) -> N
     # Quiet on the order topic for longer than the TTL of wall time: it expires.
     wall[0] += TTL_MS / 1000
     assert await orders.sweep(owned={0: True}) == 1
-    assert [(r.status, r.reason) for r in results][-1] == ("released", "expired")
+    assert [(r.status, r.reason) for _, r in results][-1] == ("released", "expired")
 
 
 async def test_a_partition_read_ahead_in_one_call_does_not_expire_another(db: Redis) -> None:

@@ -9,11 +9,8 @@ it removes the mark and the test then guards the fix."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Sequence
-
-import msgspec
 import pytest
+from helpers import collector
 from redis.asyncio import Redis
 
 from stream.core.batch import Part, Record
@@ -27,7 +24,6 @@ from stream.core.models import (
 )
 from stream.core.topics import Topics, partition_for
 from stream.engine.stock import StockBook
-from stream.local.embedded import EmbeddedStack
 from stream.store.inventory import Inventory
 from stream.worker.orders import Orders
 from stream.worker.stockfeed import StockFeed
@@ -37,15 +33,6 @@ pytestmark = pytest.mark.integration
 TOPICS = Topics("takes.")
 ROOM = "take-room"
 T0 = 1_600_000_000_000
-
-
-@pytest.fixture
-async def db(stack: EmbeddedStack) -> AsyncIterator[Redis]:
-    client = Redis.from_url(stack.redis_url, db=8)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
 
 
 def at(cls: type[Event], s: int, viewer: str, order: str, **more: object) -> Event:
@@ -61,21 +48,14 @@ async def test_a_take_does_not_sell_a_unit_an_unread_release_frees_first(db: Red
     refused; the failure comes in the next take. The stock book then says one unit
     left at 200 s, where event time says none: dwell nudges go out that offline, and in
     event time, would be suppressed as sold out."""
-    results: list[OrderResult] = []
-
-    async def send(topic: str, partition: int,
-                   records: Sequence[tuple[bytes | None, bytes]]) -> Awaitable[object]:
-        results.extend(msgspec.json.decode(v, type=OrderResult) for _, v in records)
-        acked: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        acked.set_result(None)
-        return acked
+    results: list[tuple[int, OrderResult]] = []
 
     async def publish(updates: object) -> None:
         return None
 
     book = StockBook()
     orders = Orders(redis=db, inventory=Inventory(db), feed=StockFeed(publish, clock=lambda: 0.0),
-                    send=send, topics=TOPICS, partitions=2, stock=book)
+                    send=collector(results), topics=TOPICS, partitions=2, stock=book)
     pa, pb = partition_for("v1", 2), partition_for("v2", 2)
     assert pa != pb
     rice = [OrderItem("rice", 1, 9.9)]
@@ -89,6 +69,6 @@ async def test_a_take_does_not_sell_a_unit_an_unread_release_frees_first(db: Red
                          on(pa, 0, at(OrderPlaced, 70, "v1", "a1", items=rice))])
     await orders.handle([on(pb, 1, at(OrderPaymentFailed, 65, "v2", "b1",
                                       reason="card_declined"))])
-    a1 = [(r.status, r.reason) for r in results if r.order_id == "a1"]
+    a1 = [(r.status, r.reason) for _, r in results if r.order_id == "a1"]
     assert a1 == [("reserved", None)], "A's order, after B's failure in event time"
     assert book.available_at(ROOM, "rice", T0 + 200_000) == 0
