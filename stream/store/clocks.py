@@ -28,7 +28,7 @@ order, so no reservation expires whose payment may be the next record.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 from stream.store import keys, scripts
@@ -64,6 +64,12 @@ def now_of(event_ms: int, wall_ms: int, *, wall_now_ms: int) -> int:
     return event_ms + max(0, wall_now_ms - wall_ms)
 
 
+# Each worker tells how far its order partitions are read once a second (Orders.sweep);
+# a partition whose word is older than this has an owner down, stalled or in a rebalance.
+# 3 s: three sweeps, so a loaded worker whose timer runs late is not taken for one down.
+READ_STALE_MS = 3000
+
+
 class Reading(NamedTuple):
     """A deployment's order-topic partitions as their owners last told (keys.orders_read)."""
 
@@ -73,6 +79,17 @@ class Reading(NamedTuple):
     """Partition -> the newest order ts applied from it as of its owner's sweep before
     that one: a second of wall time old, so the levels of those orders are in the rooms'
     stock logs by then (the stock feed holds an update 100 ms at most)."""
+
+
+def stale_until(reading: Reading, *, wall_ms: float, skip: Collection[int] = ()) -> int | None:
+    """The least newest-applied order ts over the partitions not known to be read to their
+    end (their owner's word is older than READ_STALE_MS), leaving out `skip`; None when
+    every partition told of is. A partition never told of counts as read: a deployment
+    of before, or none there yet."""
+    read_at, applied_ms = reading
+    return min((applied_ms.get(q, 0) for q in read_at.keys() | applied_ms.keys()
+                if q not in skip and wall_ms - read_at.get(q, 0) > READ_STALE_MS),
+               default=None)
 
 
 def queue_reading(pipe: AnyPipeline, deployment: str, owned: Mapping[int, bool], *,

@@ -28,7 +28,7 @@ from stream.engine.rules import Rules
 from stream.engine.state import PRESENCE_TIMEOUT_MS
 from stream.engine.viewers import ViewerEngine
 from stream.store import scripts
-from stream.store.clocks import Reading, now_of, read_reading
+from stream.store.clocks import Reading, now_of, read_reading, stale_until
 from stream.store.connect import Client
 from stream.store.roomlog import RoomLog
 from stream.store.viewerstate import ViewerStates
@@ -55,10 +55,6 @@ HOLD_ORDERS_S = 2.0
 # milliseconds here); a revoke waits this long for it at most, so a Redis outage during
 # a rebalance cannot hold up the group (its session timeout is 6 s).
 CLOSE_SETTLE_S = 2.0
-# Each worker tells how far its order partitions are read once a second (Orders.sweep);
-# a partition whose word is older than this has an owner down, stalled or in a rebalance.
-# 3 s: three sweeps, so a loaded worker whose timer runs late is not taken for one down.
-READ_STALE_MS = 3000
 
 log = logging.getLogger(__name__)
 
@@ -319,11 +315,8 @@ class Engagement:
 
         Two workers reading a backlog: one judged its viewers' dwells while the other
         still had the orders that sold the product out unread."""
-        wall_ms = self._clock() * 1000
-        read_at, applied_ms = self._reading
-        return min((applied_ms.get(q, 0) for q in read_at.keys() | applied_ms.keys()
-                    if q not in self._waiting and wall_ms - read_at.get(q, 0) > READ_STALE_MS),
-                   default=_FOREVER)
+        until = stale_until(self._reading, wall_ms=self._clock() * 1000, skip=self._waiting)
+        return _FOREVER if until is None else until
 
     def _now(self, partition: int, behind: set[str], waiting: Reorder[ViewerEvent], *,
              until: float) -> dict[str, int]:
