@@ -64,17 +64,38 @@ class RoomBatch:
         return sum(c.total() for c in self.counts.values())
 
 
+# KEYS: the consumed hash. ARGV: field, offset, ... Each field ends at most its offset.
+HOLD_BACK = """
+for i = 1, #ARGV, 2 do
+  local at = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '')
+  if at == nil or at > tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 1
+"""
+
+
 class Ledger:
     """Applies RoomBatches to Redis, once per record."""
 
     def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._script = redis.register_script(FENCED_INCR)
+        self._hold = redis.register_script(HOLD_BACK)
 
     async def mark_consumed(self, ends: dict[str, int]) -> None:
         """Record `topic:partition` -> last offset whose every effect is applied."""
         if ends:
             await self._redis.hset(keys.consumed(), mapping=ends)  # type: ignore[arg-type]
+
+    async def hold_back(self, caps: dict[str, int]) -> None:
+        """Lower `topic:partition`'s consumed mark to at most its offset in `caps` (set it
+        if absent): records a handler holds unapplied (Orders) are read again after a
+        crash, whatever faust committed and the engine's fence passed."""
+        if caps:
+            await self._hold(keys=[keys.consumed()],
+                             args=[x for kv in caps.items() for x in kv])
 
     async def consumed(self) -> dict[str, int]:
         return {text(k): int(v) for k, v in (await self._redis.hgetall(keys.consumed())).items()}

@@ -148,7 +148,8 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
                     inventory=Inventory(redis,
                                         reservation_ttl_ms=settings.reservation_ttl_s * 1000,
                                         wait_replicas=settings.redis_wait_replicas),
-                    partitions=settings.partitions, rooms=rooms)
+                    partitions=settings.partitions, rooms=rooms,
+                    behind=lambda: orders_behind())
     watcher = RuleWatcher(settings.rules_dir)
     status_file = (StatusFile(settings.status_dir, pid=os.getpid(), clock=time.time)
                    if settings.status_dir is not None else None)
@@ -163,6 +164,11 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
             return True
         high = app.consumer.highwater(tp)
         return high is None or high > processed.get(tp, high)
+
+    def orders_behind() -> list[int]:
+        """This worker's order partitions holding records the pipeline has not seen."""
+        return [tp.partition for tp in app.consumer.assignment()
+                if tp.topic == topics.order_events and behind(tp.topic, tp.partition)]
 
     def orders_owned() -> dict[int, bool]:
         """This worker's order-topic partitions, each with whether every record the broker
@@ -189,6 +195,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
     # requests are out before the engine computes.
     ledger = Ledger(redis)
     pipeline = Pipeline(topics=topics, ledger=ledger, send=send, first=[orders],
+                        held=orders.held_from,
                         handlers=[rooms, Presence(redis, timeout_ms=timeout_ms, rooms=rooms),
                                   engagement], book_of=rooms.book_at,
                         count=counters.count)
@@ -259,6 +266,8 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         for tp in revoked:
             processed.pop(tp, None)
             applied.pop(tp, None)
+        given = [tp.partition for tp in revoked if tp.topic == topics.order_events]
+        await pipeline.retrying(lambda: orders.release(given))
         await engagement.close({tp.partition for tp in revoked
                                 if tp.topic in (topics.viewer_events, topics.order_events)})
 
@@ -266,6 +275,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
     # flushed, so this is where the last second's state is saved.
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # as on_revoked
     async def on_shutdown(sender: object, **_: object) -> None:
+        await pipeline.retrying(lambda: orders.release(list(orders.held_partitions())))
         await engagement.close()
 
     @app.timer(SWEEP_EVERY_S)
@@ -301,6 +311,9 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
             processed.update(ends)
             await pipeline.process(chunk)
             applied.update(ends)
+            for (topic, p), first in orders.held_from().items():  # read, not applied
+                tp = TP(topic, p)
+                applied[tp] = min(applied.get(tp, first), first)
             if status_file is not None:
                 status_file.read([(r.topic, r.partition, r.offset) for r in chunk],
                                  stale=stale)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from stream.core.batch import BookOf, Handler, Part, Record, Send, by_book
@@ -38,8 +38,12 @@ class Pipeline:
                  count: Callable[[Sequence[Event], Counter[str]], None] | None = None,
                  clock: Callable[[], float] = time.time,
                  retry_delays: Sequence[float] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
-                 book_of: BookOf | None = None) -> None:
+                 book_of: BookOf | None = None,
+                 held: Callable[[], Mapping[tuple[str, int], int]] | None = None) -> None:
         self._topics = topics
+        # (topic, partition) -> the first offset a handler still holds back unapplied
+        # (Orders.held_from): nothing from there on is marked consumed.
+        self._held = held
         self._book_of = book_of
         self._ledger = ledger
         self._send = send
@@ -119,6 +123,11 @@ class Pipeline:
         for record in records:
             key = f"{record.topic}:{record.partition}"
             ends[key] = max(ends.get(key, -1), record.offset)
+        if self._held is not None:
+            for (topic, partition), first in self._held().items():
+                key = f"{topic}:{partition}"
+                if key in ends:
+                    ends[key] = min(ends[key], first - 1)
         # The counts and the consumed mark go while the next batch is decoded and judged,
         # in order (a count applied early would fence off the one before); one batch's
         # may wait while the next is processed, no more.
