@@ -163,13 +163,15 @@ class RoomClocks:
 
     async def inventory_nows(self, rooms: Sequence[str], *, wall_now_ms: int,
                              read: Mapping[int, int] | None = None,
+                             until_ms: int | None = None,
                              ) -> dict[str, tuple[dict[int, int], int | None]]:
         """Per room, in one round trip: (its partitions' inventory clocks now, as
         `partition_nows`; its `stock` clock now, or None before its first event).
 
         With `read` (partition -> wall ms it was last read to its end, `Reading.read_at`),
         a partition's clock moves on by wall time only up to its mark, and not at all
-        without one."""
+        without one. With `until_ms` (the newest order applied on the partitions not read
+        to their end, `stale_until`), wall time moves no partition's clock past it."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for room in rooms:
                 pipe.hgetall(keys.clock(room))
@@ -185,7 +187,10 @@ class RoomClocks:
                     if wall is not None:
                         until = wall_now_ms if read is None else min(
                             wall_now_ms, read.get(partition, 0))
-                        nows[partition] = now_of(int(value), int(wall), wall_now_ms=until)
+                        now = now_of(int(value), int(wall), wall_now_ms=until)
+                        if until_ms is not None:  # the clock itself never goes back
+                            now = max(int(value), min(now, until_ms))
+                        nows[partition] = now
             event, wall = (fields.get(f) for f in _FIELDS["stock"])
             stock = None if event is None or wall is None else now_of(
                 int(event), int(wall), wall_now_ms=wall_now_ms)

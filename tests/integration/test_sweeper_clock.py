@@ -211,9 +211,10 @@ async def test_a_partition_not_read_to_its_end_does_not_expire_on_the_wall(db: R
     """Partition 2's owner goes down (or falls behind) after reading o2's order at 88 s;
     o2's payment at 90 s is the next record there, unread. However long the wall runs,
     the sweeper moves p2's clock on only up to when p2 was last read to its end, so o2
-    is still reserved when the payment is applied. p1, read to its end all along, still
-    expires on the wall. Before, p2's clock ran on with the wall and the customer got
-    `re-reserved after expired`."""
+    is still reserved when the payment is applied. Before, p2's clock ran on with the
+    wall and the customer got `re-reserved after expired`. p1, read to its end all
+    along, waits for p2 too (the next test says why), and expires on the wall once p2 is
+    read to its end again."""
     orders, results, wall, p1, p2 = await rice_on_two_partitions(db)
     await orders.handle([
         part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=[RICE]), partition=p1),
@@ -223,13 +224,41 @@ async def test_a_partition_not_read_to_its_end_does_not_expire_on_the_wall(db: R
     wall[0] += 30
     assert await orders.sweep(owned={p1: True}) == 0  # p2: down from here on
     wall[0] += 600  # p1 at 10 + 630 s, past o1's 130 s; p2 at 88 s, not o2's 208 s
-    assert await orders.sweep(owned={p1: True}) == 1
+    assert await orders.sweep(owned={p1: True}) == 0
     assert await orders.sweep() == 0  # no worker has read any to the end: no wall at all
     await orders.handle([part(TOPICS.order_events, 1, at(OrderPaid, 90, "v2", "o2"),
                               partition=p2)])
+    assert await orders.sweep(owned={p1: True, p2: True}) == 1
     assert [(r.order_id, r.status, r.reason) for _, r in results] == [
-        ("o1", "reserved", None), ("o2", "reserved", None), ("o1", "released", "expired"),
-        ("o2", "confirmed", None)]
+        ("o1", "reserved", None), ("o2", "reserved", None), ("o2", "confirmed", None),
+        ("o1", "released", "expired")]
+
+
+async def test_wall_time_frees_no_unit_before_an_unread_order(db: Redis) -> None:
+    """One unit, reserved by o1 on p1 at 10 s (due at 130 s). p2 is behind: applied to
+    50 s, its next record o3 at 100 s, unread. p1 is read to its end and the wall is
+    far past 130 s, but in event time o1 still holds the unit at 100 s, so o3 is refused.
+    Before, the sweeper expired o1 on the wall while p2 was behind and o3 got the unit:
+    a worker reading a backlog sold the units of due reservations to earlier orders."""
+    results: list[tuple[int, OrderResult]] = []
+    wall = [1_000_000.0]
+    orders = make_orders(db, results, wall)
+    await orders.handle([part(TOPICS.host_events, 0, StockSet(
+        event_id="s", room_id=ROOM, ts=T0, sku="rice", qty=1))])
+    p1, p2 = partition_for("v1", 2), partition_for("v2", 2)
+    await orders.handle([
+        part(TOPICS.order_events, 0, at(OrderPlaced, 10, "v1", "o1", items=[RICE]), partition=p1),
+        part(TOPICS.order_events, 0, at(OrderPlaced, 50, "v2", "o2", items=[RICE]),
+             partition=p2)])  # sold out: o1 holds the unit
+    assert await orders.sweep(owned={p1: True, p2: False}) == 0
+    wall[0] += 600
+    assert await orders.sweep(owned={p1: True, p2: False}) == 0
+    await orders.handle([part(TOPICS.order_events, 1, at(OrderPlaced, 100, "v2", "o3",
+                                                         items=[RICE]), partition=p2)])
+    assert await orders.sweep(owned={p1: True, p2: True}) == 1
+    assert [(r.order_id, r.status, r.reason) for _, r in results] == [
+        ("o1", "reserved", None), ("o2", "rejected", "sold_out"),
+        ("o3", "rejected", "sold_out"), ("o1", "released", "expired")]
 
 
 async def test_a_mark_moves_the_clock_only_up_to_its_wall_time(db: Redis) -> None:
