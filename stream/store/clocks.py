@@ -148,6 +148,12 @@ class RoomClocks:
                            args=[wall_ms, *(x for ms, (event, wall) in moves
                                             for x in (ms, event, wall))], client=pipe)
 
+    @staticmethod
+    def queue_stock_ms(pipe: AnyPipeline, room_id: str) -> None:
+        """Queue a read of the room's `stock` clock without wall time: the newest event ts
+        its inventory has applied (a reply of bytes, or None before any)."""
+        pipe.hget(keys.clock(room_id), _FIELDS["stock"][0])
+
     async def now(self, room_id: str, *, wall_now_ms: int,
                   clock: Clock = "room") -> int | None:
         """The room's time now on `clock`, or None before its first event."""

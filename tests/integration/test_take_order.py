@@ -153,3 +153,30 @@ async def test_takes_beside_each_other_keep_every_held_record(db: Redis) -> None
     assert sorted((r.order_id, r.status) for _, r in results) == [
         ("a1", "reserved"), ("a2", "reserved")]
 
+
+async def test_a_replayed_load_does_not_say_its_level_held_from_its_start(db: Redis) -> None:
+    """The gateway applies a stock load before its 202; the worker reads the same event
+    on the host topic later, here after a backlog's orders: one unit taken at 50 s and
+    freed at 300 s. The replay's answer is the level now (1 left, the newest version).
+    Stamped with the load's own ts it told the stock book one unit was left from the
+    show's start, so at 100 s too, where event time says none."""
+    results: list[tuple[int, OrderResult]] = []
+
+    async def publish(updates: object) -> None:
+        return None
+
+    book = StockBook()
+    orders = Orders(redis=db, inventory=Inventory(db), feed=StockFeed(publish, clock=lambda: 0.0),
+                    send=collector(results), topics=TOPICS, partitions=2, stock=book)
+    load = StockSet(event_id="s", room_id=ROOM, ts=T0, sku="rice", qty=1)
+    await Inventory(db).load([load])  # the gateway's, before its 202
+    p = partition_for("v2", 2)
+    rice = [OrderItem("rice", 1, 9.9)]
+    await orders.handle([
+        Part(Record(TOPICS.order_events, p, 0, b""), [at(OrderPlaced, 50, "v2", "b1", items=rice)],
+             frozenset({ROOM})),
+        Part(Record(TOPICS.order_events, p, 1, b""),
+             [at(OrderPaymentFailed, 300, "v2", "b1", reason="card_declined")], frozenset({ROOM}))])
+    await orders.handle([Part(Record(TOPICS.host_events, 0, 0, b""), [load], frozenset({ROOM}))])
+    assert book.available_at(ROOM, "rice", T0 + 100_000) == 0
+    assert book.available_at(ROOM, "rice", T0 + 400_000) == 1
