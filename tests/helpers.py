@@ -102,6 +102,7 @@ def collector(results: list[tuple[int, OrderResult]]) -> SendMany:
 def viewer_path(redis: Client, settings: Settings, sends: Sends, *,
                 behind: Callable[[str, int], bool] = lambda topic, partition: False,
                 clock: Callable[[], float] = time.time,
+                unapplied: Callable[[], float] = lambda: float("inf"),
                 selling: bool = False) -> tuple[Engagement, Pipeline]:
     """The worker's viewer path built by hand on real Redis and Kafka, for tests that play
     a rebalance: an Engagement with the repository's rules, a Pipeline in front of it,
@@ -112,7 +113,8 @@ def viewer_path(redis: Client, settings: Settings, sends: Sends, *,
     rooms = RoomLog(redis)
     engagement = Engagement(redis=redis, rules=lambda: rules, rooms=rooms,
                             send=sends.send_many, topics=topics,
-                            bootstrap=settings.kafka_bootstrap, behind=behind, clock=clock)
+                            bootstrap=settings.kafka_bootstrap, behind=behind, clock=clock,
+                            unapplied=unapplied)
     first: list[Handler] = []
     if selling:
         async def publish(updates: list[StockUpdate]) -> None:

@@ -187,6 +187,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
                             send=send_many,
                             topics=topics, bootstrap=settings.kafka_bootstrap,
                             behind=behind, generation=lambda: app.consumer_generation_id,
+                            unapplied=orders.unapplied_from,
                             nudge_hold_s=settings.nudge_hold_s)
     # The inventory goes first: the viewer engines judge nudges by the stock levels its
     # answers bring (Engagement._stock_until). The other handlers run side by side; each

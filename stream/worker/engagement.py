@@ -66,6 +66,7 @@ class Engagement:
                  topics: Topics, bootstrap: str,
                  behind: Callable[[str, int], bool] = lambda topic, partition: False,
                  generation: Callable[[], int] = lambda: 0,
+                 unapplied: Callable[[], float] = lambda: float("inf"),
                  clock: Callable[[], float] = time.time, nudge_hold_s: int = 60,
                  presence_timeout_ms: int = PRESENCE_TIMEOUT_MS) -> None:
         self._redis = redis
@@ -74,6 +75,9 @@ class Engagement:
         self._rooms = rooms
         self._clock = clock
         self._behind = behind
+        # The oldest order the inventory has read but not applied (Orders.unapplied_from):
+        # a backlog's envelope held whole waits with events older than what is read.
+        self._unapplied = unapplied
         self._generation = generation
         self._inputs = (topics.viewer_events, topics.order_events)
         self._deployment = topics.prefix
@@ -292,8 +296,9 @@ class Engagement:
     def _stock_until(self) -> float:
         """How far any partition's timers may run for the stock levels they judge by: up
         to the newest order read (and so applied: the inventory handles each batch
-        first) on every order-topic partition of this worker's that is still behind, and
-        as far as the owners of the others tell (`_others_until`).
+        first) on every order-topic partition of this worker's that is still behind, to
+        the oldest the inventory holds unapplied (stream/worker/orderhold.py), and as far
+        as the owners of the others tell (`_others_until`).
 
         A room's orders are spread over all partitions, but a partition's engine waits
         only for its own two topics. Reading a backlog (a takeover, a worker catching
@@ -304,7 +309,7 @@ class Engagement:
         orders = self._inputs[1]
         own = min((w.newest(orders) for q, w in self._waiting.items() if self._behind(orders, q)),
                   default=_FOREVER)
-        return min(own, self._others_until())
+        return min(own, self._unapplied(), self._others_until())
 
     def _others_until(self) -> float:
         """The same for the order partitions of other workers: while one is not known to

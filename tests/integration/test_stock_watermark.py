@@ -165,3 +165,29 @@ async def test_a_dwell_waits_for_another_workers_orders_still_unread(
         assert decided == {f"suppressed:{RULE}:sold_out": 1}
     else:
         assert decided.get(f"nudges:{RULE}:treatment") == 1
+
+
+async def test_a_dwell_waits_for_orders_the_inventory_holds_unapplied(
+        settings: Settings, redis: Redis, producer: AIOKafkaProducer) -> None:
+    """Every partition is read to its end, but the inventory still holds an order from
+    50 s (a backlog's envelope held whole, stream/worker/orderhold.py, or a take being
+    applied): A's dwell, due at 182 s, waits for it. The worker once judged a partition's
+    timers while its last take was still in the inventory's hands, and one partition's
+    engine sent 528-891 nudges too many (`bench/viewer_engine.py`)."""
+    held = [0.0]
+    engagement, pipeline = viewer_path(redis, settings, Sends(producer),
+                                       unapplied=lambda: held[0])
+    await engagement.adopt({0, 1})
+    room, t0 = f"room-{time.time_ns()}", int(time.time() * 1000) - 3_600_000
+    held[0] = t0 + 50_000
+    a = treated("a")
+    topics = Topics(settings.topic_prefix)
+    await pipeline.process(records(topics.host_events, 0, on_air(room, t0)))
+    await pipeline.process(records(topics.viewer_events, 0, dwelling(room, a, t0)))
+    await pipeline.drain()
+    await engagement.tick()
+    stats = await show_stats(redis, room)
+    assert {k: v for k, v in stats.items() if k.startswith(("nudges", "suppressed:"))} == {}
+    held[0] = float("inf")  # applied: rice still in stock, the popup goes out
+    await engagement.tick()
+    assert (await show_stats(redis, room)).get(f"nudges:{RULE}:treatment") == 1
