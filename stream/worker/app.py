@@ -13,8 +13,10 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -87,6 +89,10 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         group_id(settings.topic_prefix),
         broker=broker_url(settings),
         store="memory://",
+        # The memory store writes nothing to disk, yet faust makes `{id}-data/v1/tables`
+        # at start, in the working directory by default: 25 of them in the repo after
+        # one `make test` (one per test's topic prefix). The temp dir keeps them out.
+        datadir=Path(tempfile.gettempdir()) / "{conf.name}-data",
         # A group join waits half the session timeout, and a killed worker's partitions
         # wait the whole of it: 6 s means ~3 s to start (not ~31 s) and a takeover in
         # ~10 s. Heartbeats run on faust's consumer thread, so a busy batch cannot miss one.

@@ -24,6 +24,8 @@ from stream.worker.admin import ensure_topics
 
 pytestmark = pytest.mark.integration
 
+RULES = Path(__file__).resolve().parents[2] / "rules"
+
 
 async def wait_for(predicate, *, timeout: float) -> float:  # type: ignore[no-untyped-def]
     start = time.monotonic()
@@ -58,8 +60,12 @@ async def test_worker_processes_and_survives_garbage(settings: Settings, redis: 
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
     log = (tmp_path / "worker.log").open("wb")
+    # In a directory of its own, to see that it leaves nothing there (faust's data dir).
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    rules = msgspec.structs.replace(settings, rules_dir=RULES)
     worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"],
-                              env={**os.environ, **to_env(settings)},
+                              env={**os.environ, **to_env(rules)}, cwd=workdir,
                               stdout=log, stderr=subprocess.STDOUT)
     try:
         first = orjson.dumps(ev("viewer.joined", room_id=room, source="douyin"))
@@ -73,6 +79,7 @@ async def test_worker_processes_and_survives_garbage(settings: Settings, redis: 
 
         # How fast a worker starts (~3 s) is bench/claims.py's to measure; here it starts.
         await wait_for(await counted(1), timeout=60)
+        assert list(workdir.iterdir()) == [], "the worker wrote to its working directory"
 
         # Garbage written by another Kafka client, then good events behind it.
         garbage = [
