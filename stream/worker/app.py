@@ -41,7 +41,7 @@ from stream.worker.admin import ensure_topics
 from stream.worker.engagement import Engagement
 from stream.worker.orders import Orders
 from stream.worker.pipeline import Pipeline
-from stream.worker.resume import read_to_end as read_partitions_to_end
+from stream.worker.progress import Progress
 from stream.worker.resume import start_of
 from stream.worker.rulewatch import RuleWatcher
 from stream.worker.status import EVERY_S as STATUS_EVERY_S
@@ -159,8 +159,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
     watcher = RuleWatcher(settings.rules_dir)
     status_file = (StatusFile(settings.status_dir, pid=os.getpid(), clock=time.time)
                    if settings.status_dir is not None else None)
-    processed: dict[TP, int] = {}  # the next offset the pipeline has handled, per partition
-    applied: dict[TP, int] = {}  # the next offset whose record's effects are not all in
+    progress = Progress()
 
     def behind(topic: str, partition: int) -> bool:
         """Whether the partition holds records the pipeline has not handled. The highwater is
@@ -168,8 +167,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         tp = TP(topic, partition)
         if app.rebalancing or tp not in app.consumer.assignment():
             return True
-        high = app.consumer.highwater(tp)
-        return high is None or high > processed.get(tp, high)
+        return progress.behind(tp, app.consumer.highwater(tp))
 
     def orders_behind() -> list[int]:
         """This worker's order partitions holding records the pipeline has not seen."""
@@ -182,10 +180,9 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         time, and tells the other workers how far their orders are applied."""
         if app.rebalancing:  # no fetch runs in a rebalance: the highwaters are old
             return {}
-        mine = [tp for tp in app.consumer.assignment() if tp.topic == topics.order_events]
-        return read_partitions_to_end(
-            applied={tp.partition: applied[tp] for tp in mine if tp in applied},
-            highwater={tp.partition: app.consumer.highwater(tp) for tp in mine})
+        return progress.read_to_end({tp: app.consumer.highwater(tp)
+                                     for tp in app.consumer.assignment()
+                                     if tp.topic == topics.order_events})
 
     timeout_ms = settings.presence_timeout_s * 1000
     engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms,
@@ -232,7 +229,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
             starts[tp] = start_of(committed=at, consumed=consumed.get(f"{tp.topic}:{tp.partition}"),
                                   fence=fences.get(tp.partition, {}).get(tp.topic),
                                   engine=tp in viewer_tps)
-            processed[tp] = applied[tp] = starts[tp]
+            progress.start(tp, starts[tp])
         await pipeline.retrying(
             lambda: engagement.adopt({tp.partition for tp in viewer_tps}))
         if status_file is not None:
@@ -252,13 +249,8 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
 
     @app.timer(STATUS_EVERY_S)
     async def report_status() -> None:
-        lag: dict[TP, int | None] = {}
-        for tp in app.consumer.assignment():
-            high = app.consumer.highwater(tp)
-            # A partition not read yet in this process: unknown, unless it is empty.
-            done = processed.get(tp, 0 if high == 0 else None)
-            lag[tp] = None if high is None or done is None else max(0, high - done)
-        status.progress(lag)
+        status.progress({tp: progress.lag(tp, app.consumer.highwater(tp))
+                         for tp in app.consumer.assignment()})
 
     if status_file is not None:
         @app.timer(1.0)
@@ -270,9 +262,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: object, revoked: set[TP], **_: object) -> None:
         # Whoever gets these partitions next loads their viewers from Redis: saved first.
-        for tp in revoked:
-            processed.pop(tp, None)
-            applied.pop(tp, None)
+        progress.drop(revoked)
         given = [tp.partition for tp in revoked if tp.topic == topics.order_events]
         await pipeline.retrying(lambda: orders.release(given))
         await engagement.close({tp.partition for tp in revoked
@@ -311,21 +301,10 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
         # A jump in a partition's offsets is a record the broker let the fetch skip
         # (stream/worker/gaps.py): read it now, before the records after it.
         records = await gaps.fill(_records(current, taken=time.monotonic()),
-                                  lambda topic, p: processed.get(TP(topic, p)),
+                                  lambda topic, p: progress.processed.get(TP(topic, p)),
                                   bootstrap=settings.kafka_bootstrap)
         for chunk in _pieces(records, orders_topic=topics.order_events):
-            ends = {TP(r.topic, r.partition): r.offset + 1 for r in chunk}
-            # Only once the handlers have the chunk: the tick (a timer beside this loop)
-            # judged a partition whose last records were in a chunk still being applied
-            # as read to its end, and its engine fired every timer those records cancel
-            # (`bench/viewer_engine.py`: 528-891 extra nudges on one partition, in 3 of 15
-            # runs; its orders all came in one take, still in the inventory's hands).
-            await pipeline.process(chunk)
-            processed.update(ends)
-            applied.update(ends)
-            for (topic, p), first in orders.held_from().items():  # read, not applied
-                tp = TP(topic, p)
-                applied[tp] = min(applied.get(tp, first), first)
+            await progress.process(chunk, handle=pipeline.process, held=orders.held_from)
             if status_file is not None:
                 status_file.read([(r.topic, r.partition, r.offset) for r in chunk],
                                  stale=stale)
