@@ -9,7 +9,8 @@ Measured with 5,000 WebSocket connects against one gateway process (2 cores shar
 with other sessions, load average 15-20): the collector took 2.0-2.5 ms of wall time
 per connect with the defaults, 1.4-1.5 ms with the startup heap frozen, 0.3-0.4 ms
 frozen and with these thresholds; the gateway's CPU per connect fell from 920-990 us
-to 460-640 us (README, "The connect storm, profiled", for the storm bench's figures).
+to 460-640 us (docs/performance.md, "The connect storm, profiled", for the storm
+bench's figures).
 """
 
 from __future__ import annotations
