@@ -42,6 +42,7 @@ from stream.core.models import (
     EVENT_TYPES,
     CartAdded,
     Event,
+    OrderEvent,
     OrderPaymentFailed,
     OrderPlaced,
     ViewerEvent,
@@ -228,6 +229,9 @@ return online
 PROOFS: frozenset[type[Event]] = frozenset(
     cls for cls in EVENT_TYPES.values() if issubclass(cls, ViewerEvent) and cls.role == "platform")
 HANDLED: frozenset[type[Event]] = PROOFS | {OrderPlaced, OrderPaymentFailed}
+# The op an order writes, looked up by its exact type: `isinstance` against a union was
+# 0.6 us an event, a third of `_add`'s own time in a py-spy profile of the viewer path.
+_ORDER_OPS: dict[type[Event], str] = {OrderPlaced: "c", OrderPaymentFailed: "f"}
 
 
 def _profile(e: ViewerJoined) -> str:
@@ -273,9 +277,10 @@ class Presence:
         for e in events:
             b = book if book is not None else (book_of(e.room_id, e.ts) if book_of else 0)
             cls = type(e)
-            if isinstance(e, OrderPlaced | OrderPaymentFailed):
+            order_op = _ORDER_OPS.get(cls)
+            if order_op is not None and isinstance(e, OrderEvent):
                 by_room.setdefault((e.room_id, b, partition), []).extend(
-                    ["c" if cls is OrderPlaced else "f", e.viewer_id, e.ts, ""])
+                    [order_op, e.viewer_id, e.ts, ""])
                 continue
             if cls not in PROOFS or not isinstance(e, ViewerEvent):
                 continue
@@ -285,7 +290,8 @@ class Presence:
             key = (e.room_id, b, partition, e.viewer_id)
             if cls is CartAdded:
                 ops.extend(["c", e.viewer_id, e.ts, ""])
-            if isinstance(e, ViewerJoined):
+            # `cls is` first: an `isinstance` that misses costs ~0.2 us, and most events miss.
+            if cls is ViewerJoined and isinstance(e, ViewerJoined):
                 runs.pop(key, None)
                 ops.extend(["j", e.viewer_id, e.ts, _profile(e)])
                 continue
