@@ -1,6 +1,6 @@
 """A hot SKU's stock in buckets on the real Redis: loads, borrowing, steps cut short.
 
-The fuzz in test_inventory.py checks whole outcomes against the model; these cases
+The fuzz in test_inventory_model.py checks whole outcomes against the model; these cases
 check what only buckets have: an order borrows when its own bucket is dry, a redelivered
 order never takes from a second bucket, and a step cut short (a crash between the
 walk, the room's script and the bucket moves) is finished by the replay, once.
