@@ -19,8 +19,8 @@ then a connect storm.
    is baseline p99 / gateway p99 (1.0 = the gateway adds nothing to the fan-out).
 
 The clients and their processes are in bench/fanout_clients.py. Every process raises its
-open-file limit; where the hard limit cannot be raised (no
-CAP_SYS_RESOURCE) the run shrinks to what fits and the figures say so.
+open-file limit; where the hard limit cannot be raised (no CAP_SYS_RESOURCE) the run
+shrinks to what fits and the figures say so.
 """
 
 from __future__ import annotations
