@@ -162,6 +162,19 @@ def test_every_folder_says_what_lives_there() -> None:
     assert bare == []
 
 
+def test_every_folder_names_each_of_its_modules() -> None:
+    """A newcomer reads a folder's docstring to find a module: each is named there in
+    backticks (47 of the 105 modules were not, before this test)."""
+    unnamed = {}
+    for init in PKG.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
+        missing = sorted(p.stem for p in init.parent.glob("*.py")
+                         if p.stem != "__init__" and f"`{p.stem}`" not in doc)
+        if missing:
+            unnamed[init.parent.name] = missing
+    assert unnamed == {}
+
+
 def test_the_checker_catches_what_it_is_for() -> None:
     """The graph is real: known one-way edges are seen, so an empty answer means something."""
     assert "stream.core.models" in GRAPH["stream.core.codec"]
