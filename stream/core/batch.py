@@ -94,3 +94,16 @@ class Handler(Protocol):
     async def handle(self, parts: Sequence[Part]) -> None: ...
 
 
+# What a handler behind the batch still has to write: run once, in batch order, and
+# again on a transient failure (so it must be idempotent, as `handle` is).
+Write = Callable[[], Awaitable[None]]
+
+
+class BehindHandler(Protocol):
+    """A handler that no other handler of the batch reads from (presence): it computes
+    in line with them, and its writes land while the next batch is processed, before
+    this batch's consumed mark."""
+
+    async def prepare(self, parts: Sequence[Part]) -> Write | None: ...
+
+

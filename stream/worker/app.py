@@ -196,12 +196,14 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
     # answers bring (Engagement._stock_until). The other handlers run side by side; each
     # has a batch of its own agent's topics, so the host log (its own agent) needs no
     # order against the viewer engine. Those that mostly wait on Redis come first: their
-    # requests are out before the engine computes.
+    # requests are out before the engine computes. Presence, which no handler reads,
+    # writes behind the batch.
     ledger = Ledger(redis)
     pipeline = Pipeline(topics=topics, ledger=ledger, send=send, first=[orders],
                         held=orders.held_from,
-                        handlers=[rooms, Presence(redis, timeout_ms=timeout_ms, rooms=rooms),
-                                  engagement], book_of=rooms.book_at,
+                        handlers=[rooms, engagement],
+                        behind=[Presence(redis, timeout_ms=timeout_ms, rooms=rooms)],
+                        book_of=rooms.book_at,
                         count=counters.count)
 
     @app.task

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
-from stream.core.batch import BookOf, Handler, Part, Record, Send, by_book
+from stream.core.batch import BehindHandler, BookOf, Handler, Part, Record, Send, Write, by_book
 from stream.core.codec import BodyError, decode_events, encode
 from stream.core.deadletters import dead_letter, room_of
 from stream.core.models import Event, Origin
@@ -35,6 +35,7 @@ TRANSIENT = (*TRANSIENT_REDIS, ConnectionError, OSError, TimeoutError)
 class Pipeline:
     def __init__(self, *, topics: Topics, ledger: Ledger, send: Send,
                  handlers: Sequence[Handler] = (), first: Sequence[Handler] = (),
+                 behind: Sequence[BehindHandler] = (),
                  count: Callable[[Sequence[Event], Counter[str]], None] | None = None,
                  clock: Callable[[], float] = time.time,
                  retry_delays: Sequence[float] = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
@@ -51,6 +52,9 @@ class Pipeline:
         # Handlers whose results the others read (the inventory's stock levels, which the
         # viewer engines judge nudges by): each batch runs them to the end first.
         self._first = list(first)
+        # Handlers no other reads from (presence): computed beside the others, written
+        # while the next batch is processed, before this one's consumed mark.
+        self._behind_handlers = list(behind)
         # More once-per-record counts of events: the host's metrics (`counters.count`).
         self._count = count
         self._homes: dict[type[Event], str] = {}  # event type -> the topic it belongs on
@@ -104,8 +108,49 @@ class Pipeline:
             if events:
                 parts.append(Part(record, events, frozenset(e.room_id for e in events)))
 
-        await self._run_handlers(parts, reject)
+        writes = await self._run_handlers(parts, reject)
         self.events_processed += sum(len(part.events) for part in parts)
+        for letter in letters:
+            await self._send(self._topics.dead_letters, letter)
+        letters.clear()
+        ends: dict[str, int] = {}
+        for record in records:
+            key = f"{record.topic}:{record.partition}"
+            ends[key] = max(ends.get(key, -1), record.offset)
+        if self._held is not None:
+            for (topic, partition), first in self._held().items():
+                key = f"{topic}:{partition}"
+                if key in ends:
+                    ends[key] = min(ends[key], first - 1)
+        # The behind writes, the counts and the consumed mark go while the next batch is
+        # decoded and judged, in order (a count applied early would fence off the one
+        # before); one batch's may wait while the next is processed, no more.
+        previous = self._tail
+        self._tail = asyncio.ensure_future(self._write_behind(
+            previous, writes, parts, reject, letters, counter, counts, ends))
+        if previous is not None:
+            await previous
+
+    async def _write_behind(self, previous: asyncio.Future[None] | None,
+                            writes: list[tuple[BehindHandler, Write]], parts: list[Part],
+                            reject: Callable[[Record, bytes, str, int | None], None],
+                            letters: list[bytes],
+                            counter: Callable[[str, Record, int], Counter[str]],
+                            counts: dict[tuple[str, int, str, int], RoomBatch],
+                            ends: dict[str, int]) -> None:
+        if previous is not None:
+            await previous
+        failed: list[str] = []
+        for handler, write in writes:
+            try:
+                await self.retrying(write)
+            except Exception as exc:  # a bug, not an outage: as a handler's in line
+                log.exception("handler %s failed behind its batch", handler)
+                failed.append(f"{type(handler).__name__}: {exc!r}")
+        if failed:
+            self._reject_all(parts, reject, failed)
+            for letter in letters:
+                await self._send(self._topics.dead_letters, letter)
         for part in parts:
             for room in part.rooms:
                 in_room = part.events if len(part.rooms) == 1 else [
@@ -117,30 +162,7 @@ class Pipeline:
                         c[self._tag(cls)] += n
                     if self._count is not None:
                         self._count(mine, c)
-        for letter in letters:
-            await self._send(self._topics.dead_letters, letter)
-        ends: dict[str, int] = {}
-        for record in records:
-            key = f"{record.topic}:{record.partition}"
-            ends[key] = max(ends.get(key, -1), record.offset)
-        if self._held is not None:
-            for (topic, partition), first in self._held().items():
-                key = f"{topic}:{partition}"
-                if key in ends:
-                    ends[key] = min(ends[key], first - 1)
-        # The counts and the consumed mark go while the next batch is decoded and judged,
-        # in order (a count applied early would fence off the one before); one batch's
-        # may wait while the next is processed, no more.
-        previous = self._tail
-        self._tail = asyncio.ensure_future(
-            self._count_and_mark(previous, list(counts.values()), ends))
-        if previous is not None:
-            await previous
-
-    async def _count_and_mark(self, previous: asyncio.Future[None] | None,
-                              batches: list[RoomBatch], ends: dict[str, int]) -> None:
-        if previous is not None:
-            await previous
+        batches = list(counts.values())
         await self.retrying(lambda: self._ledger.apply(batches))
         # Where a new owner starts: faust's commit can run ahead of what was processed (it
         # acks a take() batch a rebalance interrupts, and records it then drops as stale).
@@ -148,15 +170,17 @@ class Pipeline:
         await self.retrying(lambda: self._ledger.mark_consumed(ends))
 
     async def drain(self) -> None:
-        """Wait until the last batch's counts and consumed mark are in Redis."""
+        """Wait until the last batch's behind writes, counts and consumed mark are in Redis."""
         if self._tail is not None:
             await self._tail  # each waits for the one before
 
     async def _run_handlers(self, parts: list[Part],
-                            reject: Callable[[Record, bytes, str, int | None], None]) -> None:
+                            reject: Callable[[Record, bytes, str, int | None], None],
+                            ) -> list[tuple[BehindHandler, Write]]:
         """The `first` handlers, then all the others at once: each waits on Redis while
-        another computes."""
+        another computes. Returns the behind handlers' writes, still to run."""
         failed: list[str] = []
+        writes: list[tuple[BehindHandler, Write]] = []
 
         async def run(handler: Handler) -> None:
             try:
@@ -165,15 +189,35 @@ class Pipeline:
                 log.exception("handler %s failed", handler)
                 failed.append(f"{type(handler).__name__}: {exc!r}")
 
+        async def prepare(handler: BehindHandler) -> None:
+            try:
+                write = await self.retrying(lambda: handler.prepare(parts))
+            except Exception as exc:
+                log.exception("handler %s failed", handler)
+                failed.append(f"{type(handler).__name__}: {exc!r}")
+            else:
+                if write is not None:
+                    writes.append((handler, write))
+
         for handler in self._first:
             await run(handler)
-        await asyncio.gather(*map(run, self._handlers))
-        if failed:
-            log.error("dead-lettering %d events", sum(len(part.events) for part in parts))
-            for part in parts:
-                for event in part.events:
-                    reject(part.record, encode(event), f"internal: {'; '.join(failed)}", None)
-            parts.clear()
+        await asyncio.gather(*map(run, self._handlers), *map(prepare, self._behind_handlers))
+        if failed:  # nothing of a dead-lettered batch is written behind it
+            self._reject_all(parts, reject, failed)
+            return []
+        # In the order the handlers were given, whichever finished preparing first.
+        order = {id(handler): i for i, handler in enumerate(self._behind_handlers)}
+        return sorted(writes, key=lambda hw: order[id(hw[0])])
+
+    @staticmethod
+    def _reject_all(parts: list[Part], reject: Callable[[Record, bytes, str, int | None], None],
+                    failed: list[str]) -> None:
+        """Dead-letter every event of the batch after a handler's bug, and forget them."""
+        log.error("dead-lettering %d events", sum(len(part.events) for part in parts))
+        for part in parts:
+            for event in part.events:
+                reject(part.record, encode(event), f"internal: {'; '.join(failed)}", None)
+        parts.clear()
 
     def _home(self, cls: type[Event]) -> str:
         home = self._homes.get(cls)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 
 import msgspec
 import pytest
 from redis.asyncio import Redis
 
 from stream.core import counters
-from stream.core.batch import Record
+from stream.core.batch import Part, Record, Send, Write
 from stream.core.codec import encode
 from stream.core.counters import minute_of
 from stream.core.models import (
@@ -40,16 +42,20 @@ async def _send(topic: str, value: bytes, key: bytes | None = None,
     return None
 
 
-def pipeline(redis: Redis, *, timeout_ms: int = 60_000) -> Pipeline:
-    return Pipeline(topics=TOPICS, ledger=Ledger(redis), send=_send,
-                    handlers=[Presence(redis, timeout_ms=timeout_ms)], count=counters.count)
+def pipeline(redis: Redis, *, timeout_ms: int = 60_000, presence: Presence | None = None,
+             send: Send = _send, topics: Topics = TOPICS) -> Pipeline:
+    """Presence behind the batch, as the worker runs it (stream/worker/app.py)."""
+    return Pipeline(topics=topics, ledger=Ledger(redis), send=send,
+                    behind=[presence or Presence(redis, timeout_ms=timeout_ms)],
+                    count=counters.count, retry_delays=(0.01,))
 
 
 DAY = 86_400_000
 
 
-def records(events: list[Event], *, partition: int = 0, first: int = 0) -> list[Record]:
-    return [Record(TOPICS.viewer_events, partition, first + i, encode(e))
+def records(events: list[Event], *, partition: int = 0, first: int = 0,
+            topics: Topics = TOPICS) -> list[Record]:
+    return [Record(topics.viewer_events, partition, first + i, encode(e))
             for i, e in enumerate(events)]
 
 
@@ -235,3 +241,98 @@ async def test_a_replay_at_100x_gives_the_same_online_series(redis: Redis) -> No
         assert a[key] == b[key], key
     assert {k: v for k, v in a.items() if k.endswith(":online_d") and v} == {
         f"m:{m}:online_d": d for m, d in delta.items() if d}
+
+
+# --- written behind the batch ------------------------------------------------------------
+
+
+class GatedPresence(Presence):
+    """The real presence, its write held until the test opens the gate; `fail` makes the
+    write raise instead, `flaky` fails its first try with a transient error."""
+
+    def __init__(self, redis: Redis, *, fail: Exception | None = None,
+                 flaky: bool = False) -> None:
+        super().__init__(redis, timeout_ms=DAY)
+        self.gate = asyncio.Event()
+        self.fail, self.flaky, self.tries = fail, flaky, 0
+
+    async def prepare(self, parts: Sequence[Part]) -> Write | None:
+        write = await super().prepare(parts)
+        if write is None:
+            return None
+
+        async def gated() -> None:
+            await self.gate.wait()
+            self.tries += 1
+            if self.fail is not None:
+                raise self.fail
+            if self.flaky and self.tries == 1:
+                raise ConnectionError("valkey went away")
+            await write()
+        return gated
+
+
+def joins(room: str, n: int, *, first: int = 0) -> list[Record]:
+    """`n` joins on partition 0 of the room's own topics (the ledger's marks are by topic)."""
+    return records([ViewerJoined(event_id=f"{room}-{i}", room_id=room, viewer_id=f"v{i}",
+                                 ts=T0 + i, source="douyin") for i in range(first, first + n)],
+                   first=first, topics=Topics(f"{room}."))
+
+
+async def test_the_consumed_mark_waits_for_the_write_behind_the_batch(redis: Redis) -> None:
+    """A batch returns before its presence is written, but its counts and consumed mark
+    wait for the write, and the next batch's return waits for all three: a worker killed
+    in between redoes the batch (idempotent by event), it never skips its presence."""
+    room = f"rb-{uuid.uuid4().hex[:8]}"
+    presence = GatedPresence(redis)
+    p = pipeline(redis, presence=presence, topics=Topics(f"{room}."))
+    first, second = joins(room, 3), joins(room, 2, first=3)
+    await p.process(first)  # returns with the write still held at the gate
+    ledger = Ledger(redis)
+    assert (await read_stats(redis, room)).get("online") is None
+    assert (await read_stats(redis, room)).get("events") is None
+    assert f"{room}.viewer-events:0" not in await ledger.consumed()
+    nxt = asyncio.ensure_future(p.process(second))
+    await asyncio.sleep(0.05)
+    assert not nxt.done(), "a second batch ran ahead of the first's write"
+    presence.gate.set()
+    await nxt
+    await p.drain()
+    stats = await read_stats(redis, room)
+    assert (stats["online"], stats["events"]) == (5, 5)
+    assert (await ledger.consumed())[f"{room}.viewer-events:0"] == 4
+
+
+async def test_a_transient_failure_behind_the_batch_is_retried(redis: Redis) -> None:
+    room = f"rt-{uuid.uuid4().hex[:8]}"
+    presence = GatedPresence(redis, flaky=True)
+    presence.gate.set()
+    p = pipeline(redis, presence=presence, topics=Topics(f"{room}."))
+    await p.process(joins(room, 4))
+    await p.drain()
+    assert presence.tries == 2 and p.retries == 1
+    stats = await read_stats(redis, room)
+    assert (stats["online"], stats["events"]) == (4, 4)
+
+
+async def test_a_failing_write_behind_the_batch_dead_letters_its_events(redis: Redis) -> None:
+    """A bug in the write (not an outage) parks the batch's events as dead letters that
+    name the handler, counts them, and moves on, as a handler in line does."""
+    room = f"rf-{uuid.uuid4().hex[:8]}"
+    sent: list[tuple[str, bytes]] = []
+
+    async def send(topic: str, value: bytes, key: bytes | None = None,
+                   partition: int | None = None) -> None:
+        sent.append((topic, value))
+
+    presence = GatedPresence(redis, fail=ValueError("bad ops"))
+    presence.gate.set()
+    p = pipeline(redis, presence=presence, send=send, topics=Topics(f"{room}."))
+    await p.process(joins(room, 3))
+    await p.drain()
+    letters = [msgspec.json.decode(v) for t, v in sent if t == Topics(f"{room}.").dead_letters]
+    assert len(letters) == 3
+    assert all("GatedPresence: ValueError('bad ops')" in letter["error"] for letter in letters)
+    stats = await read_stats(redis, room)
+    assert stats["dead_letters"] == 3 and "events" not in stats and "online" not in stats
+    assert (await Ledger(redis).consumed())[f"{room}.viewer-events:0"] == 2
