@@ -169,6 +169,21 @@ async def uncommitted(settings: Settings) -> dict[str, int]:
             for tp, n in sorted(behind.items()) if n}
 
 
+async def orders_read(settings: Settings, redis: Client) -> dict[int, str]:
+    """Per order-topic partition, what its owner last told the other workers
+    (`keys.orders_read`): how long ago it was read to its end, and the newest order ts
+    applied from it. While that word is older than READ_STALE_MS, the other workers'
+    timers wait at that ts (`Engagement._others_until`): what a show whose follow-ups
+    stopped short says about which partition held them."""
+    raw = await redis.hgetall(keys.orders_read(Topics(settings.topic_prefix).prefix))
+    now_ms = time.time() * 1000
+    told = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+    return {p: f"read to its end {(now_ms - told[str(p)]) / 1000:.1f} s ago, "
+               f"applied to ts {told.get(f'ts:{p}')}" if str(p) in told
+            else f"never read to its end, applied to ts {told.get(f'ts:{p}')}"
+            for p in range(settings.partitions)}
+
+
 async def read_all(settings: Settings, topics: list[str]) -> list[tuple[str, int, int, bytes]]:
     """Every record of `topics`: (topic, partition, offset, value)."""
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap,

@@ -24,6 +24,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from helpers import (
     kill_mattered,
+    orders_read,
     read_all,
     read_effects,
     running_gateway,
@@ -285,7 +286,8 @@ async def settled(redis: Redis, settings: Settings, topics: Topics, *, accepted:
             raise AssertionError(
                 f"not settled: {stats.get('events')} of {accepted} events, "
                 f"{stats.get('followups')} of {joined} follow-ups, lag {behind}; "
-                f"in the log vs counted: {short}")
+                f"in the log vs counted: {short}; order partitions as told: "
+                f"{await orders_read(settings, redis)}")
         await asyncio.sleep(1)
 
 

@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer
 from helpers import (
     assert_nothing_twice,
     kill_mattered,
+    orders_read,
     read_all,
     running_gateway,
     show_stats,
@@ -149,7 +150,8 @@ async def run_show(settings: Settings, tmp_path: Path, *, kill: bool, room_id: s
                         f"not settled: {stats.get('events')} of {sent.accepted} events, "
                         f"{stats.get('followups')} of {joined} follow-ups; in the log vs "
                         f"counted, per type: {await uncounted(settings, stats)}; "
-                        f"uncommitted: {await uncommitted(settings)}")
+                        f"uncommitted: {await uncommitted(settings)}; order partitions "
+                        f"as told: {await orders_read(settings, redis)}")
                 await asyncio.sleep(0.5)
             if kill:  # the kill had work at stake: the victim's partitions, re-read
                 assert settings.status_dir is not None
