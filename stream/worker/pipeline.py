@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import TypeVar
 
 from stream.core.batch import BehindHandler, BookOf, Handler, Part, Record, Send, Write, by_book
@@ -142,11 +143,7 @@ class Pipeline:
             await previous
         failed: list[str] = []
         for handler, write in writes:
-            try:
-                await self.retrying(write)
-            except Exception as exc:  # a bug, not an outage: as a handler's in line
-                log.exception("handler %s failed behind its batch", handler)
-                failed.append(f"{type(handler).__name__}: {exc!r}")
+            await self._guarded(handler, write, failed)
         if failed:
             self._reject_all(parts, reject, failed)
             for letter in letters:
@@ -180,34 +177,29 @@ class Pipeline:
         """The `first` handlers, then all the others at once: each waits on Redis while
         another computes. Returns the behind handlers' writes, still to run."""
         failed: list[str] = []
-        writes: list[tuple[BehindHandler, Write]] = []
-
-        async def run(handler: Handler) -> None:
-            try:
-                await self.retrying(lambda: handler.handle(parts))
-            except Exception as exc:  # a bug, not an outage: park the batch, keep the worker
-                log.exception("handler %s failed", handler)
-                failed.append(f"{type(handler).__name__}: {exc!r}")
-
-        async def prepare(handler: BehindHandler) -> None:
-            try:
-                write = await self.retrying(lambda: handler.prepare(parts))
-            except Exception as exc:
-                log.exception("handler %s failed", handler)
-                failed.append(f"{type(handler).__name__}: {exc!r}")
-            else:
-                if write is not None:
-                    writes.append((handler, write))
-
         for handler in self._first:
-            await run(handler)
-        await asyncio.gather(*map(run, self._handlers), *map(prepare, self._behind_handlers))
+            await self._guarded(handler, partial(handler.handle, parts), failed)
+        done = await asyncio.gather(
+            *(self._guarded(h, partial(h.handle, parts), failed) for h in self._handlers),
+            *(self._guarded(h, partial(h.prepare, parts), failed)
+              for h in self._behind_handlers))
         if failed:  # nothing of a dead-lettered batch is written behind it
             self._reject_all(parts, reject, failed)
             return []
-        # In the order the handlers were given, whichever finished preparing first.
-        order = {id(handler): i for i, handler in enumerate(self._behind_handlers)}
-        return sorted(writes, key=lambda hw: order[id(hw[0])])
+        prepared = done[len(self._handlers):]  # gather keeps the order it was given
+        return [(handler, write) for handler, write in zip(self._behind_handlers, prepared,
+                                                           strict=True) if write is not None]
+
+    async def _guarded(self, handler: Handler | BehindHandler, call: Callable[[], Awaitable[T]],
+                       failed: list[str]) -> T | None:
+        """`call`, retried through outages. A bug (not an outage) is logged and noted in
+        `failed`: the batch is parked as dead letters and the worker goes on."""
+        try:
+            return await self.retrying(call)
+        except Exception as exc:
+            log.exception("handler %s failed", handler)
+            failed.append(f"{type(handler).__name__}: {exc!r}")
+            return None
 
     @staticmethod
     def _reject_all(parts: list[Part], reject: Callable[[Record, bytes, str, int | None], None],
