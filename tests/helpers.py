@@ -27,6 +27,7 @@ from stream.engine.rules import load_dir
 from stream.gateway.app import Gateway
 from stream.local.embedded import free_port
 from stream.store import keys
+from stream.store.clocks import parse_reading
 from stream.store.connect import Client
 from stream.store.inventory import Audit, Inventory
 from stream.store.ledger import Ledger, read_stats
@@ -175,12 +176,11 @@ async def orders_read(settings: Settings, redis: Client) -> dict[int, str]:
     applied from it. While that word is older than READ_STALE_MS, the other workers'
     timers wait at that ts (`Engagement._others_until`): what a show whose follow-ups
     stopped short says about which partition held them."""
-    raw = await redis.hgetall(keys.orders_read(Topics(settings.topic_prefix).prefix))
+    read_at, applied_ms = parse_reading(await redis.hgetall(
+        keys.orders_read(Topics(settings.topic_prefix).prefix)))
     now_ms = time.time() * 1000
-    told = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
-    return {p: f"read to its end {(now_ms - told[str(p)]) / 1000:.1f} s ago, "
-               f"applied to ts {told.get(f'ts:{p}')}" if str(p) in told
-            else f"never read to its end, applied to ts {told.get(f'ts:{p}')}"
+    return {p: (f"read to its end {(now_ms - read_at[p]) / 1000:.1f} s ago" if p in read_at
+                else "never read to its end") + f", applied to ts {applied_ms.get(p)}"
             for p in range(settings.partitions)}
 
 
