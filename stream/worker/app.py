@@ -182,7 +182,8 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
             return {}
         return progress.read_to_end({tp: app.consumer.highwater(tp)
                                      for tp in app.consumer.assignment()
-                                     if tp.topic == topics.order_events})
+                                     if tp.topic == topics.order_events},
+                                    held=orders.held_from())
 
     timeout_ms = settings.presence_timeout_s * 1000
     engagement = Engagement(redis=redis, rules=lambda: watcher.current, rooms=rooms,
@@ -306,7 +307,7 @@ def create_app(settings: Settings, *, cluster: bool = False) -> faust.App:
                                   lambda topic, p: progress.processed.get(TP(topic, p)),
                                   bootstrap=settings.kafka_bootstrap)
         for chunk in _pieces(records, orders_topic=topics.order_events):
-            await progress.process(chunk, handle=pipeline.process, held=orders.held_from)
+            await progress.process(chunk, handle=pipeline.process)
             if status_file is not None:
                 status_file.read([(r.topic, r.partition, r.offset) for r in chunk],
                                  stale=stale)
