@@ -62,8 +62,10 @@ async def main() -> None:
         started = time.perf_counter()
         if profile is not None:
             profile.enable()
-        for batch in work:
-            await presence.handle(batch)
+        for batch in work:  # computed and written in turn: the write is not behind here
+            write = await presence.prepare(batch)
+            if write is not None:
+                await write()
         if profile is not None:
             profile.disable()
         wall = time.perf_counter() - started

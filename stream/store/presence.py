@@ -242,7 +242,8 @@ _pack = msgspec.msgpack.Encoder().encode
 
 
 class Presence:
-    """Pipeline handler: visits, carts and failed payments into the room's keys."""
+    """Pipeline handler behind the batch (`prepare`): visits, carts and failed payments
+    into the room's keys."""
 
     def __init__(self, redis: Client, *, timeout_ms: int = PRESENCE_TIMEOUT_MS,
                  rooms: RoomLog | None = None) -> None:
@@ -329,12 +330,6 @@ class Presence:
                 pipe.zadd(keys.METRIC_ROOMS, latest, gt=True)
                 await scripts.execute(pipe)
         return write
-
-    async def handle(self, parts: Sequence[Part]) -> None:
-        """The batch's presence, computed and written now."""
-        write = await self.prepare(parts)
-        if write is not None:
-            await write()
 
 
 def room_keys(room: str, book: int = 0, partition: int = 0) -> list[str]:
