@@ -25,6 +25,7 @@ from tqdm import tqdm
 from stream.core.auth import SENDERS, Tokens
 from stream.core.codec import encode
 from stream.core.models import Event, Role, StockSet, ViewerEvent
+from stream.engine.watermark import INPUT_IDLE_MS
 from stream.local.showplan import Plan, broadcast
 
 
@@ -79,6 +80,13 @@ _MAX_BATCH = 500  # ~100 KB a request, far under the gateway's body limit
 _RETRY_FOR_S = 60.0
 _RETRY_MAX_DELAY_S = 2.0
 _MAX_ERRORS = 20
+# A window holds at most this much show time, even behind schedule. The next window waits
+# for every lane of this one, so this bounds how far one room's platform lane can run
+# ahead of its commerce lane: half the worker's INPUT_IDLE_MS (10 s of event time), the
+# other half left for the gateways' own writes. Uncapped, the first window after a 4 s
+# Redis outage at 10x held 44 s of show; its views reached Kafka before a retry of its
+# orders, and the worker rightly fired a dwell nudge the late order would have cancelled.
+MAX_WINDOW_SHOW_S = INPUT_IDLE_MS / 2 / 1000
 _reply = msgspec.json.Decoder(_Reply)
 
 
@@ -138,7 +146,8 @@ class _Sender:
         time, and HOLD_ORDERS_S, 2 s of wall). Lanes that ran free drifted apart under
         load (52 s of show at 400x in the simulator test, one lane slow), and the worker
         could then rightly fire a dwell nudge that the trailing lane's events came too
-        late to cancel. Behind schedule, the next window just takes more events."""
+        late to cancel. Behind schedule, the next window takes more events, up to
+        MAX_WINDOW_SHOW_S of show (`_pace`)."""
         lanes: dict[tuple[Role, int], list[Event]] = {}
         for event in events:
             lanes.setdefault((type(event).role, self.gateway_of(event)), []).append(event)
@@ -241,21 +250,23 @@ class _Sender:
 
 async def _pace(schedule: list[tuple[float, Event]], plan: Plan, sender: _Sender,
                 bar: tqdm[Any], window_s: float) -> None:
-    """Hand each event to the sender once its offset is due, a window's worth at a time."""
+    """Hand each event to the sender once its offset is due, a window's worth at a time;
+    behind schedule, the backlog goes in windows of at most MAX_WINDOW_SHOW_S of show."""
     offsets = [o for o, _ in schedule]
+    span_s = MAX_WINDOW_SHOW_S / plan.speed  # in wall seconds, as the offsets are
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     i = 0
     while i < len(schedule):
         now = loop.time() - t0
-        j = bisect_right(offsets, now, lo=i)
+        j = bisect_right(offsets, min(now, offsets[i] + span_s), lo=i)
         if j > i:
             await sender.send([e for _, e in schedule[i:j]])
             i = j
         _advance(bar, (loop.time() - t0) * plan.speed, plan, sender.stats)
         if i < len(schedule):
             wait = offsets[i] - (loop.time() - t0)
-            if wait > 0:  # behind schedule: no sleep, take everything due right away
+            if wait > 0:  # behind schedule: no sleep, the next window right away
                 await asyncio.sleep(min(max(wait, window_s), 0.5))
 
 

@@ -33,7 +33,7 @@ from stream.core.models import (
     ViewerLeft,
 )
 from stream.local.demo import simulate
-from stream.local.sender import SimStats, _Sender, run
+from stream.local.sender import MAX_WINDOW_SHOW_S, SimStats, _Sender, run
 from stream.local.showplan import DEFAULT_PRODUCTS, Plan, broadcast, plan_for
 
 NOW = 1_767_225_600_000  # 2026-01-01, fixed so plans are reproducible
@@ -401,6 +401,38 @@ async def test_a_window_returns_once_every_lane_is_answered() -> None:
             assert sorted(set(answered)) == ["Bearer c-tok", "Bearer p-tok"]
     finally:
         await server.close()
+
+
+async def test_a_backlog_goes_in_windows_of_a_few_seconds_of_show() -> None:
+    """Behind schedule (a gateway stalled, as in a Redis outage), the backlog is sent in
+    windows of at most MAX_WINDOW_SHOW_S of show, so one room's platform lane never runs
+    more than that ahead of its commerce lane. Before, the first window after a stall took
+    everything due at once: 44 s of show after a 4 s outage at 10x, and the worker fired a
+    dwell nudge for a viewer whose order was still in that window's slower lane."""
+    gateway = _Gateway()
+    stalled: list[float] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.headers["Authorization"] == "Bearer p-tok" and not stalled:
+            stalled.append(0.4)
+            await asyncio.sleep(0.4)  # 20 s of show at 50x fall due meanwhile
+        return await gateway.handle(request)
+
+    app = web.Application()
+    app.router.add_post("/v1/events", handle)
+    app.router.add_get("/v1/rooms/{room}/stock", gateway.stock)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    plan = _plan(viewers=60, duration_s=1.0, speed=50, seed=5)
+    try:
+        stats = await run(plan, gateway=str(server.make_url("")), tokens=TOKENS,
+                          progress=False)
+    finally:
+        await server.close()
+    assert stats.rejected == 0 and stalled
+    spans = [max(int(i["ts"]) for i in items) - min(int(i["ts"]) for i in items)
+             for _, items in gateway.bodies]
+    assert max(spans) <= MAX_WINDOW_SHOW_S * 1000, sorted(spans)[-3:]
 
 
 async def test_simulate_takes_several_gateways_comma_separated() -> None:
