@@ -28,6 +28,7 @@ from stream.core.codec import encode
 from stream.core.config import Settings
 from stream.core.models import StockUpdate
 from stream.core.topics import Topics
+from stream.engine import ENGINE
 from stream.store import keys
 from stream.store.channels import queue_publish
 from stream.store.connect import RedisUnusable, detect, make
@@ -392,7 +393,7 @@ def run(settings: Settings, *, loglevel: str = "warn") -> None:
         raise SystemExit(2) from None
     app = create_app(settings, cluster=cluster)
     attach_handler()
-    joining(group_id(settings.topic_prefix), broker_url(settings))
+    joining(group_id(settings.topic_prefix), broker_url(settings), engine=ENGINE)
     worker = _Worker(app, loop=loop, loglevel=loglevel, quiet=True)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # as on_revoked

@@ -56,8 +56,8 @@ def _ranges(parts: list[int]) -> str:
     return ",".join(out)
 
 
-def joining(group: str, broker: str) -> None:
-    log.info("joining consumer group %s at %s", group, broker)
+def joining(group: str, broker: str, *, engine: str) -> None:
+    log.info("joining consumer group %s at %s (viewer engine: %s)", group, broker, engine)
 
 
 class Status:
