@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -333,6 +334,21 @@ async def test_run_spreads_viewers_over_gateways_each_viewer_on_one() -> None:
             assert [i for i in sent if roles[i] == role] == want, (n, role)
 
 
+async def _run_through(handle: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                       gateway: _Gateway, plan: Plan) -> SimStats:
+    """`run` the plan against a stub whose POSTs go to `handle`; stock as `gateway` saw it."""
+    app = web.Application()
+    app.router.add_post("/v1/events", handle)
+    app.router.add_get("/v1/rooms/{room}/stock", gateway.stock)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        return await run(plan, gateway=str(server.make_url("")), tokens=TOKENS,
+                         progress=False)
+    finally:
+        await server.close()
+
+
 async def test_host_events_are_answered_before_later_viewer_events_are_sent() -> None:
     """A pin, then an order after it: the order's request leaves only once the gateway
     has answered the pin (it logs host events before answering), even when the host's
@@ -351,17 +367,8 @@ async def test_host_events_are_answered_before_later_viewer_events_are_sent() ->
                         max(int(i["ts"]) for i in items)))
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/events", handle)
-    app.router.add_get("/v1/rooms/{room}/stock", gateway.stock)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    plan = _plan(viewers=60, duration_s=1.5, speed=400, seed=5)
-    try:
-        stats = await run(plan, gateway=str(server.make_url("")), tokens=TOKENS,
-                          progress=False)
-    finally:
-        await server.close()
+    stats = await _run_through(handle, gateway, _plan(viewers=60, duration_s=1.5, speed=400,
+                                                      seed=5))
     assert stats.rejected == 0
     hosts = [t for t in timings if t[0] == "Bearer h-tok"]
     assert len(hosts) > 3, "too few host requests to show anything"
@@ -418,17 +425,8 @@ async def test_a_backlog_goes_in_windows_of_a_few_seconds_of_show() -> None:
             await asyncio.sleep(0.4)  # 20 s of show at 50x fall due meanwhile
         return await gateway.handle(request)
 
-    app = web.Application()
-    app.router.add_post("/v1/events", handle)
-    app.router.add_get("/v1/rooms/{room}/stock", gateway.stock)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    plan = _plan(viewers=60, duration_s=1.0, speed=50, seed=5)
-    try:
-        stats = await run(plan, gateway=str(server.make_url("")), tokens=TOKENS,
-                          progress=False)
-    finally:
-        await server.close()
+    stats = await _run_through(handle, gateway, _plan(viewers=60, duration_s=1.0, speed=50,
+                                                      seed=5))
     assert stats.rejected == 0 and stalled
     spans = [max(int(i["ts"]) for i in items) - min(int(i["ts"]) for i in items)
              for _, items in gateway.bodies]
