@@ -23,10 +23,11 @@ import sys
 import sysconfig
 from pathlib import Path
 
-# The modules `ViewerEngine.apply_all` runs through for each event. Not state.py (its
-# ViewerState is a msgspec Struct, which mypyc cannot compile as a native class) and not
-# the modules only a rule load or a replay calls.
-MODULES = ("viewers", "handlers", "timers", "timeline", "watermark", "tags")
+# The modules `ViewerEngine.apply_all` runs through for each event. None may define a
+# msgspec Struct: compiled, its annotations no longer resolve, and msgspec could not
+# build its schema (the gateway's /openapi.json failed on timeline's Product). So not
+# state.py or timeline.py, and not the modules only a rule load or a replay calls.
+MODULES = ("viewers", "handlers", "timers", "watermark", "tags")
 
 SOURCE_DIR = Path(__file__).resolve().parent
 BUILD_DIR = Path(sys.prefix) / "livecommerce-native"

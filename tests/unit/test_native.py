@@ -6,6 +6,7 @@ LIVECOMMERCE_ENGINE=pure, the plain-Python fallback (Makefile, ENGINE_TESTS).
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import sys
@@ -64,6 +65,17 @@ def test_every_source_of_the_build_is_in_its_digest() -> None:
     sources = native.digests()
     assert {f"engine/{m}.py" for m in native.MODULES} <= sources.keys()
     assert "core/models.py" in sources
+
+
+def test_no_compiled_module_defines_a_struct() -> None:
+    """msgspec reads a Struct's annotations to decode it and to build its schema, and a
+    compiled module's no longer resolve: /openapi.json failed on timeline's Product when
+    timeline.py was compiled."""
+    for name in native.MODULES:
+        tree = ast.parse((native.SOURCE_DIR / f"{name}.py").read_text())
+        structs = [node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+                   and any(ast.unparse(base).endswith("Struct") for base in node.bases)]
+        assert structs == [], f"{name} defines {structs}: leave it out of native.MODULES"
 
 
 def test_the_engine_under_test_is_the_one_it_says() -> None:
