@@ -18,7 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/dev.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# The viewer engine's hot modules compiled with mypyc, outside the tree (about 25 s; +10%
+# The viewer engine's hot modules compiled with mypyc, outside the tree (about 25 s; +13%
 # on the viewer path: stream/engine/native.py). Without a C compiler the engine runs as
 # plain Python, as it does whenever a source of stream/engine or stream/core changed since
 # the build.

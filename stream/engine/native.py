@@ -2,8 +2,9 @@
 
 The viewer engine is the largest part of the worker's main thread on the viewer path
 (29-35% in session 19's profiles), and its code is typed strictly, so mypyc compiles it
-unchanged. `bench/viewer_engine.py`, 3 alternating pairs in session 20: 25.7k, 27.4k and
-27.7k events/s pure, 27.2k, 30.6k and 30.2k compiled (about +10% at the median).
+unchanged. `bench/viewer_engine.py`, 3 alternating pairs of these modules in session 20:
+25.8k, 26.1k and 26.6k events/s pure, 29.8k, 29.6k and 28.2k compiled (+13% at the
+median; docs/performance.md, "Session 20").
 
 The source stays the engine: the compiled modules are a cache of it, kept outside the
 tree, beside the interpreter they were built for (`sys.prefix`, so `.venv/` in a

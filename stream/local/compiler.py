@@ -18,8 +18,10 @@ from stream.engine import native
 
 
 def build(build_dir: Path = native.BUILD_DIR) -> None:
-    """Compile native.MODULES into `build_dir` (about 25 s on 2 cores) and write the manifest last,
-    so a build that fails half-way is never loaded."""
+    """Compile native.MODULES into `build_dir` (about 25 s on 2 cores), and write the
+    manifest last, so a build that fails half-way is never loaded."""
+    # The sources as they are now: one edited while it compiles leaves the build stale.
+    built = {"abi": native.abi(), "sources": native.digests()}
     with tempfile.TemporaryDirectory() as tmp:
         # setuptools reads the configuration of its working directory, and this project's
         # pyproject.toml is for pip, not for this build: compile from a directory of its
@@ -43,7 +45,6 @@ def build(build_dir: Path = native.BUILD_DIR) -> None:
             so.replace(build_dir / "lib" / so.name)
         for so in (lib / "stream" / "engine").glob("*.so"):
             so.replace(build_dir / "stream" / "engine" / so.name)
-    built = {"abi": native.abi(), "sources": native.digests()}
     (build_dir / native.MANIFEST).write_text(json.dumps(built))
 
 
