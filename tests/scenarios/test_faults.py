@@ -89,8 +89,9 @@ async def test_kill_add_and_redis_outage_mid_show(durable: EmbeddedStack,
         try:
             # The group formed first: under load three workers can take longer than the
             # 12 s below to join, and the kill would then hit one holding nothing.
-            for worker in workers:
-                await status_when(settings.status_dir, worker, lambda s: bool(s.assigned))
+            for worker, log in zip(workers, logs, strict=False):
+                await status_when(settings.status_dir, worker, lambda s: bool(s.assigned),
+                                  log=log)
             show = asyncio.create_task(sender.run(plan, gateway=url,
                                                      tokens=tokens, progress=False))
             await asyncio.sleep(12)
@@ -147,7 +148,8 @@ async def test_a_worker_joining_mid_show_rebalances_a_take_in_flight_and_loses_n
         redis = Redis.from_url(settings.redis_url)
         plan = showplan.plan_for(room_id=room, viewers=300, duration_s=25, speed=10, seed=7)
         try:
-            await status_when(settings.status_dir, workers[0], all_of(settings))
+            await status_when(settings.status_dir, workers[0], all_of(settings),
+                              log=tmp_path / "w0.log")
             show = asyncio.create_task(sender.run(plan, gateway=url, tokens=tokens,
                                                   progress=False))
             await asyncio.sleep(6)
@@ -173,14 +175,16 @@ async def test_a_worker_joining_mid_show_rebalances_a_take_in_flight_and_loses_n
             stopped_at = time.time()
             await stop_processes([workers[1]])
             assert workers[1].returncode == 0
-            back = await status_when(settings.status_dir, workers[0], all_of(settings))
+            back = await status_when(settings.status_dir, workers[0], all_of(settings),
+                                     log=tmp_path / "w0.log")
             problems = kill_mattered(b, [back], killed_at=stopped_at)
             assert [p.split(" (")[0] for p in problems] == [
                 f"no survivor re-read a record worker {b.pid} had processed"], problems
             # A worker killed before it joined the group held nothing.
             early = spawn(["worker"], settings, tmp_path / "w2.log")
             workers.append(early)
-            await status_when(settings.status_dir, early, lambda _: True)
+            await status_when(settings.status_dir, early, lambda _: True,
+                              log=tmp_path / "w2.log")
             early.send_signal(signal.SIGKILL)
             early.wait()
             problems = kill_mattered(status_of(early), [back], killed_at=time.time())
@@ -199,15 +203,25 @@ def all_of(settings: Settings) -> Callable[[WorkerStatus], bool]:
     return lambda status: len(status.assigned) == 3 * settings.partitions
 
 
+def _tail(log: Path | None, lines: int = 40) -> list[str]:
+    return log.read_text(errors="replace").splitlines()[-lines:] if log else []
+
+
 async def status_when(directory: Path, proc: subprocess.Popen[bytes],
-                      ready: Callable[[WorkerStatus], bool]) -> WorkerStatus:
-    """The worker's status file once `ready` holds of it (60 s at most)."""
+                      ready: Callable[[WorkerStatus], bool], *,
+                      log: Path | None = None) -> WorkerStatus:
+    """The worker's status file once `ready` holds of it (60 s at most). A worker that
+    exits first fails the test with the end of its `log` (pytest keeps only the last 3
+    runs' files: a joining worker's first worker once exited with 1 at its start, beside
+    the cluster oracle, and its log was gone)."""
     deadline = time.monotonic() + 60
     path = path_for(directory, proc.pid)
     while True:
         if path.exists() and ready(status := read_status(path)):
             return status
-        assert proc.poll() is None, f"worker {proc.pid} exited with {proc.returncode}"
+        if proc.poll() is not None:
+            raise AssertionError(f"worker {proc.pid} exited with {proc.returncode}"
+                                 + "".join(f"\n  | {line}" for line in _tail(log)))
         assert time.monotonic() < deadline, f"worker {proc.pid} never got there"
         await asyncio.sleep(0.1)
 
