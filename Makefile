@@ -38,7 +38,7 @@ demo: $(STAMP) $(NATIVE)
 # Two xdist workers: the shows leave the 2 cores mostly idle while they play out in wall
 # time (790 s on one worker, 420-480 s on two); tests/conftest.py says how tests group.
 # The engine's own tests run twice: with the rest (compiled, when built) and again on the
-# plain-Python engine, the fallback every other machine runs (about 20 s).
+# plain-Python engine, the fallback every other machine runs (about 15 s).
 ENGINE_TESTS := $(addprefix tests/unit/test_,viewers.py reference.py mutations.py nudges.py \
                   tags.py watermark.py replay.py native.py)
 test: $(STAMP) $(NATIVE) browser

@@ -219,9 +219,10 @@ async def state_covers(redis: Redis, topics: Topics, proc: subprocess.Popen[byte
     while True:
         status = read_status(path_for(directory, proc.pid))
         fences = await states.saved_fences({p for _, p in status.assigned})
-        behind = {f"{t}:{p}": (fences[p].get(t, -1) + 1, status.read[f"{t}:{p}"])
-                  for t, p in status.assigned if t in engine_topics
-                  and fences[p].get(t, -1) + 1 < status.read.get(f"{t}:{p}", 0)}
+        # Per engine topic-partition: (the next offset the saved state lacks, read to).
+        marks = {f"{t}:{p}": (fences[p].get(t, -1) + 1, status.read.get(f"{t}:{p}", 0))
+                 for t, p in status.assigned if t in engine_topics}
+        behind = {tp: (saved, read) for tp, (saved, read) in marks.items() if saved < read}
         if not behind:
             return
         assert time.monotonic() < deadline, f"saved state (fence + 1, read) behind: {behind}"
