@@ -174,9 +174,10 @@ async def test_a_worker_joining_mid_show_rebalances_a_take_in_flight_and_loses_n
             # A clean stop after a full commit: the first worker takes the partitions
             # back exactly where the second one had read them to. Once its saved state
             # covers all it read: the engine's reorder may still hold a partition's last
-            # order while the stock wait is on (the other worker's word late, on a busy
-            # machine), and a stop then rightly leaves it to re-read (once in session 20,
-            # beside the cluster oracle: order-events:0 started at 1, read to 2).
+            # order (for the views, up to HOLD_ORDERS_S, or for the other worker's word on
+            # stock, late on a busy machine), and a stop then rightly leaves it to re-read
+            # (once in session 20, beside the cluster oracle: order-events:0 started at 1,
+            # read to 2).
             await state_covers(redis, topics, workers[1], settings.status_dir)
             stopped_at = time.time()
             await stop_processes([workers[1]])
