@@ -130,9 +130,14 @@ def cluster_rows(f: dict) -> list[Row]:
 
 
 def viewer_engine_rows(f: dict) -> list[Row]:
+    # The worker's CPU per event beside the rate (results of before session 21 lack it).
+    cpu = (f"; worker CPU {spread(f, 'worker_cpu_us_per_event', '{:.1f}')} us an event, "
+           f"its main thread {spread(f, 'main_thread_cpu_us_per_event', '{:.1f}')} us "
+           f"(busy {spread(f, 'main_thread_busy', '{:.2f}')} of the time)"
+           if f.get("main_thread_cpu_us_per_event") is not None else "")
     return [
         ("viewer events through the whole worker, envelopes of 500",
-         f"{spread(f, 'worker_events_per_s')} events/s",
+         f"{spread(f, 'worker_events_per_s')} events/s{cpu}",
          f"{spread(f, 'raw_aiokafka_records_per_s')} records/s bare aiokafka consumer",
          spread(f, "ratio", "{:.3f}"), f"≥ {VIEWER_PATH_RATIO}",
          _met(f["ratio"] >= VIEWER_PATH_RATIO)),

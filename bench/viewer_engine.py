@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -54,6 +55,20 @@ from stream.worker.engagement import GRACE_MS
 PARTITIONS = 8
 ENVELOPE = 500
 QUIET_S = 0.5
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int, *, thread: int | None = None) -> float | None:
+    """CPU seconds (user + system) a process, or one of its threads, has used so far;
+    None where /proc is not there (not Linux). The worker's CPU per event is the figure
+    that moves least on a shared machine: the wall-time rate moved 42-70k events/s over
+    one quiet hour of session 21 on the same code, its CPU much less."""
+    path = Path(f"/proc/{pid}") / (f"task/{thread}" if thread else "") / "stat"
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
 
 
 def _effects(stats: dict[str, int | float]) -> int:
@@ -198,10 +213,12 @@ async def main() -> None:
         worker = spawn(["worker"], settings, Path(tempfile.gettempdir()) / "lc-bench-worker.log")
         try:
             started = None
+            cpu0: tuple[float | None, float | None] = (None, None)
             while True:
                 done = (await read_stats(redis, room)).get("events", 0)
                 if started is None and done:
                     started, first = time.perf_counter(), done
+                    cpu0 = cpu_s(worker.pid), cpu_s(worker.pid, thread=worker.pid)
                 if done >= len(events):
                     break
                 if worker.poll() is not None:
@@ -210,12 +227,17 @@ async def main() -> None:
             # Effects are claimed (and counted) behind the engine: the clock stops at the
             # last change of their counts, once they have been still for QUIET_S.
             end, effects = time.perf_counter(), _effects(await read_stats(redis, room))
+            cpu1 = cpu_s(worker.pid), cpu_s(worker.pid, thread=worker.pid)
             while time.perf_counter() - end < QUIET_S:
                 await asyncio.sleep(0.02)
                 now = _effects(await read_stats(redis, room))
                 if now != effects:
                     end, effects = time.perf_counter(), now
+                    cpu1 = cpu_s(worker.pid), cpu_s(worker.pid, thread=worker.pid)
             full = (len(events) - first) / (end - started)
+            # From the first count to the last change of the effects' counts, as the rate.
+            used = [None if a is None or b is None else b - a
+                    for a, b in zip(cpu0, cpu1, strict=True)]
             stats = await read_stats(redis, room)
             sent = await nudges_sent(stack.kafka_bootstrap, lc_topics.nudges)
             sizes = []
@@ -230,6 +252,15 @@ async def main() -> None:
         "events": len(events), "viewers": args.viewers,
         "worker_events_per_s": round(full), "raw_aiokafka_records_per_s": round(raw),
         "ratio": round(full / raw, 3),
+        # CPU per event of the worker process (all threads) and of its main thread (the
+        # event loop: the engine, delivery, presence, decoding), and how busy that
+        # thread was over the measured wall time.
+        "worker_cpu_us_per_event": (None if used[0] is None
+                                    else round(used[0] / (len(events) - first) * 1e6, 2)),
+        "main_thread_cpu_us_per_event": (None if used[1] is None
+                                         else round(used[1] / (len(events) - first) * 1e6, 2)),
+        "main_thread_busy": (None if used[1] is None
+                             else round(used[1] / (end - started), 2)),
         "state_bytes_per_viewer_mean": round(statistics.fmean(sizes)) if sizes else None,
         "state_bytes_per_viewer_max": max(sizes) if sizes else None,
         "nudges": stats.get("nudges", 0), "tags": stats.get("tags", 0),
@@ -248,6 +279,10 @@ async def main() -> None:
     print(f"worker, full path, envelopes of {ENVELOPE}: {full:,.0f} events/s")
     print(f"raw aiokafka consumer, one event per record: {raw:,.0f} records/s")
     print(f"ratio: {full / raw:.2f} (target >= 0.3, issue 19)")
+    if used[1] is not None:
+        print(f"worker CPU per event: {figures['worker_cpu_us_per_event']} us, of which "
+              f"the main thread {figures['main_thread_cpu_us_per_event']} us (busy "
+              f"{figures['main_thread_busy']:.0%} of the measured time)")
     print(f"state per viewer: mean {figures['state_bytes_per_viewer_mean']} B, "
           f"max {figures['state_bytes_per_viewer_max']} B (target <= 1 KB)")
     print(f"effects: {figures['nudges']:,} nudges, {figures['tags']:,} tags added, "
