@@ -167,8 +167,18 @@ def consumed() -> str:
     return f"{PREFIX}:{{consumed}}"
 
 
+def viewer_room_index(deployment: str, partition: int) -> str:
+    """Hash `viewer` -> the rooms (newline-separated) where the viewer has a saved state
+    in `viewer_states(...)`: how a viewer's tags are found by viewer. Beside the states
+    (one slot), so the script that saves them keeps it: one write per new viewer and room,
+    where a set per viewer took one command each (20,000 at a 20,000-viewer show's start,
+    about 5% of the worker's main thread in `bench/viewer_engine.py`, session 21)."""
+    return f"{PREFIX}:{{vs:{deployment}{partition}}}:rooms"
+
+
 def viewer_rooms(viewer_id: str) -> str:
-    """Set of the rooms where the viewer has tags (to find them by viewer)."""
+    """Set of the rooms where the viewer has tags, as workers before session 21 kept it
+    (one SADD per viewer and room): read beside `viewer_room_index`, never written."""
     return f"{PREFIX}:{{v:{viewer_id}}}:rooms"
 
 

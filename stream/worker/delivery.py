@@ -46,7 +46,6 @@ class Delivery:
         self._clock = clock
         self._nudge_hold_s = nudge_hold_s
         self._claims = Claims(redis)
-        self._viewer_rooms: set[tuple[str, str]] = set()  # indexed in `viewer_rooms`
         self._worker = secrets.token_hex(6)  # names this process's claim rounds
         self._round = 0  # the last claim round started
         self._claimed: set[str] = set()  # rooms claimed in since the last settle
@@ -157,12 +156,7 @@ class Delivery:
             for book, group in slices:
                 await self._claims.claim(pipe, group[0][1].room_id, mark=mark, book=book,
                                          items=[claim_item(e, once) for _, e, once in group])
-            new_pairs = {(e.room_id, e.viewer_id) for _, e in effects if isinstance(e, TagChange)}
-            new_pairs -= self._viewer_rooms
-            for room, viewer in new_pairs:
-                pipe.sadd(keys.viewer_rooms(viewer), room)
             answers = await scripts.execute(pipe)
-        self._viewer_rooms |= new_pairs
         sends: list[tuple[int, Effect, str]] = []
         pending: list[tuple[int, Effect, int]] = []
         for _, group in slices:

@@ -257,6 +257,7 @@ class Engagement:
     async def _persist(self, partitions: set[int], moved: dict[int, dict[str, int]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             queued: list[int] = []
+            indexed: list[tuple[str, str]] = []
             for p in partitions:
                 if p not in self.engines:
                     continue  # revoked since: its new owner replays from the saved fence
@@ -265,12 +266,13 @@ class Engagement:
                 offsets = moved.get(p, {})
                 if not blobs and not offsets:
                     continue
-                await self._states.save(pipe, p, blobs, offsets)
+                indexed += await self._states.save(pipe, p, blobs, offsets)
                 for topic, offset in offsets.items():
                     self._fences[p][topic] = offset
                 queued.append(p)
             if queued:
                 await scripts.execute(pipe)
+        self._states.indexed(indexed)
         for p in queued:
             self._unsaved.pop(p, None)
 
