@@ -46,6 +46,7 @@ class Delivery:
         self._clock = clock
         self._nudge_hold_s = nudge_hold_s
         self._claims = Claims(redis)
+        self._holder = nudgebox.Holder(redis)
         self._worker = secrets.token_hex(6)  # names this process's claim rounds
         self._round = 0  # the last claim round started
         self._claimed: set[str] = set()  # rooms claimed in since the last settle
@@ -198,11 +199,11 @@ class Delivery:
             async with self._redis.pipeline(transaction=False) as pipe:
                 # Held before published: a gateway that hears of it finds the held copy
                 # (and drops it), one whose viewer is away leaves it for the reconnect.
-                nudgebox.hold(pipe, screen, now_ms=int(self._clock() * 1000),
-                              hold_s=self._nudge_hold_s)
+                await self._holder.hold(pipe, screen, now_ms=int(self._clock() * 1000),
+                                        hold_s=self._nudge_hold_s)
                 for data in shown:
                     queue_publish(pipe, keys.NUDGE_CHANNEL, data)
-                await pipe.execute()
+                await scripts.execute(pipe)
         for (topic, p), batch in records.items():
             # Acks come in order within a partition: the last one covers the rest.
             self._acks[(topic, p)] = await self._send(topic, p, batch)

@@ -20,7 +20,7 @@ from stream.core.codec import encode
 from stream.core.config import Settings
 from stream.core.models import Nudge
 from stream.gateway import nudgefeed
-from stream.store import keys, nudgebox
+from stream.store import keys, nudgebox, scripts
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +39,11 @@ async def fire(redis: Redis, *nudges: Nudge, held_at: int | None = None,
                hold_s: int = 60) -> None:
     """What the worker does with a treatment nudge: hold it, then publish it."""
     async with redis.pipeline(transaction=False) as pipe:
-        nudgebox.hold(pipe, nudges, now_ms=now_ms() if held_at is None else held_at,
-                      hold_s=hold_s)
+        await nudgebox.Holder(redis).hold(
+            pipe, nudges, now_ms=now_ms() if held_at is None else held_at, hold_s=hold_s)
         for n in nudges:
             pipe.publish(keys.NUDGE_CHANNEL, encode(n))
-        await pipe.execute()
+        await scripts.execute(pipe)
 
 
 async def nudges_within(ws: aiohttp.ClientWebSocketResponse,
@@ -182,3 +182,22 @@ async def test_the_expiry_sweep_does_not_outlive_the_relays_stop(
         await asyncio.sleep(0.02)
         await relay.stop()
         assert not [t for t in sweeps() if not t.done()], "a sweep still running after stop"
+
+
+async def test_one_call_holds_a_rounds_nudges_of_several_rooms_each_once(redis: Redis) -> None:
+    """The worker holds a round's nudges in one script call per room: each viewer's held
+    hash, the room's due list and the gateways' room list, with the first time kept when
+    a republished nudge is held again."""
+    r1, r2 = f"rh-{uuid.uuid4().hex[:6]}", f"rh-{uuid.uuid4().hex[:6]}"
+    nudges = [a_nudge(r1, "v1", ts=1_000), a_nudge(r1, "v2", ts=1_000),
+              a_nudge(r2, "v1", ts=2_000)]
+    await fire(redis, *nudges, held_at=5_000)
+    await fire(redis, nudges[0], held_at=9_000)  # a republish: the first hold stands
+    for n in nudges:
+        held = await redis.hgetall(keys.held_nudges(n.room_id, n.viewer_id))
+        assert held == {nudgebox.nudge_id(n).encode(): b"5000|" + encode(n)}
+    assert await redis.zrange(keys.held_due(r1), 0, -1, withscores=True) == [
+        (b"v1 dwell-3min|1000", 5000.0), (b"v2 dwell-3min|1000", 5000.0)]
+    assert await redis.ttl(keys.held_due(r2)) > 60
+    assert await redis.zscore(keys.HELD_ROOMS, r1) == 9000.0
+    assert await redis.zscore(keys.HELD_ROOMS, r2) == 5000.0
