@@ -3,9 +3,12 @@ separate processes (as in production), token-holding HTTP posting, and percentil
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
+import pstats
 import statistics
 import tempfile
 import time
@@ -19,9 +22,12 @@ from redis.asyncio import Redis
 
 from stream.core.auth import Tokens
 from stream.core.config import Settings, from_env
+from stream.core.models import Event
 from stream.core.topics import Topics
+from stream.local import showplan
 from stream.local.embedded import EmbeddedStack, free_port
 from stream.local.runner import spawn, stop_processes
+from stream.store.connect import Client, connect
 from stream.worker.admin import ensure_topics
 
 
@@ -130,3 +136,60 @@ def pct(values: list[float], q: float) -> float:
 def describe(values: list[float]) -> str:
     return (f"p50 {pct(values, 50):.1f} ms, p99 {pct(values, 99):.1f} ms, "
             f"max {max(values):.1f} ms, mean {statistics.fmean(values):.1f} ms, n={len(values)}")
+
+
+@dataclass
+class Spent:
+    """What a measured block took: wall seconds, this process's CPU, valkey's CPU."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+    valkey: float = 0.0
+
+
+@contextlib.asynccontextmanager
+async def spent(redis: Client, *, profile: bool = False) -> AsyncIterator[Spent]:
+    """Time the block: wall clock, this process's CPU and valkey's (INFO cpu), filled in
+    when it ends; with `profile`, cProfile's 15 costliest functions are printed after."""
+    out = Spent()
+    profiler = cProfile.Profile() if profile else None
+    before, cpu = await redis.info("cpu"), time.process_time()
+    started = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    yield out
+    if profiler is not None:
+        profiler.disable()
+    out.wall = time.perf_counter() - started
+    after, out.cpu = await redis.info("cpu"), time.process_time() - cpu
+    out.valkey = sum(after[k] - before[k] for k in ("used_cpu_user", "used_cpu_sys"))
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
+@contextlib.asynccontextmanager
+async def valkey_alone() -> AsyncIterator[Client]:
+    """A fresh embedded valkey, without Kafka, and a client of it."""
+    stack = EmbeddedStack()
+    await stack.start(kafka=False)
+    try:
+        redis = await connect(stack.redis_url)
+        try:
+            yield redis
+        finally:
+            await redis.aclose()
+    finally:
+        await stack.stop()
+
+
+def show_from_args(doc: str, room: str) -> tuple[argparse.Namespace, list[Event]]:
+    """`--viewers`, `--minutes` and `--profile` parsed, and the simulated show they ask
+    for in `room` (seed 7: the viewer benchmark's show at its defaults)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--viewers", type=int, default=20_000)
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    plan = showplan.plan_for(room_id=room, viewers=args.viewers,
+                             duration_s=args.minutes * 60, speed=1, seed=7)
+    return args, [e for _, e in showplan.broadcast(plan)]

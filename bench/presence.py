@@ -10,18 +10,13 @@ wall-clock figures by 3x, the CPU seconds by about 10%).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import cProfile
-import pstats
-import time
+
+from common import show_from_args, spent, valkey_alone
 
 from stream.core.batch import Part, Record
 from stream.core.models import Event
 from stream.core.topics import Topics, key_of, partition_for
-from stream.local import showplan
-from stream.local.embedded import EmbeddedStack
-from stream.store.connect import connect
 from stream.store.presence import Presence
 
 PARTITIONS = 8
@@ -43,41 +38,17 @@ def batches(events: list[Event]) -> list[list[Part]]:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--viewers", type=int, default=20_000)
-    parser.add_argument("--minutes", type=float, default=30)
-    parser.add_argument("--profile", action="store_true")
-    args = parser.parse_args()
-    plan = showplan.plan_for(room_id="bench-presence", viewers=args.viewers,
-                              duration_s=args.minutes * 60, speed=1, seed=7)
-    events = [e for _, e in showplan.broadcast(plan)]
+    args, events = show_from_args(__doc__ or "", "bench-presence")
     work = batches(events)
-    stack = EmbeddedStack()
-    await stack.start(kafka=False)
-    try:
-        redis = await connect(stack.redis_url)
+    async with valkey_alone() as redis:
         presence = Presence(redis)
-        profile = cProfile.Profile() if args.profile else None
-        before, cpu = await redis.info("cpu"), time.process_time()
-        started = time.perf_counter()
-        if profile is not None:
-            profile.enable()
-        for batch in work:  # computed and written in turn: the write is not behind here
-            write = await presence.prepare(batch)
-            if write is not None:
-                await write()
-        if profile is not None:
-            profile.disable()
-        wall = time.perf_counter() - started
-        after, cpu = await redis.info("cpu"), time.process_time() - cpu
-        valkey = sum(after[k] - before[k] for k in ("used_cpu_user", "used_cpu_sys"))
-        print(f"{len(events):,} events in {wall:.2f} s: {len(events) / wall:,.0f} events/s; "
-              f"CPU: valkey {valkey:.2f} s, this process {cpu:.2f} s")
-        if profile is not None:
-            pstats.Stats(profile).sort_stats("tottime").print_stats(15)
-        await redis.aclose()
-    finally:
-        await stack.stop()
+        async with spent(redis, profile=args.profile) as took:
+            for batch in work:  # computed and written in turn: the write is not behind here
+                write = await presence.prepare(batch)
+                if write is not None:
+                    await write()
+        print(f"{len(events):,} events in {took.wall:.2f} s: {len(events) / took.wall:,.0f} "
+              f"events/s; CPU: valkey {took.valkey:.2f} s, this process {took.cpu:.2f} s")
 
 
 if __name__ == "__main__":
