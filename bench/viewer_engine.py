@@ -60,15 +60,21 @@ _TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 def cpu_s(pid: int, *, thread: int | None = None) -> float | None:
     """CPU seconds (user + system) a process, or one of its threads, has used so far;
-    None where /proc is not there (not Linux). The worker's CPU per event is the figure
-    that moves least on a shared machine: the wall-time rate moved 42-70k events/s over
-    one quiet hour of session 21 on the same code, its CPU much less."""
+    None where /proc is not there (not Linux). Beside the rate, the worker's CPU per event
+    and its main thread's busy share tell a change that removed work from one that only
+    moved a wait (session 21: the rate moved 42-76k events/s over one quiet hour on the
+    same code, and the busy share stayed at 62-73% whatever was changed)."""
     path = Path(f"/proc/{pid}") / (f"task/{thread}" if thread else "") / "stat"
     try:
         fields = path.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
+
+
+def cpu_now(pid: int) -> tuple[float | None, float | None]:
+    """(the whole process's, its main thread's) CPU seconds so far."""
+    return cpu_s(pid), cpu_s(pid, thread=pid)
 
 
 def _effects(stats: dict[str, int | float]) -> int:
@@ -218,7 +224,7 @@ async def main() -> None:
                 done = (await read_stats(redis, room)).get("events", 0)
                 if started is None and done:
                     started, first = time.perf_counter(), done
-                    cpu0 = cpu_s(worker.pid), cpu_s(worker.pid, thread=worker.pid)
+                    cpu0 = cpu_now(worker.pid)
                 if done >= len(events):
                     break
                 if worker.poll() is not None:
@@ -227,13 +233,13 @@ async def main() -> None:
             # Effects are claimed (and counted) behind the engine: the clock stops at the
             # last change of their counts, once they have been still for QUIET_S.
             end, effects = time.perf_counter(), _effects(await read_stats(redis, room))
-            cpu1 = cpu_s(worker.pid), cpu_s(worker.pid, thread=worker.pid)
+            cpu1 = cpu_now(worker.pid)
             while time.perf_counter() - end < QUIET_S:
                 await asyncio.sleep(0.02)
                 now = _effects(await read_stats(redis, room))
                 if now != effects:
                     end, effects = time.perf_counter(), now
-                    cpu1 = cpu_s(worker.pid), cpu_s(worker.pid, thread=worker.pid)
+                    cpu1 = cpu_now(worker.pid)
             full = (len(events) - first) / (end - started)
             # From the first count to the last change of the effects' counts, as the rate.
             used = [None if a is None or b is None else b - a
